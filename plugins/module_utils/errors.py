@@ -1,0 +1,34 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one error type that module_utils raise; modules turn it into fail_json."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class BarmanError(Exception):
+    """A refusal with what went wrong, how to fix it, and the data behind it.
+
+    module_utils never call fail_json: they raise this (or a subclass) and the module reports
+    ``msg`` (message plus hint) and ``data`` as they are.
+    """
+
+    def __init__(self, message, hint=None, **data):
+        super(BarmanError, self).__init__(message)
+        self.message = message
+        self.hint = hint
+        self.data = data
+
+    def __str__(self):
+        if self.hint:
+            return '%s. %s' % (self.message.rstrip('.'), self.hint)
+        return self.message
+
+    def fail_json_kwargs(self):
+        """Keyword arguments for AnsibleModule.fail_json()."""
+        result = dict(msg=str(self))
+        if self.hint:
+            result['hint'] = self.hint
+        result.update(self.data)
+        return result
