@@ -14,9 +14,12 @@ from collections import namedtuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
-# What not to copy from a running cluster. Source: PostgreSQL 15 documentation, "Backing Up
-# the Data Directory" (section 26.3.3, "Making a Base Backup Using the Low Level API"), which
-# follows excludeDirContents / excludeFiles in src/backend/backup/basebackup.c.
+# What not to copy from a running cluster. Source: PostgreSQL 15 documentation, chapter
+# "Continuous Archiving and Point-in-Time Recovery", "Backing Up the Data Directory"
+# (https://www.postgresql.org/docs/15/continuous-archiving.html#BACKUP-LOWLEVEL-BASE-BACKUP-DATA),
+# which matches excludeDirContents / excludeFiles in src/backend/backup/basebackup.c.
+# Not expressible as rsync patterns, so still copied: unlogged and temporary relation files
+# (pg_basebackup skips them too); they are harmless, only bigger.
 #
 # Patterns are rsync filter patterns relative to the transfer root, so the source must be the
 # PGDATA directory WITH a trailing slash ('/var/lib/postgresql/15/main/'). A leading '/'

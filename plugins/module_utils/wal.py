@@ -221,7 +221,9 @@ def wal_segment_after(name, segment_size):
     """The name of the segment following ``name`` on the same timeline."""
     segno = segment_number(name, segment_size)
     if segno == _last_segment_number(segment_size):
-        raise InvalidWalName('%s is the last possible WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name)
+        raise InvalidWalName(
+            '%s is the last possible WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name
+        )
     return segment_name(timeline_of(name), segno + 1, segment_size)
 
 
@@ -229,7 +231,9 @@ def wal_segment_before(name, segment_size):
     """The name of the segment preceding ``name`` on the same timeline."""
     segno = segment_number(name, segment_size)
     if segno == 0:
-        raise InvalidWalName('%s is the first possible WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name)
+        raise InvalidWalName(
+            '%s is the first possible WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name
+        )
     return segment_name(timeline_of(name), segno - 1, segment_size)
 
 
@@ -268,7 +272,9 @@ def _lsn_value(lsn):
         return parse_lsn(lsn)
     if not _is_int(lsn) or not 0 <= lsn <= MAX_LSN:
         raise InvalidLsn(
-            'LSN %s is neither an X/X string nor an integer from 0 to 2**64 - 1' % _shown(lsn), LSN_HINT, lsn=lsn
+            'LSN %s is neither an X/X string nor an integer from 0 to 2**64 - 1' % _shown(lsn),
+            LSN_HINT,
+            lsn=lsn,
         )
     return lsn
 
@@ -363,7 +369,9 @@ def parse_timeline_history(text, timeline=None):
         if entries and parent <= entries[-1].parent_timeline:
             raise _history_error(line_number, line, 'does not increase the parent timeline')
         if timeline is not None and parent >= timeline:
-            raise _history_error(line_number, line, 'names a parent not below timeline %d' % timeline)
+            raise _history_error(
+                line_number, line, "has a parent timeline not below the history's own timeline %d" % timeline
+            )
         reason = fields[2].strip() if len(fields) == 3 else ''
         entries.append(HistoryEntry(parent, parse_lsn(fields[1]), reason))
     return entries
