@@ -141,7 +141,7 @@ def _validated_port(port):
         return None
     if isinstance(port, bool):
         raise InvalidSshTarget('The ssh port must be a number from 1 to 65535', port=port)
-    if isinstance(port, str) and port.isdigit():
+    if isinstance(port, str) and re.match(r'\A[0-9]{1,5}\Z', port):
         port = int(port)
     if not isinstance(port, int) or not 1 <= port <= 65535:
         raise InvalidSshTarget('The ssh port must be a number from 1 to 65535', port=port)
@@ -177,6 +177,7 @@ def remote_path(target, path):
     """
     if not isinstance(target, SshTarget):
         raise InvalidSshArgument('remote_path needs an SshTarget from validate_ssh_target()')
+    target = validate_ssh_target(*target)  # a hand-made SshTarget is checked too
     if not isinstance(path, str) or not path:
         raise InvalidSshArgument('The remote path must be a non-empty string', path=path)
     if _CONTROL_CHARS.search(path):
@@ -281,6 +282,7 @@ def ssh_argv(target, remote_argv, **ssh_option_kwargs):
     """
     if not isinstance(target, SshTarget):
         raise InvalidSshArgument('ssh_argv needs an SshTarget from validate_ssh_target()')
+    target = validate_ssh_target(*target)  # a hand-made SshTarget is checked too
     if ssh_option_kwargs.get('port') not in (None, target.port):
         raise InvalidSshArgument(
             'Two different ports were given', target_port=target.port, port=ssh_option_kwargs['port']
@@ -289,7 +291,11 @@ def ssh_argv(target, remote_argv, **ssh_option_kwargs):
         raise InvalidSshArgument('The remote command must be a non-empty list of arguments', argv=remote_argv)
     remote_command = shell_join(remote_argv)
     ssh_option_kwargs['port'] = target.port
-    return ['ssh'] + ssh_options(**ssh_option_kwargs) + ['%s@%s' % (target.user, target.host), '--', remote_command]
+    return (
+        ['ssh']
+        + ssh_options(**ssh_option_kwargs)
+        + ['%s@%s' % (target.user, target.host), '--', remote_command]
+    )
 
 
 def rsync_rsh(**ssh_option_kwargs):
@@ -312,7 +318,7 @@ def _decoded_key_blob(key_type, key_base64, error):
     try:
         blob = base64.b64decode(key_base64, validate=True)
     except (binascii.Error, ValueError):
-        raise error('The key is not valid base64', key=key_base64)
+        raise error('The key is not valid base64', key=key_base64) from None
     # The blob starts with the key type as an SSH string (uint32 length, then the name).
     if len(blob) < 4:
         raise error('The key is too short to be an SSH key', key=key_base64)
@@ -388,7 +394,9 @@ def known_hosts_line(host, port, key_type, key_base64):
     port = _validated_port(port)
     if key_type not in HOST_KEY_TYPES:
         raise InvalidPublicKey(
-            'Unsupported host key type', hint='Expected one of %s' % ', '.join(HOST_KEY_TYPES), key_type=key_type
+            'Unsupported host key type',
+            hint='Expected one of %s' % ', '.join(HOST_KEY_TYPES),
+            key_type=key_type,
         )
     _decoded_key_blob(key_type, key_base64, InvalidPublicKey)
     if port is None or port == DEFAULT_SSH_PORT:

@@ -375,3 +375,66 @@ def parse_timeline_history(text, timeline=None):
         reason = fields[2].strip() if len(fields) == 3 else ''
         entries.append(HistoryEntry(parent, parse_lsn(fields[1]), reason))
     return entries
+
+
+# The first page of every segment starts with XLogLongPageHeaderData (access/xlog_internal.h):
+# magic u16, info u16, timeline u32, page address u64, remaining length u32, padding u32,
+# system identifier u64, segment size u32, block size u32 -- in the server's byte order.
+LONG_PAGE_HEADER_SIZE = 40
+_XLP_LONG_HEADER = 0x0002
+SegmentHeader = collections.namedtuple(
+    'SegmentHeader', ['magic', 'timeline', 'page_address', 'systemid', 'segment_size']
+)
+
+
+class InvalidSegmentContent(BarmanError, ValueError):
+    """A file whose content is not the WAL segment its name says it is."""
+
+
+def parse_segment_header(data, byteorder='little'):
+    """The long page header at the start of a WAL segment, from its first LONG_PAGE_HEADER_SIZE bytes."""
+    if len(data) < LONG_PAGE_HEADER_SIZE:
+        raise InvalidSegmentContent(
+            'the file is %d bytes long, too short for a WAL segment header' % len(data),
+            'A WAL segment starts with a %d-byte header' % LONG_PAGE_HEADER_SIZE,
+        )
+
+    def field(start, size):
+        return int.from_bytes(data[start : start + size], byteorder)
+
+    if not field(2, 2) & _XLP_LONG_HEADER:
+        raise InvalidSegmentContent(
+            'the file does not start with a WAL long page header',
+            'Only files from a PostgreSQL pg_wal directory are accepted',
+        )
+    return SegmentHeader(field(0, 2), field(4, 4), field(8, 8), field(24, 8), field(32, 4))
+
+
+def check_segment_content(name, header, size, systemid=None):
+    """Refuse a segment whose header does not match its name, its size or the expected cluster.
+
+    The header's timeline is not compared: the first segment of a new timeline begins with pages
+    copied from its parent timeline.
+    """
+    if header.segment_size != size:
+        raise InvalidSegmentContent(
+            '%s is %d bytes but its header says segments are %d bytes' % (name, size, header.segment_size),
+            'The file was cut short or padded; PostgreSQL will send it again',
+            wal=name,
+        )
+    validate_segment_size(header.segment_size)
+    expected = segment_start_lsn(name, header.segment_size)
+    if header.page_address != expected:
+        raise InvalidSegmentContent(
+            '%s starts at LSN %s, not at %s as its name says'
+            % (name, format_lsn(header.page_address), format_lsn(expected)),
+            'The file is not the segment it is named after',
+            wal=name,
+        )
+    if systemid is not None and header.systemid != int(systemid):
+        raise InvalidSegmentContent(
+            '%s comes from the cluster with system identifier %d, not %s' % (name, header.systemid, systemid),
+            'Another cluster is archiving under this server name: give it a server name of its own',
+            wal=name,
+        )
+    return header

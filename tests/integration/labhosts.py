@@ -38,6 +38,22 @@ def playbook(name, *args, check=True):
 def psql(server, sql, dbname='postgres'):
     """Run SQL as the postgres superuser on a lab cluster, locally over its socket; returns stdout."""
     port = str(CLUSTERS[server]['port'])
-    argv = ['runuser', '-u', 'postgres', '--', 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1',
-            '-h', '/var/run/postgresql', '-p', port, '-d', dbname, '-c', sql]
+    argv = [
+        'runuser',
+        '-u',
+        'postgres',
+        '--',
+        'psql',
+        '-XAtq',
+        '-v',
+        'ON_ERROR_STOP=1',
+        '-h',
+        '/var/run/postgresql',
+        '-p',
+        port,
+        '-d',
+        dbname,
+        '-c',
+        sql,
+    ]
     return run(argv).stdout.strip()

@@ -26,11 +26,16 @@ def test_psycopg2_from_backup1_reaches_both_clusters(lab):
             code = (
                 'import json, psycopg2; '
                 'c = psycopg2.connect(host=%r, port=%d, user="lab_probe", password=%r, dbname="postgres"); '
-                'cur = c.cursor(); cur.execute("SELECT current_setting(\'server_version_num\'), '
+                "cur = c.cursor(); cur.execute(\"SELECT current_setting('server_version_num'), "
                 'inet_server_addr()::text"); print(json.dumps(cur.fetchone()))'
             ) % (where['host'], where['port'], password)
-            out = ansible('backup1', '-m', 'ansible.builtin.command', '-a',
-                          json.dumps({'argv': ['python3', '-c', code]})).stdout
+            out = ansible(
+                'backup1',
+                '-m',
+                'ansible.builtin.command',
+                '-a',
+                json.dumps({'argv': ['python3', '-c', code]}),
+            ).stdout
             version, address = json.loads(out.strip().splitlines()[-1])
             assert version.startswith('15'), (server, version)
             assert address.split('/')[0] == where['host'], (server, address)

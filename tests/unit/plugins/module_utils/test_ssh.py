@@ -95,6 +95,7 @@ def test_validate_ssh_target_accepts(user, host, port, expected):
         ('u', 'h', True),
         ('u', 'h', '22x'),
         ('u', 'h', 22.0),
+        ('u', 'h', '\u0663'),  # ARABIC-INDIC DIGIT THREE
     ],
 )
 def test_validate_ssh_target_refuses(user, host, port):
@@ -231,7 +232,11 @@ def test_ssh_argv_exact():
 def test_ssh_argv_with_port_and_known_hosts():
     target = ssh.validate_ssh_target('postgres', '2001:db8::7', 2222)
     assert ssh.ssh_argv(
-        target, ['ls', '-l', 'a b'], known_hosts_file='/etc/k', connect_timeout=None, server_alive_interval=None
+        target,
+        ['ls', '-l', 'a b'],
+        known_hosts_file='/etc/k',
+        connect_timeout=None,
+        server_alive_interval=None,
     ) == [
         'ssh',
         '-o',
@@ -272,6 +277,21 @@ def test_ssh_argv_refuses_bad_remote_argv(remote_argv):
 def test_ssh_argv_needs_a_validated_target():
     with pytest.raises(ssh.InvalidSshArgument):
         ssh.ssh_argv(('u', 'h', None), ['true'])
+
+
+@pytest.mark.parametrize(
+    'target',
+    [
+        ssh.SshTarget('-oProxyCommand=x', 'h'),
+        ssh.SshTarget('u', '-oProxyCommand=x'),
+        ssh.SshTarget('u', 'h', 0),
+    ],
+)
+def test_hand_made_targets_are_validated_again(target):
+    with pytest.raises(ssh.InvalidSshTarget):
+        ssh.ssh_argv(target, ['true'])
+    with pytest.raises(ssh.InvalidSshTarget):
+        ssh.remote_path(target, '/x')
 
 
 def test_ssh_argv_refuses_conflicting_ports():
