@@ -91,14 +91,6 @@ def copy_decompressed(path, target):
 def content_digest(path):
     """sha256 of a stored file's original (decompressed) content."""
     digest = hashlib.sha256()
-
-    class _Sink(object):
-        def write(self, data):
-            digest.update(data)
-
-        def flush(self):
-            pass
-
     compression = detect_compression(path)
     if compression in _PROGRAMS:
         proc = subprocess.Popen(_PROGRAMS[compression][1] + ['--', path], stdout=subprocess.PIPE)
@@ -107,8 +99,18 @@ def content_digest(path):
         if proc.wait() != 0:
             raise ArchiveError('cannot decompress %s with %s' % (path, compression))
     else:
-        copy_decompressed(path, _Sink())
+        copy_decompressed(path, _DigestSink(digest))
     return digest.hexdigest()
+
+
+class _DigestSink(object):
+    """A file-like sink that only hashes what is written."""
+
+    def __init__(self, digest):
+        self.write = digest.update
+
+    def flush(self):
+        pass
 
 
 def _fsync_file(handle):
@@ -264,7 +266,7 @@ class WalArchive(object):
 
     # -- processing incoming/ into wals/ -------------------------------------------------------------
 
-    def process_incoming(self, compression='gzip', dry_run=False):
+    def process_incoming(self, compression='gzip', dry_run=False, wait_seconds=60):
         """Move every delivered file from incoming/ into wals/, compressed, and index it in xlog.db.
 
         Returns dict(archived=[names], identical=[names], errors=[dict(name, kept, reason)]). A file
@@ -276,7 +278,7 @@ class WalArchive(object):
             )
         self._check_ready()
         result = dict(archived=[], identical=[], errors=[])
-        with catalog.ServerLock(self.layout, 'archive-process', wait_seconds=60):
+        with catalog.ServerLock(self.layout, 'archive-process', wait_seconds=wait_seconds):
             for entry in sorted(os.listdir(self.layout.incoming_dir)):
                 path = os.path.join(self.layout.incoming_dir, entry)
                 if entry.startswith('.') or not os.path.isfile(path):
@@ -372,3 +374,76 @@ class WalArchive(object):
                 text = ''.join(catalog.format_xlog_db_line(*entry) for entry in entries)
                 catalog.atomic_write(self.layout.xlog_db, text, 0o600)
         return dict(entries=len(entries), added=sorted(after - before), removed=sorted(before - after))
+
+    # -- continuity ----------------------------------------------------------------------------------
+
+    def history(self, timeline):
+        """The entries of ``timeline``'s history file ([] for timeline 1 or when it is missing)."""
+        if timeline == 1:
+            return []
+        name = wal.history_file_name(timeline)
+        path = self.locate(name)
+        if path is None:
+            raise ArchiveError(
+                'the history file %s of timeline %d is not in the archive' % (name, timeline),
+                'Without it the archive cannot be followed across the timeline switch; '
+                'copy it from the pg_wal directory of the server',
+                wal=name,
+            )
+        sink = _Collector()
+        copy_decompressed(path, sink)
+        return wal.parse_timeline_history(sink.text(), timeline)
+
+    def continuity(self, segment_size, first_name=None):
+        """Check that every segment from ``first_name`` (default: the oldest archived) to the newest
+        archived one is there, following timeline switches.
+
+        Returns dict(first, last, timeline, segments, missing=[[first, last]...], ok).
+        """
+        names = self.archived_names()
+        segments = [n for n in names if wal.is_segment_name(n)]
+        if not segments:
+            return dict(first=None, last=None, timeline=None, segments=0, missing=[], ok=first_name is None)
+        newest_timeline = max(wal.timeline_of(n) for n in names)
+        last = max((n for n in segments if wal.timeline_of(n) == newest_timeline), default=None)
+        if last is None:  # promoted, nothing written on the new timeline yet
+            newest_timeline = max(wal.timeline_of(n) for n in segments)
+            last = max(n for n in segments if wal.timeline_of(n) == newest_timeline)
+        path = wal.timeline_path(newest_timeline, self.history(newest_timeline))
+        first = first_name or min(segments, key=lambda n: (wal.segment_number(n, segment_size), n))
+        expected = wal.expected_segments(
+            wal.segment_number(first, segment_size),
+            wal.segment_number(last, segment_size),
+            path,
+            segment_size,
+        )
+        present = set(segments)
+        missing = [n for n in expected if n not in present]
+        return dict(
+            first=first,
+            last=last,
+            timeline=newest_timeline,
+            segments=len(expected) - len(missing),
+            missing=[list(r) for r in wal.group_consecutive(missing, segment_size)],
+            ok=not missing,
+        )
+
+    def incoming_backlog(self):
+        """Names delivered but not yet compressed into wals/."""
+        return sorted(e for e in os.listdir(self.layout.incoming_dir) if not e.startswith('.'))
+
+
+class _Collector(object):
+    """A file-like sink that keeps what is written (small files only)."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, data):
+        self.parts.append(data)
+
+    def flush(self):
+        pass
+
+    def text(self):
+        return b''.join(self.parts).decode('utf-8')

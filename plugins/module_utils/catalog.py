@@ -208,6 +208,14 @@ def validate_operation(operation):
 # Paths
 
 
+def catalog_argument_spec():
+    """The options every module that works on a server's catalog takes (doc fragment: catalog)."""
+    return dict(
+        server=dict(type='str', required=True),
+        barman_home=dict(type='path', default='/var/lib/barman'),
+    )
+
+
 class ServerLayout(object):
     """Paths of one server's directory under the Barman home, as Barman lays them out."""
 
@@ -229,6 +237,8 @@ class ServerLayout(object):
         self.streaming_dir = os.path.join(self.root, 'streaming')
         self.xlog_db = os.path.join(self.wals_dir, '%s-xlog.db' % server)
         self.identity_file = os.path.join(self.root, 'identity.json')
+        # Ours, not Barman's: failures of the background WAL processing, for check to report.
+        self.process_log = os.path.join(self.root, 'archive-process.log')
 
     def __repr__(self):
         return 'ServerLayout(%r, %r)' % (self.barman_home, self.server)

@@ -438,3 +438,39 @@ def check_segment_content(name, header, size, systemid=None):
             wal=name,
         )
     return header
+
+
+def timeline_path(timeline, history_entries):
+    """[(timeline, first LSN on it)] from timeline 1 to ``timeline``, following its history file."""
+    path = []
+    start = 0
+    for entry in history_entries:
+        path.append((entry.parent_timeline, start))
+        start = entry.switch_lsn
+    path.append((timeline, start))
+    return path
+
+
+def expected_segments(first_segno, last_segno, path, segment_size):
+    """The segment names recovery reads, in order, for segment numbers first..last along ``path``.
+
+    The segment holding a switch point is read from the new timeline, as PostgreSQL does.
+    """
+    starts = [(lsn // segment_size, timeline) for timeline, lsn in path]
+    names = []
+    for segno in range(first_segno, last_segno + 1):
+        timeline = [tli for first, tli in starts if first <= segno][-1]
+        names.append(segment_name(timeline, segno, segment_size))
+    return names
+
+
+def group_consecutive(names, segment_size):
+    """[(first, last)] ranges of consecutive segment names, for reporting gaps briefly."""
+    ranges = []
+    for name in names:
+        segno = segment_number(name, segment_size)
+        if ranges and ranges[-1][2] == segno - 1 and timeline_of(ranges[-1][1]) == timeline_of(name):
+            ranges[-1] = (ranges[-1][0], name, segno)
+        else:
+            ranges.append((name, name, segno))
+    return [(first, last) for first, last, _ in ranges]

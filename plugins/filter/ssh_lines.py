@@ -1,0 +1,76 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Jinja filters for the ssh_keys role, so that roles build SSH lines with module_utils/ssh.py."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: authorized_keys_line
+short_description: An authorized_keys line that forces a command for a key
+description:
+  - C(restrict,command="...") followed by the key, the command quoted for sshd.
+  - The same module also provides C(known_hosts_lines), the known_hosts lines of a host from its
+    gathered facts (C(ansible_ssh_host_key_*_public)).
+version_added: 0.1.0
+author: barman.postgresql contributors
+positional: forced_command
+options:
+  _input:
+    description: The public key line (C(type base64 [comment])).
+    type: str
+    required: true
+  forced_command:
+    description: The command sshd runs for this key, as a list of arguments.
+    type: list
+    elements: str
+    required: true
+  comment:
+    description: Comment put at the end of the line, to find it again.
+    type: str
+"""
+
+EXAMPLES = r"""
+- name: Restrict a key to the WAL receiver
+  ansible.builtin.debug:
+    msg: "{{ public_key | barman.postgresql.authorized_keys_line(['/usr/bin/receiver', '--server', 'pg1']) }}"
+"""
+
+RETURN = r"""
+_value:
+  description: The authorized_keys line.
+  type: str
+"""
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.barman.postgresql.plugins.module_utils import ssh
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+
+def authorized_keys_line(public_key, forced_command, comment=None):
+    try:
+        return ssh.authorized_keys_line(public_key, forced_command, comment)
+    except BarmanError as error:
+        raise AnsibleFilterError(str(error)) from None
+
+
+def known_hosts_lines(host_facts, address, port=None):
+    """known_hosts lines for every host key type found in a host's facts (hostvars[host])."""
+    lines = []
+    for kind in ('ed25519', 'ecdsa', 'rsa'):
+        key = host_facts.get('ansible_ssh_host_key_%s_public' % kind)
+        if key:
+            key_type = host_facts.get('ansible_ssh_host_key_%s_public_keytype' % kind) or 'ssh-%s' % kind
+            lines.append(ssh.known_hosts_line(address, port, key_type, key))
+    if not lines:
+        raise AnsibleFilterError(
+            'no SSH host key in the facts of %s: gather facts (the ssh_host_pub_keys subset) before '
+            'building known_hosts' % address
+        )
+    return lines
+
+
+class FilterModule(object):
+    def filters(self):
+        return dict(authorized_keys_line=authorized_keys_line, known_hosts_lines=known_hosts_lines)
