@@ -55,8 +55,12 @@ def authorized_keys_line(public_key, forced_command, comment=None):
         raise AnsibleFilterError(str(error)) from None
 
 
-def known_hosts_lines(host_facts, address, port=None):
-    """known_hosts lines for every host key type found in a host's facts (hostvars[host])."""
+def known_hosts_lines(host_facts, address=None, port=None):
+    """known_hosts lines for every host key type found in a host's facts (hostvars[host]).
+
+    ``address`` defaults to the one the common role published for the host (barman_host.address).
+    """
+    address = address or host_facts['barman_host']['address']
     lines = []
     for kind in ('ed25519', 'ecdsa', 'rsa'):
         key = host_facts.get('ansible_ssh_host_key_%s_public' % kind)
