@@ -14,7 +14,7 @@ description:
   - The same module also provides C(known_hosts_lines), the known_hosts lines of a host from its
     gathered facts (C(ansible_ssh_host_key_*_public)).
 version_added: 0.1.0
-author: barman.postgresql contributors
+author: barman.postgresql contributors (@barman-postgresql)
 positional: forced_command
 options:
   _input:

@@ -66,7 +66,7 @@ def detect_compression(path):
 def _stream_through(argv, source, target):
     """Pipe source (a file object) through argv into target; raise ArchiveError if it fails."""
     proc = subprocess.Popen(argv, stdin=source, stdout=target, stderr=subprocess.PIPE)
-    _, err = proc.communicate()
+    err = proc.communicate()[1]
     if proc.returncode != 0:
         raise ArchiveError(
             '%s failed with exit code %d: %s'

@@ -27,6 +27,7 @@ import datetime
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import tempfile
@@ -669,7 +670,7 @@ def format_xlog_db_line(name, size, time, compression=None, encryption=None):
         raise InvalidName(
             'xlog.db size %s is not a byte count' % _shown(size), 'Use the file size', size=size
         )
-    if isinstance(time, bool) or not isinstance(time, (int, float)) or time != time:
+    if isinstance(time, bool) or not isinstance(time, (int, float)) or math.isnan(time):
         raise InvalidName(
             'xlog.db time %s is not a number' % _shown(time),
             'Use the mtime in seconds since epoch',
@@ -906,7 +907,7 @@ class ServerLock(object):
         hint = 'Wait for it to finish and retry'
         if holder['pid']:
             hint += (
-                ', or check what pid %d is (ps -p %d): the lock is released as soon as that process exits'
+                ', or check what pid %s is (ps -p %s): the lock is released as soon as that process exits'
                 % (holder['pid'], holder['pid'])
             )
         return LockBusy(

@@ -473,4 +473,4 @@ def group_consecutive(names, segment_size):
             ranges[-1] = (ranges[-1][0], name, segno)
         else:
             ranges.append((name, name, segno))
-    return [(first, last) for first, last, _ in ranges]
+    return [(r[0], r[1]) for r in ranges]

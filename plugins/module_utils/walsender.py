@@ -32,7 +32,7 @@ SSH_FAILED = 255
 
 
 def _ssh_argv(args, remote_argv):
-    user, _, host = args.ssh.rpartition('@')
+    user, host = args.ssh.rsplit('@', 1) if '@' in args.ssh else ('', args.ssh)
     target = ssh.validate_ssh_target(user, host, args.port)
     return ssh.ssh_argv(
         target,

@@ -11,16 +11,18 @@ module: pg_wal_archive
 short_description: Check, process and re-index the WAL archive of a PostgreSQL server
 description:
   - Runs on the backup server, as the user that owns the catalog (C(barman)).
-  - V(check) proves that archiving works: it makes PostgreSQL switch to a new WAL segment, waits until
+  - >-
+    V(check) proves that archiving works. It makes PostgreSQL switch to a new WAL segment, waits until
     the closed segment arrives in the archive, then checks that the archive is continuous from the
     oldest backup's first WAL (or the oldest archived segment) to the newest one, following timeline
     switches. It fails when a segment does not arrive or a segment is missing, and says which.
-  - V(process) moves WAL files delivered to C(incoming/) (by the WAL receiver, or by a plain rsync
+  - >-
+    V(process) moves WAL files delivered to C(incoming/) (by the WAL receiver, or by a plain rsync
     C(archive_command)) into C(wals/), compressed and indexed in C(xlog.db); a file that differs from
     the archived file of the same name is moved to C(errors/), never over it.
   - V(rebuild) rewrites C(xlog.db) from the files in C(wals/).
 version_added: 0.1.0
-author: barman.postgresql contributors
+author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
   - barman.postgresql.catalog
   - barman.postgresql.postgres
@@ -63,6 +65,7 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: >-
       V(check) is read-only (the WAL switch is skipped); V(process) and V(rebuild) report what they
@@ -115,12 +118,25 @@ continuity:
   returned: with V(check)
   type: dict
   contains:
-    first: {description: First segment checked., type: str}
-    last: {description: Newest archived segment on the newest timeline., type: str}
-    timeline: {description: Newest timeline., type: int}
-    segments: {description: Segments present between first and last., type: int}
-    missing: {description: Missing ranges as [first, last] pairs., type: list, elements: list}
-    ok: {description: No segment is missing., type: bool}
+    first:
+      description: First segment checked.
+      type: str
+    last:
+      description: Newest archived segment on the newest timeline.
+      type: str
+    timeline:
+      description: Newest timeline.
+      type: int
+    segments:
+      description: Segments present between first and last.
+      type: int
+    missing:
+      description: Missing ranges, each a list of its first and last segment.
+      type: list
+      elements: list
+    ok:
+      description: No segment is missing.
+      type: bool
 incoming_backlog:
   description: Files delivered but not yet compressed into C(wals/).
   returned: with V(check)

@@ -8,7 +8,6 @@ __metaclass__ = type
 
 import re
 import shlex
-import shutil
 import subprocess
 
 import pytest
@@ -261,7 +260,6 @@ def test_ssh_argv_remote_command_round_trips_through_shlex():
     assert argv.count('-o') == 4
 
 
-@pytest.mark.skipif(shutil.which('sh') is None, reason='needs /bin/sh')
 def test_remote_command_string_gives_the_same_argv_to_a_real_shell():
     command = ssh.shell_join(['printf', '%s\\0'] + NASTY_ARGS)
     output = subprocess.run(['sh', '-c', command], stdout=subprocess.PIPE, check=True).stdout
@@ -406,12 +404,14 @@ def test_authorized_keys_line_quote_in_command_cannot_close_the_option():
     assert len(re.findall(r'(?<!\\)"', line)) == 2
 
 
-@pytest.mark.skipif(shutil.which('ssh-keygen') is None, reason='needs ssh-keygen')
 def test_authorized_keys_line_is_accepted_by_openssh(tmp_path):
     authorized_keys = tmp_path / 'authorized_keys'
     authorized_keys.write_text(ssh.authorized_keys_line(ED25519_KEY, NASTY_ARGS) + '\n')
     result = subprocess.run(
-        ['ssh-keygen', '-l', '-f', str(authorized_keys)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ['ssh-keygen', '-l', '-f', str(authorized_keys)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert b'ED25519' in result.stdout
@@ -471,7 +471,6 @@ def test_known_hosts_line_refuses_bad_hosts(host, port):
         ssh.known_hosts_line(host, port, 'ssh-ed25519', ED25519_B64)
 
 
-@pytest.mark.skipif(shutil.which('ssh-keygen') is None, reason='needs ssh-keygen')
 def test_known_hosts_line_is_found_by_ssh_keygen(tmp_path):
     known_hosts = tmp_path / 'known_hosts'
     known_hosts.write_text(ssh.known_hosts_line('db1.example.com', 2222, 'ssh-ed25519', ED25519_B64) + '\n')
@@ -479,6 +478,7 @@ def test_known_hosts_line_is_found_by_ssh_keygen(tmp_path):
         ['ssh-keygen', '-F', '[db1.example.com]:2222', '-f', str(known_hosts)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert ED25519_B64.encode() in result.stdout
