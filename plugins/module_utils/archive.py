@@ -123,6 +123,12 @@ class WalArchive(object):
 
     def __init__(self, barman_home, server):
         self.layout = catalog.ServerLayout(barman_home, server)
+        if not os.path.isdir(self.layout.incoming_dir):
+            raise ArchiveError(
+                'the archive of server %s does not exist under %s' % (server, self.layout.barman_home),
+                'Check the server name, or run the setup playbook (playbooks/setup.yml) for this server',
+                server=server,
+            )
 
     # -- where files are ---------------------------------------------------------------------
 
@@ -169,7 +175,6 @@ class WalArchive(object):
         (nothing kept) or DuplicateWal (the file is kept in errors/ for a human).
         """
         parsed = wal.parse_wal_name(name)
-        self._check_ready()
         if parsed.kind in ('history', 'backup') and size > MAX_TEXT_FILE_SIZE:
             raise ArchiveError(
                 '%s is %d bytes, too large for a %s file' % (name, size, parsed.kind), wal=name
@@ -276,7 +281,6 @@ class WalArchive(object):
             raise ArchiveError(
                 'compression %r is not supported' % compression, 'Use one of %s' % ', '.join(COMPRESSIONS)
             )
-        self._check_ready()
         result = dict(archived=[], identical=[], errors=[])
         with catalog.ServerLock(self.layout, 'archive-process', wait_seconds=wait_seconds):
             for entry in sorted(os.listdir(self.layout.incoming_dir)):
