@@ -157,15 +157,6 @@ class WalArchive(object):
             if len(entry) == 16 and os.path.isdir(os.path.join(self.layout.wals_dir, entry))
         ]
 
-    def _check_ready(self):
-        if not os.path.isdir(self.layout.incoming_dir):
-            raise ArchiveError(
-                'the archive of server %s does not exist under %s'
-                % (self.layout.server, self.layout.barman_home),
-                'Run the setup playbook (playbooks/setup.yml) for this server',
-                server=self.layout.server,
-            )
-
     # -- receiving -----------------------------------------------------------------------------
 
     def receive(self, name, size, source, digest_line_reader):
