@@ -45,6 +45,10 @@ class ArchiveError(BarmanError):
     """The archive refused a file or could not serve one."""
 
 
+class RefusedWal(ArchiveError, ValueError):
+    """A delivery that is not a valid file of this server: sending it again will not help."""
+
+
 class DuplicateWal(ArchiveError):
     """A different file arrived under the name of one already archived."""
 
@@ -167,9 +171,7 @@ class WalArchive(object):
         """
         parsed = wal.parse_wal_name(name)
         if parsed.kind in ('history', 'backup') and size > MAX_TEXT_FILE_SIZE:
-            raise ArchiveError(
-                '%s is %d bytes, too large for a %s file' % (name, size, parsed.kind), wal=name
-            )
+            raise RefusedWal('%s is %d bytes, too large for a %s file' % (name, size, parsed.kind), wal=name)
         fd, tmp = tempfile.mkstemp(dir=self.layout.incoming_dir, prefix='.%s.' % name, suffix='.tmp')
         try:
             with os.fdopen(fd, 'wb') as handle:
@@ -213,9 +215,9 @@ class WalArchive(object):
         if parsed.kind == 'backup':
             return
         if size == 0:
-            raise ArchiveError('%s is empty' % parsed.name, 'Nothing was stored', wal=parsed.name)
+            raise RefusedWal('%s is empty' % parsed.name, 'Nothing was stored', wal=parsed.name)
         with open(path, 'rb') as handle:
-            header = wal.parse_segment_header(handle.read(wal.LONG_PAGE_HEADER_SIZE))
+            header = wal.parse_segment_header(handle.read(wal.LONG_PAGE_HEADER_SIZE), parsed.name)
         identity = catalog.read_identity(self.layout.identity_file)
         wal.check_segment_content(parsed.name, header, size, identity and identity['systemid'])
         if identity is None:

@@ -391,11 +391,11 @@ class InvalidSegmentContent(BarmanError, ValueError):
     """A file whose content is not the WAL segment its name says it is."""
 
 
-def parse_segment_header(data, byteorder='little'):
+def parse_segment_header(data, name='the file', byteorder='little'):
     """The long page header at the start of a WAL segment, from its first LONG_PAGE_HEADER_SIZE bytes."""
     if len(data) < LONG_PAGE_HEADER_SIZE:
         raise InvalidSegmentContent(
-            'the file is %d bytes long, too short for a WAL segment header' % len(data),
+            '%s is %d bytes long, too short for a WAL segment header' % (name, len(data)),
             'A WAL segment starts with a %d-byte header' % LONG_PAGE_HEADER_SIZE,
         )
 
@@ -404,7 +404,7 @@ def parse_segment_header(data, byteorder='little'):
 
     if not field(2, 2) & _XLP_LONG_HEADER:
         raise InvalidSegmentContent(
-            'the file does not start with a WAL long page header',
+            '%s does not start with a WAL long page header' % name,
             'Only files from a PostgreSQL pg_wal directory are accepted',
         )
     return SegmentHeader(field(0, 2), field(4, 4), field(8, 8), field(24, 8), field(32, 4))

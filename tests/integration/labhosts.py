@@ -16,7 +16,11 @@ CLUSTERS = {
 
 def run(argv, check=True, **kwargs):
     """Run argv from the checkout; on failure show what ran, its exit code and its output."""
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'), ANSIBLE_FORCE_COLOR='0')
+    env = dict(
+        kwargs.pop('env', os.environ),
+        ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'),
+        ANSIBLE_FORCE_COLOR='0',
+    )
     env['PATH'] = VENV_BIN + os.pathsep + env.get('PATH', '')
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False, **kwargs)
     if check and proc.returncode != 0:
@@ -57,3 +61,62 @@ def psql(server, sql, dbname='postgres'):
         sql,
     ]
     return run(argv).stdout.strip()
+
+
+BARMAN_HOME = '/var/lib/barman'
+PG_OS_HOME = '/var/lib/postgresql'
+SENDER = '/usr/local/lib/barman-postgresql/bin/barman-wal-sender'
+BACKUP1 = '127.0.0.21'
+
+
+def as_postgres(*argv, check=True):
+    return run(['runuser', '-u', 'postgres', '--'] + list(argv), check=check)
+
+
+def sender_argv(server, *command):
+    """The WAL sender as archive_command runs it for ``server``, with that server's restricted key."""
+    return [
+        SENDER,
+        '--ssh',
+        'barman@' + BACKUP1,
+        '--identity-file',
+        '%s/.ssh/barman_%s' % (PG_OS_HOME, server),
+        '--known-hosts',
+        '%s/.ssh/barman_known_hosts' % PG_OS_HOME,
+    ] + list(command)
+
+
+def ssh_with_server_key(server, *args):
+    """A raw ssh client with ``server``'s archiving key, as an attacker holding that key would use it."""
+    return [
+        'ssh',
+        '-i',
+        '%s/.ssh/barman_%s' % (PG_OS_HOME, server),
+        '-o',
+        'IdentitiesOnly=yes',
+        '-o',
+        'BatchMode=yes',
+        '-o',
+        'UserKnownHostsFile=%s/.ssh/barman_known_hosts' % PG_OS_HOME,
+        '-o',
+        'ControlMaster=no',
+        '-o',
+        'ControlPath=none',
+    ] + list(args)
+
+
+def pgbench(server, *args):
+    port = str(CLUSTERS[server]['port'])
+    return ['runuser', '-u', 'postgres', '--', 'pgbench', '-h', '/var/run/postgresql', '-p', port] + list(
+        args
+    )
+
+
+def switch_wal(server):
+    """Close the current segment (writing a commit first, so that the switch happens) and return its name."""
+    psql(server, 'SELECT pg_current_xact_id()')
+    return psql(server, 'SELECT pg_walfile_name(pg_switch_wal())')
+
+
+def current_wal(server):
+    return psql(server, 'SELECT pg_walfile_name(pg_current_wal_lsn())')
