@@ -26,6 +26,7 @@ import platform
 import pwd
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -189,6 +190,19 @@ def ssh_base(identity_file, control_path=None):
     return ['ssh'] + ssh.ssh_options(
         known_hosts_file=KNOWN_HOSTS, identity_file=identity_file, control_path=control_path
     )
+
+
+def wait_for_sshd(seconds=120):
+    """Other sessions stop the lab's sshd during their tests: wait until backup1 answers again."""
+
+    def answers():
+        try:
+            socket.create_connection((BACKUP_HOST, 22), timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(answers, seconds, 'sshd on %s:22' % BACKUP_HOST)
 
 
 def drop_caches_of_writes():
@@ -467,9 +481,10 @@ def barman_setup():
         'barman',
         0o644,
     )
-    # barman cron makes the server's folders from a background process: wait for incoming/.
+    # Here `barman cron` alone did not make the server's folders; `barman check` does (exit 1: no WAL yet).
     incoming = os.path.join(BARMAN_BENCH_HOME, 'pg1', 'incoming')
     run([barman, '-c', config, '-q', 'cron'], user='barman', check=False)
+    run([barman, '-c', config, '-q', 'check', 'pg1'], user='barman', check=False)
     wait_until(lambda: os.path.isdir(incoming), 60, 'barman cron to create %s' % incoming)
     time.sleep(1)  # let cron's background archiver finish before we time anything
     key = new_key('barman_key')
@@ -524,12 +539,18 @@ def method_barman(segments):
         raise MethodFailed('barman stored %d of %d segments' % (len(stored & names), len(names)))
     return {
         'times': times,
-        'after': processing,
+        'processed': sum(times) + processing,
         'note': 'archive-wal afterwards: %.1f s (%d in wals/)' % (processing, len(stored & names)),
     }
 
 
 def method_pgbackrest(segments):
+    if shutil.which('pgbackrest') is None:
+        print('installing pgbackrest (apt)', flush=True)
+        run(
+            ['apt-get', 'install', '-y', '-q', 'pgbackrest'],
+            env=dict(os.environ, DEBIAN_FRONTEND='noninteractive'),
+        )
     make_dir(PGBR_DIR, 'postgres')
     for sub in ('repo', 'log', 'lock', 'spool'):
         make_dir(os.path.join(PGBR_DIR, sub), 'postgres')
@@ -550,7 +571,7 @@ def method_pgbackrest(segments):
         stored += [f for f in files if f[:24] in set(os.path.basename(s) for s in segments)]
     if len(stored) != len(segments):
         raise MethodFailed('pgbackrest stored %d of %d segments' % (len(stored), len(segments)))
-    return {'times': times, 'note': 'stored %s' % stored[0][25:] if stored else ''}
+    return {'times': times, 'note': 'repository files: *.%s' % stored[0].rsplit('.', 1)[-1]}
 
 
 # --------------------------------------------------------------------------- where our time goes
@@ -751,6 +772,7 @@ def main():
     count = args.segments
     rows, failures, parts = [], [], None
     started = datetime.datetime.now().astimezone()
+    load_before = os.getloadavg()[0]
     try:
         remove_bench_keys()
         make_dir(KEYS_DIR, 'postgres')
@@ -770,6 +792,7 @@ def main():
         methods = [(name, method) for name, method in methods if not args.only or args.only in name]
         for name, method in methods:
             drop_caches_of_writes()
+            wait_for_sshd()
             print('running %s ...' % name, flush=True)
             try:
                 row = summarize(name, method(), count)
@@ -792,8 +815,9 @@ def main():
         '%s' % SECTION,
         '',
         'Run %s on %s; %d consecutive 16 MB segments of pg1, one process per segment in sequence, '
-        'each method with its usual durability. `.venv/bin/python bench/archive_throughput.py --segments %d`.'
-        % (started.strftime('%Y-%m-%d %H:%M %Z'), machine(), count, count),
+        'each method with its usual durability; load average (1 min) %.1f before, %.1f after. '
+        '`.venv/bin/python bench/archive_throughput.py --segments %d`.'
+        % (started.strftime('%Y-%m-%d %H:%M %Z'), machine(), count, load_before, os.getloadavg()[0], count),
         '',
         table(rows, failures),
     ]

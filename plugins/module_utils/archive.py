@@ -183,8 +183,8 @@ class WalArchive(object):
                         'Nothing was stored; PostgreSQL will send it again',
                         wal=name,
                     )
+                _fsync_file(handle)  # also flushes, so that validation reads what arrived
                 self._validate_content(parsed, tmp, size)
-                _fsync_file(handle)
             return self._commit(name, tmp, digest)
         finally:
             if os.path.exists(tmp):
@@ -308,9 +308,9 @@ class WalArchive(object):
             os.mkdir(directory, 0o700)
             catalog.fsync_dir(self.layout.wals_dir)
         stored_as = self._store_compressed(path, target, compression, wal.parse_wal_name(name).kind)
-        size = os.stat(path).st_size
+        stat = os.stat(target)  # xlog.db records the stored file, as Barman does
         with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
-            catalog.append_xlog_db(self.layout.xlog_db, [(name, size, os.stat(target).st_mtime, stored_as)])
+            catalog.append_xlog_db(self.layout.xlog_db, [(name, stat.st_size, stat.st_mtime, stored_as)])
         os.unlink(path)
         catalog.fsync_dir(self.layout.incoming_dir)
         result['archived'].append(name)

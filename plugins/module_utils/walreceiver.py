@@ -15,6 +15,7 @@ __metaclass__ = type
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import time
@@ -40,7 +41,7 @@ def parse_request(command):
         words = shlex.split(command or '')
     except ValueError:
         words = []
-    if len(words) == 3 and words[0] == 'put' and words[2].isdigit():
+    if len(words) == 3 and words[0] == 'put' and re.match(r'[0-9]{1,12}\Z', words[2]):
         size = int(words[2])
         if size > MAX_SEGMENT_BYTES:
             raise RequestError('refused put of %d bytes: more than a WAL segment can be' % size, USAGE)

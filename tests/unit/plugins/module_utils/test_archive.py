@@ -306,12 +306,6 @@ def test_history_file_is_validated_and_stored(arc):
     assert read(os.path.join(arc.layout.incoming_dir, '00000002.history')) == data
 
 
-HISTORY_NOT_VALIDATED = pytest.mark.xfail(
-    strict=True,
-    reason='archive.py WalArchive.receive calls _validate_content(parsed, tmp, size) before flushing '
-    'the buffered temp file handle (_fsync_file comes after): a history file smaller than the write '
-    'buffer (8 KB, i.e. every real one) is read back empty, parses as [] and is accepted unvalidated',
-)
 MALFORMED_HISTORIES = [
     'garbage\n',
     '1\tnot-an-lsn\treason\n',
@@ -320,7 +314,6 @@ MALFORMED_HISTORIES = [
 ]
 
 
-@HISTORY_NOT_VALIDATED
 @pytest.mark.parametrize('content', MALFORMED_HISTORIES)
 def test_malformed_history_is_refused(arc, content):
     with pytest.raises(wal.InvalidHistory) as info:
@@ -339,7 +332,6 @@ def test_malformed_history_larger_than_the_write_buffer_is_refused(arc, content)
     assert listing(arc.layout.incoming_dir) == []
 
 
-@HISTORY_NOT_VALIDATED
 def test_history_that_is_not_utf8_is_refused(arc):
     with pytest.raises(UnicodeDecodeError):
         put(arc, '00000002.history', b'1\t0/380000\t\xff\xfe\n')
@@ -728,12 +720,6 @@ def test_rebuild_xlog_db_reproduces_uncompressed_entries_exactly(arc):
     assert read(arc.layout.xlog_db) == original
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='process_incoming records the original size in xlog.db (archive.py _process_one: '
-    'size = os.stat(path).st_size of the incoming file) while rebuild_xlog_db and _index_if_missing '
-    'record the size of the stored, compressed file; Barman records the stored size',
-)
 @pytest.mark.parametrize('compression', ['gzip', 'zstd', 'lz4'])
 def test_rebuild_xlog_db_reproduces_compressed_entries_exactly(arc, compression):
     _archive_some(arc, compression)

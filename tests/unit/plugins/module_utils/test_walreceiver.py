@@ -149,12 +149,6 @@ def test_parse_request_refuses_bad_names(command, bad):
     assert repr(bad) in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='walreceiver.py parse_request checks the size with str.isdigit(), which is True for '
-    "non-ASCII digits such as '\u00b2' that int() refuses: a plain ValueError escapes instead of "
-    'RequestError (use a [0-9]+ regex or str.isdecimal() + isascii())',
-)
 def test_parse_request_superscript_size_is_a_request_error():
     with pytest.raises(walreceiver.RequestError):
         walreceiver.parse_request('put 000000010000000000000001 \u00b2')
@@ -218,11 +212,6 @@ def test_put_of_a_segment_under_the_wrong_name_is_refused(home, layout):
     assert os.listdir(layout.incoming_dir) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='archive.py WalArchive.receive validates a .history file before flushing its buffered temp '
-    'file, so the content read back is empty and a malformed history is stored (exit 0)',
-)
 def test_put_of_a_malformed_history_is_refused(home, layout):
     code, _, err = put(home, '00000002.history', b'garbage\n')
     assert code == walreceiver.EXIT_REFUSED
