@@ -96,7 +96,6 @@ def server_facts(conn):
         "current_setting('config_file') AS config_file, "
         "current_setting('hba_file') AS hba_file, "
         "current_setting('ident_file') AS ident_file, "
-        "current_setting('wal_segment_size')::bigint AS wal_segment_size_text, "
         '(SELECT system_identifier::text FROM pg_control_system()) AS systemid, '
         '(SELECT timeline_id FROM pg_control_checkpoint()) AS timeline, '
         'pg_is_in_recovery() AS in_recovery',
@@ -131,5 +130,57 @@ def archiver_stats(conn):
         conn,
         'SELECT archived_count, last_archived_wal, last_archived_time::text, failed_count, '
         'last_failed_wal, last_failed_time::text, stats_reset::text FROM pg_stat_archiver',
+    )
+    return row
+
+
+def tablespaces(conn):
+    """[(name, oid, location)] of the user tablespaces (pg_default and pg_global live in PGDATA)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            'SELECT spcname, oid::bigint, pg_tablespace_location(oid) FROM pg_tablespace '
+            "WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid"
+        )
+        return [(name, int(oid), location) for name, oid, location in cur.fetchall()]
+
+
+def missing_backup_privileges(conn):
+    """What the connected role lacks to take a non-exclusive backup; [] when it can."""
+    row = query_one(
+        conn,
+        "SELECT has_function_privilege('pg_backup_start(text, boolean)', 'EXECUTE') AS start, "
+        "has_function_privilege('pg_backup_stop(boolean)', 'EXECUTE') AS stop, "
+        "has_function_privilege('pg_switch_wal()', 'EXECUTE') AS switch, "
+        "pg_has_role('pg_read_all_settings', 'MEMBER') AS settings",
+    )
+    names = dict(
+        start='pg_backup_start()',
+        stop='pg_backup_stop()',
+        switch='pg_switch_wal()',
+        settings='pg_read_all_settings',
+    )
+    return [names[key] for key, granted in sorted(row.items()) if not granted]
+
+
+def backup_start(conn, label, fast):
+    """pg_backup_start() on this session: the start LSN, its timeline and the server time."""
+    row = query_one(
+        conn,
+        'SELECT lsn::text AS lsn, now() AS time, '
+        '(SELECT timeline_id FROM pg_control_checkpoint()) AS timeline '
+        'FROM pg_backup_start(%s, %s) AS lsn',
+        (label, fast),
+    )
+    return row
+
+
+def backup_stop(conn):
+    """pg_backup_stop() on the same session: end LSN, backup_label and tablespace_map contents, time.
+
+    wait_for_archive is false: the caller waits for the end WAL in the catalog itself.
+    """
+    row = query_one(
+        conn,
+        'SELECT lsn::text AS lsn, labelfile, spcmapfile, now() AS time FROM pg_backup_stop(false)',
     )
     return row
