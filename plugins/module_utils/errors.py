@@ -7,6 +7,13 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 
+# Exit codes of the WAL receiver and sender: below 126, so that PostgreSQL counts a failure and retries.
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1  # get: not archived (a normal answer to restore_command's probes)
+EXIT_REFUSED = 2  # bad request or bad file: sending it again will not help
+EXIT_TEMPORARY = 3  # I/O error, lock busy, disk full, host unreachable: PostgreSQL should retry
+
+
 class BarmanError(Exception):
     """A refusal with what went wrong, how to fix it, and the data behind it.
 

@@ -212,6 +212,9 @@ def _positive_seconds(name, value):
     return value
 
 
+BULK_CIPHERS = 'Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com'
+
+
 def ssh_options(
     known_hosts_file=None,
     identity_file=None,
@@ -235,7 +238,8 @@ def ssh_options(
     directory must not be writable by other users. Paths must be absolute and contain no
     whitespace or quotes.
     """
-    options = ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=yes']
+    # AES-GCM first (default list kept after it): with AES-NI it moves bulk data ~2.5x faster than chacha20.
+    options = ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=yes', '-o', BULK_CIPHERS]
     if known_hosts_file is not None:
         known_hosts_file = _option_path('known_hosts_file', known_hosts_file)
         if known_hosts_file == '/dev/null':

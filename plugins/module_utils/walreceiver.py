@@ -21,12 +21,14 @@ import sys
 import time
 
 from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, wal
-from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_TEMPORARY,
+    BarmanError,
+)
 
-EXIT_OK = 0
-EXIT_NOT_FOUND = 1  # get: not archived (a normal answer to restore_command's probes)
-EXIT_REFUSED = 2  # bad request or bad file: sending it again will not help
-EXIT_TEMPORARY = 3  # I/O error, lock busy, disk full: PostgreSQL should retry
 MAX_SEGMENT_BYTES = 1024 * 1024 * 1024
 USAGE = "this key only accepts 'put NAME SIZE' and 'get NAME' for WAL files of its server"
 

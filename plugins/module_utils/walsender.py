@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 from ansible_collections.barman.postgresql.plugins.module_utils import ssh, wal
-from ansible_collections.barman.postgresql.plugins.module_utils.walreceiver import (
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_FOUND,
     EXIT_REFUSED,
     EXIT_TEMPORARY,

@@ -130,9 +130,12 @@ def test_rsync_argv_everything():
         '--delete',
         '--dry-run',
         '--bwlimit=10240',
-        '--rsh=ssh -o BatchMode=yes -o StrictHostKeyChecking=yes'
-        ' -o UserKnownHostsFile=/etc/barman/known_hosts'
-        ' -o ConnectTimeout=10 -o ServerAliveInterval=15 -p 2222',
+        (
+            "--rsh=ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o '%s'"
+            ' -o UserKnownHostsFile=/etc/barman/known_hosts'
+            ' -o ConnectTimeout=10 -o ServerAliveInterval=15 -p 2222'
+        )
+        % ssh.BULK_CIPHERS,
         '--link-dest=/srv/barman/db1/base/20231231T000000/data',
         '--files-from=/tmp/list',
         '--exclude=/pg_wal/*',

@@ -118,6 +118,8 @@ def test_ssh_options_defaults():
         '-o',
         'StrictHostKeyChecking=yes',
         '-o',
+        ssh.BULK_CIPHERS,
+        '-o',
         'ConnectTimeout=10',
         '-o',
         'ServerAliveInterval=15',
@@ -137,6 +139,8 @@ def test_ssh_options_everything():
         'BatchMode=yes',
         '-o',
         'StrictHostKeyChecking=yes',
+        '-o',
+        ssh.BULK_CIPHERS,
         '-o',
         'UserKnownHostsFile=/etc/barman/known_hosts',
         '-o',
@@ -219,6 +223,8 @@ def test_ssh_argv_exact():
         '-o',
         'StrictHostKeyChecking=yes',
         '-o',
+        ssh.BULK_CIPHERS,
+        '-o',
         'ConnectTimeout=10',
         '-o',
         'ServerAliveInterval=15',
@@ -243,6 +249,8 @@ def test_ssh_argv_with_port_and_known_hosts():
         '-o',
         'StrictHostKeyChecking=yes',
         '-o',
+        ssh.BULK_CIPHERS,
+        '-o',
         'UserKnownHostsFile=/etc/k',
         '-p',
         '2222',
@@ -257,7 +265,7 @@ def test_ssh_argv_remote_command_round_trips_through_shlex():
     assert argv[-2] == '--'
     assert shlex.split(argv[-1]) == NASTY_ARGS
     # The remote command is one argv element: ssh never sees the nasty words as its options.
-    assert argv.count('-o') == 4
+    assert argv.count('-o') == 5
 
 
 def test_remote_command_string_gives_the_same_argv_to_a_real_shell():
@@ -303,8 +311,8 @@ def test_ssh_argv_refuses_conflicting_ports():
 
 def test_rsync_rsh_exact():
     assert ssh.rsync_rsh(known_hosts_file='/etc/barman/known_hosts', port=2222) == (
-        'ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/barman/known_hosts'
-        ' -o ConnectTimeout=10 -o ServerAliveInterval=15 -p 2222'
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o '%s' -o UserKnownHostsFile=/etc/barman/known_hosts"
+        ' -o ConnectTimeout=10 -o ServerAliveInterval=15 -p 2222' % ssh.BULK_CIPHERS
     )
 
 
