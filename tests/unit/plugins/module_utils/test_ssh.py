@@ -312,8 +312,8 @@ def test_ssh_argv_refuses_conflicting_ports():
 def test_rsync_rsh_exact():
     assert ssh.rsync_rsh(known_hosts_file='/etc/barman/known_hosts', port=2222) == (
         "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o '%s'"
-        ' -o UserKnownHostsFile=/etc/barman/known_hosts -o ConnectTimeout=10 -o ServerAliveInterval=15 -p 2222'
-        % ssh.BULK_CIPHERS
+        ' -o UserKnownHostsFile=/etc/barman/known_hosts -o ConnectTimeout=10'
+        ' -o ServerAliveInterval=15 -p 2222' % ssh.BULK_CIPHERS
     )
 
 
