@@ -179,7 +179,7 @@ def flush_writes():
 
 def ensure_data():
     """pgbench scale SCALE in DATABASE, created once and reused."""
-    exists = psql("SELECT 1 FROM pg_database WHERE datname = '%s'" % DATABASE) == '1'
+    exists = psql("SELECT 1 FROM pg_database WHERE datname = '%s'" % DATABASE) == '1'  # noqa: S608
     if exists:
         count = psql(
             "SELECT CASE WHEN to_regclass('pgbench_branches') IS NULL THEN 0 "
@@ -718,12 +718,15 @@ def main():
         '',
         verdict,
         '',
-        'x limit: wall s / wall s of the plain rsync of the same phase. Ours: time of `backup.take_backup()` '
-        '(as barman, no Ansible; includes the wait for the end WAL in the lab archive). Barman: `barman backup '
-        '--immediate-checkpoint` without `--wait` (its server gets no WAL stream here, so the backup ends '
-        'WAITING_FOR_WALS; copy_time is from its backup.info). pgBackRest: local repository, run as postgres, '
-        'start-fast, compress-type=none (nobody else compresses), archive-check=n. disk: `du` of the backup '
-        'directory; for an incremental only the blocks it adds to the previous backup (hard links counted once).',
+        'x limit: wall s / wall s of the plain rsync of the same phase (`rsync -a` as barman over SSH, '
+        'with the excludes of our module: no pg_wal/ contents). Every rsync over SSH (limit, ours, Barman) '
+        'uses the AES-GCM cipher our module asks for; PGDATA is read once before, so all read from the page '
+        'cache. Ours: time of `backup.take_backup()` (as barman, no Ansible; includes the checkpoint and '
+        'the wait for the end WAL in the lab archive). Barman: `barman backup --immediate-checkpoint` '
+        'without `--wait` (its server gets no WAL stream here, so the backup ends WAITING_FOR_WALS; '
+        'copy_time is from its backup.info). pgBackRest: local repository, run as postgres, start-fast, '
+        'compress-type=none (nobody else compresses), archive-check=n. disk: `du` of the backup '
+        'directory; for an incremental only the blocks it adds to the previous backup.',
     ]
     for label, lines in breakdown.items():
         text += ['', 'Our %s, from `backup.log`:' % label, '', '```'] + lines + ['```']

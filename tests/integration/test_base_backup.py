@@ -296,12 +296,13 @@ def started_backup(server):
 
 
 def assert_failed_and_next_succeeds(server, backup_id, reason):
-    info = backups_of(server)[backup_id]
-    assert info['status'] == catalog.FAILED, (backup_id, info['status'])
-    assert reason in (info['error'] or ''), info['error']
+    """The next backup succeeds (so no lock was left behind) and the interrupted one is FAILED for reason."""
     run_backup('--limit', server)
     newest_id, newest = newest_backup(server)
     assert newest_id != backup_id and newest['status'] == catalog.DONE
+    info = backups_of(server)[backup_id]
+    assert info['status'] == catalog.FAILED, (backup_id, info['status'])
+    assert reason in (info['error'] or ''), info['error']
 
 
 def test_killing_rsync_leaves_a_failed_backup_and_the_next_one_succeeds(archiving):
@@ -331,17 +332,10 @@ def test_killing_the_postgres_session_leaves_a_failed_backup(archiving):
 def test_a_killed_module_leaves_a_backup_the_next_run_marks_failed(archiving):
     proc = slow_backup('pg1')
     backup_id = wait_for(lambda: started_backup('pg1'), what='the backup to start')
-    module = wait_for(
-        lambda: subprocess.run(
-            ['pgrep', '-u', 'barman', '-f', 'AnsiballZ|ansible-tmp|python3'],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split(),
-        what='the module process',
-    )
-    for pid in module:
-        os.kill(int(pid), signal.SIGKILL)
+    rsync = wait_for(rsync_pids, what='rsync to run')[0]
+    with open('/proc/%d/stat' % rsync) as stat:
+        module = int(stat.read().rsplit(')', 1)[1].split()[1])  # rsync's parent is the module's Python
+    os.kill(module, signal.SIGKILL)
     for pid in rsync_pids():
         os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=120)
