@@ -236,7 +236,7 @@ def method_rsync(name, previous=None):
 # --------------------------------------------------------------------------- ours
 
 
-OUR_CHILD = r'''
+OUR_CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.barman.postgresql.plugins.module_utils import backup, catalog, postgres
@@ -249,7 +249,7 @@ start = time.perf_counter()
 result = backup.take_backup(params)
 result['elapsed'] = time.perf_counter() - start
 print(json.dumps(result, default=str))
-'''
+"""
 
 
 def our_home():
@@ -628,7 +628,7 @@ def main():
         retried(ensure_data)
         psql('CHECKPOINT')
         warm_cache()
-        pgdata_bytes = int(psql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
+        pgdata_bytes = int(psql('SELECT sum(pg_database_size(oid)) FROM pg_database'))
         full_rsync = os.path.join(RSYNC_DIR, 'full')
 
         measure(rows, 'full', 'rsync -a over ssh (limit)', lambda: method_rsync('full'), limit=True)

@@ -143,20 +143,34 @@ def disk_usage(path):
 class Copier(object):
     """rsync from the PostgreSQL host into the backup directory, reusing the reference backup."""
 
-    def __init__(self, params, progress):
+    def __init__(self, params, progress, control_path):
         self.params = params
         self.progress = progress
         host = params['ssh_host'] or params['pg_host']
         self.target = ssh.validate_ssh_target(params['ssh_user'], host, params['ssh_port'])
-        self.rsh = ssh.rsync_rsh(known_hosts_file=params.get('ssh_known_hosts'), port=params['ssh_port'])
+        # One SSH connection for every rsync and command of the backup (ControlMaster), not one each.
+        self.ssh_options = dict(
+            known_hosts_file=params.get('ssh_known_hosts'), port=params['ssh_port'], control_path=control_path
+        )
+        self.rsh = ssh.rsync_rsh(**self.ssh_options)
         self.stats = dict(transferred_bytes=0, files=0, copy_seconds=0.0)
 
     def remote(self, path):
         return ssh.remote_path(self.target, path)
 
+    def close(self):
+        """End the shared SSH connection (it would otherwise linger for ControlPersist seconds)."""
+        argv = ssh.ssh_argv(self.target, ['true'], **dict(self.ssh_options, port=None))
+        argv.insert(1, '-O')
+        argv.insert(2, 'exit')
+        subprocess.run(
+            argv[: argv.index('--')], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
+        )
+
     def ssh_run(self, remote_argv):
         """Run a command on the PostgreSQL host as the SSH user; its stdout."""
-        argv = ssh.ssh_argv(self.target, remote_argv, known_hosts_file=self.params.get('ssh_known_hosts'))
+        options = dict(self.ssh_options, port=None)  # ssh_argv takes the port from the target
+        argv = ssh.ssh_argv(self.target, remote_argv, **options)
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
         if proc.returncode != 0:
             raise BackupError(
@@ -389,7 +403,7 @@ def take_backup(params, check_mode=False):
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     wal_archive = WalArchive(params['barman_home'], params['server'])
     progress = Progress(layout)
-    copier = Copier(params, progress)
+    copier = Copier(params, progress, os.path.join(layout.root, '.ssh-%C'))
     with catalog.ServerLock(layout, 'backup'):
         settled = settle_unfinished_backups(layout, wal_archive)
         conn = postgres.connect(**dict((k, v) for k, v in params.items() if k.startswith('pg_')))
@@ -402,6 +416,7 @@ def take_backup(params, check_mode=False):
             )
         finally:
             conn.close()
+            copier.close()
 
 
 def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
@@ -440,8 +455,6 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
             timeline=start['timeline'],
         )
         catalog.write_backup_info(info_path, info)
-        # mtimes have one-second resolution: files changed from now on must look newer than this backup.
-        time.sleep(1.0 - (time.time() % 1.0))
         copy_started = time.time()
         _copy(params, layout, copier, facts, backup_id, reference_id, reference)
         copy_seconds = time.time() - copy_started
@@ -557,5 +570,5 @@ def _wait_for_wals(wal_archive, info, timeout):
     while not wals_complete(wal_archive, info):
         if time.time() > deadline:
             return False
-        time.sleep(0.5)
+        time.sleep(0.1)
     return True
