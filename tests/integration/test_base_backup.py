@@ -380,6 +380,8 @@ def test_bad_input_is_refused_clearly_and_touches_nothing(archiving):
         ('server=pg1 pg_host=127.0.0.99 pg_port=5441', 'cannot connect to PostgreSQL at 127.0.0.99:5441'),
         ('server=pg1 pg_host=127.0.0.11 pg_port=5441 pg_password=wrong', 'password authentication failed'),
         ('server=pg2 pg_host=127.0.0.12 pg_port=5441', 'cannot connect to PostgreSQL at 127.0.0.12:5441'),
+        # pg2's cluster under pg1's name: another system identifier.
+        ('server=pg1 pg_host=127.0.0.12 pg_port=5442', 'this is another cluster'),
     ]
     for args, message in cases:
         out = module(args)
