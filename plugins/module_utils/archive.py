@@ -73,8 +73,7 @@ def _stream_through(argv, source, target):
     err = proc.communicate()[1]
     if proc.returncode != 0:
         raise ArchiveError(
-            '%s failed with exit code %d: %s'
-            % (argv[0], proc.returncode, err.decode(errors='replace').strip()),
+            '%s failed with exit code %d: %s' % (argv[0], proc.returncode, err.decode(errors='replace').strip()),
             'Install %s on the backup server, or choose another compression' % argv[0],
         )
 
@@ -288,9 +287,7 @@ class WalArchive(object):
 
     def _process_one(self, name, path, compression, result):
         if not wal.is_wal_name(name):
-            result['errors'].append(
-                dict(name=name, kept=self._keep_in_errors(path, name, 'unknown'), reason='unknown')
-            )
+            result['errors'].append(dict(name=name, kept=self._keep_in_errors(path, name, 'unknown'), reason='unknown'))
             return
         target = self.layout.wal_path(name)
         if os.path.exists(target):
@@ -324,9 +321,7 @@ class WalArchive(object):
         try:
             with os.fdopen(fd, 'wb') as handle, open(path, 'rb') as source:
                 if compression == 'gzip':
-                    with gzip.GzipFile(
-                        filename='', mode='wb', fileobj=handle, compresslevel=GZIP_LEVEL, mtime=0
-                    ) as z:
+                    with gzip.GzipFile(filename='', mode='wb', fileobj=handle, compresslevel=GZIP_LEVEL, mtime=0) as z:
                         shutil.copyfileobj(source, z, CHUNK)
                 elif compression in _PROGRAMS:
                     _stream_through(_PROGRAMS[compression][0], source, handle)

@@ -77,9 +77,7 @@ def check_archive(wal_archive, params, switch=True):
             'WAL %s is missing from the archive of %s: recovery cannot pass it. Copy it from pg_wal on '
             'the server if it is still there, then take a new backup.'
             % (
-                first_missing
-                if first_missing == last_missing
-                else '%s to %s' % (first_missing, last_missing),
+                first_missing if first_missing == last_missing else '%s to %s' % (first_missing, last_missing),
                 wal_archive.layout.server,
             )
         )

@@ -81,11 +81,7 @@ def backup_infos(layout):
 
 
 def newest_done_backup(layout):
-    done = [
-        (backup_id, info)
-        for backup_id, info in backup_infos(layout).items()
-        if info['status'] == catalog.DONE
-    ]
+    done = [(backup_id, info) for backup_id, info in backup_infos(layout).items() if info['status'] == catalog.DONE]
     return done[-1] if done else (None, None)
 
 
@@ -118,9 +114,7 @@ def new_backup_id(layout):
     """A start-time id not taken yet (two backups in one second wait for the next)."""
     while True:
         backup_id = catalog.new_backup_id(datetime.datetime.now())
-        if not os.path.exists(layout.backup_info_path(backup_id)) and not os.path.exists(
-            layout.backup_dir(backup_id)
-        ):
+        if not os.path.exists(layout.backup_info_path(backup_id)) and not os.path.exists(layout.backup_dir(backup_id)):
             return backup_id
         time.sleep(0.2)
 
@@ -163,9 +157,7 @@ class Copier(object):
         argv = ssh.ssh_argv(self.target, ['true'], **dict(self.ssh_options, port=None))
         argv.insert(1, '-O')
         argv.insert(2, 'exit')
-        subprocess.run(
-            argv[: argv.index('--')], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
-        )
+        subprocess.run(argv[: argv.index('--')], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
     def ssh_run(self, remote_argv):
         """Run a command on the PostgreSQL host as the SSH user; its stdout."""
@@ -195,9 +187,7 @@ class Copier(object):
             **kwargs,
         )
         started = time.time()
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, LC_ALL='C')
-        )
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, LC_ALL='C'))
         out, err = proc.communicate()
         result = rsync.interpret_rsync_exit(proc.returncode, vanished_ok=True)
         if not result.ok:
@@ -237,9 +227,7 @@ class Copier(object):
         source = self.remote(source_dir.rstrip('/') + '/')
         jobs = max(1, self.params['jobs'])
         if jobs == 1:
-            self.rsync(
-                source, destination_dir + '/', what, excludes=excludes, link_dest=link_dest, extra=extra
-            )
+            self.rsync(source, destination_dir + '/', what, excludes=excludes, link_dest=link_dest, extra=extra)
         else:
             self.parallel_copy(source_dir, destination_dir, what, excludes, link_dest, extra, jobs)
         if reference_begin is not None and reuse != 'off':
@@ -262,9 +250,7 @@ class Copier(object):
             bucket[0] += size
             bucket[1].append(name)
         errors = []
-        lists_dir = os.path.join(
-            os.path.dirname(destination_dir), '.jobs-%s' % os.path.basename(destination_dir)
-        )
+        lists_dir = os.path.join(os.path.dirname(destination_dir), '.jobs-%s' % os.path.basename(destination_dir))
         os.makedirs(lists_dir, mode=0o700, exist_ok=True)
 
         def worker(number, names):
@@ -312,9 +298,7 @@ class Copier(object):
             check=False,
         )
         if not rsync.interpret_rsync_exit(proc.returncode).ok:
-            raise BackupError(
-                'listing %s failed: %s' % (source, proc.stderr.decode(errors='replace').strip())
-            )
+            raise BackupError('listing %s failed: %s' % (source, proc.stderr.decode(errors='replace').strip()))
         files = []
         for line in proc.stdout.decode('utf-8', errors='surrogateescape').splitlines():
             fields = line.split(None, 4)
@@ -332,9 +316,7 @@ class Copier(object):
         """
         since = reference_begin.timestamp() - MTIME_GRANULARITY
         source = self.remote(source_dir.rstrip('/') + '/')
-        names = [
-            name for size, mtime, name in self.list_files(source, destination_dir, excludes) if mtime >= since
-        ]
+        names = [name for size, mtime, name in self.list_files(source, destination_dir, excludes) if mtime >= since]
         if not names:
             return
         list_path = destination_dir.rstrip('/') + '.recent'
@@ -368,8 +350,7 @@ def preflight(params, layout, conn, copier):
     missing = postgres.missing_backup_privileges(conn)
     if missing:
         raise BackupError(
-            'the PostgreSQL role %s may not take a backup: it lacks %s'
-            % (params['pg_user'], ', '.join(missing)),
+            'the PostgreSQL role %s may not take a backup: it lacks %s' % (params['pg_user'], ', '.join(missing)),
             'Run the setup playbook (wal_archiving role) to grant them',
         )
     settings = postgres.query_one(
@@ -383,9 +364,7 @@ def preflight(params, layout, conn, copier):
         )
     catalog.check_identity(layout.identity_file, facts['systemid'], facts['version'])
     copier.ssh_run(['test', '-r', os.path.join(facts['data_directory'], 'PG_VERSION')])
-    database_size = postgres.query_one(
-        conn, 'SELECT sum(pg_database_size(oid))::bigint AS size FROM pg_database'
-    )
+    database_size = postgres.query_one(conn, 'SELECT sum(pg_database_size(oid))::bigint AS size FROM pg_database')
     free = shutil.disk_usage(layout.root).free
     if database_size['size'] and free < database_size['size']:
         raise BackupError(
@@ -411,9 +390,7 @@ def take_backup(params, check_mode=False):
             facts = preflight(params, layout, conn, copier)
             if check_mode:
                 return dict(changed=False, settled=settled, checked=True, pgdata=facts['data_directory'])
-            return dict(
-                _run_backup(params, layout, wal_archive, conn, copier, facts, progress), settled=settled
-            )
+            return dict(_run_backup(params, layout, wal_archive, conn, copier, facts, progress), settled=settled)
         finally:
             conn.close()
             copier.close()
@@ -460,9 +437,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
         copy_seconds = time.time() - copy_started
         stop = postgres.backup_stop(conn)
         _write_labels(layout, backup_id, stop)
-        end_wal, end_offset = wal.walfile_name_offset(
-            stop['lsn'], start['timeline'], facts['wal_segment_size']
-        )
+        end_wal, end_offset = wal.walfile_name_offset(stop['lsn'], start['timeline'], facts['wal_segment_size'])
         info.update(
             end_xlog=stop['lsn'],
             # The stop LSN is one past the backup's last byte: on a boundary it is in the previous segment.
@@ -544,9 +519,7 @@ def _copy(params, layout, copier, facts, backup_id, reference_id, reference):
         )
     # Config files outside PGDATA (Debian) go into the copy's root, as Barman does.
     outside = [
-        facts[k]
-        for k in ('config_file', 'hba_file', 'ident_file')
-        if not _under(facts[k], facts['data_directory'])
+        facts[k] for k in ('config_file', 'hba_file', 'ident_file') if not _under(facts[k], facts['data_directory'])
     ]
     for path in outside:
         copier.rsync(copier.remote(path), os.path.join(data_dir, os.path.basename(path)), 'config %s' % path)

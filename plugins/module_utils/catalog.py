@@ -128,9 +128,7 @@ def validate_server_name(name):
     """Return ``name`` if it is a usable server name, else raise InvalidName."""
 
     def refuse(why):
-        raise InvalidName(
-            'Server name %s is not valid: %s' % (_shown(name), why), SERVER_NAME_HINT, server=name
-        )
+        raise InvalidName('Server name %s is not valid: %s' % (_shown(name), why), SERVER_NAME_HINT, server=name)
 
     if not isinstance(name, str):
         refuse('it must be a string, got %s' % type(name).__name__)
@@ -170,9 +168,7 @@ def validate_backup_id(text):
     """Return ``text`` if it is a backup id (``YYYYMMDDTHHMMSS``, a real date), else raise InvalidName."""
 
     def refuse(why):
-        raise InvalidName(
-            'Backup id %s is not valid: %s' % (_shown(text), why), BACKUP_ID_HINT, backup_id=text
-        )
+        raise InvalidName('Backup id %s is not valid: %s' % (_shown(text), why), BACKUP_ID_HINT, backup_id=text)
 
     if not isinstance(text, str):
         refuse('it must be a string, got %s' % type(text).__name__)
@@ -473,8 +469,7 @@ def _dump_tablespaces(value):
     if not isinstance(value, (list, tuple)):
         value = [value]
     items = [
-        (item.get('name'), item.get('oid'), item.get('location')) if isinstance(item, dict) else item
-        for item in value
+        (item.get('name'), item.get('oid'), item.get('location')) if isinstance(item, dict) else item for item in value
     ]
     if not all(_is_tablespace(item) for item in items):
         raise ValueError('a list of (name, oid, location) is needed, got %s' % _shown(value))
@@ -495,9 +490,7 @@ _load_files, _dump_files = _literal_field('a list of strings', _is_str_list)
 _load_label, _dump_label = _literal_field('a string', lambda v: isinstance(v, str))
 _load_dict, _dump_dict = _literal_field('a dict', lambda v: isinstance(v, dict))
 
-BackupInfoField = collections.namedtuple(
-    'BackupInfoField', ['name', 'load', 'dump', 'default', 'hide_if_none']
-)
+BackupInfoField = collections.namedtuple('BackupInfoField', ['name', 'load', 'dump', 'default', 'hide_if_none'])
 
 
 def _field(name, load=_load_str, dump=_dump_str, default=None, hide_if_none=False):
@@ -667,9 +660,7 @@ def format_xlog_db_line(name, size, time, compression=None, encryption=None):
     """One xlog.db line, as Barman writes it: ``name\\tsize\\ttime\\tcompression\\tencryption\\n``."""
     parse_wal_name(name)
     if not _is_int(size) or size < 0:
-        raise InvalidName(
-            'xlog.db size %s is not a byte count' % _shown(size), 'Use the file size', size=size
-        )
+        raise InvalidName('xlog.db size %s is not a byte count' % _shown(size), 'Use the file size', size=size)
     if isinstance(time, bool) or not isinstance(time, (int, float)) or math.isnan(time):
         raise InvalidName(
             'xlog.db time %s is not a number' % _shown(time),
@@ -710,9 +701,7 @@ def parse_xlog_db_line(line):
         size = _load_int(size)
         mtime = float(mtime)
     except ValueError as exc:
-        raise MalformedXlogDb(
-            'xlog.db line %s is not valid: %s' % (_shown(line), exc), XLOG_DB_HINT
-        ) from None
+        raise MalformedXlogDb('xlog.db line %s is not valid: %s' % (_shown(line), exc), XLOG_DB_HINT) from None
     return XlogEntry(
         name,
         size,
@@ -780,9 +769,7 @@ def _major_version(version):
     if _is_int(version) and version < 1000:
         return str(version)
     if _is_int(version):
-        return (
-            str(version // 10000) if version >= 100000 else '%d.%d' % (version // 10000, version // 100 % 100)
-        )
+        return str(version // 10000) if version >= 100000 else '%d.%d' % (version // 10000, version // 100 % 100)
     parts = str(version).strip().split('.')
     return '.'.join(parts[:1] if parts[0].isdigit() and int(parts[0]) >= 10 else parts[:2])
 
@@ -900,15 +887,13 @@ class ServerLock(object):
     def _busy(self):
         holder = read_lock_holder(self.path)
         who = 'process %s' % holder['pid'] if holder['pid'] else 'another process'
-        details = ', '.join(
-            '%s %s' % (key, holder[key]) for key in ('operation', 'started') if holder[key] is not None
-        )
+        details = ', '.join('%s %s' % (key, holder[key]) for key in ('operation', 'started') if holder[key] is not None)
         waited = ' after waiting %ss' % self.wait_seconds if self.wait_seconds else ''
         hint = 'Wait for it to finish and retry'
         if holder['pid']:
-            hint += (
-                ', or check what pid %s is (ps -p %s): the lock is released as soon as that process exits'
-                % (holder['pid'], holder['pid'])
+            hint += ', or check what pid %s is (ps -p %s): the lock is released as soon as that process exits' % (
+                holder['pid'],
+                holder['pid'],
             )
         return LockBusy(
             'The %s lock of %s is held by %s%s%s'

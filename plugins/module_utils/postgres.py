@@ -36,9 +36,7 @@ class PostgresError(BarmanError):
     """PostgreSQL refused or could not be reached."""
 
 
-def connect(
-    pg_host, pg_port=5432, pg_user='barman', pg_password=None, pg_database='postgres', pg_connect_timeout=10
-):
+def connect(pg_host, pg_port=5432, pg_user='barman', pg_password=None, pg_database='postgres', pg_connect_timeout=10):
     """An autocommit session with TCP keepalives, so that a firewall does not drop a long backup's session."""
     if psycopg2 is None:
         raise PostgresError(
@@ -63,8 +61,7 @@ def connect(
         conn = psycopg2.connect(**params)
     except psycopg2.Error as error:
         raise PostgresError(
-            'cannot connect to PostgreSQL at %s:%s as %s: %s'
-            % (pg_host, pg_port, pg_user, str(error).strip()),
+            'cannot connect to PostgreSQL at %s:%s as %s: %s' % (pg_host, pg_port, pg_user, str(error).strip()),
             'Check that the server runs, listens on that address, that pg_hba.conf admits this host '
             "for that user, and the password in the barman user's ~/.pgpass",
             pg_host=pg_host,
@@ -81,9 +78,7 @@ def query_one(conn, sql, params=None):
             cur.execute(sql, params)
             row = cur.fetchone()
     except psycopg2.Error as error:
-        raise PostgresError(
-            'PostgreSQL refused %s: %s' % (sql.split()[1], str(error).strip()), sql=sql
-        ) from None
+        raise PostgresError('PostgreSQL refused %s: %s' % (sql.split()[1], str(error).strip()), sql=sql) from None
     return dict(row) if row is not None else None
 
 

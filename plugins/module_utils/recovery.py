@@ -28,9 +28,19 @@ TARGET_KINDS = ('target_time', 'target_xid', 'target_name', 'target_lsn', 'targe
 TARGET_ACTIONS = ('pause', 'promote', 'shutdown')
 # Settings of a copied postgresql.conf that point at the original cluster's files: commented out.
 SETTINGS_POINTING_AT_THE_ORIGINAL = (
-    'data_directory', 'hba_file', 'ident_file', 'external_pid_file', 'include_dir', 'include',
-    'include_if_exists', 'archive_command', 'archive_library', 'restore_command', 'primary_conninfo',
-    'primary_slot_name', 'stats_temp_directory',
+    'data_directory',
+    'hba_file',
+    'ident_file',
+    'external_pid_file',
+    'include_dir',
+    'include',
+    'include_if_exists',
+    'archive_command',
+    'archive_library',
+    'restore_command',
+    'primary_conninfo',
+    'primary_slot_name',
+    'stats_temp_directory',
 )
 
 
@@ -85,7 +95,7 @@ def parse_target_time(text):
         ) from None
     if parsed.tzinfo is None:
         raise RecoveryError(
-            'target_time %r has no time zone: PostgreSQL would read it in the server\\'s time zone' % text,
+            "target_time %r has no time zone: PostgreSQL would read it in the server's time zone" % text,
             "Add the zone, for example '%s+00' for UTC" % text,
         )
     return parsed
@@ -208,3 +218,257 @@ def check_archive(wal_archive, info, kind, value):
 def _archived_time(wal_archive, name):
     path = wal_archive.locate(name)
     return os.stat(path).st_mtime if path else None
+
+
+# -- the destination ------------------------------------------------------------------------------
+
+
+class Destination(object):
+    """The host and directory to recover into: over SSH as the PostgreSQL OS user, or local."""
+
+    def __init__(self, params, control_path):
+        self.directory = os.path.normpath(params['destination_directory'])
+        self.target = None
+        self.ssh_options = {}
+        if params.get('destination_host'):
+            self.target = ssh.validate_ssh_target(
+                params['destination_user'], params['destination_host'], params.get('destination_port')
+            )
+            self.ssh_options = dict(control_path=control_path)
+
+    def run(self, argv):
+        """Run argv there; (exit code, stdout)."""
+        if self.target is not None:
+            argv = ssh.ssh_argv(self.target, argv, **self.ssh_options)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+        if proc.returncode == 255 and self.target is not None:
+            raise RecoveryError(
+                'cannot reach %s@%s over SSH: %s'
+                % (self.target.user, self.target.host, proc.stderr.decode(errors='replace').strip()),
+                'Check that the host is up and that the setup playbook exchanged the keys',
+            )
+        return proc.returncode, proc.stdout.decode('utf-8', errors='replace')
+
+    def path(self, path):
+        return ssh.remote_path(self.target, path) if self.target is not None else path
+
+    def rsync(self, source, destination, what, **kwargs):
+        rsh = ssh.rsync_rsh(port=self.target.port, **self.ssh_options) if self.target is not None else None
+        argv = rsync.rsync_argv(source, self.path(destination), rsh=rsh, **kwargs)
+        proc = subprocess.run(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, env=dict(os.environ, LC_ALL='C')
+        )
+        result = rsync.interpret_rsync_exit(proc.returncode, vanished_ok=False)
+        if not result.ok:
+            raise RecoveryError(
+                'copying %s to %s failed (rsync exit %d, %s): %s'
+                % (what, destination, proc.returncode, result.meaning, proc.stderr.decode(errors='replace')[-2000:]),
+                result.hint or 'See the rsync message',
+            )
+        return rsync.parse_rsync_stats(proc.stdout.decode(errors='replace'))
+
+    def first_entry(self, directory):
+        """The first entry of directory, '' when it is empty or absent."""
+        code, out = self.run(['sh', '-c', 'if [ -e "$1" ]; then ls -A -- "$1" | head -n 1; fi', 'sh', directory])
+        if code != 0:
+            raise RecoveryError('cannot look into %s on the destination' % directory)
+        return out.strip()
+
+    def close(self):
+        if self.target is not None:
+            argv = ssh.ssh_argv(self.target, ['true'], **self.ssh_options)
+            subprocess.run(
+                [argv[0], '-O', 'exit'] + argv[1 : argv.index('--')],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+
+
+def tablespace_locations(info, params):
+    """{oid: (name, new location)}: tablespace_map by name or oid, else the original location when the
+    destination is the original PGDATA, else a directory beside the destination."""
+    chosen = params.get('tablespace_map') or {}
+    in_place = os.path.normpath(params['destination_directory']) == os.path.normpath(info['pgdata'])
+    locations = {}
+    for tablespace in info['tablespaces'] or []:
+        location = chosen.get(tablespace.name) or chosen.get(str(tablespace.oid))
+        if not location:
+            location = (
+                tablespace.location
+                if in_place
+                else '%s.tblspc/%s' % (os.path.normpath(params['destination_directory']), tablespace.name)
+            )
+        locations[tablespace.oid] = (tablespace.name, os.path.normpath(location))
+    return locations
+
+
+def check_destination(destination, params, locations):
+    """Refuse to recover over anything: a non-empty directory without delta, a running server."""
+    for directory in [destination.directory] + [loc for _, loc in locations.values()]:
+        entry = destination.first_entry(directory)
+        if entry and not params['delta']:
+            raise RecoveryError(
+                '%s is not empty (it holds %s): recovery never overwrites data' % (directory, entry),
+                'Recover into a new directory, set delta to copy only what differs into this one, or recover in '
+                'place (recover.yml -e recover_in_place=true), which moves the old directory aside',
+            )
+    code, _out = destination.run(['test', '-e', os.path.join(destination.directory, 'postmaster.pid')])
+    if code == 0:
+        raise RecoveryError(
+            'a PostgreSQL server uses %s (postmaster.pid is there)' % destination.directory,
+            'Stop it first; recover.yml does so with recover_in_place=true',
+        )
+
+
+# -- the configuration of the recovered copy ---------------------------------------------------------
+
+
+def pg_conf_value(value):
+    """A value for postgresql.conf, single-quoted."""
+    text = str(value)
+    if '\n' in text or '\r' in text:
+        raise RecoveryError('a setting value contains a line break: %r' % text)
+    return "'%s'" % text.replace('\\', '\\\\').replace("'", "''")
+
+
+_SETTING_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(=|\s|$)')
+
+
+def neutralised_config(text):
+    """postgresql.conf text with the settings that point at the original cluster commented out."""
+    lines = []
+    for line in text.splitlines():
+        match = _SETTING_RE.match(line)
+        if match and match.group(1).lower() in SETTINGS_POINTING_AT_THE_ORIGINAL:
+            line = '#barman.postgresql (recovered copy): ' + line
+        lines.append(line)
+    return '\n'.join(lines) + '\n'
+
+
+def recovery_settings(params, backup_id, kind, value):
+    """The lines appended to postgresql.auto.conf of the recovered copy (later lines win)."""
+    if params['get_wal']:
+        if not params.get('wal_sender'):
+            raise RecoveryError('get_wal needs wal_sender, the WAL sender command on the destination')
+        restore_command = ssh.shell_join(params['wal_sender'] + ['get', '%f', '%p'])
+    else:
+        restore_command = 'cp barman_wal/%f %p'
+    settings = [('restore_command', restore_command)]
+    if kind == 'target_time':
+        settings.append(('recovery_target_time', value.isoformat(' ')))
+    elif kind == 'target_lsn':
+        settings.append(('recovery_target_lsn', wal.format_lsn(value)))
+    elif kind == 'target_xid':
+        settings.append(('recovery_target_xid', str(value)))
+    elif kind == 'target_name':
+        settings.append(('recovery_target_name', value))
+    elif kind == 'target_immediate':
+        settings.append(('recovery_target', 'immediate'))
+    if kind is not None:
+        settings.append(('recovery_target_action', params['target_action']))
+        if kind in ('target_time', 'target_lsn', 'target_xid'):
+            settings.append(('recovery_target_inclusive', 'on' if params['target_inclusive'] else 'off'))
+    # immediate means "the backup's own timeline" (pgBackRest does the same since PG 12 defaults to latest).
+    timeline = 'current' if kind == 'target_immediate' and params['target_tli'] == 'latest' else params['target_tli']
+    settings.append(('recovery_target_timeline', timeline))
+    if not params['archive']:
+        settings.append(('archive_mode', 'off'))  # a copy never archives into the original's catalog
+    if params.get('port'):
+        settings.append(('port', str(params['port'])))
+    if params.get('listen_addresses'):
+        settings.append(('listen_addresses', params['listen_addresses']))
+    stamp = time.strftime('%Y-%m-%d %H:%M:%S %z')
+    lines = ['', '# Recovery of backup %s by barman.postgresql, %s' % (backup_id, stamp)]
+    lines += ['%s = %s' % (name, pg_conf_value(setting)) for name, setting in settings]
+    return '\n'.join(lines) + '\n'
+
+
+# -- the recovery --------------------------------------------------------------------------------------
+
+
+def recover(params, check_mode=False):
+    layout = catalog.ServerLayout(params['barman_home'], params['server'])
+    wal_archive = WalArchive(params['barman_home'], params['server'])
+    kind, value = the_target(params)
+    backup_id, info = choose_backup(backup_infos(layout), kind, value, params.get('backup_id'))
+    continuity = check_archive(wal_archive, info, kind, value)
+    destination = Destination(params, os.path.join(layout.root, '.ssh-%C'))
+    try:
+        locations = tablespace_locations(info, params)
+        check_destination(destination, params, locations)
+        plan = dict(
+            backup_id=backup_id,
+            backup_end_time=str(info['end_time']),
+            backup_end_lsn=info['end_xlog'],
+            target=None if kind is None else {kind: str(value) if kind != 'target_lsn' else wal.format_lsn(value)},
+            destination=destination.directory,
+            tablespaces=dict((name, location) for name, location in locations.values()),
+            newest_wal=continuity['last'],
+        )
+        if check_mode:
+            return dict(plan, changed=False)
+        started = time.time()
+        _copy(params, layout, wal_archive, destination, backup_id, info, locations, continuity, kind, value)
+        return dict(plan, changed=True, duration=round(time.time() - started, 3))
+    finally:
+        destination.close()
+
+
+def _copy(params, layout, wal_archive, destination, backup_id, info, locations, continuity, kind, value):
+    data = layout.backup_data_dir(backup_id)
+    delta = dict(delete=True, checksum=True) if params['delta'] else {}
+    # The pg_tblspc links of the copy point at the original locations: tablespace_map remakes them.
+    excludes = ('/pg_tblspc/*', '/recovery.signal', '/standby.signal', '/barman_wal/')
+    destination.rsync(data + '/', destination.directory + '/', 'the data directory', excludes=excludes, **delta)
+    for oid, (name, location) in sorted(locations.items()):
+        destination.rsync(
+            layout.backup_tablespace_dir(backup_id, oid) + '/', location + '/', 'tablespace %s' % name, **delta
+        )
+    staging = tempfile.mkdtemp(prefix='.recover-', dir=layout.root)
+    try:
+        _write_configuration(staging, data, params, backup_id, info, locations, kind, value)
+        if not params['get_wal']:
+            _stage_wals(staging, wal_archive, info, continuity)
+        destination.rsync(staging + '/', destination.directory + '/', 'the recovery settings')
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_configuration(staging, data, params, backup_id, info, locations, kind, value):
+    def read(name):
+        path = os.path.join(data, name)
+        if not os.path.exists(path):
+            return None
+        with open(path, 'r', encoding='utf-8', errors='surrogateescape') as handle:
+            return handle.read()
+
+    def write(name, text, mode=0o600):
+        path = os.path.join(staging, name)
+        with open(path, 'w', encoding='utf-8', errors='surrogateescape') as handle:
+            handle.write(text)
+        os.chmod(path, mode)
+
+    conf = read('postgresql.conf')
+    if conf is not None:
+        write('postgresql.conf', neutralised_config(conf))
+    write(
+        'postgresql.auto.conf',
+        neutralised_config(read('postgresql.auto.conf') or '') + recovery_settings(params, backup_id, kind, value),
+    )
+    if locations:
+        write('tablespace_map', ''.join('%d %s\n' % (oid, loc) for oid, (_name, loc) in sorted(locations.items())))
+    write('recovery.signal', '')
+
+
+def _stage_wals(staging, wal_archive, info, continuity):
+    """The WAL files recovery needs, decompressed into barman_wal/ of the copy (get_wal off)."""
+    target_dir = os.path.join(staging, 'barman_wal')
+    os.mkdir(target_dir, 0o700)
+    segment_size = info['xlog_segment_size']
+    first = wal.segment_number(info['begin_wal'], segment_size)
+    for name in wal_archive.archived_names():
+        parsed = wal.parse_wal_name(name)
+        if parsed.kind == 'history' or (parsed.kind == 'segment' and wal.segment_number(name, segment_size) >= first):
+            with open(os.path.join(target_dir, name), 'wb') as handle:
+                copy_decompressed(wal_archive.locate(name), handle)

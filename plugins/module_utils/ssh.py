@@ -96,9 +96,7 @@ def shell_join(argv):
         raise InvalidSshArgument('A command must have at least one argument')
     for argument in argv:
         if not isinstance(argument, str):
-            raise InvalidSshArgument(
-                'Every command argument must be a string', argument=repr(argument), argv=argv
-            )
+            raise InvalidSshArgument('Every command argument must be a string', argument=repr(argument), argv=argv)
         if '\x00' in argument or '\n' in argument or '\r' in argument:
             raise InvalidSshArgument(
                 'A command argument contains a NUL, carriage return or newline',
@@ -295,11 +293,7 @@ def ssh_argv(target, remote_argv, **ssh_option_kwargs):
         raise InvalidSshArgument('The remote command must be a non-empty list of arguments', argv=remote_argv)
     remote_command = shell_join(remote_argv)
     ssh_option_kwargs['port'] = target.port
-    return (
-        ['ssh']
-        + ssh_options(**ssh_option_kwargs)
-        + ['%s@%s' % (target.user, target.host), '--', remote_command]
-    )
+    return ['ssh'] + ssh_options(**ssh_option_kwargs) + ['%s@%s' % (target.user, target.host), '--', remote_command]
 
 
 def rsync_rsh(**ssh_option_kwargs):
@@ -359,8 +353,7 @@ def parse_public_key(public_key):
     if len(parts) < 2 or parts[0] not in USER_KEY_TYPES:
         raise InvalidPublicKey(
             'The public key must start with a supported key type',
-            hint='Expected one of %s followed by the base64 key; options are not allowed'
-            % ', '.join(USER_KEY_TYPES),
+            hint='Expected one of %s followed by the base64 key; options are not allowed' % ', '.join(USER_KEY_TYPES),
             public_key=public_key,
         )
     key_type, key_base64 = parts[0], parts[1]

@@ -23,8 +23,7 @@ MAX_TIMELINE = 0xFFFFFFFF
 LOG_ID_BYTES = 0x100000000
 
 SEGMENT_NAME_HINT = (
-    'A WAL segment name is 24 upper-case hex digits (timeline, log id, segment), '
-    'for example 000000010000000000000001'
+    'A WAL segment name is 24 upper-case hex digits (timeline, log id, segment), for example 000000010000000000000001'
 )
 WAL_NAME_HINT = (
     'Expected a WAL segment name such as 000000010000000000000001, optionally followed by '
@@ -221,9 +220,7 @@ def wal_segment_after(name, segment_size):
     """The name of the segment following ``name`` on the same timeline."""
     segno = segment_number(name, segment_size)
     if segno == _last_segment_number(segment_size):
-        raise InvalidWalName(
-            '%s is the last possible WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name
-        )
+        raise InvalidWalName('%s is the last possible WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name)
     return segment_name(timeline_of(name), segno + 1, segment_size)
 
 
@@ -231,9 +228,7 @@ def wal_segment_before(name, segment_size):
     """The name of the segment preceding ``name`` on the same timeline."""
     segno = segment_number(name, segment_size)
     if segno == 0:
-        raise InvalidWalName(
-            '%s is the first possible WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name
-        )
+        raise InvalidWalName('%s is the first possible WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name)
     return segment_name(timeline_of(name), segno - 1, segment_size)
 
 
@@ -350,9 +345,7 @@ def parse_timeline_history(text, timeline=None):
     The reason column is optional, as it is for PostgreSQL's own reader.
     """
     if not isinstance(text, str):
-        raise InvalidHistory(
-            'timeline history content %s is not text' % _shown(text), HISTORY_HINT, content=text
-        )
+        raise InvalidHistory('timeline history content %s is not text' % _shown(text), HISTORY_HINT, content=text)
     if timeline is not None:
         _check_timeline(timeline)
     entries = []
