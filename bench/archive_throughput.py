@@ -229,9 +229,7 @@ def consecutive_run(names, count):
         follows = (
             current
             and wal.timeline_of(name) == wal.timeline_of(current[-1])
-            and (
-                wal.segment_number(name, SEGMENT_BYTES) == wal.segment_number(current[-1], SEGMENT_BYTES) + 1
-            )
+            and (wal.segment_number(name, SEGMENT_BYTES) == wal.segment_number(current[-1], SEGMENT_BYTES) + 1)
         )
         current = current + [name] if follows else [name]
         if len(current) >= count:
@@ -382,9 +380,7 @@ def sender_argv(key, command):
 
 def master_alive(key):
     control = key + '.cm-%C'
-    proc = run(
-        ssh_base(key, control) + ['-O', 'check', 'barman@' + BACKUP_HOST], user='postgres', check=False
-    )
+    proc = run(ssh_base(key, control) + ['-O', 'check', 'barman@' + BACKUP_HOST], user='postgres', check=False)
     return proc.returncode == 0
 
 
@@ -457,9 +453,7 @@ def write_file(path, text, owner, mode):
 def barman_setup():
     barman = os.path.join(BARMAN_VENV, 'bin', 'barman')
     python = os.path.realpath(os.path.join(BARMAN_VENV, 'bin', 'python3'))
-    usable = python.startswith('/usr/') and os.path.exists(
-        os.path.join(BARMAN_VENV, 'bin', 'barman-wal-archive')
-    )
+    usable = python.startswith('/usr/') and os.path.exists(os.path.join(BARMAN_VENV, 'bin', 'barman-wal-archive'))
     if not usable:  # barman and postgres must be able to run it: the system Python, not root's own
         shutil.rmtree(BARMAN_VENV, ignore_errors=True)
         print('installing barman 3.19.1 into %s' % BARMAN_VENV, flush=True)
@@ -614,16 +608,12 @@ def breakdown(segment):
             median_of(ssh_base(rsync_key, control) + [target, '--', 'true']),
         )
     )
-    rows.append(
-        ('ssh new connection, no master (`true`)', median_of(ssh_base(rsync_key) + [target, '--', 'true']))
-    )
+    rows.append(('ssh new connection, no master (`true`)', median_of(ssh_base(rsync_key) + [target, '--', 'true'])))
     with open(segment, 'rb') as source:
 
         def pipe16():
             source.seek(0)
-            run(
-                ssh_base(rsync_key, control) + [target, '--', 'cat >/dev/null'], user='postgres', stdin=source
-            )
+            run(ssh_base(rsync_key, control) + [target, '--', 'cat >/dev/null'], user='postgres', stdin=source)
 
         rows.append(('16 MB through ssh on a ControlMaster (`cat >/dev/null`)', median_of(pipe16)))
     rows.append(
@@ -701,9 +691,7 @@ def table(rows, failures):
             )
         )
     for name, error in failures:
-        lines.append(
-            '| %s | failed | | | | | | | | %s |' % (name, error.replace('|', '/').replace('\n', ' ')[:300])
-        )
+        lines.append('| %s | failed | | | | | | | | %s |' % (name, error.replace('|', '/').replace('\n', ' ')[:300]))
     return '\n'.join(lines)
 
 
@@ -762,9 +750,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--segments', type=int, default=40, help='how many 16 MB segments (default 40)')
     parser.add_argument('--no-results', action='store_true', help='do not write bench/RESULTS.md')
-    parser.add_argument(
-        '--breakdown', action='store_true', help='always measure where our sender spends time'
-    )
+    parser.add_argument('--breakdown', action='store_true', help='always measure where our sender spends time')
     parser.add_argument('--only', help='run only the methods whose name contains this word (e.g. barman)')
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -777,9 +763,7 @@ def main():
         remove_bench_keys()
         make_dir(KEYS_DIR, 'postgres')
         names = generate_wal(count)
-        print(
-            "segments: %s .. %s (%d x 16 MB, from pg1's archive)" % (names[0], names[-1], count), flush=True
-        )
+        print("segments: %s .. %s (%d x 16 MB, from pg1's archive)" % (names[0], names[-1], count), flush=True)
         segments = extract_segments(names)
         methods = [
             ('cp + sync (limit)', lambda: method_cp(segments)),

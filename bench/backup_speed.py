@@ -141,12 +141,7 @@ def lab_ready():
         socket.create_connection((PG1_HOST, 22), timeout=2).close()
     except OSError:
         return False
-    return (
-        run(
-            ['pg_isready', '-q', '-h', PG_SOCKET, '-p', str(PG1_PORT)], user='postgres', check=False
-        ).returncode
-        == 0
-    )
+    return run(['pg_isready', '-q', '-h', PG_SOCKET, '-p', str(PG1_PORT)], user='postgres', check=False).returncode == 0
 
 
 def retried(function, tries=3):
@@ -390,9 +385,9 @@ def barman_setup():
     archive is given to it once (archive-wal). Backups then run without --wait (see the README).
     """
     barman = os.path.join(BARMAN_VENV, 'bin', 'barman')
-    if not os.path.realpath(os.path.join(BARMAN_VENV, 'bin', 'python3')).startswith(
-        '/usr/'
-    ) or not os.path.exists(barman):
+    if not os.path.realpath(os.path.join(BARMAN_VENV, 'bin', 'python3')).startswith('/usr/') or not os.path.exists(
+        barman
+    ):
         shutil.rmtree(BARMAN_VENV, ignore_errors=True)
         print('installing barman 3.19.1 into %s' % BARMAN_VENV, flush=True)
         run(['/usr/bin/python3', '-m', 'venv', BARMAN_VENV])
@@ -416,10 +411,7 @@ def barman_setup():
     wait_until(lambda: os.path.isdir(incoming), 60, 'barman to create %s' % incoming)
     time.sleep(1)  # barman cron's background archiver
     newest = sorted(
-        name
-        for _d, _s, files in os.walk(os.path.join(LAB_PG1, 'wals'))
-        for name in files
-        if wal.is_segment_name(name)
+        name for _d, _s, files in os.walk(os.path.join(LAB_PG1, 'wals')) for name in files if wal.is_segment_name(name)
     )[-1]
     target = os.path.join(incoming, newest)
     with open(target + '.part', 'wb') as handle:
@@ -687,15 +679,12 @@ def main():
     verdict = ''
     if limit_full and 'seconds' in ours_full:
         ratio = ours_full['seconds'] / limit_full['seconds']
-        verdict = (
-            'Goal (our full backup within %.1fx plain rsync): %s, measured %.2fx (%.2f s vs %.2f s).'
-            % (
-                GOAL,
-                'met' if ratio <= GOAL else 'NOT met',
-                ratio,
-                ours_full['seconds'],
-                limit_full['seconds'],
-            )
+        verdict = 'Goal (our full backup within %.1fx plain rsync): %s, measured %.2fx (%.2f s vs %.2f s).' % (
+            GOAL,
+            'met' if ratio <= GOAL else 'NOT met',
+            ratio,
+            ours_full['seconds'],
+            limit_full['seconds'],
         )
     text = [
         SECTION,

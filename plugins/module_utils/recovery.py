@@ -335,12 +335,12 @@ def pg_conf_value(value):
 _SETTING_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(=|\s|$)')
 
 
-def neutralised_config(text):
+def neutralised_config(text, keep=()):
     """postgresql.conf text with the settings that point at the original cluster commented out."""
     lines = []
     for line in text.splitlines():
         match = _SETTING_RE.match(line)
-        if match and match.group(1).lower() in SETTINGS_POINTING_AT_THE_ORIGINAL:
+        if match and match.group(1).lower() in SETTINGS_POINTING_AT_THE_ORIGINAL and match.group(1).lower() not in keep:
             line = '#barman.postgresql (recovered copy): ' + line
         lines.append(line)
     return '\n'.join(lines) + '\n'
@@ -399,6 +399,9 @@ def recover(params, check_mode=False):
         check_destination(destination, params, locations)
         plan = dict(
             backup_id=backup_id,
+            pgdata=info['pgdata'],
+            pg_major=int(info['version']) // 10000,
+            backup_tablespaces=dict((t.name, t.location) for t in info['tablespaces'] or []),
             backup_end_time=str(info['end_time']),
             backup_end_lsn=info['end_xlog'],
             target=None if kind is None else {kind: str(value) if kind != 'target_lsn' else wal.format_lsn(value)},
@@ -449,12 +452,15 @@ def _write_configuration(staging, data, params, backup_id, info, locations, kind
             handle.write(text)
         os.chmod(path, mode)
 
+    # A copy that replaces the original keeps archiving where the original did.
+    keep = ('archive_command', 'archive_library') if params['archive'] else ()
     conf = read('postgresql.conf')
     if conf is not None:
-        write('postgresql.conf', neutralised_config(conf))
+        write('postgresql.conf', neutralised_config(conf, keep))
     write(
         'postgresql.auto.conf',
-        neutralised_config(read('postgresql.auto.conf') or '') + recovery_settings(params, backup_id, kind, value),
+        neutralised_config(read('postgresql.auto.conf') or '', keep)
+        + recovery_settings(params, backup_id, kind, value),
     )
     if locations:
         write('tablespace_map', ''.join('%d %s\n' % (oid, loc) for oid, (_name, loc) in sorted(locations.items())))

@@ -107,9 +107,7 @@ def ssh_with_server_key(server, *args):
 
 def pgbench(server, *args):
     port = str(CLUSTERS[server]['port'])
-    return ['runuser', '-u', 'postgres', '--', 'pgbench', '-h', '/var/run/postgresql', '-p', port] + list(
-        args
-    )
+    return ['runuser', '-u', 'postgres', '--', 'pgbench', '-h', '/var/run/postgresql', '-p', port] + list(args)
 
 
 def switch_wal(server):

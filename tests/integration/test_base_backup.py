@@ -104,9 +104,7 @@ class Writers(object):
 
         next_id = int(ask('SELECT coalesce(max(id), 0) + 1 FROM markers;'))
         while not self.stop_event.is_set():
-            before = ask(
-                'INSERT INTO markers VALUES (%d, pg_current_wal_insert_lsn()) RETURNING lsn_before;' % next_id
-            )
+            before = ask('INSERT INTO markers VALUES (%d, pg_current_wal_insert_lsn()) RETURNING lsn_before;' % next_id)
             after = ask('SELECT pg_current_wal_insert_lsn();')
             self.markers[server].append((next_id, wal.parse_lsn(before), wal.parse_lsn(after)))
             next_id += 1
@@ -137,9 +135,7 @@ def run_backup(*extra):
     return dict(
         (s, b)
         for s, b in (
-            (line.split('"msg": "')[1].split(':')[0], line)
-            for line in out.splitlines()
-            if '"msg": "pg' in line
+            (line.split('"msg": "')[1].split(':')[0], line) for line in out.splitlines() if '"msg": "pg' in line
         )
     )
 
@@ -155,12 +151,9 @@ def assert_restored_equals_source_at_end(server, backup_id, markers, name):
         present = set(int(i) for i in cluster.sql('SELECT id FROM markers').split())
         must = [m for m in markers if m[2] <= end]
         must_not = [m for m in markers if m[1] >= end]
-        assert must and must_not, (
-            '%s %s: no marker on each side of the backup end; the test proves nothing'
-            % (
-                server,
-                backup_id,
-            )
+        assert must and must_not, '%s %s: no marker on each side of the backup end; the test proves nothing' % (
+            server,
+            backup_id,
         )
         missing = [m[0] for m in must if m[0] not in present]
         extra = [m[0] for m in must_not if m[0] in present]
@@ -241,9 +234,7 @@ def test_full_and_incremental_backups_under_load_restore_to_their_end(archiving)
             len(new),
         )
         for backup_id, name in ((full_id, 'full'), (incr_id, 'incremental')):
-            assert_restored_equals_source_at_end(
-                server, backup_id, writers.markers[server], '%s-%s' % (server, name)
-            )
+            assert_restored_equals_source_at_end(server, backup_id, writers.markers[server], '%s-%s' % (server, name))
 
 
 def slow_backup(server, *extra):
@@ -263,9 +254,7 @@ def slow_backup(server, *extra):
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         env=dict(
             os.environ,
-            PATH=os.path.join(os.path.dirname(__file__), '..', '..', '.venv', 'bin')
-            + ':'
-            + os.environ['PATH'],
+            PATH=os.path.join(os.path.dirname(__file__), '..', '..', '.venv', 'bin') + ':' + os.environ['PATH'],
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -284,9 +273,7 @@ def wait_for(predicate, timeout=60, what='condition'):
 
 
 def rsync_pids():
-    out = subprocess.run(
-        ['pgrep', '-u', 'barman', '-x', 'rsync'], capture_output=True, text=True, check=False
-    )
+    out = subprocess.run(['pgrep', '-u', 'barman', '-x', 'rsync'], capture_output=True, text=True, check=False)
     return [int(p) for p in out.stdout.split()]
 
 

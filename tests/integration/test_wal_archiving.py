@@ -209,8 +209,7 @@ def test_every_segment_arrives_identical_under_load(archiving):
             wait_until_archived(server, last[server])
     for server in SERVERS:
         assert wal.segment_number(last[server], SEGMENT) - wal.segment_number(first[server], SEGMENT) >= 5, (
-            '%s: the load wrote too little WAL to test anything (%s..%s)'
-            % (server, first[server], last[server])
+            '%s: the load wrote too little WAL to test anything (%s..%s)' % (server, first[server], last[server])
         )
         assert_archive_complete(server, first[server], last[server], read_log(logs[server]))
         assert archiver(server)['failed_count'] == 0, archiver(server)
@@ -236,9 +235,7 @@ def test_backup_server_outage_loses_nothing(archiving):
         for server in SERVERS:
             wait_until_archived(server, last[server], timeout=300)
     for server in SERVERS:
-        assert failed_during_outage[server] > 0, (
-            'PostgreSQL of %s saw no failure while sshd was down' % server
-        )
+        assert failed_during_outage[server] > 0, 'PostgreSQL of %s saw no failure while sshd was down' % server
         assert_archive_complete(server, first[server], last[server], read_log(logs[server]))
         continuity = check_continuity(server)
         assert continuity['ok'] and not continuity['missing'], continuity
@@ -406,8 +403,6 @@ def test_module_process_and_rebuild_keep_the_index_true(archiving):
     assert 'CHANGED' in rebuilt, rebuilt
     with open(xlog_db) as handle:
         names = sorted(line.split()[0] for line in handle)
-    assert names == sorted(line.split()[0] for line in original.splitlines()), (
-        'rebuild lost or invented entries'
-    )
+    assert names == sorted(line.split()[0] for line in original.splitlines()), 'rebuild lost or invented entries'
     processed = ansible(*base, '-a', 'server=pg1 action=process').stdout
     assert 'SUCCESS' in processed or 'CHANGED' in processed, processed

@@ -397,10 +397,7 @@ def test_history_and_backup_files_stored_uncompressed(arc):
     result = arc.process_incoming('gzip')
     assert sorted(result['archived']) == sorted(['00000002.history', backup])
     assert read(os.path.join(arc.layout.wals_dir, '00000002.history')) == HISTORY_2.encode()
-    assert (
-        read(os.path.join(arc.layout.wals_dir, '0000000100000000', backup))
-        == b'START WAL LOCATION: 0/200028\n'
-    )
+    assert read(os.path.join(arc.layout.wals_dir, '0000000100000000', backup)) == b'START WAL LOCATION: 0/200028\n'
     assert {line[0]: line[3] for line in xlog_lines(arc)} == {'00000002.history': 'None', backup: 'None'}
     assert listing(arc.layout.incoming_dir) == []
 
@@ -640,9 +637,7 @@ def _timeline_switch(arc, tl1=(1, 2, 3, 4, 5), tl2=(3, 4, 5, 6)):
 def test_continuity_follows_a_timeline_switch(arc):
     _timeline_switch(arc)
     result = arc.continuity(SEG)
-    assert result == dict(
-        first=seg_name(1, 1), last=seg_name(6, 2), timeline=2, segments=6, missing=[], ok=True
-    )
+    assert result == dict(first=seg_name(1, 1), last=seg_name(6, 2), timeline=2, segments=6, missing=[], ok=True)
 
 
 def test_continuity_does_not_require_old_timeline_after_the_switch(arc):

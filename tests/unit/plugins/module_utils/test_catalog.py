@@ -215,9 +215,7 @@ def test_layout_paths():
     assert layout.backup_info_path('20240102T030405') == '/var/lib/barman/pg/meta/20240102T030405-backup.info'
     assert layout.backup_dir('20240102T030405') == '/var/lib/barman/pg/base/20240102T030405'
     assert layout.backup_data_dir('20240102T030405') == '/var/lib/barman/pg/base/20240102T030405/data'
-    assert layout.backup_tablespace_dir('20240102T030405', 16387) == (
-        '/var/lib/barman/pg/base/20240102T030405/16387'
-    )
+    assert layout.backup_tablespace_dir('20240102T030405', 16387) == ('/var/lib/barman/pg/base/20240102T030405/16387')
     assert layout.lock_path('backup') == '/var/lib/barman/.pg-backup.lock'
     assert layout.lock_path('archive-wal') == '/var/lib/barman/.pg-archive-wal.lock'
     assert layout.directories()[0] == layout.root
@@ -396,9 +394,7 @@ def test_round_trip_file(tmp_path):
     info = {
         'status': catalog.WAITING_FOR_WALS,
         'begin_time': datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
-        'end_time': datetime.datetime(
-            2024, 5, 6, 7, 9, 0, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
-        ),
+        'end_time': datetime.datetime(2024, 5, 6, 7, 9, 0, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=2))),
         'begin_wal': '000000010000000000000004',
         'timeline': 1,
         'size': 0,

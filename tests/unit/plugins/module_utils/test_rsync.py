@@ -386,9 +386,7 @@ def test_real_rsync_skips_what_postgresql_skips(tmp_path):
     argv = rsync.rsync_argv(
         str(pgdata) + '/', str(backup) + '/', excludes=rsync.PGDATA_EXCLUDES + (rsync.PG_CONTROL_EXCLUDE,)
     )
-    result = subprocess.run(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False
-    )
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     assert rsync.interpret_rsync_exit(result.returncode).ok, result.stderr
 
     arrived = _relative_files(backup)

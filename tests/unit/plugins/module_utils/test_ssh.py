@@ -347,8 +347,7 @@ def test_remote_path_refuses(path):
 def test_authorized_keys_line_exact():
     line = ssh.authorized_keys_line(ED25519_KEY, ['/usr/bin/rrsync', '-ro', '/var/lib/postgresql/15/main'])
     assert line == (
-        'restrict,command="/usr/bin/rrsync -ro /var/lib/postgresql/15/main" ssh-ed25519 %s barman@backup'
-        % ED25519_B64
+        'restrict,command="/usr/bin/rrsync -ro /var/lib/postgresql/15/main" ssh-ed25519 %s barman@backup' % ED25519_B64
     )
 
 

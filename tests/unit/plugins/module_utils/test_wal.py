@@ -86,9 +86,7 @@ PG15_VECTORS = (
     + [(lsn, 3, 16 * MB, name, offset) for lsn, name, offset in PG15_VECTORS_16MB_TIMELINE_3]
 )
 # pg_wal/00000003.history of that twice-promoted cluster, byte for byte (PostgreSQL wrote the blank line).
-PG15_HISTORY_TIMELINE_3 = (
-    '1\t0/4000000\tno recovery target specified\n\n2\t0/7000000\tno recovery target specified\n'
-)
+PG15_HISTORY_TIMELINE_3 = '1\t0/4000000\tno recovery target specified\n\n2\t0/7000000\tno recovery target specified\n'
 
 
 @pytest.mark.parametrize('lsn, timeline, size, name, offset', PG15_VECTORS)
@@ -476,12 +474,7 @@ def test_segments_between_across_log_id_for_every_size(size):
 
 
 def test_history_with_comments_and_blank_lines():
-    text = (
-        '# made by hand\n\n'
-        '1\t0/3000158\tno recovery target specified\n'
-        '  \n'
-        '2\t16/B374D848\tbefore 2024-01-01\r\n'
-    )
+    text = '# made by hand\n\n1\t0/3000158\tno recovery target specified\n  \n2\t16/B374D848\tbefore 2024-01-01\r\n'
     assert wal.parse_timeline_history(text) == [
         wal.HistoryEntry(1, 0x3000158, 'no recovery target specified'),
         wal.HistoryEntry(2, 0x16B374D848, 'before 2024-01-01'),
