@@ -423,10 +423,17 @@ def _copy(params, layout, wal_archive, destination, backup_id, info, locations, 
     delta = dict(delete=True, checksum=True) if params['delta'] else {}
     # The pg_tblspc links of the copy point at the original locations: tablespace_map remakes them.
     excludes = ('/pg_tblspc/*', '/recovery.signal', '/standby.signal', '/barman_wal/')
-    destination.rsync(data + '/', destination.directory + '/', 'the data directory', excludes=excludes, **delta)
+    # --mkpath: the parents of a new PGDATA or tablespace directory may not exist yet.
+    destination.rsync(
+        data + '/', destination.directory + '/', 'the data directory', excludes=excludes, extra=['--mkpath'], **delta
+    )
     for oid, (name, location) in sorted(locations.items()):
         destination.rsync(
-            layout.backup_tablespace_dir(backup_id, oid) + '/', location + '/', 'tablespace %s' % name, **delta
+            layout.backup_tablespace_dir(backup_id, oid) + '/',
+            location + '/',
+            'tablespace %s' % name,
+            extra=['--mkpath'],
+            **delta,
         )
     staging = tempfile.mkdtemp(prefix='.recover-', dir=layout.root)
     try:
