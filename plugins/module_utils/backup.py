@@ -122,7 +122,7 @@ def new_backup_id(layout):
 def disk_usage(path):
     """(size of every file, size of the files not shared with another backup) in bytes."""
     size = deduplicated = 0
-    for directory, _, files in os.walk(path):
+    for directory, _dirs, files in os.walk(path):
         for name in files:
             stat = os.lstat(os.path.join(directory, name))
             size += stat.st_size
@@ -143,10 +143,8 @@ class Copier(object):
         host = params['ssh_host'] or params['pg_host']
         self.target = ssh.validate_ssh_target(params['ssh_user'], host, params['ssh_port'])
         # One SSH connection for every rsync and command of the backup (ControlMaster), not one each.
-        self.ssh_options = dict(
-            known_hosts_file=params.get('ssh_known_hosts'), port=params['ssh_port'], control_path=control_path
-        )
-        self.rsh = ssh.rsync_rsh(**self.ssh_options)
+        self.ssh_options = dict(known_hosts_file=params.get('ssh_known_hosts'), control_path=control_path)
+        self.rsh = ssh.rsync_rsh(port=self.target.port, **self.ssh_options)
         self.stats = dict(transferred_bytes=0, files=0, copy_seconds=0.0)
 
     def remote(self, path):
@@ -154,15 +152,14 @@ class Copier(object):
 
     def close(self):
         """End the shared SSH connection (it would otherwise linger for ControlPersist seconds)."""
-        argv = ssh.ssh_argv(self.target, ['true'], **dict(self.ssh_options, port=None))
+        argv = ssh.ssh_argv(self.target, ['true'], **self.ssh_options)
         argv.insert(1, '-O')
         argv.insert(2, 'exit')
         subprocess.run(argv[: argv.index('--')], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
     def ssh_run(self, remote_argv):
         """Run a command on the PostgreSQL host as the SSH user; its stdout."""
-        options = dict(self.ssh_options, port=None)  # ssh_argv takes the port from the target
-        argv = ssh.ssh_argv(self.target, remote_argv, **options)
+        argv = ssh.ssh_argv(self.target, remote_argv, **self.ssh_options)
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
         if proc.returncode != 0:
             raise BackupError(
@@ -244,7 +241,7 @@ class Copier(object):
             extra=['--include=*/', '--exclude=*'],
         )
         files = self.list_files(source, destination_dir, excludes)
-        buckets = [[0, []] for _ in range(jobs)]
+        buckets = [[0, []] for _count in range(jobs)]
         for size, _mtime, name in sorted(files, reverse=True):
             bucket = min(buckets, key=lambda b: b[0])
             bucket[0] += size
@@ -379,6 +376,8 @@ def preflight(params, layout, conn, copier):
 
 def take_backup(params, check_mode=False):
     """Take one backup; returns a result dict (backup_id, status, sizes, times ...)."""
+    if not params.get('pg_host'):
+        raise BackupError('pg_host is required: the address of the PostgreSQL server to back up')
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     wal_archive = WalArchive(params['barman_home'], params['server'])
     progress = Progress(layout)

@@ -23,7 +23,7 @@ APPLICATION_NAME = 'barman.postgresql'
 def connection_argument_spec():
     """The connection options every module that talks to PostgreSQL takes (doc fragment: postgres)."""
     return dict(
-        pg_host=dict(type='str', required=True),
+        pg_host=dict(type='str'),
         pg_port=dict(type='int', default=5432),
         pg_user=dict(type='str', default='barman'),
         pg_password=dict(type='str', no_log=True),

@@ -305,7 +305,7 @@ def tablespace_locations(info, params):
 
 def check_destination(destination, params, locations):
     """Refuse to recover over anything: a non-empty directory without delta, a running server."""
-    for directory in [destination.directory] + [loc for _, loc in locations.values()]:
+    for directory in [destination.directory] + [loc for _name, loc in locations.values()]:
         entry = destination.first_entry(directory)
         if entry and not params['delta']:
             raise RecoveryError(

@@ -191,7 +191,6 @@ def main():
     )
     spec.update(catalog.catalog_argument_spec())
     spec.update(postgres.connection_argument_spec())
-    spec['pg_host']['required'] = False
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     params = module.params
     try:

@@ -200,7 +200,7 @@ def assert_restored_equals_source_at_end(server, backup_id, markers, name):
 
 def inodes(path):
     found = {}
-    for directory, _, files in os.walk(path):
+    for directory, _dirs, files in os.walk(path):
         for name in files:
             stat = os.lstat(os.path.join(directory, name))
             found[os.path.relpath(os.path.join(directory, name), path)] = (stat.st_ino, stat.st_size)
@@ -227,7 +227,7 @@ def test_full_and_incremental_backups_under_load_restore_to_their_end(archiving)
         old, new = inodes(layout.backup_dir(full_id)), inodes(layout.backup_dir(incr_id))
         shared = [p for p in new if p in old and old[p][0] == new[p][0]]
         assert 'data/PG_VERSION' in shared, 'an unchanged file was copied again instead of linked'
-        written = sum(size for path, (ino, size) in new.items() if ino not in set(i for i, _ in old.values()))
+        written = sum(size for path, (ino, size) in new.items() if ino not in set(i for i, _size in old.values()))
         assert incr_info['deduplicated_size'] == written, (incr_info['deduplicated_size'], written)
         assert len(shared) > len(new) / 2, 'most files did not change, yet %d of %d were linked' % (
             len(shared),

@@ -34,7 +34,7 @@ class Row(object):
 def commit_rows(server, note, count):
     """Insert rows one transaction each, recording around each commit its time, xid and LSN."""
     rows = []
-    for _ in range(count):
+    for _count in range(count):
         before = datetime.datetime.fromisoformat(psql(server, 'SELECT clock_timestamp()') + ':00')
         time.sleep(0.3)
         out = psql(
@@ -104,7 +104,7 @@ def test_a_dropped_table_comes_back_as_it_was_at_a_time_between_two_commits(pg1_
     switch_wal('pg1')
     target = between(rows[1], rows[2])
     ids, summary = recover('time', target_time=target.isoformat(' '))
-    expected = [i for i in range(1, rows[1].id + 1)]
+    expected = list(range(1, rows[1].id + 1))
     assert ids == expected, 'recovered %s, expected the rows up to %d (%s)' % (ids, rows[1].id, summary)
 
 
@@ -140,7 +140,7 @@ def test_the_backup_that_fits_the_target_is_chosen(pg1_with_backup):
     newer_id = sorted(os.listdir(os.path.join(BARMAN_HOME, 'pg1', 'base')))[-1]
     later = commit_rows('pg1', 'after-both', 2)
     switch_wal('pg1')
-    _, summary = recover('older', target_time=between(first[0], first[1]).isoformat(' '))
+    summary = recover('older', target_time=between(first[0], first[1]).isoformat(' '))[1]
     assert 'from backup %s' % newer_id not in summary, summary
     ids, summary = recover('newer', target_time=between(later[0], later[1]).isoformat(' '))
     assert 'from backup %s' % newer_id in summary, summary

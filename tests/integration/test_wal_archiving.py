@@ -187,7 +187,7 @@ def run_load(seconds, *servers):
 
 def wait_load(procs):
     for proc in procs:
-        _, err = proc.communicate(timeout=600)
+        err = proc.communicate(timeout=600)[1]
         assert proc.returncode == 0, 'pgbench failed: %s' % err.decode()
 
 
@@ -322,7 +322,7 @@ def test_the_restricted_key_cannot_do_anything_but_its_own_wal(archiving):
 
 def archive_listing(server):
     root = os.path.join(BARMAN_HOME, server)
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _dirs, files in os.walk(root) for f in files)
 
 
 def test_bad_deliveries_are_refused_with_a_reason_and_write_nothing(archiving):

@@ -43,8 +43,8 @@ def segment_bytes(name, sysid=SYSID, size=SEG, header_size=SEG, page_address=Non
         page_address = wal.segment_start_lsn(name, SEG)
     header = HEADER.pack(0xD110, info, wal.timeline_of(name), page_address, 0, 0, sysid, header_size, 8192)
     rnd = random.Random(name + seed)
-    words = [bytes(rnd.getrandbits(8) for _ in range(16)) for _ in range(64)]
-    body = b''.join(rnd.choice(words) for _ in range(size // 16 + 1))
+    words = [bytes(rnd.getrandbits(8) for _count in range(16)) for _count in range(64)]
+    body = b''.join(rnd.choice(words) for _count in range(size // 16 + 1))
     return (header + body)[:size]
 
 

@@ -38,8 +38,8 @@ def segment_bytes(name, seed=''):
         8192,
     )
     rnd = random.Random(name + seed)
-    words = [bytes(rnd.getrandbits(8) for _ in range(16)) for _ in range(64)]
-    return (header + b''.join(rnd.choice(words) for _ in range(SEG // 16)))[:SEG]
+    words = [bytes(rnd.getrandbits(8) for _count in range(16)) for _count in range(64)]
+    return (header + b''.join(rnd.choice(words) for _count in range(SEG // 16)))[:SEG]
 
 
 def sha(data):
@@ -180,7 +180,7 @@ def test_put_different_file_same_name_is_refused(home, layout):
     name = seg_name(1)
     data = segment_bytes(name)
     put(home, name, data)
-    code, _, err = put(home, name, segment_bytes(name, seed='other'))
+    code, _out, err = put(home, name, segment_bytes(name, seed='other'))
     assert code == walreceiver.EXIT_REFUSED
     assert 'refused %s' % name in err and err.startswith('barman-wal-receiver: ')
     with open(os.path.join(layout.incoming_dir, name), 'rb') as handle:
@@ -190,7 +190,7 @@ def test_put_different_file_same_name_is_refused(home, layout):
 
 def test_put_with_a_bad_digest_is_temporary_and_stores_nothing(home, layout):
     name = seg_name(1)
-    code, _, err = put(home, name, segment_bytes(name), digest='0' * 64)
+    code, _out, err = put(home, name, segment_bytes(name), digest='0' * 64)
     assert code == walreceiver.EXIT_TEMPORARY
     assert 'damaged' in err and '0' * 64 in err
     assert os.listdir(layout.incoming_dir) == []
@@ -199,28 +199,28 @@ def test_put_with_a_bad_digest_is_temporary_and_stores_nothing(home, layout):
 def test_put_cut_short_is_temporary_and_stores_nothing(home, layout):
     name = seg_name(1)
     data = segment_bytes(name)
-    code, _, err = run(home, 'put %s %d' % (name, SEG), data[:1000])
+    code, _out, err = run(home, 'put %s %d' % (name, SEG), data[:1000])
     assert code == walreceiver.EXIT_TEMPORARY
     assert 'cut short: 1000 of 1048576 bytes' in err
     assert os.listdir(layout.incoming_dir) == []
 
 
 def test_put_of_a_segment_under_the_wrong_name_is_refused(home, layout):
-    code, _, err = put(home, seg_name(2), segment_bytes(seg_name(1)))
+    code, _out, err = put(home, seg_name(2), segment_bytes(seg_name(1)))
     assert code == walreceiver.EXIT_REFUSED
     assert seg_name(2) in err and 'starts at LSN 0/100000' in err
     assert os.listdir(layout.incoming_dir) == []
 
 
 def test_put_of_a_malformed_history_is_refused(home, layout):
-    code, _, err = put(home, '00000002.history', b'garbage\n')
+    code, _out, err = put(home, '00000002.history', b'garbage\n')
     assert code == walreceiver.EXIT_REFUSED
     assert 'garbage' in err
     assert os.listdir(layout.incoming_dir) == []
 
 
 def test_put_bigger_than_a_segment_can_be_is_refused(home, layout):
-    code, _, err = run(home, 'put %s %d' % (seg_name(1), walreceiver.MAX_SEGMENT_BYTES + 1), b'')
+    code, _out, err = run(home, 'put %s %d' % (seg_name(1), walreceiver.MAX_SEGMENT_BYTES + 1), b'')
     assert code == walreceiver.EXIT_REFUSED
     assert 'more than a WAL segment can be' in err
     assert os.listdir(layout.incoming_dir) == []
@@ -244,7 +244,7 @@ def test_get_after_processing(home, tmp_path, compression):
     archive.WalArchive(home, 'pg1').process_incoming(compression)
     out_path = tmp_path / 'restored'
     with open(str(out_path), 'wb') as out:  # a real file, like sshd's stdout: zstd and lz4 write to its fd
-        code, _, err = run(home, 'get %s' % name, stdout=out)
+        code, _out, err = run(home, 'get %s' % name, stdout=out)
     assert (code, err) == (0, '')
     assert out_path.read_bytes() == data
 
@@ -290,7 +290,7 @@ def test_unknown_server_directory(home):
 
 
 def test_invalid_server_name_is_refused(home):
-    code, _, err = run(home, 'get %s' % seg_name(1), server='../pg1')
+    code, _out, err = run(home, 'get %s' % seg_name(1), server='../pg1')
     assert code == walreceiver.EXIT_REFUSED
     assert '../pg1' in err
 
@@ -306,7 +306,7 @@ def test_exit_codes_stay_below_126():
 
 
 def test_put_of_an_empty_segment_is_refused(home, layout):
-    code, _, err = put(home, seg_name(1), b'')
+    code, _out, err = put(home, seg_name(1), b'')
     assert code in (walreceiver.EXIT_REFUSED, walreceiver.EXIT_TEMPORARY)
     assert '%s is empty' % seg_name(1) in err
     assert os.listdir(layout.incoming_dir) == []
