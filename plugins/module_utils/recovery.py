@@ -41,6 +41,15 @@ SETTINGS_POINTING_AT_THE_ORIGINAL = (
     'primary_conninfo',
     'primary_slot_name',
     'stats_temp_directory',
+    # An earlier recovery's settings (a backup taken after an in-place recovery carries them).
+    'recovery_target',
+    'recovery_target_time',
+    'recovery_target_xid',
+    'recovery_target_name',
+    'recovery_target_lsn',
+    'recovery_target_inclusive',
+    'recovery_target_action',
+    'recovery_target_timeline',
 )
 
 
@@ -87,6 +96,8 @@ def parse_target_time(text):
     if re.search(r'[+-]\d{2}$', value):
         value += ':00'
     try:
+        if not re.match(r'\d{4}-\d{2}-\d{2} \d{2}:\d{2}', value):
+            raise ValueError('not a date and a time')
         parsed = datetime.datetime.fromisoformat(value)
     except ValueError:
         raise RecoveryError(
@@ -120,7 +131,7 @@ def the_target(params):
             return kind, wal.parse_lsn(value)
         except ValueError as error:
             raise RecoveryError(str(error), 'Write an LSN as PostgreSQL prints it, for example 0/5000028') from None
-    if kind == 'target_xid' and not str(value).isdigit():
+    if kind == 'target_xid' and not re.match(r'[0-9]+\Z', str(value)):
         raise RecoveryError('target_xid %r is not a transaction id' % value, 'Use a number, as txid_current() returns')
     return kind, value
 
@@ -145,7 +156,7 @@ def choose_backup(infos, kind, value, backup_id=None):
             )
         return candidates[-1]
     if backup_id in ('oldest', 'first'):
-        return done[0]
+        backup_id = done[0][0]
     if backup_id not in infos:
         raise RecoveryError(
             'there is no backup %s of this server' % backup_id,
@@ -332,18 +343,19 @@ def pg_conf_value(value):
     return "'%s'" % text.replace('\\', '\\\\').replace("'", "''")
 
 
-_SETTING_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(=|\s|$)')
+_SETTING_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(=|\s|'|$)")
 
 
 def neutralised_config(text, keep=()):
     """postgresql.conf text with the settings that point at the original cluster commented out."""
     lines = []
-    for line in text.splitlines():
+    for line in text.split('\n'):  # PostgreSQL ends a line at \n only
         match = _SETTING_RE.match(line)
         if match and match.group(1).lower() in SETTINGS_POINTING_AT_THE_ORIGINAL and match.group(1).lower() not in keep:
             line = '#barman.postgresql (recovered copy): ' + line
         lines.append(line)
-    return '\n'.join(lines) + '\n'
+    text = '\n'.join(lines)
+    return text if text.endswith('\n') else text + '\n'
 
 
 def recovery_settings(params, backup_id, kind, value):

@@ -198,6 +198,7 @@ def test_in_place_moves_the_old_pgdata_aside_and_recovering_twice_follows_the_ne
     rows = commit_rows('pg2', 'in-place-1', 3)
     switch_wal('pg2')
     pgdata = psql('pg2', 'SHOW data_directory')
+    timeline = int(psql('pg2', 'SELECT pg_walfile_name(pg_current_wal_lsn())')[:8], 16)
     first = playbook(
         'recover.yml',
         '-e',
@@ -207,7 +208,7 @@ def test_in_place_moves_the_old_pgdata_aside_and_recovering_twice_follows_the_ne
     assert [int(i) for i in psql('pg2', 'SELECT id FROM events ORDER BY id').split()] == [rows[0].id]
     moved = [e for e in os.listdir(os.path.dirname(pgdata)) if e.startswith(os.path.basename(pgdata) + '.moved-')]
     assert moved and os.path.exists(os.path.join(os.path.dirname(pgdata), moved[0], 'PG_VERSION')), moved
-    assert psql('pg2', 'SELECT pg_walfile_name(pg_current_wal_lsn())').startswith('00000002')
+    assert int(psql('pg2', 'SELECT pg_walfile_name(pg_current_wal_lsn())')[:8], 16) == timeline + 1
 
     # Again, from a backup of the new timeline, after more writes.
     playbook('backup.yml', '--limit', 'pg2')
@@ -219,6 +220,6 @@ def test_in_place_moves_the_old_pgdata_aside_and_recovering_twice_follows_the_ne
         json.dumps(dict(server='pg2', recover_in_place=True, target_time=between(more[0], more[1]).isoformat(' '))),
     )
     assert [int(i) for i in psql('pg2', 'SELECT id FROM events ORDER BY id').split()] == [rows[0].id, more[0].id]
-    assert psql('pg2', 'SELECT pg_walfile_name(pg_current_wal_lsn())').startswith('00000003')
-    assert archive.WalArchive(BARMAN_HOME, 'pg2').locate('00000002.history')
-    assert archive.WalArchive(BARMAN_HOME, 'pg2').locate('00000003.history')
+    assert int(psql('pg2', 'SELECT pg_walfile_name(pg_current_wal_lsn())')[:8], 16) == timeline + 2
+    for new_timeline in (timeline + 1, timeline + 2):
+        assert archive.WalArchive(BARMAN_HOME, 'pg2').locate('%08X.history' % new_timeline)

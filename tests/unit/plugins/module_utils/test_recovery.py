@@ -96,15 +96,7 @@ def test_parse_target_time_refuses_empty(text):
     'text',
     [
         '2026-11-24 03:12:00',
-        pytest.param(
-            '2026-11-24',
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason='BUG: a date alone gets the hint "for example \'2026-11-24+00\'", which is refused in turn '
-                "('has no time zone', suggesting '2026-11-24+00+00'): the '[+-]\\d{2}$' rule appends ':00' to the "
-                "day or the zone and fromisoformat reads '2026-11-24+00:00' as a date, separator '+', time 00:00",
-            ),
-        ),
+        '2026-11-24',
     ],
 )
 def test_parse_target_time_no_zone_hint_example_is_accepted(text):
@@ -160,11 +152,6 @@ def test_the_target_xid_not_digits_is_refused(xid):
     assert 'number' in excinfo.value.hint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: str.isdigit() accepts non-ASCII digits ('\\u00b2', '\\u0661\\u0662'): the xid reaches "
-    'recovery_target_xid, which PostgreSQL cannot read as a number, after everything was copied',
-)
 @pytest.mark.parametrize('xid', ['\u00b2', '\u0661\u0662'])
 def test_the_target_xid_non_ascii_digits_are_refused(xid):
     with pytest.raises(recovery.RecoveryError):
@@ -378,11 +365,6 @@ def test_choose_backup_latest_shortcut_with_target_fits_the_target(infos):
         recovery.choose_backup(infos, 'target_time', at(2026, 11, 19), 'last')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: backup_id 'oldest'/'first' returns done[0] without checking the target against its end, "
-    'as a named backup_id and latest are; PostgreSQL would fail after the copy',
-)
 @pytest.mark.parametrize(
     'kind, value',
     [('target_time', at(2026, 11, 19)), ('target_lsn', 0x1000000)],
@@ -486,21 +468,10 @@ def test_neutralised_config_empty_and_unterminated():
     assert recovery.neutralised_config("hba_file = 'x'") == PREFIX + "hba_file = 'x'\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PostgreSQL's lexer reads name and quoted value without a blank between them "
-    "(data_directory'/x' is ID then STRING), but _SETTING_RE wants '=', a blank or the end after the name",
-)
 def test_neutralised_config_name_directly_followed_by_a_quote():
     assert recovery.neutralised_config("data_directory'/x'\n") == PREFIX + "data_directory'/x'\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: str.splitlines() also splits on \\f, \\v, \\x1c-\\x1e, \\x85, \\u2028, \\u2029, which '
-    "PostgreSQL's configuration lexer does not: a commented-out setting after a form feed in a comment "
-    'becomes an active line',
-)
 def test_neutralised_config_only_splits_on_newlines():
     text = "# old settings\x0cwork_mem = '1GB'\nport = 5432\n"
     assert recovery.neutralised_config(text) == text
@@ -839,12 +810,6 @@ EARLIER_RECOVERY = recovery.recovery_settings(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: recovery_target_* left in the backup's postgresql.auto.conf (e.g. by an earlier recovery in "
-    'place) are neither commented out nor overridden: recovering to the end keeps the old target time, and '
-    'another target kind makes PostgreSQL refuse to start (multiple recovery targets specified)',
-)
 @pytest.mark.parametrize(
     'kind, value',
     [(None, None), ('target_lsn', 0x9000028), ('target_name', 'n'), ('target_immediate', True)],
