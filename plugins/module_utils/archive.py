@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -28,6 +29,7 @@ COMPRESSIONS = ('gzip', 'zstd', 'lz4', 'none')
 GZIP_LEVEL = 1
 CHUNK = 1024 * 1024
 MAX_TEXT_FILE_SIZE = 1024 * 1024
+STALE_SECONDS = 3600
 _MAGIC = (
     (b'\x1f\x8b', 'gzip'),
     (b'\x28\xb5\x2f\xfd', 'zstd'),
@@ -278,7 +280,11 @@ class WalArchive(object):
             for entry in sorted(os.listdir(self.layout.incoming_dir)):
                 path = os.path.join(self.layout.incoming_dir, entry)
                 if entry.startswith('.') or not os.path.isfile(path):
-                    continue  # a delivery in progress
+                    # A delivery in progress, or the leftover of a killed receiver: it never blocks a
+                    # retry (each delivery has its own temp name), and goes after an hour.
+                    if entry.endswith('.tmp') and not dry_run and time.time() - os.stat(path).st_mtime > STALE_SECONDS:
+                        os.unlink(path)
+                    continue
                 if dry_run:
                     result['archived' if wal.is_wal_name(entry) else 'errors'].append(entry)
                     continue

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import random
 import stat
 import struct
@@ -749,3 +750,18 @@ def test_rebuild_xlog_db_drops_entries_of_missing_files(arc):
     result = arc.rebuild_xlog_db()
     assert result == dict(entries=3, added=[], removed=[seg_name(2)])
     assert [line[0] for line in xlog_lines(arc)] == [seg_name(1), seg_name(3), '00000002.history']
+
+
+def test_a_killed_receivers_temp_file_never_blocks_and_goes_after_an_hour(tmp_path):
+    home = str(tmp_path)
+    layout = catalog.ServerLayout(home, 'pg1')
+    catalog.ensure_directories(layout)
+    stale = os.path.join(layout.incoming_dir, '.000000010000000000000001.abc.tmp')
+    fresh = os.path.join(layout.incoming_dir, '.000000010000000000000002.def.tmp')
+    for path in (stale, fresh):
+        with open(path, 'wb') as handle:
+            handle.write(b'half a segment')
+    os.utime(stale, (time.time() - archive.STALE_SECONDS - 10,) * 2)
+    result = archive.WalArchive(home, 'pg1').process_incoming('gzip')
+    assert result == dict(archived=[], identical=[], errors=[])
+    assert not os.path.exists(stale) and os.path.exists(fresh)
