@@ -536,7 +536,7 @@ def test_recovery_settings_to_the_end_of_the_archive():
     assert text.startswith('\n# Recovery of backup 20261123T010000 by barman.postgresql, ')
     assert text.endswith('\n')
     settings = parsed_settings(text)
-    names = [name for name, _ in settings]
+    names = [name for name, _value in settings]
     assert not any(name.startswith('recovery_target') and name != 'recovery_target_timeline' for name in names)
     assert dict(settings) == {
         'restore_command': '/usr/bin/barman-wal-sender get %f %p',
