@@ -451,7 +451,7 @@ def _copy(params, layout, wal_archive, destination, backup_id, info, locations, 
     try:
         _write_configuration(staging, data, params, backup_id, info, locations, kind, value)
         if not params['get_wal']:
-            _stage_wals(staging, wal_archive, info, continuity)
+            _stage_wals(staging, wal_archive, info, kind, value)
         destination.rsync(staging + '/', destination.directory + '/', 'the recovery settings')
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -486,14 +486,21 @@ def _write_configuration(staging, data, params, backup_id, info, locations, kind
     write('recovery.signal', '')
 
 
-def _stage_wals(staging, wal_archive, info, continuity):
-    """The WAL files recovery needs, decompressed into barman_wal/ of the copy (get_wal off)."""
+def _stage_wals(staging, wal_archive, info, kind, value):
+    """The WAL files recovery needs, decompressed into barman_wal/ of the copy (get_wal off): from the
+    backup's first segment to the target's (the backup's last for immediate, all for other targets)."""
     target_dir = os.path.join(staging, 'barman_wal')
     os.mkdir(target_dir, 0o700)
     segment_size = info['xlog_segment_size']
     first = wal.segment_number(info['begin_wal'], segment_size)
+    last = None
+    if kind == 'target_immediate':
+        last = wal.segment_number(info['end_wal'], segment_size)
+    elif kind == 'target_lsn':
+        last = value // segment_size
     for name in wal_archive.archived_names():
         parsed = wal.parse_wal_name(name)
-        if parsed.kind == 'history' or (parsed.kind == 'segment' and wal.segment_number(name, segment_size) >= first):
+        segno = wal.segment_number(name, segment_size) if parsed.kind == 'segment' else None
+        if parsed.kind == 'history' or (segno is not None and segno >= first and (last is None or segno <= last)):
             with open(os.path.join(target_dir, name), 'wb') as handle:
                 copy_decompressed(wal_archive.locate(name), handle)
