@@ -8,7 +8,12 @@ from labhosts import CLUSTERS, LAB, run
 
 @pytest.fixture(scope='session')
 def lab():
-    """Bring the lab up for the session; take it down afterwards unless LAB_KEEP=1."""
+    """A fresh lab for the session (LAB_REUSE=1 keeps an existing one); down afterwards unless LAB_KEEP=1.
+
+    Fresh, because what an earlier run left (timelines, backups, running copies) changes what tests see.
+    """
+    if os.environ.get('LAB_REUSE') != '1':
+        run([LAB, 'down'])
     run([LAB, 'up'])
     yield CLUSTERS
     if os.environ.get('LAB_KEEP') != '1':

@@ -86,7 +86,8 @@ def restore(server, backup_id, name, port):
     with open(os.path.join(data_dir, 'postgresql.auto.conf'), 'a') as handle:
         handle.write(
             "\n# hand restore\narchive_mode = off\nrestore_command = '%s'\nrecovery_target = 'immediate'\n"
-            "recovery_target_action = 'promote'\nlogging_collector = off\n" % restore_command
+            "recovery_target_action = 'promote'\nrecovery_target_timeline = 'current'\nlogging_collector = off\n"
+            % restore_command
         )
     open(os.path.join(data_dir, 'recovery.signal'), 'w').close()
     run(['chown', '-R', 'postgres:postgres', root])
