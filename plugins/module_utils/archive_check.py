@@ -16,13 +16,9 @@ POLL_SECONDS = 0.2
 
 def oldest_backup_begin_wal(layout):
     """begin_wal of the oldest DONE backup, where continuity must start; None without backups."""
-    if not os.path.isdir(layout.meta_dir):
-        return None
-    for entry in sorted(os.listdir(layout.meta_dir)):
-        if entry.endswith('-backup.info'):
-            info = catalog.read_backup_info(os.path.join(layout.meta_dir, entry))
-            if info.get('status') == catalog.DONE and info.get('begin_wal'):
-                return info['begin_wal']
+    for info in catalog.backup_infos(layout).values():
+        if info['status'] == catalog.DONE and info['begin_wal']:
+            return info['begin_wal']
     return None
 
 

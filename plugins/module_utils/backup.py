@@ -68,20 +68,10 @@ class Progress(object):
 # -- the catalog side ----------------------------------------------------------------------------
 
 
-def backup_infos(layout):
-    """{backup_id: info} of every backup of a server, oldest first. A malformed file raises."""
-    infos = {}
-    if not os.path.isdir(layout.meta_dir):
-        return infos
-    for entry in sorted(os.listdir(layout.meta_dir)):
-        if entry.endswith('-backup.info'):
-            backup_id = entry[: -len('-backup.info')]
-            infos[backup_id] = catalog.read_backup_info(os.path.join(layout.meta_dir, entry))
-    return infos
-
-
 def newest_done_backup(layout):
-    done = [(backup_id, info) for backup_id, info in backup_infos(layout).items() if info['status'] == catalog.DONE]
+    done = [
+        (backup_id, info) for backup_id, info in catalog.backup_infos(layout).items() if info['status'] == catalog.DONE
+    ]
     return done[-1] if done else (None, None)
 
 
@@ -91,7 +81,7 @@ def settle_unfinished_backups(layout, wal_archive):
     STARTED becomes FAILED; WAITING_FOR_WALS becomes DONE once its WAL arrived.
     """
     settled = []
-    for backup_id, info in backup_infos(layout).items():
+    for backup_id, info in catalog.backup_infos(layout).items():
         if info['status'] == catalog.STARTED:
             info['status'] = catalog.FAILED
             info['error'] = 'the process taking this backup died before it ended (found by a later run)'
@@ -152,10 +142,8 @@ class Copier(object):
 
     def close(self):
         """End the shared SSH connection (it would otherwise linger for ControlPersist seconds)."""
-        argv = ssh.ssh_argv(self.target, ['true'], **self.ssh_options)
-        argv.insert(1, '-O')
-        argv.insert(2, 'exit')
-        subprocess.run(argv[: argv.index('--')], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        argv = ssh.control_exit_argv(self.target, **self.ssh_options)
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
     def ssh_run(self, remote_argv):
         """Run a command on the PostgreSQL host as the SSH user; its stdout."""

@@ -620,6 +620,18 @@ def format_backup_info(info):
     return ''.join(lines[key] for key in sorted(lines))
 
 
+def backup_infos(layout):
+    """{backup_id: info} of every backup of a server, oldest first. A malformed file raises."""
+    infos = {}
+    if not os.path.isdir(layout.meta_dir):
+        return infos
+    for entry in sorted(os.listdir(layout.meta_dir)):
+        if entry.endswith('-backup.info'):
+            backup_id = entry[: -len('-backup.info')]
+            infos[backup_id] = read_backup_info(os.path.join(layout.meta_dir, entry))
+    return infos
+
+
 def read_backup_info(path):
     """Parse the backup.info at ``path``; raises MalformedBackupInfo, or OSError if unreadable."""
     with open(path, 'rb') as handle:

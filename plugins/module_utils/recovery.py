@@ -21,7 +21,6 @@ import time
 
 from ansible_collections.barman.postgresql.plugins.module_utils import catalog, rsync, ssh, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.archive import WalArchive, copy_decompressed
-from ansible_collections.barman.postgresql.plugins.module_utils.backup import backup_infos
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 TARGET_KINDS = ('target_time', 'target_xid', 'target_name', 'target_lsn', 'target_immediate')
@@ -287,13 +286,8 @@ class Destination(object):
 
     def close(self):
         if self.target is not None:
-            argv = ssh.ssh_argv(self.target, ['true'], **self.ssh_options)
-            subprocess.run(
-                [argv[0], '-O', 'exit'] + argv[1 : argv.index('--')],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
+            argv = ssh.control_exit_argv(self.target, **self.ssh_options)
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
 def tablespace_locations(info, params):
@@ -403,7 +397,7 @@ def recover(params, check_mode=False):
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     wal_archive = WalArchive(params['barman_home'], params['server'])
     kind, value = the_target(params)
-    backup_id, info = choose_backup(backup_infos(layout), kind, value, params.get('backup_id'))
+    backup_id, info = choose_backup(catalog.backup_infos(layout), kind, value, params.get('backup_id'))
     continuity = check_archive(wal_archive, info, kind, value)
     destination = Destination(params, os.path.join(layout.root, '.ssh-%C'))
     try:

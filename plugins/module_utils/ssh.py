@@ -296,6 +296,13 @@ def ssh_argv(target, remote_argv, **ssh_option_kwargs):
     return ['ssh'] + ssh_options(**ssh_option_kwargs) + ['%s@%s' % (target.user, target.host), '--', remote_command]
 
 
+def control_exit_argv(target, **ssh_option_kwargs):
+    """The argv that ends the shared connection (ControlMaster) of ``target``, which would otherwise
+    linger for ControlPersist seconds."""
+    argv = ssh_argv(target, ['true'], **ssh_option_kwargs)
+    return [argv[0], '-O', 'exit'] + argv[1 : argv.index('--')]
+
+
 def rsync_rsh(**ssh_option_kwargs):
     """Return the value for rsync's ``--rsh``/``-e``: ``ssh`` plus :func:`ssh_options`, quoted.
 
