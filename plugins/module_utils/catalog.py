@@ -246,6 +246,14 @@ class ServerLayout(object):
     def backup_dir(self, backup_id):
         return os.path.join(self.base_dir, validate_backup_id(backup_id))
 
+    def keep_path(self, backup_id):
+        """Barman's (3.13.3+) keep annotation of a backup: ``meta/<backup_id>-keep``, 'full' or 'standalone'."""
+        return os.path.join(self.meta_dir, '%s-keep' % validate_backup_id(backup_id))
+
+    def old_keep_path(self, backup_id):
+        """Where Barman before 3.13.3 wrote the keep annotation; still read."""
+        return os.path.join(self.backup_dir(backup_id), 'annotations', 'keep')
+
     def backup_data_dir(self, backup_id):
         return os.path.join(self.backup_dir(backup_id), 'data')
 

@@ -1,5 +1,6 @@
 """Helpers to act on the lab: run ansible and ansible-playbook from the checkout, SQL on a cluster."""
 
+import json
 import os
 import subprocess
 
@@ -118,3 +119,20 @@ def switch_wal(server):
 
 def current_wal(server):
     return psql(server, 'SELECT pg_walfile_name(pg_current_wal_lsn())')
+
+
+def module(name, params, *options, host='backup1', become_user='barman'):
+    """Run a collection module on a lab host as Ansible does; returns (succeeded, result dict)."""
+    argv = ['ansible', host, '-m', 'barman.postgresql.' + name, '-a', json.dumps(params), '--become']
+    proc = run(argv + ['--become-user', become_user] + list(options), check=False)
+    head, _sep, body = proc.stdout.partition(' => ')
+    if not body:
+        raise AssertionError('no result from %s:\n%s\n%s' % (name, proc.stdout[-3000:], proc.stderr[-3000:]))
+    return 'SUCCESS' in head or 'CHANGED' in head, json.loads(body)
+
+
+def catalog(params, *options):
+    """pg_backup_catalog on the backup server; fails the test if the module failed."""
+    succeeded, result = module('pg_backup_catalog', params, *options)
+    assert succeeded, result.get('msg', result)
+    return result

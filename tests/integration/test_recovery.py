@@ -8,11 +8,11 @@ import shutil
 import time
 
 import pytest
-from labhosts import BARMAN_HOME, CLUSTERS, as_postgres, playbook, psql, switch_wal
+import drills
+from drills import DRILLS
+from labhosts import BARMAN_HOME, CLUSTERS, playbook, psql, switch_wal
 
 from ansible_collections.barman.postgresql.plugins.module_utils import archive
-
-DRILLS = '/srv/barman-lab/pg1/drills'
 
 
 @pytest.fixture(scope='module')
@@ -23,7 +23,7 @@ def pg1_with_backup(lab):
     playbook('backup.yml', '--limit', 'pg1')
     yield
     for entry in os.listdir(DRILLS) if os.path.isdir(DRILLS) else []:
-        stop_cluster(os.path.join(DRILLS, entry))
+        drills.stop_cluster(os.path.join(DRILLS, entry))
 
 
 class Row(object):
@@ -55,42 +55,10 @@ def between(row, next_row):
     return row.after + (next_row.before - row.after) / 2
 
 
-def stop_cluster(data_dir):
-    if os.path.exists(os.path.join(data_dir, 'postmaster.pid')):
-        as_postgres('/usr/lib/postgresql/15/bin/pg_ctl', '-D', data_dir, '-m', 'immediate', '-w', 'stop', check=False)
-
-
 def recover(drill, port=6441, check=True, **extra):
     """recover.yml for pg1 into DRILLS/drill on port; the recovered ids, the summary line."""
-    data_dir = os.path.join(DRILLS, drill)
-    stop_cluster(data_dir)  # a drill of an earlier run: test data, removed by the test
-    for leftover in (data_dir, data_dir + '.tblspc', data_dir + '.log'):
-        if os.path.isdir(leftover):
-            shutil.rmtree(leftover)
-        elif os.path.exists(leftover):
-            os.unlink(leftover)
-    variables = dict(server='pg1', recover_dir=data_dir, recover_port=port)
-    variables.update(extra)
-    proc = playbook('recover.yml', '-e', json.dumps(variables), check=check)
-    if proc.returncode != 0:
-        return None, proc.stdout
-    summary = [line for line in proc.stdout.splitlines() if 'recovered from backup' in line][0]
-    try:
-        ids = as_postgres(
-            'psql',
-            '-XAtq',
-            '-h',
-            '/var/run/postgresql',
-            '-p',
-            str(port),
-            '-d',
-            'postgres',
-            '-c',
-            'SELECT id FROM events ORDER BY id',
-        ).stdout.split()
-    finally:
-        stop_cluster(data_dir)
-    return [int(i) for i in ids], summary
+    ids, summary = drills.recover(drill, 'SELECT id FROM events ORDER BY id', port=port, check=check, **extra)
+    return (None if ids is None else [int(i) for i in ids]), summary
 
 
 def ids_up_to(rows, last):
