@@ -198,6 +198,8 @@ def check_archive(wal_archive, info, kind, value):
             'Check archiving (pg_wal_archive check): the backup is not usable until its WAL is archived',
         )
     needed_until = wal.segment_number(newest, segment_size)
+    if kind == 'target_immediate':  # consistent at the backup's end: a kept standalone backup needs no more
+        needed_until = wal.segment_number(info['end_wal'], segment_size)
     if kind == 'target_lsn':
         needed_until = wal.segment_number(wal.lsn_segment_name(value, 1, segment_size), segment_size)
         newest_end = wal.segment_start_lsn(newest, segment_size) + segment_size

@@ -70,7 +70,8 @@ def stages(lab):
 
 def test_retention_keeps_every_remaining_backup_recoverable(stages):
     first, second, third, fourth = stages
-    everything = [b['backup_id'] for b in backups('pg1')]
+    info = dict((b['backup_id'], b) for b in backups('pg1'))
+    everything = sorted(info)
 
     # keep: check mode changes nothing, then the annotation is Barman's file.
     assert catalog(dict(server='pg1', action='keep', backup_id=first, target='standalone'), '--check')['changed']
@@ -92,7 +93,6 @@ def test_retention_keeps_every_remaining_backup_recoverable(stages):
     assert listed[0]['keep'] == 'standalone'
 
     # Only WAL no remaining backup needs is gone: the standalone range and everything from the third on stay.
-    info = dict((b['backup_id'], b) for b in listed)
     names = archive.WalArchive(BARMAN_HOME, 'pg1').archived_names()
     segments = set(n for n in names if wal.is_segment_name(n))
     size = wal.DEFAULT_SEGMENT_SIZE
@@ -120,7 +120,7 @@ def test_retention_keeps_every_remaining_backup_recoverable(stages):
     ok, result = module('pg_backup_catalog', dict(server='pg1', action='delete', backup_id=first))
     assert not ok and 'is kept' in result['msg'], result
     ok, result = module(
-        'pg_backup_catalog', dict(server='pg1', action='delete', backup_id='oldest', minimum_redundancy=3)
+        'pg_backup_catalog', dict(server='pg1', action='delete', backup_id=third, minimum_redundancy=3)
     )
     assert not ok and 'below the minimum of 3' in result['msg'], result
     assert [b['backup_id'] for b in backups('pg1')] == [first, third, fourth]
@@ -322,9 +322,8 @@ def test_barman_reads_our_catalog_and_we_read_barmans(lab, barman_conf):
     shown = barman(barman_conf, 'show-backup', 'pg1', ours).stdout
     mine = catalog(dict(server='pg1', action='show', backup_id=ours))['backup']
     fields = dict((k.strip(), v.strip()) for k, _sep, v in (row.partition(':') for row in shown.splitlines()))
-    for label, key in [('Status', 'status'), ('Begin WAL', 'begin_wal'), ('End WAL', 'end_wal')]:
-        assert fields[label] == mine[key], (label, shown)
-    for label, key in [('Begin LSN', 'begin_xlog'), ('End LSN', 'end_xlog')]:
+    pairs = [('Status', 'status'), ('Begin WAL', 'begin_wal'), ('End WAL', 'end_wal'), ('Begin LSN', 'begin_xlog')]
+    for label, key in pairs + [('End LSN', 'end_xlog')]:
         assert fields[label] == mine[key], (label, shown)
 
     # Barman recovers our backup to its end: the 10 rows committed before it.

@@ -7,7 +7,15 @@ import os
 
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import backup_catalog, catalog, health, retention, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    archive,
+    backup_catalog,
+    catalog,
+    health,
+    recovery,
+    retention,
+    wal,
+)
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -311,3 +319,13 @@ def test_server_names_lists_only_server_directories(lab, tmp_path):
     os.mkdir(str(tmp_path / 'not-a-server'))
     Lab(tmp_path, 'pg2')
     assert backup_catalog.server_names(str(tmp_path)) == ['pg1', 'pg2']
+
+
+def test_a_standalone_backup_recovers_to_its_end_past_a_gap_that_retention_left(lab):
+    lab.backup('20261120T010000', 2, 3)
+    lab.wals(2, 3, 7, 8)
+    info = backup_catalog.ServerCatalog(lab.layout).infos['20261120T010000']
+    wal_archive = archive.WalArchive(lab.layout.barman_home, 'pg1')
+    assert recovery.check_archive(wal_archive, info, 'target_immediate', True)['missing'] == [[seg(4), seg(6)]]
+    with pytest.raises(recovery.RecoveryError, match='missing from the archive'):
+        recovery.check_archive(wal_archive, info, None, None)
