@@ -53,7 +53,9 @@ from html import escape
 from ansible.errors import AnsibleFilterError
 
 UTC = datetime.timezone.utc
-WIDTH, HEIGHT, MARGIN = 900, 116, 24
+WIDTH = 900
+HEIGHT = 116
+MARGIN = 24
 
 
 class _Html(str):

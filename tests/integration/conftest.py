@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from labhosts import CLUSTERS, LAB, run
+from labhosts import CLUSTERS, LAB, playbook, run
 
 
 @pytest.fixture(scope='session')
@@ -18,3 +18,10 @@ def lab():
     yield CLUSTERS
     if os.environ.get('LAB_KEEP') != '1':
         run([LAB, 'down'])
+
+
+@pytest.fixture(scope='session')
+def configured(lab):
+    """The lab after playbooks/setup.yml (keys, archiving, the backup role), once per session."""
+    playbook('setup.yml')
+    return lab

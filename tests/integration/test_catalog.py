@@ -50,10 +50,9 @@ def upto(last):
 
 
 @pytest.fixture(scope='module')
-def stages(lab):
+def stages(configured):
     """Four backups of pg1 (no retention yet), 100 rows of stage n committed before backup n, and a
     fifth stage after the last one, archived."""
-    playbook('setup.yml')
     psql('pg1', 'DROP TABLE IF EXISTS stages; CREATE TABLE stages (stage int, n int)')
     ids = []
     for stage in range(1, 5):
@@ -119,9 +118,7 @@ def test_retention_keeps_every_remaining_backup_recoverable(stages):
     # delete refuses a kept backup and going below minimum_redundancy.
     ok, result = module('pg_backup_catalog', dict(server='pg1', action='delete', backup_id=first))
     assert not ok and 'is kept' in result['msg'], result
-    ok, result = module(
-        'pg_backup_catalog', dict(server='pg1', action='delete', backup_id=third, minimum_redundancy=3)
-    )
+    ok, result = module('pg_backup_catalog', dict(server='pg1', action='delete', backup_id=third, minimum_redundancy=3))
     assert not ok and 'below the minimum of 3' in result['msg'], result
     assert [b['backup_id'] for b in backups('pg1')] == [first, third, fourth]
 
@@ -154,8 +151,7 @@ def wait_for(what, predicate, timeout=60):
         time.sleep(0.5)
 
 
-def test_check_turns_critical_for_broken_archiving_a_missing_wal_and_an_old_backup(lab):
-    playbook('setup.yml')
+def test_check_turns_critical_for_broken_archiving_a_missing_wal_and_an_old_backup(configured):
     playbook('backup.yml', '--limit', 'pg2')
     ended = time.time()
     healthy = pg2_check()
@@ -208,8 +204,7 @@ def test_check_turns_critical_for_broken_archiving_a_missing_wal_and_an_old_back
     assert checks_of(pg2_check(last_backup_maximum_age='1 DAYS'))['last_backup_age']['status'] == 'ok'
 
 
-def test_bad_input_is_refused_clearly_and_a_malformed_file_is_reported_not_skipped(lab):
-    playbook('setup.yml')
+def test_bad_input_is_refused_clearly_and_a_malformed_file_is_reported_not_skipped(configured):
     playbook('backup.yml', '--limit', 'pg2')
     before = tree('pg2')
     cases = [
@@ -305,8 +300,7 @@ def start_and_count(data_dir, port):
         drills.stop_cluster(data_dir)
 
 
-def test_barman_reads_our_catalog_and_we_read_barmans(lab, barman_conf):
-    playbook('setup.yml')
+def test_barman_reads_our_catalog_and_we_read_barmans(configured, barman_conf):
     psql('pg1', 'DROP TABLE IF EXISTS interop; CREATE TABLE interop AS SELECT g FROM generate_series(1, 10) g')
     playbook('backup.yml', '--limit', 'pg1')
     ours = newest_id('pg1')

@@ -198,14 +198,18 @@ def test_svg_gaps_markers_and_bounds():
     pg1 = pictures[0]
     assert [g.get('class') for g in with_class(pg1, 'g', 'marker')] == ['marker done', 'marker failed', 'marker done']
     assert len(with_class(pg1, 'path', 'kept')) == 1
-    (bar,) = with_class(pg1, 'rect', 'window')
+    (window_bar,) = with_class(pg1, 'rect', 'window')
     first_gap, second_gap = with_class(pg1, 'rect', 'gap')
-    # A gap without after_time starts at the window's start; gaps lie on the bar.
-    assert float(first_gap.get('x')) == float(bar.get('x'))
-    assert float(bar.get('x')) < float(second_gap.get('x')) < float(bar.get('x')) + float(bar.get('width'))
+    # A gap without after_time starts at the window's start; gaps lie on the window_bar.
+    assert float(first_gap.get('x')) == float(window_bar.get('x'))
+    assert (
+        float(window_bar.get('x'))
+        < float(second_gap.get('x'))
+        < float(window_bar.get('x')) + float(window_bar.get('width'))
+    )
     labels = [t.text for t in pg1.iter(SVG + 'text')]
     assert labels[0] == '2026-11-24 10:15' and labels[-2:] == ['2026-11-27 08:00', 'UTC']
-    # Nothing recoverable: no bar, a note instead.
+    # Nothing recoverable: no window_bar, a note instead.
     assert not with_class(pictures[2], 'rect', 'window')
     assert 'nothing recoverable' in [t.text for t in pictures[2].iter(SVG + 'text')]
 
@@ -277,8 +281,8 @@ def test_zero_width_range_draws_in_the_middle():
     (svg,) = svgs(page)
     middle = float(svg.get('width')) / 2
     assert [float(c.get('cx')) for c in svg.iter(SVG + 'circle')] == [middle]
-    (bar,) = with_class(svg, 'rect', 'window')
-    assert float(bar.get('x')) < middle < float(bar.get('x')) + float(bar.get('width'))
+    (window_bar,) = with_class(svg, 'rect', 'window')
+    assert float(window_bar.get('x')) < middle < float(window_bar.get('x')) + float(window_bar.get('width'))
     assert len(with_class(svg, 'g', 'marker')) == 2 and len(with_class(svg, 'path', 'kept')) == 1
 
 
