@@ -52,7 +52,8 @@ BARMAN_DIR = BASE + 'barman'
 PGBR_DIR = BASE + 'pgbackrest'
 PLAY_DIR = BASE + 'ansible'
 TEMP_DIRS = [RSYNC_DIR, OUR_HOME, BARMAN_DIR, PGBR_DIR, PLAY_DIR]
-BARMAN_VENV = os.environ.get('BARMAN_VENV', '/opt/barman-venv')  # shared with archive_throughput.py, kept (slow to install)
+# Made by scripts/bootstrap, shared with archive_throughput.py.
+BARMAN_VENV = os.environ.get('BARMAN_VENV', '/opt/barman-venv')
 
 RESULTS = os.path.join(TOP, 'bench', 'RESULTS.md')
 SECTION = '## Base backups'
