@@ -6,42 +6,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-DOCUMENTATION = r"""
-name: authorized_keys_line
-short_description: An authorized_keys line that forces a command for a key
-description:
-  - C(restrict,command="...") followed by the key, the command quoted for sshd.
-  - The same module also provides C(known_hosts_lines), the known_hosts lines of a host from its
-    gathered facts (C(ansible_ssh_host_key_*_public)).
-version_added: 0.1.0
-author: barman.postgresql contributors (@barman-postgresql)
-positional: forced_command
-options:
-  _input:
-    description: The public key line (C(type base64 [comment])).
-    type: str
-    required: true
-  forced_command:
-    description: The command sshd runs for this key, as a list of arguments.
-    type: list
-    elements: str
-    required: true
-  comment:
-    description: Comment put at the end of the line, to find it again.
-    type: str
-"""
-
-EXAMPLES = r"""
-- name: Restrict a key to the WAL receiver
-  ansible.builtin.debug:
-    msg: "{{ public_key | barman.postgresql.authorized_keys_line(['/usr/bin/receiver', '--server', 'pg1']) }}"
-"""
-
-RETURN = r"""
-_value:
-  description: The authorized_keys line.
-  type: str
-"""
+# Each filter is documented in a file of its own beside this one (authorized_keys_line.yml and known_hosts_lines.yml):
+# ansible-doc reads such a file only when the plugin file holds no DOCUMENTATION.
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.barman.postgresql.plugins.module_utils import ssh

@@ -6,45 +6,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-DOCUMENTATION = r"""
-name: status_table
-short_description: A plain-text table of the backups, recoverable window and failed checks of each server
-description:
-  - One block per server, as returned by the C(pg_backup_catalog) module; times are shown in UTC.
-  - A header line (server, overall status, recoverable window and WAL gaps), one aligned row per backup
-    (id, status, end time, size, new/deduplicated size, WAL size, keep, retention status), then one line per
-    check that is not ok.
-  - The same module also provides C(status_html), one self-contained static HTML page (inline CSS and SVG, no
-    JavaScript, no external resource) with a summary of the servers, a picture of each recoverable window, the
-    backups and the checks. Its optional C(generated_at) argument (a string or a datetime) is printed on the
-    page; without it the page holds no time of its own, so that writing it again does not report a change.
-version_added: 0.1.0
-author: barman.postgresql contributors (@barman-postgresql)
-options:
-  _input:
-    description: The server list of C(pg_backup_catalog), one dict per PostgreSQL server.
-    type: list
-    elements: dict
-    required: true
-"""
-
-EXAMPLES = r"""
-- name: Show the backups on the terminal
-  ansible.builtin.debug:
-    msg: "{{ (catalog.servers | barman.postgresql.status_table).splitlines() }}"
-
-- name: Publish a status page
-  ansible.builtin.copy:
-    content: "{{ catalog.servers | barman.postgresql.status_html(generated_at=now(utc=true).isoformat()) }}"
-    dest: /var/www/html/barman/index.html
-    mode: '0644'
-"""
-
-RETURN = r"""
-_value:
-  description: The table, lines separated by newlines.
-  type: str
-"""
+# Each filter is documented in a file of its own beside this one (status_table.yml and status_html.yml):
+# ansible-doc reads such a file only when the plugin file holds no DOCUMENTATION.
 
 import datetime
 from collections.abc import Mapping

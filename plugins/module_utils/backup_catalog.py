@@ -357,14 +357,14 @@ def delete_backup(layout, backup_id, minimum_redundancy, dry_run=False):
 
 
 def apply_retention(layout, policy, minimum_redundancy, now=None, dry_run=False):
-    """Remove the backups the policy makes OBSOLETE, FAILED backups older than the newest DONE one,
+    """Remove the backups the policy makes OBSOLETE, FAILED backups older than the oldest one it keeps,
     and the WAL nothing left needs. Returns the statuses and the removal result."""
     with catalog.ServerLock(layout, 'backup'):
         server = ServerCatalog(layout)
         server.refuse_if_malformed('apply the retention policy')
         statuses = server.statuses(policy, minimum_redundancy, now or now_utc())
         doomed = sorted(b for b, s in statuses.items() if s == retention.OBSOLETE)
-        doomed += retention.obsolete_failures(server.infos)
+        doomed += retention.obsolete_failures(server.infos, statuses)
         doomed.sort()
         wal_names = server.plan_removal(doomed, statuses)
         result = _removal_result(doomed, wal_names, server.wals)

@@ -133,13 +133,14 @@ def classify(infos, keeps, policy, minimum_redundancy, now):
     return report
 
 
-def obsolete_failures(infos):
-    """FAILED backups older than the newest DONE one: nothing can use them any more."""
-    done = [b for b, info in infos.items() if info['status'] == catalog.DONE]
-    if not done:
+def obsolete_failures(infos, statuses):
+    """FAILED backups older than the oldest backup the policy keeps: outside what the catalog keeps,
+    they go with it. Newer ones stay, with their error, until then."""
+    kept = [b for b, status in statuses.items() if status not in (OBSOLETE, NONE)]
+    if not kept:
         return []
-    newest = max(done)
-    return sorted(b for b, info in infos.items() if info['status'] == catalog.FAILED and b < newest)
+    oldest = min(kept)
+    return sorted(b for b, info in infos.items() if info['status'] == catalog.FAILED and b < oldest)
 
 
 def _segno(name, segment_size):

@@ -20,7 +20,7 @@ description:
   - V(delete) one backup and the WAL only it needed. A kept backup, a backup still being taken, and a
     backup whose removal leaves fewer DONE backups than O(minimum_redundancy) (at least one) are refused.
   - V(retention) applies O(retention_policy) (C(REDUNDANCY n) or C(RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS))
-    as Barman does. It removes OBSOLETE backups, FAILED backups older than the newest DONE one, and the
+    as Barman does. It removes OBSOLETE backups, FAILED backups older than the oldest backup it keeps, and the
     WAL no remaining backup needs. Timeline history files are never removed.
   - V(check) the health of one server or all; each check is ok, warning or critical, and a Nagios line
     sums them up. Read-only actions never report a change.

@@ -155,10 +155,15 @@ def test_the_newest_done_backup_always_stays_even_with_minimum_zero():
         assert retention.classify(infos, {}, retention.parse_policy(policy), 0, NOW) == {'20261101T000000': 'VALID'}
 
 
-def test_obsolete_failures_are_the_failed_backups_older_than_the_newest_done():
-    infos = backups((5, 1), (4, 3), (3, 5), (2, 7), b1='FAILED', b2='DONE', b3='FAILED', b4='FAILED')
-    assert retention.obsolete_failures(infos) == ['20261101T000000']
-    assert retention.obsolete_failures(backups((1, 1), b1='FAILED')) == []
+def test_obsolete_failures_are_the_failed_backups_older_than_the_oldest_kept_one():
+    infos = backups((5, 1), (4, 3), (3, 5), (2, 7), (1, 9), b1='FAILED', b3='FAILED', b5='FAILED')
+    statuses = retention.classify(infos, {}, retention.parse_policy('REDUNDANCY 1'), 0, NOW)
+    assert statuses['20261102T000000'] == 'OBSOLETE' and statuses['20261104T000000'] == 'VALID'
+    assert retention.obsolete_failures(infos, statuses) == ['20261101T000000', '20261103T000000']
+    statuses = retention.classify(infos, {}, retention.parse_policy('REDUNDANCY 2'), 0, NOW)
+    assert retention.obsolete_failures(infos, statuses) == ['20261101T000000']
+    only_failed = backups((1, 1), b1='FAILED')
+    assert retention.obsolete_failures(only_failed, {'20261101T000000': 'NONE'}) == []
 
 
 def names(*numbers, **kw):
