@@ -407,8 +407,12 @@ class WalArchive(object):
         if last is None:  # promoted, nothing written on the new timeline yet
             newest_timeline = max(wal.timeline_of(n) for n in segments)
             last = max(n for n in segments if wal.timeline_of(n) == newest_timeline)
-        path = wal.timeline_path(newest_timeline, self.history(newest_timeline))
         first = first_name or min(segments, key=lambda n: (wal.segment_number(n, segment_size), n))
+        if wal.timeline_of(first) == newest_timeline:
+            # Nothing to cross: an archive begun after a promotion holds no history file, and needs none.
+            path = [(newest_timeline, 0)]
+        else:
+            path = wal.timeline_path(newest_timeline, self.history(newest_timeline))
         expected = wal.expected_segments(
             wal.segment_number(first, segment_size),
             wal.segment_number(last, segment_size),

@@ -37,8 +37,10 @@ def survey_vars(job_template, answers):
 def launch(name, tmp_path, answers=None, limit=None):
     """Run a job template's playbook through ansible-runner; returns (runner, set_stats data)."""
     job_template = template(name)
+    private_data_dir = tmp_path / name
+    private_data_dir.mkdir()
     runner = ansible_runner.run(
-        private_data_dir=str(tmp_path / name),
+        private_data_dir=str(private_data_dir),
         project_dir=ROOT,
         playbook=job_template['playbook'],
         inventory=os.path.join(ROOT, 'inventory', 'lab.yml'),
@@ -59,9 +61,9 @@ def output(runner):
 
 def test_backup_status_and_recover_as_awx_runs_them(configured, tmp_path):
     psql('pg1', 'DROP TABLE IF EXISTS awx; CREATE TABLE awx (id int)')
-    runner, artifacts = launch('backup', tmp_path, limit='pg1')
+    runner, artifacts = launch('backup', tmp_path)
     assert runner.rc == 0, output(runner)
-    assert artifacts['barman_backups']['pg1']['status'] == 'DONE', artifacts
+    assert [artifacts['barman_backups'][s]['status'] for s in ('pg1', 'pg2')] == ['DONE', 'DONE'], artifacts
     backup_id = artifacts['barman_backups']['pg1']['backup_id']
 
     runner, artifacts = launch('status', tmp_path)

@@ -329,3 +329,13 @@ def test_a_standalone_backup_recovers_to_its_end_past_a_gap_that_retention_left(
     assert recovery.check_archive(wal_archive, info, 'target_immediate', True)['missing'] == [[seg(4), seg(6)]]
     with pytest.raises(recovery.RecoveryError, match='missing from the archive'):
         recovery.check_archive(wal_archive, info, None, None)
+
+
+def test_an_archive_begun_on_a_later_timeline_needs_no_history_file_until_it_crosses_one(lab):
+    lab.wals(*[seg(n, 2) for n in (5, 6, 7)])
+    wal_archive = archive.WalArchive(lab.layout.barman_home, 'pg1')
+    continuity = wal_archive.continuity(SEG)
+    assert (continuity['ok'], continuity['first'], continuity['last']) == (True, seg(5, 2), seg(7, 2))
+    lab.wals(seg(4, 1))
+    with pytest.raises(archive.ArchiveError, match='00000002.history'):
+        wal_archive.continuity(SEG)
