@@ -10,6 +10,9 @@ The same N consecutive real segments of pg1 go through, one call per segment, in
   cp+sync      cp into a local directory, then sync of that file (the physical limit)
   rsync/ssh    plain rsync over SSH into a directory of barman on backup1 (new handshake per call)
   ours         barman-wal-sender put -> barman-wal-receiver into a fresh catalog (cold, then steady)
+  ours, backlog  the same calls as PostgreSQL's archiver makes them when WAL piled up: the segments
+               in a pg_wal/ with archive_status/*.ready, one put each in order, .ready renamed to
+               .done after each success; the sender's look-ahead agent streams ahead of the calls
   barman       barman-wal-archive (Barman 3.19.1) -> barman put-wal of a bench Barman configuration
   pgbackrest   pgbackrest archive-push (2.45) into a local repository
 
@@ -58,6 +61,7 @@ SEGMENTS_DIR = '/var/tmp/bench-segments'
 CP_DIR = '/var/tmp/bench-cp'
 RSYNC_DIR = '/var/tmp/bench-rsync'
 OUR_HOME = '/var/tmp/bench-home'
+BACKLOG_DATA = '/var/tmp/bench-pgdata'  # a stand-in PGDATA: pg_wal/ and pg_wal/archive_status/ only
 BARMAN_VENV = os.environ.get('BARMAN_VENV', '/opt/barman-venv')  # made by scripts/bootstrap
 BARMAN_BENCH_HOME = '/var/tmp/bench-barman-home'
 BARMAN_CONF_DIR = '/var/tmp/bench-barman-conf'
@@ -73,6 +77,7 @@ TEMP_DIRS = [
     BARMAN_CONF_DIR,
     BARMAN_SSH_BIN,
     PGBR_DIR,
+    BACKLOG_DATA,
 ]
 KEY_TAG = 'barman-postgresql-bench'  # comment of every temporary authorized_keys line
 
@@ -423,6 +428,51 @@ def method_ours(segments, cold):
     }
 
 
+def method_ours_backlog(segments):
+    """PostgreSQL's archiver draining a backlog: every segment ready at the start, one put per
+    segment in order (cwd PGDATA, %p = pg_wal/NAME), .ready renamed to .done after each success."""
+    key = our_key()
+    root = our_catalog(fresh=True)
+    shutil.rmtree(BACKLOG_DATA, ignore_errors=True)
+    pg_wal = os.path.join(BACKLOG_DATA, 'pg_wal')
+    status = os.path.join(pg_wal, 'archive_status')
+    for path in (BACKLOG_DATA, pg_wal, status):
+        make_dir(path, 'postgres')
+    names = [os.path.basename(s) for s in segments]
+    for segment, name in zip(segments, names):
+        os.link(segment, os.path.join(pg_wal, name))
+        write_file(os.path.join(status, name + '.ready'), '', 'postgres', 0o600)
+    times = []
+    start = time.perf_counter()
+    for name in names:
+        began = time.perf_counter()
+        run(sender_argv(key, ['put', 'pg_wal/' + name]), user='postgres', cwd=BACKLOG_DATA)
+        times.append(time.perf_counter() - began)
+        os.rename(os.path.join(status, name + '.ready'), os.path.join(status, name + '.done'))
+
+    def processed():
+        incoming = [e for e in os.listdir(os.path.join(root, 'incoming')) if not e.startswith('.')]
+        stored = set()
+        for _d, _s, files in os.walk(os.path.join(root, 'wals')):
+            stored.update(files)
+        return not incoming and set(names) <= stored
+
+    wait_until(processed, 300, 'the bench catalog to compress every segment into wals/')
+    processed_at = time.perf_counter() - start
+    errors = os.listdir(os.path.join(root, 'errors'))
+    if errors:
+        raise MethodFailed('the receiver put files in errors/: %s' % errors[:3])
+    for name, segment in zip(names, segments):  # what arrived is what was sent
+        with open(segment, 'rb') as handle:
+            sent = hashlib.sha256(handle.read()).hexdigest()
+        stored = os.path.join(root, 'wals', name[:16], name)
+        with gzip.open(stored, 'rb') as handle:
+            if hashlib.sha256(handle.read()).hexdigest() != sent:
+                raise MethodFailed('%s in wals/ differs from the segment sent' % name)
+    shutil.rmtree(BACKLOG_DATA, ignore_errors=True)
+    return {'times': times, 'processed': processed_at, 'note': 'look-ahead agent, one stream'}
+
+
 BARMAN_CONF = """[barman]
 barman_user = barman
 barman_home = {home}
@@ -770,6 +820,7 @@ def main():
             ('rsync over ssh', lambda: method_rsync(segments)),
             ('ours, cold', lambda: method_ours(segments, cold=True)),
             ('ours, steady', lambda: method_ours(segments, cold=False)),
+            ('ours, backlog', lambda: method_ours_backlog(segments)),
             ('barman-wal-archive 3.19.1', lambda: method_barman(segments)),
             ('pgbackrest 2.45 archive-push', lambda: method_pgbackrest(segments)),
         ]

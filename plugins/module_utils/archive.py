@@ -170,6 +170,11 @@ class WalArchive(object):
         Returns 'stored' or 'identical' (the same file was already archived). Raises ArchiveError
         (nothing kept) or DuplicateWal (the file is kept in errors/ for a human).
         """
+        return self.store(*self.take(name, size, source, digest_line_reader))
+
+    def take(self, name, size, source, digest_line_reader):
+        """First half of receive: read a delivery into a temporary file of incoming/, checking its
+        sha256; returns (name, temporary path, digest) for store(). Nothing is durable yet."""
         parsed = wal.parse_wal_name(name)
         if parsed.kind in ('history', 'backup') and size > MAX_TEXT_FILE_SIZE:
             raise RefusedWal('%s is %d bytes, too large for a %s file' % (name, size, parsed.kind), wal=name)
@@ -177,15 +182,24 @@ class WalArchive(object):
         try:
             with os.fdopen(fd, 'wb') as handle:
                 digest = self._copy_exactly(source, handle, size, name)
-                sent_digest = digest_line_reader()
-                if sent_digest != digest:
-                    raise ArchiveError(
-                        '%s arrived damaged: sha256 %s, the sender computed %s' % (name, digest, sent_digest),
-                        'Nothing was stored; PostgreSQL will send it again',
-                        wal=name,
-                    )
-                _fsync_file(handle)  # also flushes, so that validation reads what arrived
-                self._validate_content(parsed, tmp, size)
+            sent_digest = digest_line_reader()
+            if sent_digest != digest:
+                raise ArchiveError(
+                    '%s arrived damaged: sha256 %s, the sender computed %s' % (name, digest, sent_digest),
+                    'Nothing was stored; PostgreSQL will send it again',
+                    wal=name,
+                )
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return name, tmp, digest
+
+    def store(self, name, tmp, digest):
+        """Second half of receive: make the file durable, validate it and publish it in incoming/."""
+        try:
+            with open(tmp, 'rb+') as handle:
+                _fsync_file(handle)
+            self._validate_content(wal.parse_wal_name(name), tmp, os.stat(tmp).st_size)
             return self._commit(name, tmp, digest)
         finally:
             if os.path.exists(tmp):

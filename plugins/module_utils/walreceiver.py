@@ -3,9 +3,12 @@
 """The WAL receiver: the forced command of a PostgreSQL server's restricted key on the backup server.
 
 sshd runs it for every connection made with that key, whatever command the client asked for; the
-request is in SSH_ORIGINAL_COMMAND and only two are honoured, for the one server fixed by the key:
+request is in SSH_ORIGINAL_COMMAND and only these are honoured, for the one server fixed by the key:
   put NAME SIZE   stdin: SIZE bytes, then the sha256 of those bytes in hex and a newline
   get NAME        stdout: the file's original content
+  stream          stdin: any number of "put NAME SIZE" lines, each followed as above; stdout: one
+                  line per put, "ok NAME stored|identical", "refused NAME why" or "error NAME why",
+                  written once the file is durable (the sender's look-ahead agent uses it)
 Exit codes stay below 126 so that PostgreSQL counts a failure and retries (see EXIT_*).
 """
 
@@ -18,6 +21,7 @@ import os
 import re
 import shlex
 import sys
+import threading
 import time
 
 from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, wal
@@ -30,7 +34,9 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
 )
 
 MAX_SEGMENT_BYTES = 1024 * 1024 * 1024
-USAGE = "this key only accepts 'put NAME SIZE' and 'get NAME' for WAL files of its server"
+USAGE = "this key only accepts 'put NAME SIZE', 'get NAME' and 'stream' for WAL files of its server"
+# A stream starts the background compression every so many files, not only at its end.
+PROCESS_EVERY = 16
 
 
 class RequestError(BarmanError):
@@ -50,6 +56,8 @@ def parse_request(command):
         return 'put', wal.parse_wal_name(words[1]).name, size
     if len(words) == 2 and words[0] == 'get':
         return 'get', wal.parse_wal_name(words[1]).name, None
+    if words == ['stream']:
+        return 'stream', None, None
     raise RequestError('refused request %r' % (command or ''), USAGE)
 
 
@@ -62,17 +70,19 @@ def _read_digest_line(stream):
 
 
 def _process_in_background(wal_archive, compression):
-    """Compress and index what arrived, after the sender has its answer (double fork, no stdio)."""
+    """Compress and index what arrived, after the sender has its answer: in a grandchild with no
+    stdio of ours (so sshd need not wait for it) and a lower priority than receiving."""
     sys.stdout.flush()
     sys.stderr.flush()
+    if os.fork():
+        return
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    if os.fork():
-        return
     os.setsid()
     if os.fork():
         os._exit(0)
+    os.nice(10)
     try:
         wal_archive.process_incoming(compression, wait_seconds=0)
     except catalog.LockBusy:
@@ -81,6 +91,83 @@ def _process_in_background(wal_archive, compression):
         with open(wal_archive.layout.process_log, 'a') as log:
             log.write('%s %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S%z'), error))
     os._exit(0)
+
+
+def _one_line(error):
+    return ' '.join(str(error).split())
+
+
+def serve_stream(wal_archive, stdin, stdout, on_batch=None):
+    """Receive puts one after another on one connection, answering each once it is durable.
+
+    Reading the next file overlaps making the previous one durable (a second thread fsyncs,
+    validates, publishes and answers, in order). A request line that does not parse ends the
+    stream: the bytes after it cannot be framed.
+    """
+    pending = []
+    ready = threading.Condition()
+    done = []
+
+    def answer(line):
+        stdout.write(line.encode('utf-8') + b'\n')
+        stdout.flush()
+
+    def finisher():
+        count = 0
+        while True:
+            with ready:
+                while not pending:
+                    ready.wait()
+                item = pending.pop(0)
+                ready.notify_all()
+            if item is None:
+                break
+            name, taken = item
+            try:
+                if isinstance(taken, Exception):
+                    raise taken
+                answer('ok %s %s' % (name, wal_archive.store(*taken)))
+            except (ValueError, RequestError, archive.DuplicateWal) as error:
+                answer('refused %s %s' % (name, _one_line(error)))
+            except (BarmanError, OSError) as error:
+                answer('error %s %s' % (name, _one_line(error)))
+            count += 1
+            if on_batch and count % PROCESS_EVERY == 0:
+                on_batch()
+        done.append(count)
+
+    thread = threading.Thread(target=finisher)
+    thread.start()
+
+    def hand_over(item):
+        with ready:
+            while len(pending) >= 2:  # at most two files read ahead of the one being made durable
+                ready.wait()
+            pending.append(item)
+            ready.notify_all()
+
+    code = EXIT_OK
+    try:
+        while True:
+            line = stdin.readline(200)
+            if not line:
+                break
+            try:
+                verb, name, size = parse_request(line.decode('ascii', errors='replace').strip())
+                if verb != 'put':
+                    raise RequestError('refused %r inside a stream' % verb, USAGE)
+            except (ValueError, RequestError) as error:
+                hand_over(('-', RequestError(_one_line(error))))
+                code = EXIT_REFUSED
+                break
+            try:
+                hand_over((name, wal_archive.take(name, size, stdin, _read_digest_line(stdin))))
+            except (BarmanError, OSError) as error:
+                hand_over((name, error))
+    finally:
+        hand_over(None)
+        thread.join()
+    return code
 
 
 def main(argv=None, environ=None, stdin=None, stdout=None, stderr=None):
@@ -97,6 +184,12 @@ def main(argv=None, environ=None, stdin=None, stdout=None, stderr=None):
     try:
         wal_archive = archive.WalArchive(args.barman_home, args.server)
         verb, name, size = parse_request(environ.get('SSH_ORIGINAL_COMMAND'))
+        if verb == 'stream':
+            background = None if args.no_background else lambda: _process_in_background(wal_archive, args.compression)
+            code = serve_stream(wal_archive, stdin, stdout, background)
+            if background:
+                background()
+            return code
         if verb == 'get':
             wal_archive.send(name, stdout)
             stdout.flush()

@@ -8,6 +8,13 @@
 One SSH connection per server is kept open for a minute (ControlMaster), so that a segment costs a
 round trip on it rather than a new handshake. Exit codes stay below 126, so PostgreSQL counts
 failures and retries; ssh's own 255 becomes EXIT_TEMPORARY.
+
+When WAL piles up, PostgreSQL still archives one file per call, in order. So a put also starts a
+look-ahead agent (one per server, for as long as files wait): it sends every file PostgreSQL has
+marked ready (pg_wal/archive_status/*.ready) over one long stream to the receiver, and notes each
+one the receiver answered as durable. The put of a noted file then returns at once. Agent and put
+claim a file before sending it (<key>.spool/NAME.claim), so that no file is sent twice at a time;
+a file the agent could not deliver is sent by the put itself, which reports why it failed.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -15,10 +22,13 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import argparse
+import fcntl
 import hashlib
 import os
 import subprocess
 import sys
+import threading
+import time
 
 from ansible_collections.barman.postgresql.plugins.module_utils import ssh, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
@@ -29,6 +39,10 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
 
 CHUNK = 1024 * 1024
 SSH_FAILED = 255
+AGENT_IDLE_SECONDS = 5  # the agent ends when nothing was ready for this long
+CLAIM_WAIT_SECONDS = 60  # a put waits this long for the agent's answer, then sends the file itself
+POLL_SECONDS = 0.005
+STALE_SECONDS = 86400
 
 
 def _ssh_argv(args, remote_argv):
@@ -51,9 +65,128 @@ def _exit_code(code, stderr):
     return code
 
 
+def _send_file(path, name, stream):
+    """Write one put frame (request line, bytes, sha256 line) to ``stream``; returns the file's stat key."""
+    with open(path, 'rb') as source:
+        stat = os.fstat(source.fileno())
+        stream.write(('put %s %d\n' % (name, stat.st_size)).encode('ascii'))
+        digest = hashlib.sha256()
+        for block in iter(lambda: source.read(CHUNK), b''):
+            digest.update(block)
+            stream.write(block)
+        stream.write(digest.hexdigest().encode('ascii') + b'\n')
+    return _stat_key(stat)
+
+
+def _stat_key(stat):
+    return '%d %d' % (stat.st_size, stat.st_mtime_ns)
+
+
+class Spool(object):
+    """Claims and delivery notes of one server's files, beside its key (<key>.spool/, 0700)."""
+
+    def __init__(self, identity_file):
+        self.path = identity_file + '.spool'
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+
+    def _file(self, name, kind):
+        return os.path.join(self.path, '%s.%s' % (name, kind))
+
+    def claim(self, name):
+        """True if this process may send ``name`` now; False while a live process sends it."""
+        path = self._file(name, 'claim')
+        for _attempt in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                if self._holder_alive(path):
+                    return False
+                self._unlink(path)  # its sender died
+                continue
+            os.write(fd, str(os.getpid()).encode('ascii'))
+            os.close(fd)
+            return True
+        return False
+
+    def _holder_alive(self, path):
+        try:
+            with open(path) as handle:
+                os.kill(int(handle.read() or 0), 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def release(self, name):
+        self._unlink(self._file(name, 'claim'))
+
+    def note_delivered(self, name, stat_key):
+        tmp = self._file(name, 'done.tmp')
+        with open(tmp, 'w') as handle:
+            handle.write(stat_key)
+        os.rename(tmp, self._file(name, 'done'))
+
+    def take_delivered(self, name, path):
+        """True (and the note is used up) if ``name`` was delivered as the file at ``path`` is now."""
+        note = self._file(name, 'done')
+        try:
+            with open(note) as handle:
+                noted = handle.read()
+        except FileNotFoundError:
+            return False
+        self._unlink(note)
+        return noted == _stat_key(os.stat(path))
+
+    def delivered(self, name):
+        return os.path.exists(self._file(name, 'done'))
+
+    def forget_old(self):
+        for entry in os.listdir(self.path):
+            path = os.path.join(self.path, entry)
+            try:
+                if entry.endswith('.done') and time.time() - os.stat(path).st_mtime > STALE_SECONDS:
+                    os.unlink(path)
+                elif entry.endswith('.claim') and not self._holder_alive(path):
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _unlink(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def put(args, stderr):
     name = os.path.basename(args.path)
     wal.parse_wal_name(name)
+    spool = Spool(args.identity_file)
+    deadline = time.time() + CLAIM_WAIT_SECONDS
+    claimed = False
+    while not claimed:
+        if spool.take_delivered(name, args.path):
+            return 0
+        claimed = spool.claim(name)
+        if not claimed and time.time() > deadline:
+            break  # the agent is stuck: send it ourselves (an identical second copy is accepted)
+        if not claimed:
+            time.sleep(POLL_SECONDS)
+    try:
+        pg_wal = os.path.dirname(os.path.abspath(args.path))
+        if args.look_ahead and len(ready_names(pg_wal)) > 1:  # a backlog: let the agent work ahead
+            _start_agent(args, pg_wal)
+        code = _put_now(args, name, stderr)
+        if code == 0 and args.look_ahead:
+            # Until PostgreSQL marks it done, the agent still sees it ready: tell it not to send it.
+            spool.note_delivered(name, _stat_key(os.stat(args.path)))
+        return code
+    finally:
+        if claimed:
+            spool.release(name)
+
+
+def _put_now(args, name, stderr):
     with open(args.path, 'rb') as source:
         size = os.fstat(source.fileno()).st_size
         proc = subprocess.Popen(_ssh_argv(args, ['put', name, str(size)]), stdin=subprocess.PIPE)
@@ -67,6 +200,106 @@ def put(args, stderr):
         except BrokenPipeError:
             pass  # the receiver refused early; its exit code says why
     return _exit_code(proc.wait(), stderr)
+
+
+def _agent_lock(spool):
+    """The agent's lock, held (an open fd), or None if an agent runs."""
+    fd = os.open(os.path.join(spool.path, 'agent.lock'), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _start_agent(args, pg_wal):
+    """Start the look-ahead agent for this server unless one runs; it outlives this call."""
+    lock = _agent_lock(Spool(args.identity_file))
+    if lock is None:
+        return
+    os.close(lock)
+    argv = [sys.executable, '-IS', os.path.abspath(sys.argv[0]), '--ssh', args.ssh]
+    argv += ['--port', str(args.port)] if args.port else []
+    argv += ['--identity-file', args.identity_file, '--known-hosts', args.known_hosts, 'agent', pg_wal]
+    with open(os.devnull, 'r+b') as null:
+        subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, close_fds=True, start_new_session=True)
+
+
+def ready_names(pg_wal):
+    """What PostgreSQL waits to archive, in the order it archives: history files first."""
+    names = []
+    status = os.path.join(pg_wal, 'archive_status')
+    for entry in os.listdir(status) if os.path.isdir(status) else []:
+        if entry.endswith('.ready') and wal.is_wal_name(entry[: -len('.ready')]):
+            names.append(entry[: -len('.ready')])
+    return sorted(names, key=lambda n: (not n.endswith('.history'), n))
+
+
+def agent(args, stderr):
+    """Send every ready file over one stream until none has been ready for AGENT_IDLE_SECONDS."""
+    spool = Spool(args.identity_file)
+    lock = _agent_lock(spool)
+    if lock is None:
+        return 0
+    spool.forget_old()
+    user, host = args.ssh.rsplit('@', 1) if '@' in args.ssh else ('', args.ssh)
+    target = ssh.validate_ssh_target(user, host, args.port)
+    argv = ssh.ssh_argv(target, ['stream'], identity_file=args.identity_file, known_hosts_file=args.known_hosts)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    in_flight = {}
+    guard = threading.Lock()
+
+    def read_answers():
+        for line in proc.stdout:
+            words = line.decode('utf-8', errors='replace').split()
+            if len(words) < 2:
+                continue
+            with guard:
+                stat_key = in_flight.pop(words[1], None)
+            if words[0] == 'ok' and stat_key:
+                spool.note_delivered(words[1], stat_key)
+            spool.release(words[1])
+
+    reader = threading.Thread(target=read_answers)
+    reader.start()
+    idle_since = time.time()
+    try:
+        while time.time() - idle_since < AGENT_IDLE_SECONDS and proc.poll() is None:
+            sent = False
+            for name in ready_names(args.pg_wal):
+                if spool.delivered(name) or not spool.claim(name):
+                    continue
+                with guard:
+                    in_flight[name] = None
+                try:
+                    stat_key = _send_file(os.path.join(args.pg_wal, name), name, proc.stdin)
+                except FileNotFoundError:  # archived and removed meanwhile
+                    with guard:
+                        in_flight.pop(name, None)
+                    spool.release(name)
+                    continue
+                with guard:
+                    if name in in_flight:
+                        in_flight[name] = stat_key
+                proc.stdin.flush()
+                sent = True
+            if sent:
+                idle_since = time.time()
+            else:
+                time.sleep(0.02)
+    except (BrokenPipeError, OSError) as error:
+        stderr.write('barman-wal-sender agent: %s\n' % error)
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        proc.wait()
+        reader.join()
+        for name in list(in_flight):
+            spool.release(name)
+    return 0
 
 
 def get(args, stderr):
@@ -94,12 +327,17 @@ def main(argv=None, stderr=None):
     commands.required = True
     put_parser = commands.add_parser('put', help='archive the WAL file at PATH (%%p)')
     put_parser.add_argument('path')
+    put_parser.add_argument(
+        '--no-look-ahead', dest='look_ahead', action='store_false', help='do not start the look-ahead agent'
+    )
+    agent_parser = commands.add_parser('agent', help='send the ready files of PG_WAL ahead of PostgreSQL')
+    agent_parser.add_argument('pg_wal')
     get_parser = commands.add_parser('get', help='restore the WAL file NAME (%%f) to PATH (%%p)')
     get_parser.add_argument('name')
     get_parser.add_argument('path')
     args = parser.parse_args(argv)
     try:
-        return put(args, stderr) if args.command == 'put' else get(args, stderr)
+        return dict(put=put, get=get, agent=agent)[args.command](args, stderr)
     except ValueError as error:
         stderr.write('barman-wal-sender: %s\n' % error)
         return EXIT_REFUSED

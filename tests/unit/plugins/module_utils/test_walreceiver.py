@@ -310,3 +310,57 @@ def test_put_of_an_empty_segment_is_refused(home, layout):
     assert code in (walreceiver.EXIT_REFUSED, walreceiver.EXIT_TEMPORARY)
     assert '%s is empty' % seg_name(1) in err
     assert os.listdir(layout.incoming_dir) == []
+
+
+# -- stream -------------------------------------------------------------------------------------------
+
+
+def frame(name, data, digest=None):
+    return ('put %s %d\n' % (name, len(data))).encode() + data + ((digest or sha(data)) + '\n').encode()
+
+
+def test_stream_stores_each_file_and_answers_each_in_order(home, layout):
+    files = [(seg_name(n), segment_bytes(seg_name(n))) for n in (1, 2, 3)]
+    code, out, err = run(home, 'stream', b''.join(frame(n, d) for n, d in files))
+    assert (code, err) == (walreceiver.EXIT_OK, '')
+    assert out.decode().splitlines() == ['ok %s stored' % n for n, _d in files]
+    for name, data in files:
+        with open(os.path.join(layout.incoming_dir, name), 'rb') as handle:
+            assert sha(handle.read()) == sha(data)
+    assert not [e for e in os.listdir(layout.incoming_dir) if e.startswith('.')], 'temporary files left'
+
+
+def test_stream_answers_a_bad_file_and_goes_on(home, layout):
+    one, two, three = (seg_name(n) for n in (1, 2, 3))
+    put(home, two, segment_bytes(two))
+    stdin = (
+        frame(one, segment_bytes(one), digest='0' * 64)  # damaged on the way
+        + frame(two, segment_bytes(two, seed='other'))  # a different file under an archived name
+        + frame(three, segment_bytes(one))  # a segment under another segment's name
+        + frame(two, segment_bytes(two))  # the identical one again
+    )
+    code, out, _err = run(home, 'stream', stdin)
+    answers = out.decode().splitlines()
+    assert code == walreceiver.EXIT_OK
+    assert answers[0].startswith('error %s ' % one) and 'damaged' in answers[0]
+    assert answers[1].startswith('refused %s ' % two) and 'different file' in answers[1]
+    assert answers[2].startswith('refused %s ' % three)
+    assert answers[3] == 'ok %s identical' % two
+    assert sorted(os.listdir(layout.incoming_dir)) == [two]
+
+
+@pytest.mark.parametrize('line', [b'get 000000010000000000000001\n', b'put ../x 10\n', b'rm -rf /\n', b'stream\n'])
+def test_stream_ends_at_a_request_it_cannot_frame(home, layout, line):
+    name = seg_name(1)
+    code, out, _err = run(home, 'stream', frame(name, segment_bytes(name)) + line + frame(seg_name(2), b'x'))
+    answers = out.decode().splitlines()
+    assert code == walreceiver.EXIT_REFUSED
+    assert answers[0] == 'ok %s stored' % name and answers[1].startswith('refused - ') and len(answers) == 2
+    assert sorted(os.listdir(layout.incoming_dir)) == [name]
+
+
+def test_stream_cut_short_stores_nothing_of_the_cut_file(home, layout):
+    name = seg_name(1)
+    code, out, _err = run(home, 'stream', frame(name, segment_bytes(name))[:1000])
+    assert code == walreceiver.EXIT_OK and out.decode().startswith('error %s ' % name)
+    assert os.listdir(layout.incoming_dir) == []
