@@ -174,10 +174,9 @@ def put(args, stderr):
             time.sleep(POLL_SECONDS)
     try:
         pg_wal = os.path.dirname(os.path.abspath(args.path))
-        if args.look_ahead and len(ready_names(pg_wal)) > 1:  # a backlog: let the agent work ahead
-            _start_agent(args, pg_wal)
+        agent_runs = args.look_ahead and len(ready_names(pg_wal)) > 1 and _start_agent(args, pg_wal)
         code = _put_now(args, name, stderr)
-        if code == 0 and args.look_ahead:
+        if code == 0 and agent_runs:
             # Until PostgreSQL marks it done, the agent still sees it ready: tell it not to send it.
             spool.note_delivered(name, _stat_key(os.stat(args.path)))
         return code
@@ -214,16 +213,17 @@ def _agent_lock(spool):
 
 
 def _start_agent(args, pg_wal):
-    """Start the look-ahead agent for this server unless one runs; it outlives this call."""
+    """Start the look-ahead agent for this server unless one runs (it outlives this call); True."""
     lock = _agent_lock(Spool(args.identity_file))
     if lock is None:
-        return
+        return True
     os.close(lock)
     argv = [sys.executable, '-IS', os.path.abspath(sys.argv[0]), '--ssh', args.ssh]
     argv += ['--port', str(args.port)] if args.port else []
     argv += ['--identity-file', args.identity_file, '--known-hosts', args.known_hosts, 'agent', pg_wal]
     with open(os.devnull, 'r+b') as null:
         subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, close_fds=True, start_new_session=True)
+    return True
 
 
 def ready_names(pg_wal):
