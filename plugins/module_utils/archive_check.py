@@ -67,7 +67,15 @@ def check_archive(wal_archive, params, switch=True):
             conn.close()
     segment_size = wal.validate_segment_size(segment_size or wal.DEFAULT_SEGMENT_SIZE)
     first = params.get('first_wal') or oldest_backup_begin_wal(wal_archive.layout)
-    result['continuity'] = continuity = wal_archive.continuity(segment_size, first)
+    continuity = wal_archive.continuity(segment_size, first)
+    if switch and result.get('arrival_seconds') is not None:
+        # The sender's look-ahead agent may deliver a segment before PostgreSQL's own call for an
+        # earlier one has finished: give such a hole the same time to close.
+        deadline = time.time() + params['timeout']
+        while continuity['missing'] and time.time() < deadline:
+            time.sleep(POLL_SECONDS)
+            continuity = wal_archive.continuity(segment_size, first)
+    result['continuity'] = continuity
     for first_missing, last_missing in continuity['missing']:
         result['problems'].append(
             'WAL %s is missing from the archive of %s: recovery cannot pass it. Copy it from pg_wal on '

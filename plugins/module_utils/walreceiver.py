@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, pipes, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -104,6 +104,7 @@ def serve_stream(wal_archive, stdin, stdout, on_batch=None):
     validates, publishes and answers, in order). A request line that does not parse ends the
     stream: the bytes after it cannot be framed.
     """
+    pipes.widen(stdin)
     pending = []
     ready = threading.Condition()
     done = []

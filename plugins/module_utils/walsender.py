@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import ssh, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import pipes, ssh, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_FOUND,
     EXIT_REFUSED,
@@ -247,6 +247,7 @@ def agent(args, stderr):
     target = ssh.validate_ssh_target(user, host, args.port)
     argv = ssh.ssh_argv(target, ['stream'], identity_file=args.identity_file, known_hosts_file=args.known_hosts)
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    pipes.widen(proc.stdin)
     in_flight = {}
     guard = threading.Lock()
 
