@@ -31,6 +31,7 @@ import threading
 import time
 
 from ansible_collections.barman.postgresql.plugins.module_utils import pipes, ssh, wal
+from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool, stat_key
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_FOUND,
     EXIT_REFUSED,
@@ -42,7 +43,6 @@ SSH_FAILED = 255
 AGENT_IDLE_SECONDS = 5  # the agent ends when nothing was ready for this long
 CLAIM_WAIT_SECONDS = 60  # a put waits this long for the agent's answer, then sends the file itself
 POLL_SECONDS = 0.005
-STALE_SECONDS = 86400
 
 
 def _ssh_argv(args, remote_argv):
@@ -75,87 +75,7 @@ def _send_file(path, name, stream):
             digest.update(block)
             stream.write(block)
         stream.write(digest.hexdigest().encode('ascii') + b'\n')
-    return _stat_key(stat)
-
-
-def _stat_key(stat):
-    return '%d %d' % (stat.st_size, stat.st_mtime_ns)
-
-
-class Spool(object):
-    """Claims and delivery notes of one server's files, beside its key (<key>.spool/, 0700)."""
-
-    def __init__(self, identity_file):
-        self.path = identity_file + '.spool'
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-
-    def _file(self, name, kind):
-        return os.path.join(self.path, '%s.%s' % (name, kind))
-
-    def claim(self, name):
-        """True if this process may send ``name`` now; False while a live process sends it."""
-        path = self._file(name, 'claim')
-        for _attempt in range(2):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                if self._holder_alive(path):
-                    return False
-                self._unlink(path)  # its sender died
-                continue
-            os.write(fd, str(os.getpid()).encode('ascii'))
-            os.close(fd)
-            return True
-        return False
-
-    def _holder_alive(self, path):
-        try:
-            with open(path) as handle:
-                os.kill(int(handle.read() or 0), 0)
-        except (OSError, ValueError):
-            return False
-        return True
-
-    def release(self, name):
-        self._unlink(self._file(name, 'claim'))
-
-    def note_delivered(self, name, stat_key):
-        tmp = self._file(name, 'done.tmp')
-        with open(tmp, 'w') as handle:
-            handle.write(stat_key)
-        os.rename(tmp, self._file(name, 'done'))
-
-    def take_delivered(self, name, path):
-        """True (and the note is used up) if ``name`` was delivered as the file at ``path`` is now."""
-        note = self._file(name, 'done')
-        try:
-            with open(note) as handle:
-                noted = handle.read()
-        except FileNotFoundError:
-            return False
-        self._unlink(note)
-        return noted == _stat_key(os.stat(path))
-
-    def delivered(self, name):
-        return os.path.exists(self._file(name, 'done'))
-
-    def forget_old(self):
-        for entry in os.listdir(self.path):
-            path = os.path.join(self.path, entry)
-            try:
-                if entry.endswith('.done') and time.time() - os.stat(path).st_mtime > STALE_SECONDS:
-                    os.unlink(path)
-                elif entry.endswith('.claim') and not self._holder_alive(path):
-                    os.unlink(path)
-            except OSError:
-                pass
-
-    @staticmethod
-    def _unlink(path):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    return stat_key(stat)
 
 
 def put(args, stderr):
@@ -178,7 +98,7 @@ def put(args, stderr):
         code = _put_now(args, name, stderr)
         if code == 0 and agent_runs:
             # Until PostgreSQL marks it done, the agent still sees it ready: tell it not to send it.
-            spool.note_delivered(name, _stat_key(os.stat(args.path)))
+            spool.note_delivered(name, stat_key(os.stat(args.path)))
         return code
     finally:
         if claimed:
@@ -257,9 +177,9 @@ def agent(args, stderr):
             if len(words) < 2:
                 continue
             with guard:
-                stat_key = in_flight.pop(words[1], None)
-            if words[0] == 'ok' and stat_key:
-                spool.note_delivered(words[1], stat_key)
+                sent_as = in_flight.pop(words[1], None)
+            if words[0] == 'ok' and sent_as:
+                spool.note_delivered(words[1], sent_as)
             spool.release(words[1])
 
     reader = threading.Thread(target=read_answers)
@@ -274,7 +194,7 @@ def agent(args, stderr):
                 with guard:
                     in_flight[name] = None
                 try:
-                    stat_key = _send_file(os.path.join(args.pg_wal, name), name, proc.stdin)
+                    sent_as = _send_file(os.path.join(args.pg_wal, name), name, proc.stdin)
                 except FileNotFoundError:  # archived and removed meanwhile
                     with guard:
                         in_flight.pop(name, None)
@@ -282,7 +202,7 @@ def agent(args, stderr):
                     continue
                 with guard:
                     if name in in_flight:
-                        in_flight[name] = stat_key
+                        in_flight[name] = sent_as
                 proc.stdin.flush()
                 sent = True
             if sent:

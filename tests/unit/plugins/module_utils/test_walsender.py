@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from ansible_collections.barman.postgresql.plugins.module_utils import walsender
+from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool, answered_already, stat_key
 
 NAME = '000000010000000000000005'
 
@@ -28,36 +29,36 @@ def pg_wal(tmp_path):
 
 
 def test_one_claim_at_a_time_and_a_dead_holders_claim_is_taken_over(key):
-    spool = walsender.Spool(key)
-    assert oct(os.stat(spool.path).st_mode & 0o777) == '0o700'
-    assert spool.claim(NAME)
-    assert not spool.claim(NAME)  # held by this (live) process
-    spool.release(NAME)
-    assert spool.claim(NAME)
+    box = Spool(key)
+    assert oct(os.stat(box.path).st_mode & 0o777) == '0o700'
+    assert box.claim(NAME)
+    assert not box.claim(NAME)  # held by this (live) process
+    box.release(NAME)
+    assert box.claim(NAME)
     dead = subprocess.Popen(['true'])
     dead.wait()
-    with open(os.path.join(spool.path, NAME + '.claim'), 'w') as handle:
+    with open(os.path.join(box.path, NAME + '.claim'), 'w') as handle:
         handle.write(str(dead.pid))
-    assert spool.claim(NAME), 'the claim of a process that is gone must not block'
+    assert box.claim(NAME), 'the claim of a process that is gone must not block'
 
 
 def test_a_delivery_note_counts_once_and_only_for_the_same_file(key, pg_wal):
-    spool = walsender.Spool(key)
+    box = Spool(key)
     segment = pg_wal / NAME
     segment.write_bytes(b'x' * 100)
-    spool.note_delivered(NAME, walsender._stat_key(os.stat(str(segment))))
-    assert spool.delivered(NAME)
-    assert spool.take_delivered(NAME, str(segment))
-    assert not spool.take_delivered(NAME, str(segment)), 'a note is used up'
-    spool.note_delivered(NAME, walsender._stat_key(os.stat(str(segment))))
+    box.note_delivered(NAME, stat_key(os.stat(str(segment))))
+    assert box.delivered(NAME)
+    assert box.take_delivered(NAME, str(segment))
+    assert not box.take_delivered(NAME, str(segment)), 'a note is used up'
+    box.note_delivered(NAME, stat_key(os.stat(str(segment))))
     segment.write_bytes(b'y' * 101)  # not the file that was delivered
-    assert not spool.take_delivered(NAME, str(segment))
+    assert not box.take_delivered(NAME, str(segment))
 
 
 def test_put_of_a_file_the_agent_delivered_returns_at_once(key, pg_wal):
     segment = pg_wal / NAME
     segment.write_bytes(b'x' * 100)
-    walsender.Spool(key).note_delivered(NAME, walsender._stat_key(os.stat(str(segment))))
+    Spool(key).note_delivered(NAME, stat_key(os.stat(str(segment))))
     argv = ['--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'put', str(segment)]
     assert walsender.main(argv, stderr=io.StringIO()) == 0  # no ssh at all: 192.0.2.1 is unreachable
 
@@ -74,12 +75,24 @@ def test_ready_names_in_the_order_postgresql_archives(pg_wal):
 
 
 def test_forget_old_drops_dead_claims_and_old_notes(key):
-    spool = walsender.Spool(key)
-    spool.note_delivered(NAME, '1 2')
-    note = os.path.join(spool.path, NAME + '.done')
+    box = Spool(key)
+    box.note_delivered(NAME, '1 2')
+    note = os.path.join(box.path, NAME + '.done')
     os.utime(note, (0, 0))
-    with open(os.path.join(spool.path, 'X.claim'), 'w') as handle:
+    with open(os.path.join(box.path, 'X.claim'), 'w') as handle:
         handle.write('999999999')
-    spool.note_delivered('000000010000000000000006', '1 2')
-    spool.forget_old()
-    assert sorted(os.listdir(spool.path)) == ['000000010000000000000006.done']
+    box.note_delivered('000000010000000000000006', '1 2')
+    box.forget_old()
+    assert sorted(os.listdir(box.path)) == ['000000010000000000000006.done']
+
+
+def test_the_launchers_fast_path_answers_only_a_put_of_a_delivered_file(key, pg_wal):
+    segment = pg_wal / NAME
+    segment.write_bytes(b'x' * 100)
+    argv = ['--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'put', str(segment)]
+    assert not answered_already(argv)
+    Spool(key).note_delivered(NAME, stat_key(os.stat(str(segment))))
+    assert not answered_already(argv[:-2] + ['get', NAME, str(segment)])
+    assert answered_already(argv)
+    assert not answered_already(argv), 'a note answers once'
+    assert not answered_already(['put']) and not answered_already([])

@@ -1,0 +1,109 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The sender's claims and delivery notes, beside the server's key (<key>.spool/).
+
+Kept apart from walsender.py and light on imports: PostgreSQL calls archive_command once per file,
+and the call for a file the look-ahead agent already delivered must cost little more than starting
+Python (see answered_already, which the sender's launcher calls first).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import time
+
+STALE_SECONDS = 86400
+
+
+def stat_key(stat):
+    return '%d %d' % (stat.st_size, stat.st_mtime_ns)
+
+
+class Spool(object):
+    """Claims and delivery notes of one server's files, beside its key (<key>.spool/, 0700)."""
+
+    def __init__(self, identity_file):
+        self.path = identity_file + '.spool'
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+
+    def _file(self, name, kind):
+        return os.path.join(self.path, '%s.%s' % (name, kind))
+
+    def claim(self, name):
+        """True if this process may send ``name`` now; False while a live process sends it."""
+        path = self._file(name, 'claim')
+        for _attempt in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                if self._holder_alive(path):
+                    return False
+                self._unlink(path)  # its sender died
+                continue
+            os.write(fd, str(os.getpid()).encode('ascii'))
+            os.close(fd)
+            return True
+        return False
+
+    def _holder_alive(self, path):
+        try:
+            with open(path) as handle:
+                os.kill(int(handle.read() or 0), 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def release(self, name):
+        self._unlink(self._file(name, 'claim'))
+
+    def note_delivered(self, name, stat_key):
+        tmp = self._file(name, 'done.tmp')
+        with open(tmp, 'w') as handle:
+            handle.write(stat_key)
+        os.rename(tmp, self._file(name, 'done'))
+
+    def take_delivered(self, name, path):
+        """True (and the note is used up) if ``name`` was delivered as the file at ``path`` is now."""
+        note = self._file(name, 'done')
+        try:
+            with open(note) as handle:
+                noted = handle.read()
+        except FileNotFoundError:
+            return False
+        self._unlink(note)
+        return noted == stat_key(os.stat(path))
+
+    def delivered(self, name):
+        return os.path.exists(self._file(name, 'done'))
+
+    def forget_old(self):
+        for entry in os.listdir(self.path):
+            path = os.path.join(self.path, entry)
+            try:
+                if entry.endswith('.done') and time.time() - os.stat(path).st_mtime > STALE_SECONDS:
+                    os.unlink(path)
+                elif entry.endswith('.claim') and not self._holder_alive(path):
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _unlink(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def answered_already(argv):
+    """True if ``argv`` is the sender's ``put PATH`` and the agent delivered that very file."""
+    if len(argv) < 2 or argv[-2] != 'put' or '--identity-file' not in argv[:-2]:
+        return False
+    identity_file = argv[argv.index('--identity-file') + 1]
+    path = argv[-1]
+    try:
+        return Spool(identity_file).take_delivered(os.path.basename(path), path)
+    except OSError:
+        return False  # the full sender will say what is wrong
