@@ -26,7 +26,7 @@ description:
     sums them up. Read-only actions never report a change.
   - A catalog file that cannot be read is reported by name; V(delete) and V(retention) then refuse to
     change anything, and nothing is ever skipped or deleted because it could not be read.
-version_added: 0.2.0
+version_added: 1.0.0
 author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
   - barman.postgresql.postgres

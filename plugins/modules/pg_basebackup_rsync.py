@@ -30,7 +30,7 @@ description:
     connection, leaves the backup FAILED, and a FAILED backup is never used for recovery. A backup left
     STARTED by a process that died is marked FAILED by the next run. The cluster's system identifier must
     match the one recorded for the server.
-version_added: 0.1.0
+version_added: 1.0.0
 author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
   - barman.postgresql.catalog

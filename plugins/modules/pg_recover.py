@@ -27,7 +27,7 @@ description:
     Never deletes data. A non-empty destination (or tablespace directory) is refused unless O(delta),
     and a destination where a server runs is always refused. Starting PostgreSQL is the playbook's job
     (recover.yml).
-version_added: 0.1.0
+version_added: 1.0.0
 author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
   - barman.postgresql.catalog

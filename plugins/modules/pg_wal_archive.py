@@ -21,7 +21,7 @@ description:
     C(archive_command)) into C(wals/), compressed and indexed in C(xlog.db); a file that differs from
     the archived file of the same name is moved to C(errors/), never over it.
   - V(rebuild) rewrites C(xlog.db) from the files in C(wals/).
-version_added: 0.1.0
+version_added: 1.0.0
 author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
   - barman.postgresql.catalog
