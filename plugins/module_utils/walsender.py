@@ -65,16 +65,21 @@ def _exit_code(code, stderr):
     return code
 
 
+def _copy_with_digest(source, stream):
+    """The file's bytes, then their sha256 in hex and a newline: what the receiver reads after a put."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: source.read(CHUNK), b''):
+        digest.update(block)
+        stream.write(block)
+    stream.write(digest.hexdigest().encode('ascii') + b'\n')
+
+
 def _send_file(path, name, stream):
-    """Write one put frame (request line, bytes, sha256 line) to ``stream``; returns the file's stat key."""
+    """Write one put frame of a stream to ``stream``; returns the file's stat key."""
     with open(path, 'rb') as source:
         stat = os.fstat(source.fileno())
         stream.write(('put %s %d\n' % (name, stat.st_size)).encode('ascii'))
-        digest = hashlib.sha256()
-        for block in iter(lambda: source.read(CHUNK), b''):
-            digest.update(block)
-            stream.write(block)
-        stream.write(digest.hexdigest().encode('ascii') + b'\n')
+        _copy_with_digest(source, stream)
     return stat_key(stat)
 
 
@@ -109,12 +114,8 @@ def _put_now(args, name, stderr):
     with open(args.path, 'rb') as source:
         size = os.fstat(source.fileno()).st_size
         proc = subprocess.Popen(_ssh_argv(args, ['put', name, str(size)]), stdin=subprocess.PIPE)
-        digest = hashlib.sha256()
         try:
-            for block in iter(lambda: source.read(CHUNK), b''):
-                digest.update(block)
-                proc.stdin.write(block)
-            proc.stdin.write(digest.hexdigest().encode('ascii') + b'\n')
+            _copy_with_digest(source, proc.stdin)
             proc.stdin.close()
         except BrokenPipeError:
             pass  # the receiver refused early; its exit code says why
