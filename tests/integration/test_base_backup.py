@@ -28,8 +28,7 @@ RESTORE_PORTS = {'pg1': 5451, 'pg2': 5452}
 
 
 @pytest.fixture(scope='module')
-def archiving(lab):
-    playbook('setup.yml')
+def archiving(configured):
     for server in SERVERS:
         tablespace = ' TABLESPACE lab_tbs' if server == 'pg1' else ''
         psql(

@@ -16,8 +16,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import archive
 
 
 @pytest.fixture(scope='module')
-def pg1_with_backup(lab):
-    playbook('setup.yml')
+def pg1_with_backup(configured):
     psql('pg1', 'DROP TABLE IF EXISTS events; CREATE TABLE events (id int PRIMARY KEY, note text)')
     commit_rows('pg1', 'before-backup', 3)
     playbook('backup.yml', '--limit', 'pg1')
@@ -159,8 +158,7 @@ def test_bad_requests_are_refused_before_anything_is_copied(pg1_with_backup):
     assert psql('pg1', 'SELECT 1') == '1', 'the original server must still run'
 
 
-def test_in_place_moves_the_old_pgdata_aside_and_recovering_twice_follows_the_new_timeline(lab):
-    playbook('setup.yml')
+def test_in_place_moves_the_old_pgdata_aside_and_recovering_twice_follows_the_new_timeline(configured):
     psql('pg2', 'DROP TABLE IF EXISTS events; CREATE TABLE events (id int PRIMARY KEY, note text)')
     playbook('backup.yml', '--limit', 'pg2')
     rows = commit_rows('pg2', 'in-place-1', 3)
