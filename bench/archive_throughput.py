@@ -25,9 +25,7 @@ import datetime
 import gzip
 import hashlib
 import os
-import platform
 import pwd
-import re
 import shutil
 import socket
 import statistics
@@ -40,6 +38,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, 'build', 'collections'))
 
 from ansible_collections.barman.postgresql.plugins.module_utils import ssh, wal  # noqa: E402
+import results as results_md  # noqa: E402  (bench/results.py, beside this script)
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 MB = 1024 * 1024
@@ -81,7 +80,6 @@ TEMP_DIRS = [
 ]
 KEY_TAG = 'barman-postgresql-bench'  # comment of every temporary authorized_keys line
 
-RESULTS = os.path.join(TOP, 'bench', 'RESULTS.md')
 SECTION = '## WAL archiving throughput'
 
 
@@ -755,23 +753,7 @@ def machine():
         .stdout.decode()
         .strip()
     )
-    return '%d cores, %s, Python %s, PostgreSQL %s, OpenSSH on loopback (127.0.0.x)' % (
-        os.cpu_count(),
-        platform.platform(terse=True),
-        platform.python_version(),
-        pg.split()[0] if pg else '?',
-    )
-
-
-def write_results(text):
-    old = open(RESULTS).read() if os.path.exists(RESULTS) else '# Benchmark results\n'
-    pattern = re.compile(r'^%s\n.*?(?=^## |\Z)' % re.escape(SECTION), re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _m: text.rstrip('\n') + '\n\n', old)
-    else:
-        new = old.rstrip('\n') + '\n\n' + text.rstrip('\n') + '\n'
-    with open(RESULTS, 'w') as handle:
-        handle.write(new)
+    return results_md.machine(pg, 'OpenSSH on loopback (127.0.0.x)')
 
 
 # --------------------------------------------------------------------------- main
@@ -867,7 +849,7 @@ def main():
     text = '\n'.join(text) + '\n'
     print('\n' + text)
     if not args.no_results:
-        write_results(text)
+        results_md.write_results(SECTION, text)
     return 1 if failures else 0
 
 

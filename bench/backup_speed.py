@@ -22,7 +22,6 @@ import ast
 import datetime
 import json
 import os
-import platform
 import pwd
 import re
 import shutil
@@ -36,6 +35,7 @@ COLLECTIONS = os.path.join(TOP, 'build', 'collections')
 sys.path.insert(0, COLLECTIONS)
 
 from ansible_collections.barman.postgresql.plugins.module_utils import archive, rsync, ssh, wal  # noqa: E402
+import results as results_md  # noqa: E402  (bench/results.py, beside this script)
 
 PG1_HOST = '127.0.0.11'
 PG1_PORT = 5441
@@ -55,7 +55,6 @@ TEMP_DIRS = [RSYNC_DIR, OUR_HOME, BARMAN_DIR, PGBR_DIR, PLAY_DIR]
 # Made by scripts/bootstrap, shared with archive_throughput.py.
 BARMAN_VENV = os.environ.get('BARMAN_VENV', '/opt/barman-venv')
 
-RESULTS = os.path.join(TOP, 'bench', 'RESULTS.md')
 SECTION = '## Base backups'
 GOAL = 1.2  # the goal: our full backup within 1.2x plain rsync
 # The SSH of plain rsync and of Barman: barman's own key and known_hosts, host keys checked, and the
@@ -562,24 +561,7 @@ def table(rows):
 
 
 def machine():
-    pg = psql('SHOW server_version')
-    return '%d cores, %s, Python %s, PostgreSQL %s, rsync over OpenSSH on loopback (127.0.0.x)' % (
-        os.cpu_count(),
-        platform.platform(terse=True),
-        platform.python_version(),
-        pg.split()[0] if pg else '?',
-    )
-
-
-def write_results(text):
-    old = open(RESULTS).read() if os.path.exists(RESULTS) else '# Benchmark results\n'
-    pattern = re.compile(r'^%s\n.*?(?=^## |\Z)' % re.escape(SECTION), re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _m: text.rstrip('\n') + '\n\n', old)
-    else:
-        new = old.rstrip('\n') + '\n\n' + text.rstrip('\n') + '\n'
-    with open(RESULTS, 'w') as handle:
-        handle.write(new)
+    return results_md.machine(psql('SHOW server_version'), 'rsync over OpenSSH on loopback (127.0.0.x)')
 
 
 # --------------------------------------------------------------------------- main
@@ -723,7 +705,7 @@ def main():
     text = '\n'.join(text) + '\n'
     print('\n' + text)
     if not args.no_results:
-        write_results(text)
+        results_md.write_results(SECTION, text)
     return 1 if any('error' in r for r in rows) else 0
 
 

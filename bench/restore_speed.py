@@ -27,7 +27,6 @@ import glob
 import json
 import os
 import pwd
-import re
 import shutil
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import backup_speed as bs  # noqa: E402  (the colleague's helpers: run as a user, psql, the peers' setup)
+import results as results_md  # noqa: E402
 from backup_speed import COLLECTIONS, PG1_HOST, PG1_PORT, PLAIN_RSH, TOP, MethodFailed, make_dir, psql, run  # noqa: E402
 
 from ansible_collections.barman.postgresql.plugins.module_utils import archive, wal  # noqa: E402
@@ -52,7 +52,6 @@ BARMAN_DEST = BASE + 'barman-dest'  # where Barman recovers to (owned by postgre
 PGBR_DIR = BASE + 'pgbackrest'  # repository and restore (owned by postgres)
 SEGMENT = 16 * 1024 * 1024
 
-RESULTS = os.path.join(TOP, 'bench', 'RESULTS.md')
 SECTION = '## Recovery'
 GOAL = 1.2  # the issue's goal: our restore within 1.2x plain rsync
 
@@ -451,17 +450,6 @@ def table(results, limit_name):
     return '\n'.join(lines), limit
 
 
-def write_results(text):
-    old = open(RESULTS).read() if os.path.exists(RESULTS) else '# Benchmark results\n'
-    pattern = re.compile(r'^%s\n.*?(?=^## |\Z)' % re.escape(SECTION), re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _m: text.rstrip('\n') + '\n\n', old)
-    else:
-        new = old.rstrip('\n') + '\n\n' + text.rstrip('\n') + '\n'
-    with open(RESULTS, 'w') as handle:
-        handle.write(new)
-
-
 def cleanup():
     for pid_file in glob.glob(BASE + '*/**/postmaster.pid', recursive=True):
         stop(os.path.dirname(pid_file))
@@ -552,7 +540,7 @@ def main():
     ]) + '\n'  # fmt: skip
     print('\n' + text)
     if not args.no_results:
-        write_results(text)
+        results_md.write_results(SECTION, text)
     return 1 if any('error' in r for rows in results.values() for r in rows) else 0
 
 

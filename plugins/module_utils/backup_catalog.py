@@ -7,6 +7,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import bisect
 import datetime
 import os
 import shutil
@@ -87,6 +88,7 @@ class ServerCatalog(object):
             self.malformed.append(dict(path=layout.xlog_db, error=str(exc)))
             self.wals = []
         self.wals.sort(key=lambda e: e.name)
+        self._sizes = None
 
     def _read_keep(self, backup_id):
         for path in (self.layout.keep_path(backup_id), self.layout.old_keep_path(backup_id)):
@@ -146,19 +148,28 @@ class ServerCatalog(object):
 
     # -- reading ---------------------------------------------------------------------------------
 
+    def _segment_sizes(self):
+        """Segment numbers of the indexed WAL files (history files aside), sorted, with running byte totals;
+        made once, so that listing many backups over a large archive stays one pass."""
+        if self._sizes is None:
+            size = self.segment_size
+            numbered = sorted(
+                (wal.segment_number(e.name[:24], size), e.size) for e in self.wals if not e.name.endswith('.history')
+            )
+            totals = [0]
+            for _segno, nbytes in numbered:
+                totals.append(totals[-1] + nbytes)
+            self._sizes = ([segno for segno, _nbytes in numbered], totals)
+        return self._sizes
+
     def wal_sizes_between(self, first_wal, next_wal):
         """Bytes and count of archived WAL from segment ``first_wal`` up to (not including) ``next_wal``."""
+        segnos, totals = self._segment_sizes()
         size = self.segment_size
-        low = wal.segment_number(first_wal[:24], size)
-        high = wal.segment_number(next_wal[:24], size) if next_wal else None
-        chosen = [
-            e
-            for e in self.wals
-            if wal.parse_wal_name(e.name).kind != 'history'
-            and low <= wal.segment_number(e.name[:24], size)
-            and (high is None or wal.segment_number(e.name[:24], size) < high)
-        ]
-        return sum(e.size for e in chosen), len(chosen)
+        low = bisect.bisect_left(segnos, wal.segment_number(first_wal[:24], size))
+        high = bisect.bisect_left(segnos, wal.segment_number(next_wal[:24], size)) if next_wal else len(segnos)
+        high = max(high, low)
+        return totals[high] - totals[low], high - low
 
     def describe(self, backup_id, statuses=None):
         info = self.infos[backup_id]
@@ -328,6 +339,7 @@ class ServerCatalog(object):
                 if os.path.exists(path):
                     os.unlink(path)
             self.wals = [e for e in self.wals if e.name not in gone]
+            self._sizes = None
 
 
 def _removal_result(backup_ids, wal_names, wals):

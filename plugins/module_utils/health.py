@@ -86,7 +86,7 @@ def _backup_checks(checks, server, options, now):
 
 
 def _wal_checks(checks, server, options, now):
-    """Continuity from the oldest backup on; returns the gaps as [first, last] pairs."""
+    """Continuity from the oldest backup on, freshness, backlog; returns the recoverable window."""
     try:
         wal_archive = archive.WalArchive(server.layout.barman_home, server.layout.server)
         done = server.done_ids()
@@ -94,7 +94,7 @@ def _wal_checks(checks, server, options, now):
         continuity = wal_archive.continuity(server.segment_size, first)
     except BarmanError as exc:
         checks.add('wal_archive', CRITICAL, str(exc))
-        return []
+        return server.window()
     gaps = continuity['missing']
     if gaps:
         shown = ', '.join(a if a == b else '%s..%s' % (a, b) for a, b in gaps)
@@ -107,7 +107,7 @@ def _wal_checks(checks, server, options, now):
             OK,
             '%d segments from %s to %s, no gap' % (continuity['segments'], continuity['first'], continuity['last']),
         )
-    window = server.window()
+    window = server.window(gaps)
     limit = options.get('wal_maximum_age')
     if window['last_wal_time'] is not None:
         age = (now - datetime.datetime.fromisoformat(window['last_wal_time'])).total_seconds()
@@ -128,7 +128,7 @@ def _wal_checks(checks, server, options, now):
             '%d files wait in incoming/; see %s and run pg_wal_archive action=process'
             % (len(backlog), server.layout.process_log),
         )
-    return gaps
+    return window
 
 
 def _archiver_check(checks, server, options):
@@ -158,7 +158,7 @@ def _archiver_check(checks, server, options):
                 stats['last_archived_time'],
             ),
         )
-    elif stats['last_archived_wal'] and not _in_archive(server, stats['last_archived_wal']):
+    elif stats['last_archived_wal'] and not _located(server, stats['last_archived_wal']):
         checks.add(
             'archiver',
             CRITICAL,
@@ -170,7 +170,7 @@ def _archiver_check(checks, server, options):
     return stats
 
 
-def _in_archive(server, name):
+def _located(server, name):
     return archive.WalArchive(server.layout.barman_home, server.layout.server).locate(name) is not None
 
 
@@ -202,7 +202,7 @@ def check_server(layout, options, policy=None, now=None):
             'cannot read %s' % '; '.join('%s (%s)' % (m['path'], m['error']) for m in server.malformed),
         )
     _backup_checks(checks, server, options, now)
-    gaps = _wal_checks(checks, server, options, now)
+    window = _wal_checks(checks, server, options, now)
     result = server.summary(policy, options.get('minimum_redundancy') or 0, now)
     if options.get('pg_host'):
         result['archiver'] = _archiver_check(checks, server, options)
@@ -212,6 +212,6 @@ def check_server(layout, options, policy=None, now=None):
         checks=checks.items,
         status=status,
         nagios=nagios_line(layout.server, status, checks.items),
-        window=server.window(gaps),
+        window=window,
     )
     return result
