@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, checksum, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 COMPRESSIONS = ('gzip', 'zstd', 'lz4', 'none')
@@ -164,50 +164,51 @@ class WalArchive(object):
 
     # -- receiving -----------------------------------------------------------------------------
 
-    def receive(self, name, size, source, digest_line_reader):
-        """Store one delivery: ``size`` bytes from ``source``, then its sha256 from ``digest_line_reader()``.
+    def receive(self, name, size, source, digest_line_reader, checksum_name=checksum.WHEN_UNNAMED):
+        """Store one delivery: ``size`` bytes from ``source``, then their checksum (of the kind
+        ``checksum_name``, in hex) from ``digest_line_reader()``.
 
         Returns 'stored' or 'identical' (the same file was already archived). Raises ArchiveError
         (nothing kept) or DuplicateWal (the file is kept in errors/ for a human).
         """
-        return self.store(*self.take(name, size, source, digest_line_reader))
+        return self.store(*self.take(name, size, source, digest_line_reader, checksum_name))
 
-    def take(self, name, size, source, digest_line_reader):
+    def take(self, name, size, source, digest_line_reader, checksum_name=checksum.WHEN_UNNAMED):
         """First half of receive: read a delivery into a temporary file of incoming/, checking its
-        sha256; returns (name, temporary path, digest) for store(). Nothing is durable yet."""
+        checksum; returns (name, temporary path) for store(). Nothing is durable yet."""
         parsed = wal.parse_wal_name(name)
         if parsed.kind in ('history', 'backup') and size > MAX_TEXT_FILE_SIZE:
             raise RefusedWal('%s is %d bytes, too large for a %s file' % (name, size, parsed.kind), wal=name)
+        running = checksum.new(checksum_name)
         fd, tmp = tempfile.mkstemp(dir=self.layout.incoming_dir, prefix='.%s.' % name, suffix='.tmp')
         try:
             with os.fdopen(fd, 'wb') as handle:
-                digest = self._copy_exactly(source, handle, size, name)
-            sent_digest = digest_line_reader()
+                self._copy_exactly(source, handle, size, name, running)
+            digest, sent_digest = running.hexdigest(), digest_line_reader()
             if sent_digest != digest:
                 raise ArchiveError(
-                    '%s arrived damaged: sha256 %s, the sender computed %s' % (name, digest, sent_digest),
+                    '%s arrived damaged: %s %s, the sender computed %s' % (name, checksum_name, digest, sent_digest),
                     'Nothing was stored; PostgreSQL will send it again',
                     wal=name,
                 )
         except BaseException:
             os.unlink(tmp)
             raise
-        return name, tmp, digest
+        return name, tmp
 
-    def store(self, name, tmp, digest):
+    def store(self, name, tmp):
         """Second half of receive: make the file durable, validate it and publish it in incoming/."""
         try:
             with open(tmp, 'rb+') as handle:
                 _fsync_file(handle)
             self._validate_content(wal.parse_wal_name(name), tmp, os.stat(tmp).st_size)
-            return self._commit(name, tmp, digest)
+            return self._commit(name, tmp)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
     @staticmethod
-    def _copy_exactly(source, handle, size, name):
-        digest = hashlib.sha256()
+    def _copy_exactly(source, handle, size, name, running):
         remaining = size
         while remaining:
             block = source.read(min(CHUNK, remaining))
@@ -217,10 +218,9 @@ class WalArchive(object):
                     'Nothing was stored; PostgreSQL will send it again',
                     wal=name,
                 )
-            digest.update(block)
+            running.update(block)
             handle.write(block)
             remaining -= len(block)
-        return digest.hexdigest()
 
     def _validate_content(self, parsed, path, size):
         if parsed.kind == 'history':
@@ -238,12 +238,12 @@ class WalArchive(object):
         if identity is None:
             catalog.check_identity(self.layout.identity_file, header.systemid)
 
-    def _commit(self, name, tmp, digest):
+    def _commit(self, name, tmp):
         """Publish a received file under its name, unless that name is taken."""
         with catalog.ServerLock(self.layout, 'archive', wait_seconds=30):
             existing = self.locate(name)
             if existing is not None:
-                if content_digest(existing) == digest:
+                if content_digest(existing) == content_digest(tmp):
                     return 'identical'
                 kept = self._keep_in_errors(tmp, name, 'duplicate')
                 raise DuplicateWal(

@@ -47,6 +47,10 @@ class Spool(object):
             return True
         return False
 
+    def claimed(self, name):
+        """True while a live process holds the claim of ``name``."""
+        return self._holder_alive(self._file(name, 'claim'))
+
     def _holder_alive(self, path):
         try:
             with open(path) as handle:

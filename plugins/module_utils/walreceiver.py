@@ -4,7 +4,9 @@
 
 sshd runs it for every connection made with that key, whatever command the client asked for; the
 request is in SSH_ORIGINAL_COMMAND and only these are honoured, for the one server fixed by the key:
-  put NAME SIZE   stdin: SIZE bytes, then the sha256 of those bytes in hex and a newline
+  put NAME SIZE [CHECKSUM]
+                  stdin: SIZE bytes, then their checksum in hex and a newline; CHECKSUM names its
+                  kind (crc32 or sha256, see checksum.py), sha256 when absent
   get NAME        stdout: the file's original content
   stream          stdin: any number of "put NAME SIZE" lines, each followed as above; stdout: one
                   line per put, "ok NAME stored|identical", "refused NAME why" or "error NAME why",
@@ -17,6 +19,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import argparse
+import collections
 import os
 import re
 import shlex
@@ -24,7 +27,7 @@ import sys
 import threading
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, pipes, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, checksum, pipes, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -34,7 +37,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
 )
 
 MAX_SEGMENT_BYTES = 1024 * 1024 * 1024
-USAGE = "this key only accepts 'put NAME SIZE', 'get NAME' and 'stream' for WAL files of its server"
+USAGE = "this key only accepts 'put NAME SIZE [CHECKSUM]', 'get NAME' and 'stream' for WAL files of its server"
 # A stream starts the background compression every so many files, not only at its end.
 PROCESS_EVERY = 16
 
@@ -43,21 +46,27 @@ class RequestError(BarmanError):
     """The client asked for something this key does not allow."""
 
 
+Request = collections.namedtuple('Request', 'verb name size checksum')
+
+
 def parse_request(command):
-    """(verb, name, size) from SSH_ORIGINAL_COMMAND, or RequestError."""
+    """A Request from SSH_ORIGINAL_COMMAND, or RequestError."""
     try:
         words = shlex.split(command or '')
     except ValueError:
         words = []
-    if len(words) == 3 and words[0] == 'put' and re.match(r'[0-9]{1,12}\Z', words[2]):
+    if len(words) in (3, 4) and words[0] == 'put' and re.match(r'[0-9]{1,12}\Z', words[2]):
         size = int(words[2])
         if size > MAX_SEGMENT_BYTES:
             raise RequestError('refused put of %d bytes: more than a WAL segment can be' % size, USAGE)
-        return 'put', wal.parse_wal_name(words[1]).name, size
+        named = words[3] if len(words) == 4 else checksum.WHEN_UNNAMED
+        if named not in checksum.CHECKSUMS:
+            raise RequestError('refused put with the unknown checksum %r' % named, USAGE)
+        return Request('put', wal.parse_wal_name(words[1]).name, size, named)
     if len(words) == 2 and words[0] == 'get':
-        return 'get', wal.parse_wal_name(words[1]).name, None
+        return Request('get', wal.parse_wal_name(words[1]).name, None, None)
     if words == ['stream']:
-        return 'stream', None, None
+        return Request('stream', None, None, None)
     raise RequestError('refused request %r' % (command or ''), USAGE)
 
 
@@ -69,9 +78,18 @@ def _read_digest_line(stream):
     return reader
 
 
+def _yield_cpu():
+    """Run only on otherwise idle CPU: compressing (gzip: ~150 ms a segment) must never slow the
+    receiving that lets PostgreSQL recycle its WAL, above all while a backlog streams in."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux
+        os.nice(19)
+
+
 def _process_in_background(wal_archive, compression):
     """Compress and index what arrived, after the sender has its answer: in a grandchild with no
-    stdio of ours (so sshd need not wait for it) and a lower priority than receiving."""
+    stdio of ours (so sshd need not wait for it), on CPU time that receiving leaves idle."""
     sys.stdout.flush()
     sys.stderr.flush()
     if os.fork():
@@ -82,7 +100,7 @@ def _process_in_background(wal_archive, compression):
     os.setsid()
     if os.fork():
         os._exit(0)
-    os.nice(10)
+    _yield_cpu()
     try:
         wal_archive.process_incoming(compression, wait_seconds=0)
     except catalog.LockBusy:
@@ -154,17 +172,18 @@ def serve_stream(wal_archive, stdin, stdout, on_batch=None):
             if not line:
                 break
             try:
-                verb, name, size = parse_request(line.decode('ascii', errors='replace').strip())
-                if verb != 'put':
-                    raise RequestError('refused %r inside a stream' % verb, USAGE)
+                request = parse_request(line.decode('ascii', errors='replace').strip())
+                if request.verb != 'put':
+                    raise RequestError('refused %r inside a stream' % request.verb, USAGE)
             except (ValueError, RequestError) as error:
                 hand_over(('-', RequestError(_one_line(error))))
                 code = EXIT_REFUSED
                 break
             try:
-                hand_over((name, wal_archive.take(name, size, stdin, _read_digest_line(stdin))))
+                taken = wal_archive.take(request.name, request.size, stdin, _read_digest_line(stdin), request.checksum)
+                hand_over((request.name, taken))
             except (BarmanError, OSError) as error:
-                hand_over((name, error))
+                hand_over((request.name, error))
     finally:
         hand_over(None)
         thread.join()
@@ -184,18 +203,18 @@ def main(argv=None, environ=None, stdin=None, stdout=None, stderr=None):
     args = parser.parse_args(argv)
     try:
         wal_archive = archive.WalArchive(args.barman_home, args.server)
-        verb, name, size = parse_request(environ.get('SSH_ORIGINAL_COMMAND'))
-        if verb == 'stream':
+        request = parse_request(environ.get('SSH_ORIGINAL_COMMAND'))
+        if request.verb == 'stream':
             background = None if args.no_background else lambda: _process_in_background(wal_archive, args.compression)
             code = serve_stream(wal_archive, stdin, stdout, background)
             if background:
                 background()
             return code
-        if verb == 'get':
-            wal_archive.send(name, stdout)
+        if request.verb == 'get':
+            wal_archive.send(request.name, stdout)
             stdout.flush()
             return EXIT_OK
-        wal_archive.receive(name, size, stdin, _read_digest_line(stdin))
+        wal_archive.receive(request.name, request.size, stdin, _read_digest_line(stdin), request.checksum)
     except archive.WalNotFound as error:
         stderr.write('barman-wal-receiver: %s\n' % error)
         return EXIT_NOT_FOUND

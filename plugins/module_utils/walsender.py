@@ -12,9 +12,10 @@ failures and retries; ssh's own 255 becomes EXIT_TEMPORARY.
 When WAL piles up, PostgreSQL still archives one file per call, in order. So a put also starts a
 look-ahead agent (one per server, for as long as files wait): it sends every file PostgreSQL has
 marked ready (pg_wal/archive_status/*.ready) over one long stream to the receiver, and notes each
-one the receiver answered as durable. The put of a noted file then returns at once. Agent and put
-claim a file before sending it (<key>.spool/NAME.claim), so that no file is sent twice at a time;
-a file the agent could not deliver is sent by the put itself, which reports why it failed.
+one the receiver answered as durable. While an agent runs, a put waits for its note and returns
+(no second connection competes with the stream). Agent and put claim a file before sending it
+(<key>.spool/NAME.claim), so that no file is sent twice at a time; a file the agent could not
+deliver is sent by the put itself, which reports why it failed.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -23,14 +24,13 @@ __metaclass__ = type
 
 import argparse
 import fcntl
-import hashlib
 import os
 import subprocess
 import sys
 import threading
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import pipes, ssh, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import checksum, pipes, ssh, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool, stat_key
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_FOUND,
@@ -65,21 +65,25 @@ def _exit_code(code, stderr):
     return code
 
 
-def _copy_with_digest(source, stream):
-    """The file's bytes, then their sha256 in hex and a newline: what the receiver reads after a put."""
-    digest = hashlib.sha256()
+def _put_request(name, size):
+    return ['put', name, str(size), checksum.SENT]
+
+
+def _copy_with_checksum(source, stream):
+    """The file's bytes, then their checksum in hex and a newline: what the receiver reads after a put."""
+    running = checksum.new(checksum.SENT)
     for block in iter(lambda: source.read(CHUNK), b''):
-        digest.update(block)
+        running.update(block)
         stream.write(block)
-    stream.write(digest.hexdigest().encode('ascii') + b'\n')
+    stream.write(running.hexdigest().encode('ascii') + b'\n')
 
 
 def _send_file(path, name, stream):
     """Write one put frame of a stream to ``stream``; returns the file's stat key."""
     with open(path, 'rb') as source:
         stat = os.fstat(source.fileno())
-        stream.write(('put %s %d\n' % (name, stat.st_size)).encode('ascii'))
-        _copy_with_digest(source, stream)
+        stream.write((' '.join(_put_request(name, stat.st_size)) + '\n').encode('ascii'))
+        _copy_with_checksum(source, stream)
     return stat_key(stat)
 
 
@@ -87,6 +91,11 @@ def put(args, stderr):
     name = os.path.basename(args.path)
     wal.parse_wal_name(name)
     spool = Spool(args.identity_file)
+    pg_wal = os.path.dirname(os.path.abspath(args.path))
+    if args.look_ahead and _is_ready(pg_wal, name):
+        agent_runs = _agent_alive(spool) or (len(ready_names(pg_wal)) > 1 and _start_agent(args, pg_wal))
+        if agent_runs and _delivered_by_agent(spool, name, args.path):
+            return 0
     deadline = time.time() + CLAIM_WAIT_SECONDS
     claimed = False
     while not claimed:
@@ -98,10 +107,8 @@ def put(args, stderr):
         if not claimed:
             time.sleep(POLL_SECONDS)
     try:
-        pg_wal = os.path.dirname(os.path.abspath(args.path))
-        agent_runs = args.look_ahead and len(ready_names(pg_wal)) > 1 and _start_agent(args, pg_wal)
         code = _put_now(args, name, stderr)
-        if code == 0 and agent_runs:
+        if code == 0 and _agent_alive(spool):
             # Until PostgreSQL marks it done, the agent still sees it ready: tell it not to send it.
             spool.note_delivered(name, stat_key(os.stat(args.path)))
         return code
@@ -110,12 +117,31 @@ def put(args, stderr):
             spool.release(name)
 
 
+def _is_ready(pg_wal, name):
+    return os.path.exists(os.path.join(pg_wal, 'archive_status', name + '.ready'))
+
+
+def _delivered_by_agent(spool, name, path):
+    """Wait for the running agent to deliver ``name``: True once it did; False as soon as it gave
+    the file up (claimed it, then released it without a note), ended, or took too long."""
+    deadline = time.time() + CLAIM_WAIT_SECONDS
+    seen_claimed = False
+    while True:
+        if spool.take_delivered(name, path):
+            return True
+        if spool.claimed(name):
+            seen_claimed = True
+        elif seen_claimed or time.time() > deadline or not _agent_alive(spool):
+            return spool.take_delivered(name, path)  # its note may have come with the release
+        time.sleep(POLL_SECONDS)
+
+
 def _put_now(args, name, stderr):
     with open(args.path, 'rb') as source:
         size = os.fstat(source.fileno()).st_size
-        proc = subprocess.Popen(_ssh_argv(args, ['put', name, str(size)]), stdin=subprocess.PIPE)
+        proc = subprocess.Popen(_ssh_argv(args, _put_request(name, size)), stdin=subprocess.PIPE)
         try:
-            _copy_with_digest(source, proc.stdin)
+            _copy_with_checksum(source, proc.stdin)
             proc.stdin.close()
         except BrokenPipeError:
             pass  # the receiver refused early; its exit code says why
@@ -133,17 +159,30 @@ def _agent_lock(spool):
     return fd
 
 
-def _start_agent(args, pg_wal):
-    """Start the look-ahead agent for this server unless one runs (it outlives this call); True."""
-    lock = _agent_lock(Spool(args.identity_file))
+def _agent_alive(spool):
+    lock = _agent_lock(spool)
     if lock is None:
         return True
     os.close(lock)
+    return False
+
+
+def _start_agent(args, pg_wal):
+    """Start the look-ahead agent for this server unless one runs (it outlives this call); True.
+
+    The agent inherits the lock taken here, so that it counts as running from this moment on."""
+    lock = _agent_lock(Spool(args.identity_file))
+    if lock is None:
+        return True
     argv = [sys.executable, '-IS', os.path.abspath(sys.argv[0]), '--ssh', args.ssh]
     argv += ['--port', str(args.port)] if args.port else []
-    argv += ['--identity-file', args.identity_file, '--known-hosts', args.known_hosts, 'agent', pg_wal]
-    with open(os.devnull, 'r+b') as null:
-        subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, close_fds=True, start_new_session=True)
+    argv += ['--identity-file', args.identity_file, '--known-hosts', args.known_hosts]
+    argv += ['agent', '--lock-fd', str(lock), pg_wal]
+    try:
+        with open(os.devnull, 'r+b') as null:
+            subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, pass_fds=(lock,), start_new_session=True)
+    finally:
+        os.close(lock)
     return True
 
 
@@ -160,7 +199,7 @@ def ready_names(pg_wal):
 def agent(args, stderr):
     """Send every ready file over one stream until none has been ready for AGENT_IDLE_SECONDS."""
     spool = Spool(args.identity_file)
-    lock = _agent_lock(spool)
+    lock = args.lock_fd if args.lock_fd is not None else _agent_lock(spool)
     if lock is None:
         return 0
     spool.forget_old()
@@ -253,6 +292,7 @@ def main(argv=None, stderr=None):
         '--no-look-ahead', dest='look_ahead', action='store_false', help='do not start the look-ahead agent'
     )
     agent_parser = commands.add_parser('agent', help='send the ready files of PG_WAL ahead of PostgreSQL')
+    agent_parser.add_argument('--lock-fd', type=int, help='the agent lock, already taken by the put that starts it')
     agent_parser.add_argument('pg_wal')
     get_parser = commands.add_parser('get', help='restore the WAL file NAME (%%f) to PATH (%%p)')
     get_parser.add_argument('name')

@@ -11,10 +11,11 @@ import io
 import os
 import random
 import struct
+import zlib
 
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, wal, walreceiver
+from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, wal, walreceiver, walsender
 
 SEG = 1024 * 1024
 SYSID = 7319180283384717360
@@ -86,22 +87,25 @@ def put(home, name, data, digest=None, size=None, **kwargs):
 @pytest.mark.parametrize(
     'command, expected',
     [
-        ('put 000000010000000000000001 1048576', ('put', '000000010000000000000001', 1048576)),
-        ('put 00000002.history 42', ('put', '00000002.history', 42)),
+        ('put 000000010000000000000001 1048576', ('put', '000000010000000000000001', 1048576, 'sha256')),
+        ('put 00000002.history 42', ('put', '00000002.history', 42, 'sha256')),
         (
             'put 000000010000000000000002.00000028.backup 300',
-            ('put', '000000010000000000000002.00000028.backup', 300),
+            ('put', '000000010000000000000002.00000028.backup', 300, 'sha256'),
         ),
-        ('put 000000010000000000000003.partial 0', ('put', '000000010000000000000003.partial', 0)),
-        ('get 000000010000000000000001', ('get', '000000010000000000000001', None)),
-        ("get '000000010000000000000001'", ('get', '000000010000000000000001', None)),
-        ('  get   00000002.history  ', ('get', '00000002.history', None)),
+        ('put 000000010000000000000003.partial 0', ('put', '000000010000000000000003.partial', 0, 'sha256')),
+        ('get 000000010000000000000001', ('get', '000000010000000000000001', None, None)),
+        ("get '000000010000000000000001'", ('get', '000000010000000000000001', None, None)),
+        ('  get   00000002.history  ', ('get', '00000002.history', None, None)),
         ('put 000000010000000000000001 %d' % walreceiver.MAX_SEGMENT_BYTES, None),
+        ('put 000000010000000000000001 42 crc32', ('put', '000000010000000000000001', 42, 'crc32')),
+        ('put 000000010000000000000001 42 sha256', ('put', '000000010000000000000001', 42, 'sha256')),
+        ('stream', ('stream', None, None, None)),
     ],
 )
 def test_parse_request_accepts(command, expected):
     if expected is None:
-        expected = ('put', '000000010000000000000001', walreceiver.MAX_SEGMENT_BYTES)
+        expected = ('put', '000000010000000000000001', walreceiver.MAX_SEGMENT_BYTES, 'sha256')
     assert walreceiver.parse_request(command) == expected
 
 
@@ -122,6 +126,8 @@ def test_parse_request_accepts(command, expected):
         ('rm 000000010000000000000001', "'rm 000000010000000000000001'"),
         ('get "unterminated', 'unterminated'),
         ('put 000000010000000000000001 %d' % (walreceiver.MAX_SEGMENT_BYTES + 1), 'more than a WAL segment'),
+        ('put 000000010000000000000001 42 md5', "unknown checksum 'md5'"),
+        ('put 000000010000000000000001 42 crc32 extra', 'extra'),
     ],
 )
 def test_parse_request_refuses(command, fragment):
@@ -364,3 +370,39 @@ def test_stream_cut_short_stores_nothing_of_the_cut_file(home, layout):
     code, out, _err = run(home, 'stream', frame(name, segment_bytes(name))[:1000])
     assert code == walreceiver.EXIT_OK and out.decode().startswith('error %s ' % name)
     assert os.listdir(layout.incoming_dir) == []
+
+
+# -- the checksum on the wire -------------------------------------------------------------------------
+
+
+def test_the_senders_frames_are_what_the_stream_reads(home, layout, tmp_path):
+    """Framed by the sender itself (crc32 named in each request), read by the receiver's stream."""
+    stdin = io.BytesIO()
+    files = [(seg_name(n), segment_bytes(seg_name(n))) for n in (1, 2)]
+    for name, data in files:
+        path = tmp_path / name
+        path.write_bytes(data)
+        walsender._send_file(str(path), name, stdin)
+    assert stdin.getvalue().startswith(('put %s %d crc32\n' % (files[0][0], SEG)).encode())
+    code, out, err = run(home, 'stream', stdin.getvalue())
+    assert (code, err) == (walreceiver.EXIT_OK, '')
+    assert out.decode().splitlines() == ['ok %s stored' % n for n, _d in files]
+    for name, data in files:
+        with open(os.path.join(layout.incoming_dir, name), 'rb') as handle:
+            assert sha(handle.read()) == sha(data)
+
+
+def test_put_with_a_crc32_is_checked_against_it(home, layout):
+    name = seg_name(1)
+    data = segment_bytes(name)
+    crc = '%08x' % zlib.crc32(data)
+    damaged = data[:5000] + b'\x00' + data[5001:]
+    code, _out, err = run(home, 'put %s %d crc32' % (name, SEG), damaged + crc.encode() + b'\n')
+    assert code == walreceiver.EXIT_TEMPORARY
+    assert 'arrived damaged: crc32 %08x, the sender computed %s' % (zlib.crc32(damaged), crc) in err
+    assert os.listdir(layout.incoming_dir) == []
+    code, _out, err = run(home, 'put %s %d crc32' % (name, SEG), data + crc.encode() + b'\n')
+    assert (code, err) == (walreceiver.EXIT_OK, '')
+    assert os.listdir(layout.incoming_dir) == [name]
+    code, _out, err = run(home, 'put %s %d' % (name, SEG), data + sha(data).encode() + b'\n')
+    assert (code, err) == (walreceiver.EXIT_OK, ''), 'a sha256 sender (before 1.1.0) is still understood'

@@ -5,6 +5,8 @@
 import io
 import os
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -96,3 +98,52 @@ def test_the_launchers_fast_path_answers_only_a_put_of_a_delivered_file(key, pg_
     assert answered_already(argv)
     assert not answered_already(argv), 'a note answers once'
     assert not answered_already(['put']) and not answered_already([])
+
+
+def _play_the_agent(key, name, delivers):
+    """This test process plays a running agent: it holds the agent lock, claims ``name`` and, a
+    little later, releases it with (``delivers``) or without a delivery note."""
+    lock = walsender._agent_lock(Spool(key))
+    assert lock is not None
+
+    def agent():
+        box = Spool(key)
+        assert box.claim(name)
+        time.sleep(0.2)
+        if delivers:
+            box.note_delivered(name, stat_key(os.stat(os.path.join(os.path.dirname(key), 'pg_wal', name))))
+        box.release(name)
+
+    thread = threading.Thread(target=agent)
+    thread.start()
+    return lock, thread
+
+
+@pytest.mark.parametrize('delivers', [True, False])
+def test_a_put_waits_for_the_running_agent_and_sends_itself_what_it_gave_up(key, pg_wal, delivers):
+    segment = pg_wal / NAME
+    segment.write_bytes(b'x' * 100)
+    (pg_wal / 'archive_status' / (NAME + '.ready')).write_text('')
+    lock, thread = _play_the_agent(key, NAME, delivers)
+    # Port 1 of loopback refuses at once: a put that sends the file itself fails fast.
+    argv = ['--ssh', 'barman@127.0.0.1', '--port', '1', '--identity-file', key, '--known-hosts', key]
+    stderr = io.StringIO()
+    try:
+        code = walsender.main(argv + ['put', str(segment)], stderr=stderr)
+    finally:
+        thread.join()
+        os.close(lock)
+    if delivers:
+        assert (code, stderr.getvalue()) == (0, ''), 'answered from the agent, no ssh'
+    else:
+        assert code == walsender.EXIT_TEMPORARY and 'ssh failed' in stderr.getvalue()
+
+
+def test_an_agent_counts_as_running_from_its_start(key, pg_wal):
+    """The put that starts the agent hands it the lock: no moment without one, no second agent."""
+    box = Spool(key)
+    assert not walsender._agent_alive(box)
+    lock = walsender._agent_lock(box)
+    assert walsender._agent_alive(box) and walsender._agent_lock(box) is None
+    os.close(lock)
+    assert not walsender._agent_alive(box)
