@@ -793,6 +793,7 @@ def main():
     load_before = os.getloadavg()[0]
     try:
         remove_bench_keys()
+        shutil.rmtree(KEYS_DIR, ignore_errors=True)  # a key left by a killed run has no authorized line
         make_dir(KEYS_DIR, 'postgres')
         names = generate_wal(count)
         print("segments: %s .. %s (%d x 16 MB, from pg1's archive)" % (names[0], names[-1], count), flush=True)

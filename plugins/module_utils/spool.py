@@ -68,25 +68,37 @@ class Spool(object):
             handle.write(stat_key)
         os.rename(tmp, self._file(name, 'done'))
 
-    def take_delivered(self, name, path):
-        """True (and the note is used up) if ``name`` was delivered as the file at ``path`` is now."""
+    def was_delivered(self, name, path):
+        """True if ``name`` was delivered as the file at ``path`` is now.
+
+        The note stays while PostgreSQL still lists the file as ready (until it renames .ready to
+        .done after this answer): were it gone sooner, the agent would send the file again. The
+        agent drops it later (forget_old)."""
         note = self._file(name, 'done')
         try:
             with open(note) as handle:
                 noted = handle.read()
         except FileNotFoundError:
             return False
-        self._unlink(note)
-        return noted == stat_key(os.stat(path))
+        if noted == stat_key(os.stat(path)):
+            return True
+        self._unlink(note)  # about another file of that name
+        return False
 
     def delivered(self, name):
         return os.path.exists(self._file(name, 'done'))
 
-    def forget_old(self):
+    def forget_old(self, still_ready=None):
+        """Drop the claims of dead processes, and the notes of files no longer in ``still_ready``
+        (names; None: notes older than a day)."""
         for entry in os.listdir(self.path):
             path = os.path.join(self.path, entry)
             try:
-                if entry.endswith('.done') and time.time() - os.stat(path).st_mtime > STALE_SECONDS:
+                if entry.endswith('.done') and (
+                    entry[: -len('.done')] not in still_ready
+                    if still_ready is not None
+                    else time.time() - os.stat(path).st_mtime > STALE_SECONDS
+                ):
                     os.unlink(path)
                 elif entry.endswith('.claim') and not self._holder_alive(path):
                     os.unlink(path)
@@ -108,6 +120,6 @@ def answered_already(argv):
     identity_file = argv[argv.index('--identity-file') + 1]
     path = argv[-1]
     try:
-        return Spool(identity_file).take_delivered(os.path.basename(path), path)
+        return Spool(identity_file).was_delivered(os.path.basename(path), path)
     except OSError:
         return False  # the full sender will say what is wrong

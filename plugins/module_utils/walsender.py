@@ -78,13 +78,11 @@ def _copy_with_checksum(source, stream):
     stream.write(running.hexdigest().encode('ascii') + b'\n')
 
 
-def _send_file(path, name, stream):
-    """Write one put frame of a stream to ``stream``; returns the file's stat key."""
-    with open(path, 'rb') as source:
-        stat = os.fstat(source.fileno())
-        stream.write((' '.join(_put_request(name, stat.st_size)) + '\n').encode('ascii'))
-        _copy_with_checksum(source, stream)
-    return stat_key(stat)
+def _send_file(source, name, stream):
+    """Write one put frame of a stream to ``stream``: the request, then the open file ``source``."""
+    size = os.fstat(source.fileno()).st_size
+    stream.write((' '.join(_put_request(name, size)) + '\n').encode('ascii'))
+    _copy_with_checksum(source, stream)
 
 
 def put(args, stderr):
@@ -99,7 +97,7 @@ def put(args, stderr):
     deadline = time.time() + CLAIM_WAIT_SECONDS
     claimed = False
     while not claimed:
-        if spool.take_delivered(name, args.path):
+        if spool.was_delivered(name, args.path):
             return 0
         claimed = spool.claim(name)
         if not claimed and time.time() > deadline:
@@ -127,12 +125,12 @@ def _delivered_by_agent(spool, name, path):
     deadline = time.time() + CLAIM_WAIT_SECONDS
     seen_claimed = False
     while True:
-        if spool.take_delivered(name, path):
+        if spool.was_delivered(name, path):
             return True
         if spool.claimed(name):
             seen_claimed = True
         elif seen_claimed or time.time() > deadline or not _agent_alive(spool):
-            return spool.take_delivered(name, path)  # its note may have come with the release
+            return spool.was_delivered(name, path)  # its note may have come with the release
         time.sleep(POLL_SECONDS)
 
 
@@ -202,7 +200,14 @@ def agent(args, stderr):
     lock = args.lock_fd if args.lock_fd is not None else _agent_lock(spool)
     if lock is None:
         return 0
-    spool.forget_old()
+    spool.forget_old(set(ready_names(args.pg_wal)))
+    _stream(args, spool, stderr)
+    spool.forget_old(set(ready_names(args.pg_wal)))
+    return 0
+
+
+def _stream(args, spool, stderr):
+    """The agent's stream: one ssh connection to the receiver's stream mode."""
     user, host = args.ssh.rsplit('@', 1) if '@' in args.ssh else ('', args.ssh)
     target = ssh.validate_ssh_target(user, host, args.port)
     argv = ssh.ssh_argv(target, ['stream'], identity_file=args.identity_file, known_hosts_file=args.known_hosts)
@@ -218,7 +223,7 @@ def agent(args, stderr):
                 continue
             with guard:
                 sent_as = in_flight.pop(words[1], None)
-            if words[0] == 'ok' and sent_as:
+            if words[0] == 'ok' and sent_as is not None:
                 spool.note_delivered(words[1], sent_as)
             spool.release(words[1])
 
@@ -231,18 +236,18 @@ def agent(args, stderr):
             for name in ready_names(args.pg_wal):
                 if spool.delivered(name) or not spool.claim(name):
                     continue
-                with guard:
-                    in_flight[name] = None
-                try:
-                    sent_as = _send_file(os.path.join(args.pg_wal, name), name, proc.stdin)
-                except FileNotFoundError:  # archived and removed meanwhile
-                    with guard:
-                        in_flight.pop(name, None)
+                if not _is_ready(args.pg_wal, name):  # archived since the listing
                     spool.release(name)
                     continue
-                with guard:
-                    if name in in_flight:
-                        in_flight[name] = sent_as
+                try:
+                    source = open(os.path.join(args.pg_wal, name), 'rb')
+                except FileNotFoundError:  # archived and removed meanwhile
+                    spool.release(name)
+                    continue
+                with source:
+                    with guard:  # known before the answer can come
+                        in_flight[name] = stat_key(os.fstat(source.fileno()))
+                    _send_file(source, name, proc.stdin)
                 proc.stdin.flush()
                 sent = True
             if sent:
@@ -260,7 +265,6 @@ def agent(args, stderr):
         reader.join()
         for name in list(in_flight):
             spool.release(name)
-    return 0
 
 
 def get(args, stderr):

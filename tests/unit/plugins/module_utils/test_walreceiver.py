@@ -382,7 +382,8 @@ def test_the_senders_frames_are_what_the_stream_reads(home, layout, tmp_path):
     for name, data in files:
         path = tmp_path / name
         path.write_bytes(data)
-        walsender._send_file(str(path), name, stdin)
+        with open(str(path), 'rb') as source:
+            walsender._send_file(source, name, stdin)
     assert stdin.getvalue().startswith(('put %s %d crc32\n' % (files[0][0], SEG)).encode())
     code, out, err = run(home, 'stream', stdin.getvalue())
     assert (code, err) == (walreceiver.EXIT_OK, '')

@@ -50,11 +50,12 @@ def test_a_delivery_note_counts_once_and_only_for_the_same_file(key, pg_wal):
     segment.write_bytes(b'x' * 100)
     box.note_delivered(NAME, stat_key(os.stat(str(segment))))
     assert box.delivered(NAME)
-    assert box.take_delivered(NAME, str(segment))
-    assert not box.take_delivered(NAME, str(segment)), 'a note is used up'
+    assert box.was_delivered(NAME, str(segment))
+    assert box.was_delivered(NAME, str(segment)), 'a note stays until PostgreSQL no longer lists the file'
     box.note_delivered(NAME, stat_key(os.stat(str(segment))))
     segment.write_bytes(b'y' * 101)  # not the file that was delivered
-    assert not box.take_delivered(NAME, str(segment))
+    assert not box.was_delivered(NAME, str(segment))
+    assert not box.delivered(NAME), 'a note about another file of that name is dropped'
 
 
 def test_put_of_a_file_the_agent_delivered_returns_at_once(key, pg_wal):
@@ -86,6 +87,9 @@ def test_forget_old_drops_dead_claims_and_old_notes(key):
     box.note_delivered('000000010000000000000006', '1 2')
     box.forget_old()
     assert sorted(os.listdir(box.path)) == ['000000010000000000000006.done']
+    box.note_delivered('000000010000000000000007', '1 2')
+    box.forget_old(still_ready={'000000010000000000000007'})  # 6 was archived: PostgreSQL no longer lists it
+    assert sorted(os.listdir(box.path)) == ['000000010000000000000007.done']
 
 
 def test_the_launchers_fast_path_answers_only_a_put_of_a_delivered_file(key, pg_wal):
@@ -96,7 +100,9 @@ def test_the_launchers_fast_path_answers_only_a_put_of_a_delivered_file(key, pg_
     Spool(key).note_delivered(NAME, stat_key(os.stat(str(segment))))
     assert not answered_already(argv[:-2] + ['get', NAME, str(segment)])
     assert answered_already(argv)
-    assert not answered_already(argv), 'a note answers once'
+    segment.write_bytes(b'y' * 100)
+    os.utime(str(segment), ns=(1, 1))
+    assert not answered_already(argv), 'another file under that name is not answered'
     assert not answered_already(['put']) and not answered_already([])
 
 
