@@ -2,9 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The sender's claims and delivery notes, beside the server's key (<key>.spool/).
 
-Kept apart from walsender.py and light on imports: PostgreSQL calls archive_command once per file,
-and the call for a file the look-ahead agent already delivered must cost little more than starting
-Python (see answered_already, which the sender's launcher calls first).
+A delivery note holds the file's stat_key: the sender's shell launcher (roles/common/templates/
+wal-sender.sh.j2) reads it to answer archive_command for a delivered file without starting Python.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -18,7 +17,9 @@ STALE_SECONDS = 86400
 
 
 def stat_key(stat):
-    return '%d %d' % (stat.st_size, stat.st_mtime_ns)
+    """Size and modification time, as ``stat -c '%s %.9Y'`` prints them (the launcher compares)."""
+    seconds, nanoseconds = divmod(stat.st_mtime_ns, 1000000000)
+    return '%d %d.%09d' % (stat.st_size, seconds, nanoseconds)
 
 
 class Spool(object):
@@ -111,15 +112,3 @@ class Spool(object):
             os.unlink(path)
         except FileNotFoundError:
             pass
-
-
-def answered_already(argv):
-    """True if ``argv`` is the sender's ``put PATH`` and the agent delivered that very file."""
-    if len(argv) < 2 or argv[-2] != 'put' or '--identity-file' not in argv[:-2]:
-        return False
-    identity_file = argv[argv.index('--identity-file') + 1]
-    path = argv[-1]
-    try:
-        return Spool(identity_file).was_delivered(os.path.basename(path), path)
-    except OSError:
-        return False  # the full sender will say what is wrong

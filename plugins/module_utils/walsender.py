@@ -208,10 +208,8 @@ def agent(args, stderr):
 
 def _stream(args, spool, stderr):
     """The agent's stream: one ssh connection to the receiver's stream mode."""
-    user, host = args.ssh.rsplit('@', 1) if '@' in args.ssh else ('', args.ssh)
-    target = ssh.validate_ssh_target(user, host, args.port)
-    argv = ssh.ssh_argv(target, ['stream'], identity_file=args.identity_file, known_hosts_file=args.known_hosts)
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    # On the shared connection: when WAL piles up after single puts, the stream starts without a handshake.
+    proc = subprocess.Popen(_ssh_argv(args, ['stream']), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     pipes.widen(proc.stdin)
     in_flight = {}
     guard = threading.Lock()

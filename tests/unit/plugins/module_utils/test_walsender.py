@@ -4,16 +4,19 @@
 
 import io
 import os
+import shlex
 import subprocess
 import threading
 import time
 
+import jinja2
 import pytest
 
 from ansible_collections.barman.postgresql.plugins.module_utils import walsender
-from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool, answered_already, stat_key
+from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool, stat_key
 
 NAME = '000000010000000000000005'
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 
 
 @pytest.fixture
@@ -92,18 +95,68 @@ def test_forget_old_drops_dead_claims_and_old_notes(key):
     assert sorted(os.listdir(box.path)) == ['000000010000000000000007.done']
 
 
-def test_the_launchers_fast_path_answers_only_a_put_of_a_delivered_file(key, pg_wal):
+@pytest.fixture
+def launcher(tmp_path):
+    """The sender's shell launcher as the common role renders it, over a stand-in Python sender that
+    says it was reached (exit 7)."""
+    lib = tmp_path / 'lib'
+    (lib / 'bin').mkdir(parents=True)
+    (lib / 'bin' / 'barman-wal-sender.py').write_text('import sys\nprint(" ".join(sys.argv[1:]))\nsys.exit(7)\n')
+    template = os.path.join(TOP, 'roles', 'common', 'templates', 'wal-sender.sh.j2')
+    environment = jinja2.Environment(keep_trailing_newline=True)
+    environment.filters['quote'] = shlex.quote
+    with open(template) as handle:
+        text = environment.from_string(handle.read()).render(ansible_managed='test', barman_lib_dir=str(lib))
+    path = tmp_path / 'barman-wal-sender'
+    path.write_text(text)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_the_launcher_answers_a_delivered_file_and_hands_anything_else_to_the_sender(key, pg_wal, launcher):
     segment = pg_wal / NAME
     segment.write_bytes(b'x' * 100)
-    argv = ['--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'put', str(segment)]
-    assert not answered_already(argv)
+    argv = [launcher, '--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key]
+
+    def run(*command):
+        proc = subprocess.run(argv + list(command), cwd=str(pg_wal.parent), capture_output=True, text=True)
+        return proc.returncode, proc.stdout.strip()
+
+    assert run('put', 'pg_wal/' + NAME) == (7, ' '.join(argv[1:] + ['put', 'pg_wal/' + NAME]))
     Spool(key).note_delivered(NAME, stat_key(os.stat(str(segment))))
-    assert not answered_already(argv[:-2] + ['get', NAME, str(segment)])
-    assert answered_already(argv)
-    segment.write_bytes(b'y' * 100)
-    os.utime(str(segment), ns=(1, 1))
-    assert not answered_already(argv), 'another file under that name is not answered'
-    assert not answered_already(['put']) and not answered_already([])
+    assert run('put', 'pg_wal/' + NAME) == (0, ''), 'the note matches: answered without Python'
+    assert run('put', str(segment)) == (0, '')
+    assert run('get', NAME, str(segment))[0] == 7
+    os.utime(str(segment), ns=(1, os.stat(str(segment)).st_mtime_ns + 1))  # not the file delivered
+    assert run('put', 'pg_wal/' + NAME)[0] == 7
+    assert subprocess.run([launcher], capture_output=True).returncode == 7
+
+
+def test_the_launcher_waits_for_the_agent_sending_the_file(key, pg_wal, launcher):
+    segment = pg_wal / NAME
+    segment.write_bytes(b'x' * 100)
+    argv = [launcher, '--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'put', str(segment)]
+    box = Spool(key)
+    assert box.claim(NAME)  # this test process plays the agent sending it
+    timer = threading.Timer(0.3, box.note_delivered, (NAME, stat_key(os.stat(str(segment)))))
+    timer.start()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    timer.join()
+    assert (proc.returncode, proc.stdout) == (0, ''), 'answered from the note, Python never started'
+    box.release(NAME)
+    os.unlink(os.path.join(box.path, NAME + '.done'))
+    assert box.claim(NAME)
+    threading.Timer(0.3, box.release, (NAME,)).start()  # gives the file up: the sender takes over
+    assert subprocess.run(argv, capture_output=True).returncode == 7
+
+
+def test_the_stat_key_is_what_the_launcher_reads_from_stat(pg_wal):
+    segment = pg_wal / NAME
+    segment.write_bytes(b'x' * 100)
+    for mtime_ns in (1795724146877025153, 1795724146000000000, 1795724146000000007):
+        os.utime(str(segment), ns=(mtime_ns, mtime_ns))
+        printed = subprocess.run(['stat', '-c', '%s %.9Y', str(segment)], capture_output=True, text=True).stdout
+        assert stat_key(os.stat(str(segment))) == printed.strip()
 
 
 def _play_the_agent(key, name, delivers):
