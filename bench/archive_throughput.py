@@ -388,15 +388,16 @@ def master_alive(key):
     return proc.returncode == 0
 
 
+def close_master(key):
+    if master_alive(key):
+        run(ssh_base(key, key + '.cm-%C') + ['-O', 'exit', 'barman@' + BACKUP_HOST], user='postgres', check=False)
+
+
 def method_ours(segments, cold):
     """Our sender into a fresh catalog. Cold: no ControlMaster at the start; steady: one is up."""
     key = our_key()
-    if cold and master_alive(key):
-        run(
-            ssh_base(key, key + '.cm-%C') + ['-O', 'exit', 'barman@' + BACKUP_HOST],
-            user='postgres',
-            check=False,
-        )
+    if cold:
+        close_master(key)
     root = our_catalog(fresh=True)
     alive = master_alive(key)
     start = time.perf_counter()
@@ -427,10 +428,13 @@ def method_ours(segments, cold):
     }
 
 
-def method_ours_backlog(segments):
+def method_ours_backlog(segments, cold=False):
     """PostgreSQL's archiver draining a backlog: every segment ready at the start, one put per
-    segment in order (cwd PGDATA, %p = pg_wal/NAME), .ready renamed to .done after each success."""
+    segment in order (cwd PGDATA, %p = pg_wal/NAME), .ready renamed to .done after each success.
+    Cold: no ControlMaster at the start (the backlog came before any single put)."""
     key = our_key()
+    if cold:
+        close_master(key)
     root = our_catalog(fresh=True)
     shutil.rmtree(BACKLOG_DATA, ignore_errors=True)
     pg_wal = os.path.join(BACKLOG_DATA, 'pg_wal')
@@ -803,6 +807,7 @@ def main():
             ('ours, cold', lambda: method_ours(segments, cold=True)),
             ('ours, steady', lambda: method_ours(segments, cold=False)),
             ('ours, backlog', lambda: method_ours_backlog(segments)),
+            ('ours, backlog, cold', lambda: method_ours_backlog(segments, cold=True)),
             ('barman-wal-archive 3.19.1', lambda: method_barman(segments)),
             ('pgbackrest 2.45 archive-push', lambda: method_pgbackrest(segments)),
         ]

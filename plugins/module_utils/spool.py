@@ -64,10 +64,21 @@ class Spool(object):
         self._unlink(self._file(name, 'claim'))
 
     def note_delivered(self, name, stat_key):
-        tmp = self._file(name, 'done.tmp')
+        self._note(name, 'done', stat_key)
+
+    def note_given_up(self, name):
+        """The agent could not deliver ``name`` (refused, or an error): it leaves the file to
+        archive_command, which sends it itself and reports why, and does not send it again."""
+        self._note(name, 'failed', '')
+
+    def given_up(self, name):
+        return os.path.exists(self._file(name, 'failed'))
+
+    def _note(self, name, kind, text):
+        tmp = self._file(name, kind + '.tmp')
         with open(tmp, 'w') as handle:
-            handle.write(stat_key)
-        os.rename(tmp, self._file(name, 'done'))
+            handle.write(text)
+        os.rename(tmp, self._file(name, kind))
 
     def was_delivered(self, name, path):
         """True if ``name`` was delivered as the file at ``path`` is now.
@@ -91,12 +102,13 @@ class Spool(object):
 
     def forget_old(self, still_ready=None):
         """Drop the claims of dead processes, and the notes of files no longer in ``still_ready``
-        (names; None: notes older than a day)."""
+        (names; None: notes older than a day). Delivery notes and given-up notes alike."""
         for entry in os.listdir(self.path):
             path = os.path.join(self.path, entry)
+            name, _dot, kind = entry.rpartition('.')
             try:
-                if entry.endswith('.done') and (
-                    entry[: -len('.done')] not in still_ready
+                if kind in ('done', 'failed') and (
+                    name not in still_ready
                     if still_ready is not None
                     else time.time() - os.stat(path).st_mtime > STALE_SECONDS
                 ):

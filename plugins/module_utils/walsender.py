@@ -121,15 +121,12 @@ def _is_ready(pg_wal, name):
 
 def _delivered_by_agent(spool, name, path):
     """Wait for the running agent to deliver ``name``: True once it did; False as soon as it gave
-    the file up (claimed it, then released it without a note), ended, or took too long."""
+    the file up, ended, or took too long."""
     deadline = time.time() + CLAIM_WAIT_SECONDS
-    seen_claimed = False
     while True:
         if spool.was_delivered(name, path):
             return True
-        if spool.claimed(name):
-            seen_claimed = True
-        elif seen_claimed or time.time() > deadline or not _agent_alive(spool):
+        if spool.given_up(name) or (not spool.claimed(name) and (time.time() > deadline or not _agent_alive(spool))):
             return spool.was_delivered(name, path)  # its note may have come with the release
         time.sleep(POLL_SECONDS)
 
@@ -223,6 +220,8 @@ def _stream(args, spool, stderr):
                 sent_as = in_flight.pop(words[1], None)
             if words[0] == 'ok' and sent_as is not None:
                 spool.note_delivered(words[1], sent_as)
+            elif words[0] != 'ok':
+                spool.note_given_up(words[1])  # sending it again would fail again (or fill errors/)
             spool.release(words[1])
 
     reader = threading.Thread(target=read_answers)
@@ -232,7 +231,7 @@ def _stream(args, spool, stderr):
         while time.time() - idle_since < AGENT_IDLE_SECONDS and proc.poll() is None:
             sent = False
             for name in ready_names(args.pg_wal):
-                if spool.delivered(name) or not spool.claim(name):
+                if spool.delivered(name) or spool.given_up(name) or not spool.claim(name):
                     continue
                 if not _is_ready(args.pg_wal, name):  # archived since the listing
                     spool.release(name)

@@ -15,6 +15,7 @@ from labhosts import (
     BARMAN_HOME,
     CLUSTERS,
     LAB,
+    PG_OS_HOME,
     ansible,
     as_postgres,
     current_wal,
@@ -27,7 +28,8 @@ from labhosts import (
     switch_wal,
 )
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import archive, wal, walsender
+from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool
 
 SERVERS = sorted(CLUSTERS)
 SEGMENT = 16 * 1024 * 1024
@@ -272,6 +274,41 @@ def test_a_different_file_under_an_archived_name_is_refused_and_the_same_one_acc
     assert stored('pg1', name) == before, 'the archived file changed'
     kept = [e for e in errors_of('pg1') if e not in errors_before]
     assert len(kept) == 1 and kept[0].startswith(name + '.'), kept
+
+
+def test_a_refused_file_in_a_backlog_is_reported_once_and_the_rest_still_arrives(archiving):
+    """PostgreSQL's archiver draining three ready segments, the middle one a different file under an
+    archived name: the look-ahead agent delivers the others, gives the refused one up (it does not
+    send it again and again, each refusal keeping a copy in errors/), and archive_command reports it."""
+    names = [n for n in archive.WalArchive(BARMAN_HOME, 'pg1').archived_names() if wal.is_segment_name(n)][-3:]
+    pgdata = os.path.join(WORKDIR, 'backlog')
+    status = os.path.join(pgdata, 'pg_wal', 'archive_status')
+    as_postgres('mkdir', '-p', status)
+    for name in names:
+        as_postgres(*sender_argv('pg1', 'get', name, os.path.join(pgdata, 'pg_wal', name)))
+        as_postgres('touch', os.path.join(status, name + '.ready'))
+    with open(os.path.join(pgdata, 'pg_wal', names[1]), 'r+b') as handle:
+        handle.seek(10 * 8192)
+        byte = handle.read(1)
+        handle.seek(10 * 8192)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    errors_before = errors_of('pg1')
+    codes = {}
+    for name in (names[0], names[1], names[2]):  # in order, as PostgreSQL would (it would retry the second)
+        argv = ['runuser', '-u', 'postgres', '--'] + sender_argv('pg1', 'put', 'pg_wal/' + name)
+        proc = subprocess.run(argv, cwd=pgdata, capture_output=True, text=True)
+        codes[name] = proc.returncode
+        if proc.returncode == 0:
+            os.rename(os.path.join(status, name + '.ready'), os.path.join(status, name + '.done'))
+        else:
+            assert 'refused %s' % name in proc.stderr and 'different file' in proc.stderr, proc.stderr
+    assert codes == {names[0]: 0, names[1]: 2, names[2]: 0}
+    time.sleep(walsender.AGENT_IDLE_SECONDS + 2)  # the agent ends once nothing new is ready
+    kept = [e for e in errors_of('pg1') if e not in errors_before]
+    assert len(kept) == 2 and all(k.startswith(names[1] + '.') for k in kept), "the agent's copy and the put's"
+    spool = Spool('%s/.ssh/barman_pg1' % PG_OS_HOME)
+    assert spool.given_up(names[1]) and not spool.claimed(names[1])
+    run(['rm', '-rf', pgdata])
 
 
 def test_the_restricted_key_cannot_do_anything_but_its_own_wal(archiving):

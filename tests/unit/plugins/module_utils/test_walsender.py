@@ -91,8 +91,11 @@ def test_forget_old_drops_dead_claims_and_old_notes(key):
     box.forget_old()
     assert sorted(os.listdir(box.path)) == ['000000010000000000000006.done']
     box.note_delivered('000000010000000000000007', '1 2')
-    box.forget_old(still_ready={'000000010000000000000007'})  # 6 was archived: PostgreSQL no longer lists it
-    assert sorted(os.listdir(box.path)) == ['000000010000000000000007.done']
+    box.note_given_up('000000010000000000000008')
+    box.note_given_up('000000010000000000000009')
+    box.forget_old(still_ready={'000000010000000000000007', '000000010000000000000008'})  # 6 and 9 archived
+    assert sorted(os.listdir(box.path)) == ['000000010000000000000007.done', '000000010000000000000008.failed']
+    assert box.given_up('000000010000000000000008') and not box.given_up('000000010000000000000009')
 
 
 @pytest.fixture
@@ -171,6 +174,8 @@ def _play_the_agent(key, name, delivers):
         time.sleep(0.2)
         if delivers:
             box.note_delivered(name, stat_key(os.stat(os.path.join(os.path.dirname(key), 'pg_wal', name))))
+        else:
+            box.note_given_up(name)  # as the agent does when the receiver refused it
         box.release(name)
 
     thread = threading.Thread(target=agent)
