@@ -55,8 +55,11 @@ class Spool(object):
     def _holder_alive(self, path):
         try:
             with open(path) as handle:
-                os.kill(int(handle.read() or 0), 0)
-        except (OSError, ValueError):
+                pid = int(handle.read())
+            if pid <= 0:  # damaged (kill would signal a whole process group)
+                return False
+            os.kill(pid, 0)
+        except (OSError, ValueError):  # gone, or empty: its writer died before writing its pid
             return False
         return True
 

@@ -39,8 +39,8 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
 MAX_SEGMENT_BYTES = 1024 * 1024 * 1024
 USAGE = "this key only accepts 'put NAME SIZE [CHECKSUM]', 'get NAME' and 'stream' for WAL files of its server"
 # A stream starts the background compression at its end, and every so many files (1 GiB of 16 MiB
-# segments) of a long one: while a backlog drains, receiving comes first (measured: even on idle
-# CPU only, compressing beside the stream slowed it by a tenth on 2 cores).
+# segments) of a long one: while a backlog drains, receiving comes first (measured: even at a low
+# priority, compressing beside the stream slowed it by a tenth on 2 cores).
 PROCESS_EVERY = 64
 
 
@@ -80,18 +80,9 @@ def _read_digest_line(stream):
     return reader
 
 
-def _yield_cpu():
-    """Run only on otherwise idle CPU: compressing (gzip: ~150 ms a segment) must never slow the
-    receiving that lets PostgreSQL recycle its WAL, above all while a backlog streams in."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux
-        os.nice(19)
-
-
 def _process_in_background(wal_archive, compression):
     """Compress and index what arrived, after the sender has its answer: in a grandchild with no
-    stdio of ours (so sshd need not wait for it), on CPU time that receiving leaves idle."""
+    stdio of ours (so sshd need not wait for it) and the lowest priority: receiving comes first."""
     sys.stdout.flush()
     sys.stderr.flush()
     if os.fork():
@@ -102,7 +93,9 @@ def _process_in_background(wal_archive, compression):
     os.setsid()
     if os.fork():
         os._exit(0)
-    _yield_cpu()
+    # The lowest priority, not SCHED_IDLE: on a busy server that could starve it while it holds
+    # the archive's locks.
+    os.nice(19)
     try:
         wal_archive.process_incoming(compression, wait_seconds=0)
     except catalog.LockBusy:

@@ -126,7 +126,7 @@ def _delivered_by_agent(spool, name, path):
     while True:
         if spool.was_delivered(name, path):
             return True
-        if spool.given_up(name) or (not spool.claimed(name) and (time.time() > deadline or not _agent_alive(spool))):
+        if spool.given_up(name) or time.time() > deadline or (not spool.claimed(name) and not _agent_alive(spool)):
             return spool.was_delivered(name, path)  # its note may have come with the release
         time.sleep(POLL_SECONDS)
 
@@ -212,6 +212,13 @@ def _stream(args, spool, stderr):
     guard = threading.Lock()
 
     def read_answers():
+        try:
+            note_answers()
+        except Exception as error:  # e.g. no space for a note: end the stream, the puts take over
+            stderr.write('barman-wal-sender agent: %s\n' % error)
+            proc.kill()
+
+    def note_answers():
         for line in proc.stdout:
             words = line.decode('utf-8', errors='replace').split()
             if len(words) < 2:
@@ -233,7 +240,7 @@ def _stream(args, spool, stderr):
             for name in ready_names(args.pg_wal):
                 if spool.delivered(name) or spool.given_up(name) or not spool.claim(name):
                     continue
-                if not _is_ready(args.pg_wal, name):  # archived since the listing
+                if spool.delivered(name) or not _is_ready(args.pg_wal, name):  # a put sent it meanwhile
                     spool.release(name)
                     continue
                 try:

@@ -203,11 +203,43 @@ def test_a_put_waits_for_the_running_agent_and_sends_itself_what_it_gave_up(key,
         assert code == walsender.EXIT_TEMPORARY and 'ssh failed' in stderr.getvalue()
 
 
-def test_an_agent_counts_as_running_from_its_start(key, pg_wal):
+def test_an_agent_counts_as_running_from_its_start(key, pg_wal, tmp_path, monkeypatch):
     """The put that starts the agent hands it the lock: no moment without one, no second agent."""
     box = Spool(key)
     assert not walsender._agent_alive(box)
+    stand_in = tmp_path / 'agent.py'  # started as the agent would be; it only lives a second
+    stand_in.write_text('import time\ntime.sleep(1)\n')
+    monkeypatch.setattr(walsender.sys, 'argv', [str(stand_in)])
+    args = walsender.argparse.Namespace(ssh='barman@192.0.2.1', port=None, identity_file=key, known_hosts=key)
+    assert walsender._start_agent(args, str(pg_wal))
+    assert walsender._agent_alive(box), 'the lock went with the agent at once'
+    assert walsender._agent_lock(box) is None
+    deadline = time.time() + 10
+    while walsender._agent_alive(box) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not walsender._agent_alive(box), 'the lock ends with the agent'
+
+
+def test_a_put_waits_for_the_agent_no_longer_than_the_deadline(key, pg_wal, monkeypatch):
+    """A claim that looks alive forever (a reused pid) holds a put up to CLAIM_WAIT_SECONDS only."""
+    segment = pg_wal / NAME
+    segment.write_bytes(b'x' * 100)
+    box = Spool(key)
     lock = walsender._agent_lock(box)
-    assert walsender._agent_alive(box) and walsender._agent_lock(box) is None
-    os.close(lock)
-    assert not walsender._agent_alive(box)
+    assert box.claim(NAME)  # held by this live process, never released
+    monkeypatch.setattr(walsender, 'CLAIM_WAIT_SECONDS', 0.3)
+    try:
+        started = time.time()
+        assert not walsender._delivered_by_agent(box, NAME, str(segment))
+        assert time.time() - started < 5
+    finally:
+        os.close(lock)
+
+
+def test_an_empty_or_damaged_claim_holds_nothing(key):
+    box = Spool(key)
+    for content in ('', '0', '-1', 'junk'):
+        with open(os.path.join(box.path, NAME + '.claim'), 'w') as handle:
+            handle.write(content)
+        assert not box.claimed(NAME) and box.claim(NAME), content
+        box.release(NAME)

@@ -1,0 +1,465 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One server's WAL archive on the backup server: receive, store, compress, serve and check WAL files.
+
+A delivery lands durably in ``incoming/`` (temp file, fsync, rename) and is acknowledged at once, so
+that PostgreSQL can recycle the segment; compressing it into ``wals/`` and indexing it in xlog.db
+happens after the acknowledgement (``process_incoming``), exactly as Barman's archiver does.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import bz2
+import datetime
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, checksum, wal
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+COMPRESSIONS = ('gzip', 'zstd', 'lz4', 'none')
+# gzip level 1: about 2.5x faster than the default on WAL, for a file barely larger.
+GZIP_LEVEL = 1
+CHUNK = 1024 * 1024
+MAX_TEXT_FILE_SIZE = 1024 * 1024
+STALE_SECONDS = 3600
+_MAGIC = (
+    (b'\x1f\x8b', 'gzip'),
+    (b'\x28\xb5\x2f\xfd', 'zstd'),
+    (b'\x04\x22\x4d\x18', 'lz4'),
+    (b'BZh', 'bzip2'),
+)
+# Compressions done by an external program: argv to compress stdin to stdout, and to decompress.
+_PROGRAMS = {
+    'zstd': (['zstd', '-q', '-1', '-c'], ['zstd', '-q', '-d', '-c']),
+    'lz4': (['lz4', '-q', '-1', '-c'], ['lz4', '-q', '-d', '-c']),
+}
+
+
+class ArchiveError(BarmanError):
+    """The archive refused a file or could not serve one."""
+
+
+class RefusedWal(ArchiveError, ValueError):
+    """A delivery that is not a valid file of this server: sending it again will not help."""
+
+
+class DuplicateWal(ArchiveError):
+    """A different file arrived under the name of one already archived."""
+
+
+class WalNotFound(ArchiveError):
+    """The archive does not hold the requested file."""
+
+
+def detect_compression(path):
+    """The compression of a stored file from its first bytes (xlog.db is an index, not the truth)."""
+    with open(path, 'rb') as handle:
+        head = handle.read(4)
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def _stream_through(argv, source, target):
+    """Pipe source (a file object) through argv into target; raise ArchiveError if it fails."""
+    proc = subprocess.Popen(argv, stdin=source, stdout=target, stderr=subprocess.PIPE)
+    err = proc.communicate()[1]
+    if proc.returncode != 0:
+        raise ArchiveError(
+            '%s failed with exit code %d: %s' % (argv[0], proc.returncode, err.decode(errors='replace').strip()),
+            'Install %s on the backup server, or choose another compression' % argv[0],
+        )
+
+
+def copy_decompressed(path, target):
+    """Write the original content of a stored file to the binary file object ``target``."""
+    compression = detect_compression(path)
+    if compression in _PROGRAMS:
+        target.flush()
+        with open(path, 'rb') as source:
+            _stream_through(_PROGRAMS[compression][1], source, target)
+        return
+    opener = {'gzip': gzip.open, 'bzip2': bz2.open}.get(compression, open)
+    with opener(path, 'rb') as source:
+        shutil.copyfileobj(source, target, CHUNK)
+
+
+def content_digest(path):
+    """sha256 of a stored file's original (decompressed) content."""
+    digest = hashlib.sha256()
+    compression = detect_compression(path)
+    if compression in _PROGRAMS:
+        proc = subprocess.Popen(_PROGRAMS[compression][1] + ['--', path], stdout=subprocess.PIPE)
+        for block in iter(lambda: proc.stdout.read(CHUNK), b''):
+            digest.update(block)
+        if proc.wait() != 0:
+            raise ArchiveError('cannot decompress %s with %s' % (path, compression))
+    else:
+        copy_decompressed(path, _DigestSink(digest))
+    return digest.hexdigest()
+
+
+class _DigestSink(object):
+    """A file-like sink that only hashes what is written."""
+
+    def __init__(self, digest):
+        self.write = digest.update
+
+    def flush(self):
+        pass
+
+
+def _fsync_file(handle):
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+class WalArchive(object):
+    """The WAL archive of one server under ``barman_home``."""
+
+    def __init__(self, barman_home, server):
+        self.layout = catalog.ServerLayout(barman_home, server)
+        if not os.path.isdir(self.layout.incoming_dir):
+            raise ArchiveError(
+                'the archive of server %s does not exist under %s' % (server, self.layout.barman_home),
+                'Check the server name, or run the setup playbook (playbooks/setup.yml) for this server',
+                server=server,
+            )
+
+    # -- where files are ---------------------------------------------------------------------
+
+    def locate(self, name):
+        """Path of an archived file (compressed in wals/ or still in incoming/), or None."""
+        for path in (self.layout.wal_path(name), os.path.join(self.layout.incoming_dir, name)):
+            if os.path.isfile(path):
+                return path
+        return None
+
+    def archived_names(self):
+        """Every WAL file name held (wals/ and incoming/), sorted in WAL order."""
+        names = set()
+        for directory in [self.layout.wals_dir, self.layout.incoming_dir] + self._hash_dirs():
+            for entry in os.listdir(directory):
+                if wal.is_wal_name(entry):
+                    names.add(entry)
+        return sorted(names)
+
+    def _hash_dirs(self):
+        if not os.path.isdir(self.layout.wals_dir):
+            return []
+        return [
+            os.path.join(self.layout.wals_dir, entry)
+            for entry in sorted(os.listdir(self.layout.wals_dir))
+            if len(entry) == 16 and os.path.isdir(os.path.join(self.layout.wals_dir, entry))
+        ]
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def receive(self, name, size, source, digest_line_reader, checksum_name=checksum.WHEN_UNNAMED):
+        """Store one delivery: ``size`` bytes from ``source``, then their checksum (of the kind
+        ``checksum_name``, in hex) from ``digest_line_reader()``.
+
+        Returns 'stored' or 'identical' (the same file was already archived). Raises ArchiveError
+        (nothing kept) or DuplicateWal (the file is kept in errors/ for a human).
+        """
+        return self.store(*self.take(name, size, source, digest_line_reader, checksum_name))
+
+    def take(self, name, size, source, digest_line_reader, checksum_name=checksum.WHEN_UNNAMED):
+        """First half of receive: read a delivery into a temporary file of incoming/, checking its
+        checksum; returns (name, temporary path) for store(). Nothing is durable yet."""
+        parsed = wal.parse_wal_name(name)
+        if parsed.kind in ('history', 'backup') and size > MAX_TEXT_FILE_SIZE:
+            raise RefusedWal('%s is %d bytes, too large for a %s file' % (name, size, parsed.kind), wal=name)
+        running = checksum.new(checksum_name)
+        fd, tmp = tempfile.mkstemp(dir=self.layout.incoming_dir, prefix='.%s.' % name, suffix='.tmp')
+        try:
+            with os.fdopen(fd, 'wb') as handle:
+                self._copy_exactly(source, handle, size, name, running)
+            digest, sent_digest = running.hexdigest(), digest_line_reader()
+            if sent_digest != digest:
+                raise ArchiveError(
+                    '%s arrived damaged: %s %s, the sender computed %s' % (name, checksum_name, digest, sent_digest),
+                    'Nothing was stored; PostgreSQL will send it again',
+                    wal=name,
+                )
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return name, tmp
+
+    def store(self, name, tmp):
+        """Second half of receive: make the file durable, validate it and publish it in incoming/."""
+        try:
+            with open(tmp, 'rb+') as handle:
+                _fsync_file(handle)
+            self._validate_content(wal.parse_wal_name(name), tmp, os.stat(tmp).st_size)
+            return self._commit(name, tmp)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @staticmethod
+    def _copy_exactly(source, handle, size, name, running):
+        remaining = size
+        while remaining:
+            block = source.read(min(CHUNK, remaining))
+            if not block:
+                raise ArchiveError(
+                    '%s was cut short: %d of %d bytes arrived' % (name, size - remaining, size),
+                    'Nothing was stored; PostgreSQL will send it again',
+                    wal=name,
+                )
+            running.update(block)
+            handle.write(block)
+            remaining -= len(block)
+
+    def _validate_content(self, parsed, path, size):
+        if parsed.kind == 'history':
+            with open(path, 'r', encoding='utf-8', errors='strict') as handle:
+                wal.parse_timeline_history(handle.read(), parsed.timeline)
+            return
+        if parsed.kind == 'backup':
+            return
+        if size == 0:
+            raise RefusedWal('%s is empty' % parsed.name, 'Nothing was stored', wal=parsed.name)
+        with open(path, 'rb') as handle:
+            header = wal.parse_segment_header(handle.read(wal.LONG_PAGE_HEADER_SIZE), parsed.name)
+        identity = catalog.read_identity(self.layout.identity_file)
+        wal.check_segment_content(parsed.name, header, size, identity and identity['systemid'])
+        if identity is None:
+            catalog.check_identity(self.layout.identity_file, header.systemid)
+
+    def _commit(self, name, tmp):
+        """Publish a received file under its name, unless that name is taken."""
+        with catalog.ServerLock(self.layout, 'archive', wait_seconds=30):
+            existing = self.locate(name)
+            if existing is not None:
+                if content_digest(existing) == content_digest(tmp):
+                    return 'identical'
+                kept = self._keep_in_errors(tmp, name, 'duplicate')
+                raise DuplicateWal(
+                    'refused %s: a different file with that name is already archived (%s); '
+                    'the new one is kept as %s' % (name, existing, kept),
+                    'Two clusters may be archiving under one server name, or a restored copy still archives. '
+                    'Compare the two files before deciding which one is right',
+                    wal=name,
+                    kept=kept,
+                )
+            target = os.path.join(self.layout.incoming_dir, name)
+            os.chmod(tmp, 0o600)
+            os.rename(tmp, target)
+            catalog.fsync_dir(self.layout.incoming_dir)
+        return 'stored'
+
+    def _keep_in_errors(self, path, name, reason):
+        stamp = datetime.datetime.utcnow().strftime('%Y%m%dT%H%M%S%f')
+        kept = os.path.join(self.layout.errors_dir, '%s.%s.%s' % (name, stamp, reason))
+        os.rename(path, kept)
+        catalog.fsync_dir(self.layout.errors_dir)
+        return kept
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def send(self, name, target):
+        """Write the original content of an archived file to ``target`` (a binary file object)."""
+        wal.parse_wal_name(name)
+        path = self.locate(name)
+        if path is None:
+            raise WalNotFound('%s is not in the archive of server %s' % (name, self.layout.server), wal=name)
+        copy_decompressed(path, target)
+
+    # -- processing incoming/ into wals/ -------------------------------------------------------------
+
+    def process_incoming(self, compression='gzip', dry_run=False, wait_seconds=60):
+        """Move every delivered file from incoming/ into wals/, compressed, and index it in xlog.db.
+
+        Returns dict(archived=[names], identical=[names], errors=[dict(name, kept, reason)]). A file
+        that is not a WAL file, or differs from the archived file of the same name, goes to errors/.
+        """
+        if compression not in COMPRESSIONS:
+            raise ArchiveError(
+                'compression %r is not supported' % compression, 'Use one of %s' % ', '.join(COMPRESSIONS)
+            )
+        result = dict(archived=[], identical=[], errors=[])
+        with catalog.ServerLock(self.layout, 'archive-process', wait_seconds=wait_seconds):
+            for entry in sorted(os.listdir(self.layout.incoming_dir)):
+                path = os.path.join(self.layout.incoming_dir, entry)
+                if entry.startswith('.') or not os.path.isfile(path):
+                    # A delivery in progress, or the leftover of a killed receiver: it never blocks a
+                    # retry (each delivery has its own temp name), and goes after an hour.
+                    if entry.endswith('.tmp') and not dry_run and time.time() - os.stat(path).st_mtime > STALE_SECONDS:
+                        os.unlink(path)
+                    continue
+                if dry_run:
+                    result['archived' if wal.is_wal_name(entry) else 'errors'].append(entry)
+                    continue
+                self._process_one(entry, path, compression, result)
+        return result
+
+    def _process_one(self, name, path, compression, result):
+        if not wal.is_wal_name(name):
+            result['errors'].append(dict(name=name, kept=self._keep_in_errors(path, name, 'unknown'), reason='unknown'))
+            return
+        target = self.layout.wal_path(name)
+        if os.path.exists(target):
+            if content_digest(target) == content_digest(path):
+                os.unlink(path)
+                catalog.fsync_dir(self.layout.incoming_dir)
+                self._index_if_missing(name, target)
+                result['identical'].append(name)
+            else:
+                kept = self._keep_in_errors(path, name, 'duplicate')
+                result['errors'].append(dict(name=name, kept=kept, reason='duplicate'))
+            return
+        directory = os.path.dirname(target)
+        if not os.path.isdir(directory):
+            os.mkdir(directory, 0o700)
+            catalog.fsync_dir(self.layout.wals_dir)
+        stored_as = self._store_compressed(path, target, compression, wal.parse_wal_name(name).kind)
+        stat = os.stat(target)  # xlog.db records the stored file, as Barman does
+        with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
+            catalog.append_xlog_db(self.layout.xlog_db, [(name, stat.st_size, stat.st_mtime, stored_as)])
+        os.unlink(path)
+        catalog.fsync_dir(self.layout.incoming_dir)
+        result['archived'].append(name)
+
+    @staticmethod
+    def _store_compressed(path, target, compression, kind):
+        """Write target from path, compressed unless it is a small text file; return the compression used."""
+        if kind in ('history', 'backup') or compression == 'none':
+            compression = None
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix='.%s.' % os.path.basename(target))
+        try:
+            with os.fdopen(fd, 'wb') as handle, open(path, 'rb') as source:
+                if compression == 'gzip':
+                    with gzip.GzipFile(filename='', mode='wb', fileobj=handle, compresslevel=GZIP_LEVEL, mtime=0) as z:
+                        shutil.copyfileobj(source, z, CHUNK)
+                elif compression in _PROGRAMS:
+                    _stream_through(_PROGRAMS[compression][0], source, handle)
+                else:
+                    shutil.copyfileobj(source, handle, CHUNK)
+                _fsync_file(handle)
+            os.chmod(tmp, 0o600)
+            os.rename(tmp, target)
+            catalog.fsync_dir(os.path.dirname(target))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return compression
+
+    def _index_if_missing(self, name, path):
+        with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
+            if any(entry.name == name for entry in catalog.read_xlog_db(self.layout.xlog_db)):
+                return
+            catalog.append_xlog_db(
+                self.layout.xlog_db,
+                [(name, os.stat(path).st_size, os.stat(path).st_mtime, detect_compression(path))],
+            )
+
+    # -- the index ------------------------------------------------------------------------------------
+
+    def rebuild_xlog_db(self, dry_run=False):
+        """Rewrite xlog.db from the files in wals/; return dict(entries, added, removed)."""
+        entries = []
+        for directory in [self.layout.wals_dir] + self._hash_dirs():
+            for entry in sorted(os.listdir(directory)):
+                path = os.path.join(directory, entry)
+                if wal.is_wal_name(entry) and os.path.isfile(path):
+                    stat = os.stat(path)
+                    entries.append(
+                        catalog.XlogEntry(entry, stat.st_size, stat.st_mtime, detect_compression(path), None)
+                    )
+        entries.sort(key=lambda e: e.name)
+        with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
+            before = set(e.name for e in catalog.read_xlog_db(self.layout.xlog_db))
+            after = set(e.name for e in entries)
+            if not dry_run:
+                text = ''.join(catalog.format_xlog_db_line(*entry) for entry in entries)
+                catalog.atomic_write(self.layout.xlog_db, text, 0o600)
+        return dict(entries=len(entries), added=sorted(after - before), removed=sorted(before - after))
+
+    # -- continuity ----------------------------------------------------------------------------------
+
+    def history(self, timeline):
+        """The entries of ``timeline``'s history file ([] for timeline 1 or when it is missing)."""
+        if timeline == 1:
+            return []
+        name = wal.history_file_name(timeline)
+        path = self.locate(name)
+        if path is None:
+            raise ArchiveError(
+                'the history file %s of timeline %d is not in the archive' % (name, timeline),
+                'Without it the archive cannot be followed across the timeline switch; '
+                'copy it from the pg_wal directory of the server',
+                wal=name,
+            )
+        sink = _Collector()
+        copy_decompressed(path, sink)
+        return wal.parse_timeline_history(sink.text(), timeline)
+
+    def continuity(self, segment_size, first_name=None):
+        """Check that every segment from ``first_name`` (default: the oldest archived) to the newest
+        archived one is there, following timeline switches.
+
+        Returns dict(first, last, timeline, segments, missing=[[first, last]...], ok).
+        """
+        names = self.archived_names()
+        segments = [n for n in names if wal.is_segment_name(n)]
+        if not segments:
+            return dict(first=None, last=None, timeline=None, segments=0, missing=[], ok=first_name is None)
+        newest_timeline = max(wal.timeline_of(n) for n in names)
+        last = max((n for n in segments if wal.timeline_of(n) == newest_timeline), default=None)
+        if last is None:  # promoted, nothing written on the new timeline yet
+            newest_timeline = max(wal.timeline_of(n) for n in segments)
+            last = max(n for n in segments if wal.timeline_of(n) == newest_timeline)
+        first = first_name or min(segments, key=lambda n: (wal.segment_number(n, segment_size), n))
+        if wal.timeline_of(first) == newest_timeline:
+            # Nothing to cross: an archive begun after a promotion holds no history file, and needs none.
+            path = [(newest_timeline, 0)]
+        else:
+            path = wal.timeline_path(newest_timeline, self.history(newest_timeline))
+        expected = wal.expected_segments(
+            wal.segment_number(first, segment_size),
+            wal.segment_number(last, segment_size),
+            path,
+            segment_size,
+        )
+        present = set(segments)
+        missing = [n for n in expected if n not in present]
+        return dict(
+            first=first,
+            last=last,
+            timeline=newest_timeline,
+            segments=len(expected) - len(missing),
+            missing=[list(r) for r in wal.group_consecutive(missing, segment_size)],
+            ok=not missing,
+        )
+
+    def incoming_backlog(self):
+        """Names delivered but not yet compressed into wals/."""
+        return sorted(e for e in os.listdir(self.layout.incoming_dir) if not e.startswith('.'))
+
+
+class _Collector(object):
+    """A file-like sink that keeps what is written (small files only)."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, data):
+        self.parts.append(data)
+
+    def flush(self):
+        pass
+
+    def text(self):
+        return b''.join(self.parts).decode('utf-8')

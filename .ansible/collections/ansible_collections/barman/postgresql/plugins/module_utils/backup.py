@@ -1,0 +1,534 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A base backup with rsync over SSH, run from the backup server (the pg_basebackup_rsync module's logic).
+
+pg_backup_start() -> rsync PGDATA and tablespaces (hard links to the previous backup) -> pg_control
+last -> pg_backup_stop() on the same session -> backup_label written into the copy -> wait for the
+end WAL in the catalog -> DONE. Any failure leaves the backup FAILED, never half DONE.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, postgres, rsync, ssh, wal
+from ansible_collections.barman.postgresql.plugins.module_utils.archive import WalArchive
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+REUSE_MODES = ('link', 'copy', 'off')
+# Files whose mtime is this close to (or after) the reference backup's start may have changed within
+# the same second as the copy rsync would compare against: they are compared by checksum.
+MTIME_GRANULARITY = 1
+PROGRESS_LOG = 'backup.log'
+
+
+class BackupError(BarmanError):
+    """The backup could not be taken; the backup itself (if started) is FAILED."""
+
+
+def backup_argument_spec():
+    """Options of pg_basebackup_rsync beyond the catalog and connection ones."""
+    return dict(
+        ssh_host=dict(type='str'),
+        ssh_user=dict(type='str', default='postgres'),
+        ssh_port=dict(type='int'),
+        ssh_known_hosts=dict(type='path'),
+        reuse=dict(type='str', choices=list(REUSE_MODES), default='link'),
+        jobs=dict(type='int', default=1),
+        immediate_checkpoint=dict(type='bool', default=True),
+        bandwidth_limit=dict(type='int'),
+        network_compression=dict(type='bool', default=False),
+        wal_timeout=dict(type='int', default=120),
+        label=dict(type='str'),
+    )
+
+
+def _now_utc():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class Progress(object):
+    """Lines in <server>/backup.log, so a long copy can be followed with tail -f."""
+
+    def __init__(self, layout):
+        self.path = os.path.join(layout.root, PROGRESS_LOG)
+
+    def __call__(self, message):
+        with open(self.path, 'a') as log:
+            log.write('%s %s\n' % (_now_utc().strftime('%Y-%m-%dT%H:%M:%SZ'), message))
+
+
+# -- the catalog side ----------------------------------------------------------------------------
+
+
+def newest_done_backup(layout):
+    done = [
+        (backup_id, info) for backup_id, info in catalog.backup_infos(layout).items() if info['status'] == catalog.DONE
+    ]
+    return done[-1] if done else (None, None)
+
+
+def settle_unfinished_backups(layout, wal_archive):
+    """Called with the backup lock held: no other backup runs, so a STARTED one lost its owner.
+
+    STARTED becomes FAILED; WAITING_FOR_WALS becomes DONE once its WAL arrived.
+    """
+    settled = []
+    for backup_id, info in catalog.backup_infos(layout).items():
+        if info['status'] == catalog.STARTED:
+            info['status'] = catalog.FAILED
+            info['error'] = 'the process taking this backup died before it ended (found by a later run)'
+        elif info['status'] == catalog.WAITING_FOR_WALS and wals_complete(wal_archive, info):
+            info['status'] = catalog.DONE
+        else:
+            continue
+        catalog.write_backup_info(layout.backup_info_path(backup_id), info)
+        settled.append(dict(backup_id=backup_id, status=info['status']))
+    return settled
+
+
+def wals_complete(wal_archive, info):
+    """Every segment from the backup's begin_wal to its end_wal is archived."""
+    names = wal.segments_between(info['begin_wal'], info['end_wal'], info['xlog_segment_size'])
+    return all(wal_archive.locate(name) for name in names)
+
+
+def new_backup_id(layout):
+    """A start-time id not taken yet (two backups in one second wait for the next)."""
+    while True:
+        backup_id = catalog.new_backup_id(datetime.datetime.now())
+        if not os.path.exists(layout.backup_info_path(backup_id)) and not os.path.exists(layout.backup_dir(backup_id)):
+            return backup_id
+        time.sleep(0.2)
+
+
+def disk_usage(path):
+    """(size of every file, size of the files not shared with another backup) in bytes."""
+    size = deduplicated = 0
+    for directory, _dirs, files in os.walk(path):
+        for name in files:
+            stat = os.lstat(os.path.join(directory, name))
+            size += stat.st_size
+            if stat.st_nlink == 1:
+                deduplicated += stat.st_size
+    return size, deduplicated
+
+
+# -- the copy ---------------------------------------------------------------------------------------
+
+
+class Copier(object):
+    """rsync from the PostgreSQL host into the backup directory, reusing the reference backup."""
+
+    def __init__(self, params, progress, control_path):
+        self.params = params
+        self.progress = progress
+        host = params['ssh_host'] or params['pg_host']
+        self.target = ssh.validate_ssh_target(params['ssh_user'], host, params['ssh_port'])
+        # One SSH connection for every rsync and command of the backup (ControlMaster), not one each.
+        self.ssh_options = dict(known_hosts_file=params.get('ssh_known_hosts'), control_path=control_path)
+        self.rsh = ssh.rsync_rsh(port=self.target.port, **self.ssh_options)
+        self.stats = dict(transferred_bytes=0, files=0, copy_seconds=0.0)
+
+    def remote(self, path):
+        return ssh.remote_path(self.target, path)
+
+    def close(self):
+        """End the shared SSH connection (it would otherwise linger for ControlPersist seconds)."""
+        argv = ssh.control_exit_argv(self.target, **self.ssh_options)
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+    def ssh_run(self, remote_argv):
+        """Run a command on the PostgreSQL host as the SSH user; its stdout."""
+        argv = ssh.ssh_argv(self.target, remote_argv, **self.ssh_options)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+        if proc.returncode != 0:
+            raise BackupError(
+                'ssh to %s@%s failed (exit %d): %s'
+                % (
+                    self.target.user,
+                    self.target.host,
+                    proc.returncode,
+                    proc.stderr.decode(errors='replace').strip(),
+                ),
+                'Check that the setup playbook ran (key exchange) and that the host is up',
+            )
+        return proc.stdout.decode('utf-8', errors='surrogateescape')
+
+    def rsync(self, source, destination, what, **kwargs):
+        argv = rsync.rsync_argv(
+            source,
+            destination,
+            rsh=self.rsh,
+            bandwidth_limit_kbps=self.params['bandwidth_limit'],
+            compress=self.params['network_compression'],
+            **kwargs,
+        )
+        started = time.time()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, LC_ALL='C'))
+        out, err = proc.communicate()
+        result = rsync.interpret_rsync_exit(proc.returncode, vanished_ok=True)
+        if not result.ok:
+            raise BackupError(
+                'rsync of %s failed (exit %d, %s): %s'
+                % (what, proc.returncode, result.meaning, err.decode(errors='replace').strip()[-2000:]),
+                result.hint or 'See the rsync message above',
+            )
+        stats = rsync.parse_rsync_stats(out.decode(errors='replace'))
+        self.stats['transferred_bytes'] += stats.get('total_transferred_file_size') or 0
+        self.stats['files'] += stats.get('regular_files_transferred') or 0
+        self.stats['copy_seconds'] += time.time() - started
+        self.progress(
+            'copied %s: %s files, %s bytes transferred, %.1f s'
+            % (
+                what,
+                stats.get('regular_files_transferred'),
+                stats.get('total_transferred_file_size'),
+                time.time() - started,
+            )
+        )
+        return stats
+
+    def copy_directory(self, source_dir, destination_dir, reference_dir, reference_begin, what, excludes=()):
+        """Copy one directory tree: a pass trusting size+mtime, then checksums for recent files."""
+        os.makedirs(destination_dir, mode=0o700, exist_ok=True)
+        reuse = self.params['reuse']
+        extra = []
+        link_dest = None
+        if reference_dir and os.path.isdir(reference_dir):
+            if reuse == 'link':
+                link_dest = reference_dir
+            elif reuse == 'copy':
+                extra.append('--copy-dest=%s' % reference_dir)
+        else:
+            reference_begin = None
+        source = self.remote(source_dir.rstrip('/') + '/')
+        jobs = max(1, self.params['jobs'])
+        if jobs == 1:
+            self.rsync(source, destination_dir + '/', what, excludes=excludes, link_dest=link_dest, extra=extra)
+        else:
+            self.parallel_copy(source_dir, destination_dir, what, excludes, link_dest, extra, jobs)
+        if reference_begin is not None and reuse != 'off':
+            self.recheck_recent(source_dir, destination_dir, reference_begin, what, excludes)
+
+    def parallel_copy(self, source_dir, destination_dir, what, excludes, link_dest, extra, jobs):
+        """The directory tree first, then files split over ``jobs`` rsync workers, largest first."""
+        source = self.remote(source_dir.rstrip('/') + '/')
+        self.rsync(
+            source,
+            destination_dir + '/',
+            what + ' (directories)',
+            excludes=tuple(excludes),
+            extra=['--include=*/', '--exclude=*'],
+        )
+        files = self.list_files(source, destination_dir, excludes)
+        buckets = [[0, []] for _count in range(jobs)]
+        for size, _mtime, name in sorted(files, reverse=True):
+            bucket = min(buckets, key=lambda b: b[0])
+            bucket[0] += size
+            bucket[1].append(name)
+        errors = []
+        lists_dir = os.path.join(os.path.dirname(destination_dir), '.jobs-%s' % os.path.basename(destination_dir))
+        os.makedirs(lists_dir, mode=0o700, exist_ok=True)
+
+        def worker(number, names):
+            list_path = os.path.join(lists_dir, 'files-%d' % number)
+            with open(list_path, 'wb') as handle:
+                handle.write(b'\0'.join(n.encode('utf-8', errors='surrogateescape') for n in names) + b'\0')
+            try:
+                self.rsync(
+                    source,
+                    destination_dir + '/',
+                    '%s (worker %d)' % (what, number),
+                    link_dest=link_dest,
+                    files_from=list_path,
+                    extra=list(extra) + ['--from0'],
+                )
+            except BarmanError as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=worker, args=(n, b[1])) for n, b in enumerate(buckets) if b[1]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        shutil.rmtree(lists_dir, ignore_errors=True)
+        if errors:
+            raise errors[0]
+
+    def list_files(self, source, destination_dir, excludes):
+        """[(size, mtime, path)] of the files and symlinks rsync would copy, its excludes applied.
+
+        Workers get lists already filtered: rsync refuses an excluded name in --files-from.
+        """
+        argv = rsync.rsync_argv(
+            source,
+            destination_dir + '/',
+            rsh=self.rsh,
+            excludes=excludes,
+            extra=['--list-only', '--recursive'],
+        )
+        proc = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, LC_ALL='C'),
+            check=False,
+        )
+        if not rsync.interpret_rsync_exit(proc.returncode).ok:
+            raise BackupError('listing %s failed: %s' % (source, proc.stderr.decode(errors='replace').strip()))
+        files = []
+        for line in proc.stdout.decode('utf-8', errors='surrogateescape').splitlines():
+            fields = line.split(None, 4)
+            if len(fields) == 5 and fields[0][0] in '-l':
+                name = fields[4].split(' -> ', 1)[0] if fields[0][0] == 'l' else fields[4]
+                mtime = time.mktime(time.strptime(fields[2] + ' ' + fields[3], '%Y/%m/%d %H:%M:%S'))
+                files.append((int(fields[1].replace(',', '')), mtime, name))
+        return files
+
+    def recheck_recent(self, source_dir, destination_dir, reference_begin, what, excludes):
+        """Compare by checksum every file changed since the reference backup began (minus a second).
+
+        rsync's quick check trusts size and a one-second mtime: a page rewritten in place within the
+        second the reference copied it looks unchanged. Only those files pay for a checksum.
+        """
+        since = reference_begin.timestamp() - MTIME_GRANULARITY
+        source = self.remote(source_dir.rstrip('/') + '/')
+        names = [name for size, mtime, name in self.list_files(source, destination_dir, excludes) if mtime >= since]
+        if not names:
+            return
+        list_path = destination_dir.rstrip('/') + '.recent'
+        with open(list_path, 'wb') as handle:
+            handle.write(b'\0'.join(n.encode('utf-8', errors='surrogateescape') for n in names) + b'\0')
+        try:
+            self.rsync(
+                source,
+                destination_dir + '/',
+                '%s (checksum of %d recent files)' % (what, len(names)),
+                checksum=True,
+                files_from=list_path,
+                extra=['--from0'],
+            )
+        finally:
+            os.unlink(list_path)
+
+
+# -- the backup ------------------------------------------------------------------------------------
+
+
+def _under(path, directory):
+    return os.path.abspath(path).startswith(os.path.abspath(directory).rstrip('/') + '/')
+
+
+def preflight(params, layout, conn, copier):
+    """What a backup needs, checked before anything is written; returns the server facts."""
+    facts = postgres.server_facts(conn)
+    if facts['in_recovery']:
+        raise BackupError('%s is a standby' % params['pg_host'], 'Back up the primary')
+    missing = postgres.missing_backup_privileges(conn)
+    if missing:
+        raise BackupError(
+            'the PostgreSQL role %s may not take a backup: it lacks %s' % (params['pg_user'], ', '.join(missing)),
+            'Run the setup playbook (wal_archiving role) to grant them',
+        )
+    settings = postgres.query_one(
+        conn, "SELECT current_setting('archive_mode') AS mode, current_setting('archive_command') AS command"
+    )
+    if settings['mode'] == 'off' or not settings['command'] or settings['command'] == '(disabled)':
+        raise BackupError(
+            'WAL archiving is off on %s (archive_mode=%s): a backup without its WAL cannot be restored'
+            % (params['pg_host'], settings['mode']),
+            'Run the setup playbook (wal_archiving role) for this server',
+        )
+    catalog.check_identity(layout.identity_file, facts['systemid'], facts['version'])
+    copier.ssh_run(['test', '-r', os.path.join(facts['data_directory'], 'PG_VERSION')])
+    database_size = postgres.query_one(conn, 'SELECT sum(pg_database_size(oid))::bigint AS size FROM pg_database')
+    free = shutil.disk_usage(layout.root).free
+    if database_size['size'] and free < database_size['size']:
+        raise BackupError(
+            'not enough space under %s: %d bytes free, the databases take %d'
+            % (layout.root, free, database_size['size']),
+            'Free space (apply a retention policy, delete old backups) or add disk',
+        )
+    facts['wal_segment_size'] = postgres.wal_segment_size(conn)
+    facts['tablespaces'] = postgres.tablespaces(conn)
+    return facts
+
+
+def take_backup(params, check_mode=False):
+    """Take one backup; returns a result dict (backup_id, status, sizes, times ...)."""
+    if not params.get('pg_host'):
+        raise BackupError('pg_host is required: the address of the PostgreSQL server to back up')
+    layout = catalog.ServerLayout(params['barman_home'], params['server'])
+    wal_archive = WalArchive(params['barman_home'], params['server'])
+    progress = Progress(layout)
+    copier = Copier(params, progress, os.path.join(layout.root, '.ssh-%C'))
+    with catalog.ServerLock(layout, 'backup'):
+        settled = settle_unfinished_backups(layout, wal_archive)
+        conn = postgres.connect(**dict((k, v) for k, v in params.items() if k.startswith('pg_')))
+        try:
+            facts = preflight(params, layout, conn, copier)
+            if check_mode:
+                return dict(changed=False, settled=settled, checked=True, pgdata=facts['data_directory'])
+            return dict(_run_backup(params, layout, wal_archive, conn, copier, facts, progress), settled=settled)
+        finally:
+            conn.close()
+            copier.close()
+
+
+def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
+    backup_id = new_backup_id(layout)
+    info_path = layout.backup_info_path(backup_id)
+    reference_id, reference = newest_done_backup(layout)
+    started = time.time()
+    info = catalog.parse_backup_info('', info_path)
+    info.update(
+        backup_label=None,
+        status=catalog.STARTED,
+        mode='rsync-concurrent',
+        pgdata=facts['data_directory'],
+        version=facts['version'],
+        systemid=facts['systemid'],
+        xlog_segment_size=facts['wal_segment_size'],
+        config_file=facts['config_file'],
+        hba_file=facts['hba_file'],
+        ident_file=facts['ident_file'],
+        tablespaces=[catalog.Tablespace(*t) for t in facts['tablespaces']] or None,
+        server_name=params['server'],
+        backup_name=params.get('label'),
+    )
+    catalog.write_backup_info(info_path, info)
+    progress('backup %s started (reference %s)' % (backup_id, reference_id))
+    try:
+        start = postgres.backup_start(
+            conn, params.get('label') or 'barman.postgresql %s' % backup_id, params['immediate_checkpoint']
+        )
+        begin_offset = wal.walfile_name_offset(start['lsn'], start['timeline'], facts['wal_segment_size'])[1]
+        info.update(
+            begin_xlog=start['lsn'],
+            begin_wal=wal.lsn_segment_name(start['lsn'], start['timeline'], facts['wal_segment_size']),
+            begin_offset=begin_offset,
+            begin_time=start['time'],
+            timeline=start['timeline'],
+        )
+        catalog.write_backup_info(info_path, info)
+        copy_started = time.time()
+        _copy(params, layout, copier, facts, backup_id, reference_id, reference)
+        copy_seconds = time.time() - copy_started
+        stop = postgres.backup_stop(conn)
+        _write_labels(layout, backup_id, stop)
+        end_wal, end_offset = wal.walfile_name_offset(stop['lsn'], start['timeline'], facts['wal_segment_size'])
+        info.update(
+            end_xlog=stop['lsn'],
+            # The stop LSN is one past the backup's last byte: on a boundary it is in the previous segment.
+            end_wal=end_wal,
+            end_offset=end_offset,
+            end_time=stop['time'],
+            status=catalog.WAITING_FOR_WALS,
+            backup_label=stop['labelfile'],
+        )
+        size, deduplicated = disk_usage(layout.backup_dir(backup_id))
+        info.update(
+            size=size,
+            deduplicated_size=deduplicated,
+            copy_stats=dict(
+                copy_time=round(copy_seconds, 3),
+                total_time=round(time.time() - started, 3),
+                number_of_workers=max(1, params['jobs']),
+                transferred_bytes=copier.stats['transferred_bytes'],
+            ),
+        )
+        catalog.write_backup_info(info_path, info)
+        progress('backup %s copied, waiting for WAL %s' % (backup_id, info['end_wal']))
+    except BaseException as error:
+        info.update(status=catalog.FAILED, error=str(error).replace('\n', ' ')[:2000])
+        catalog.write_backup_info(info_path, info)
+        progress('backup %s FAILED: %s' % (backup_id, info['error']))
+        raise
+    arrived = _wait_for_wals(wal_archive, info, params['wal_timeout'])
+    if arrived:
+        info['status'] = catalog.DONE
+        catalog.write_backup_info(info_path, info)
+        progress('backup %s DONE' % backup_id)
+    result = dict(
+        changed=True,
+        backup_id=backup_id,
+        status=info['status'],
+        reference_backup_id=reference_id,
+        begin_wal=info['begin_wal'],
+        end_wal=info['end_wal'],
+        begin_xlog=info['begin_xlog'],
+        end_xlog=info['end_xlog'],
+        begin_time=str(info['begin_time']),
+        end_time=str(info['end_time']),
+        size=info['size'],
+        deduplicated_size=info['deduplicated_size'],
+        copy_stats=info['copy_stats'],
+        duration=round(time.time() - started, 3),
+    )
+    if not arrived:
+        raise BackupError(
+            'backup %s is copied but WAL %s did not reach the archive within %d s: it stays WAITING_FOR_WALS '
+            'and is not usable until it arrives' % (backup_id, info['end_wal'], params['wal_timeout']),
+            'Check archiving (pg_wal_archive check); the next backup run marks it DONE once the WAL is there',
+            **result,
+        )
+    return result
+
+
+def _copy(params, layout, copier, facts, backup_id, reference_id, reference):
+    reference_begin = reference['begin_time'] if reference else None
+    data_dir = layout.backup_data_dir(backup_id)
+    reference_data = layout.backup_data_dir(reference_id) if reference_id else None
+    copier.copy_directory(
+        facts['data_directory'],
+        data_dir,
+        reference_data,
+        reference_begin,
+        'PGDATA',
+        excludes=rsync.PGDATA_EXCLUDES + (rsync.PG_CONTROL_EXCLUDE,),
+    )
+    for name, oid, location in facts['tablespaces']:
+        copier.copy_directory(
+            location,
+            layout.backup_tablespace_dir(backup_id, oid),
+            reference_id and layout.backup_tablespace_dir(reference_id, oid),
+            reference_begin,
+            'tablespace %s' % name,
+            excludes=('pgsql_tmp*',),
+        )
+    # Config files outside PGDATA (Debian) go into the copy's root, as Barman does.
+    outside = [
+        facts[k] for k in ('config_file', 'hba_file', 'ident_file') if not _under(facts[k], facts['data_directory'])
+    ]
+    for path in outside:
+        copier.rsync(copier.remote(path), os.path.join(data_dir, os.path.basename(path)), 'config %s' % path)
+    # pg_control last: a copy whose pg_control predates its data files is what recovery expects.
+    copier.rsync(
+        copier.remote(os.path.join(facts['data_directory'], rsync.PG_CONTROL)),
+        os.path.join(data_dir, rsync.PG_CONTROL),
+        'pg_control',
+    )
+
+
+def _write_labels(layout, backup_id, stop):
+    data_dir = layout.backup_data_dir(backup_id)
+    catalog.atomic_write(os.path.join(data_dir, 'backup_label'), stop['labelfile'], 0o600)
+    if stop['spcmapfile']:
+        catalog.atomic_write(os.path.join(data_dir, 'tablespace_map'), stop['spcmapfile'], 0o600)
+
+
+def _wait_for_wals(wal_archive, info, timeout):
+    deadline = time.time() + timeout
+    while not wals_complete(wal_archive, info):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

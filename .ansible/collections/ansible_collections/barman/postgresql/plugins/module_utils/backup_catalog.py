@@ -1,0 +1,386 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a server's catalog holds, and the changes pg_backup_catalog makes to it: keep, release,
+delete, retention. Every change takes the server's backup lock, so it never races a backup."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import bisect
+import datetime
+import os
+import shutil
+
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, retention, wal
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+SHORTCUTS = ('latest', 'last', 'oldest', 'first', 'last-failed')
+# Statuses the shortcuts other than last-failed choose from (Barman's default filter).
+_USABLE = (catalog.DONE, catalog.WAITING_FOR_WALS)
+_LIST_FIELDS = ('status', 'begin_wal', 'end_wal', 'begin_xlog', 'end_xlog', 'timeline', 'size', 'deduplicated_size')
+
+
+class CatalogRefusal(BarmanError):
+    """A change to the catalog that would lose recoverability, or asks for what is not there."""
+
+
+def now_utc():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _iso(value):
+    return value.isoformat() if value is not None else None
+
+
+def server_names(barman_home):
+    """The servers that have a directory in the catalog."""
+    if not os.path.isdir(barman_home):
+        return []
+    names = []
+    for entry in sorted(os.listdir(barman_home)):
+        try:
+            layout = catalog.ServerLayout(barman_home, entry)
+        except catalog.InvalidName:
+            continue
+        if os.path.isdir(layout.meta_dir) or os.path.isdir(layout.wals_dir):
+            names.append(entry)
+    return names
+
+
+def server_layout(barman_home, server):
+    """The layout of a server that exists in the catalog; refuses an unknown one, naming the known ones."""
+    layout = catalog.ServerLayout(barman_home, server)
+    if not os.path.isdir(layout.root):
+        raise CatalogRefusal(
+            'Server %s has no catalog under %s (servers there: %s)'
+            % (server, barman_home, ', '.join(server_names(barman_home)) or 'none'),
+            'Check the name, or run playbooks/setup.yml for that server',
+            server=server,
+        )
+    return layout
+
+
+class ServerCatalog(object):
+    """One server's backups, keep annotations and WAL index, read once."""
+
+    def __init__(self, layout):
+        self.layout = layout
+        self.infos = {}
+        self.malformed = []
+        if os.path.isdir(layout.meta_dir):
+            for entry in sorted(os.listdir(layout.meta_dir)):
+                if not entry.endswith('-backup.info'):
+                    continue
+                path = os.path.join(layout.meta_dir, entry)
+                try:
+                    self.infos[entry[: -len('-backup.info')]] = catalog.read_backup_info(path)
+                except (catalog.CatalogError, OSError) as exc:
+                    self.malformed.append(dict(path=path, error=str(exc)))
+        self.keeps = {}
+        for backup_id in self.infos:
+            target = self._read_keep(backup_id)
+            if target:
+                self.keeps[backup_id] = target
+        try:
+            self.wals = catalog.read_xlog_db(layout.xlog_db)
+        except catalog.MalformedXlogDb as exc:
+            self.malformed.append(dict(path=layout.xlog_db, error=str(exc)))
+            self.wals = []
+        self.wals.sort(key=lambda e: e.name)
+        self._sizes = None
+
+    def _read_keep(self, backup_id):
+        for path in (self.layout.keep_path(backup_id), self.layout.old_keep_path(backup_id)):
+            try:
+                with open(path) as handle:
+                    target = handle.read().strip()
+            except FileNotFoundError:
+                continue
+            if target not in retention.KEEP_TARGETS:
+                self.malformed.append(
+                    dict(path=path, error='keep annotation %r is neither full nor standalone' % target)
+                )
+                return 'full'  # an unreadable keep still protects the backup
+            return target
+        return None
+
+    @property
+    def segment_size(self):
+        sizes = [i['xlog_segment_size'] for i in self.infos.values() if i.get('xlog_segment_size')]
+        return wal.validate_segment_size(sizes[-1] if sizes else wal.DEFAULT_SEGMENT_SIZE)
+
+    def done_ids(self):
+        return sorted(b for b, info in self.infos.items() if info['status'] == catalog.DONE)
+
+    def refuse_if_malformed(self, doing):
+        if self.malformed:
+            raise CatalogRefusal(
+                'Cannot %s for server %s: %s'
+                % (doing, self.layout.server, '; '.join(m['error'] for m in self.malformed)),
+                'Repair or move away the file named (nothing was changed); a catalog that cannot be read '
+                'completely cannot tell what is safe to remove',
+                malformed=self.malformed,
+            )
+
+    def resolve(self, backup_id):
+        """A backup id from an id or a shortcut (latest/last, oldest/first, last-failed)."""
+        if backup_id in SHORTCUTS:
+            wanted = (catalog.FAILED,) if backup_id == 'last-failed' else _USABLE
+            ids = sorted(b for b, info in self.infos.items() if info['status'] in wanted)
+            if not ids:
+                raise CatalogRefusal(
+                    'Server %s has no %s backup' % (self.layout.server, backup_id),
+                    'List the backups (action list) to see what there is',
+                    server=self.layout.server,
+                )
+            return ids[0] if backup_id in ('oldest', 'first') else ids[-1]
+        catalog.validate_backup_id(backup_id)
+        if backup_id not in self.infos:
+            raise CatalogRefusal(
+                'Server %s has no backup %s (backups: %s)'
+                % (self.layout.server, backup_id, ', '.join(sorted(self.infos)) or 'none'),
+                'Use an id from the list (action list) or latest, oldest, last-failed',
+                server=self.layout.server,
+                backup_id=backup_id,
+            )
+        return backup_id
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _segment_sizes(self):
+        """Segment numbers of the indexed WAL files (history files aside), sorted, with running byte totals;
+        made once, so that listing many backups over a large archive stays one pass."""
+        if self._sizes is None:
+            size = self.segment_size
+            numbered = sorted(
+                (wal.segment_number(e.name[:24], size), e.size) for e in self.wals if not e.name.endswith('.history')
+            )
+            totals = [0]
+            for _segno, nbytes in numbered:
+                totals.append(totals[-1] + nbytes)
+            self._sizes = ([segno for segno, _nbytes in numbered], totals)
+        return self._sizes
+
+    def wal_sizes_between(self, first_wal, next_wal):
+        """Bytes and count of archived WAL from segment ``first_wal`` up to (not including) ``next_wal``."""
+        segnos, totals = self._segment_sizes()
+        size = self.segment_size
+        low = bisect.bisect_left(segnos, wal.segment_number(first_wal[:24], size))
+        high = bisect.bisect_left(segnos, wal.segment_number(next_wal[:24], size)) if next_wal else len(segnos)
+        high = max(high, low)
+        return totals[high] - totals[low], high - low
+
+    def describe(self, backup_id, statuses=None):
+        info = self.infos[backup_id]
+        item = dict(backup_id=backup_id)
+        item.update((key, info.get(key)) for key in _LIST_FIELDS)
+        item['begin_time'] = _iso(info.get('begin_time'))
+        item['end_time'] = _iso(info.get('end_time'))
+        item['keep'] = self.keeps.get(backup_id)
+        item['retention_status'] = (statuses or {}).get(backup_id)
+        item['error'] = info.get('error')
+        item['wal_size'] = item['wal_count'] = None
+        if info.get('begin_wal') and info['status'] == catalog.DONE:
+            newer = [b for b in self.done_ids() if b > backup_id]
+            next_wal = self.infos[newer[0]]['begin_wal'] if newer else None
+            item['wal_size'], item['wal_count'] = self.wal_sizes_between(info['begin_wal'], next_wal)
+        return item
+
+    def details(self, backup_id, statuses=None):
+        """Every backup.info field (times as text), plus what describe() derives."""
+        item = dict((k, _iso(v) if isinstance(v, datetime.datetime) else v) for k, v in self.infos[backup_id].items())
+        item.update(self.describe(backup_id, statuses))
+        item['path'] = self.layout.backup_dir(backup_id)
+        return item
+
+    def window(self, gaps=()):
+        """From the oldest point a backup recovers to, to the newest archived WAL; gaps placed in time."""
+        done = self.done_ids()
+        segments = [e for e in self.wals if wal.parse_wal_name(e.name).kind == 'segment']
+        size = self.segment_size
+        newest = max(segments, key=lambda e: (wal.segment_number(e.name, size), e.name)) if segments else None
+        times = dict((e.name, e.time) for e in segments)
+
+        def time_of(name):
+            return _iso(datetime.datetime.fromtimestamp(times[name], datetime.timezone.utc)) if name in times else None
+
+        def neighbour(step, name):
+            try:
+                return time_of(step(name, size))
+            except wal.InvalidWalName:  # the first or last possible segment
+                return None
+
+        placed = [
+            dict(
+                first=first,
+                last=last,
+                after_time=neighbour(wal.wal_segment_before, first),
+                before_time=neighbour(wal.wal_segment_after, last),
+            )
+            for first, last in gaps
+        ]
+        return dict(
+            first_recoverable_time=_iso(self.infos[done[0]]['end_time']) if done else None,
+            last_wal=newest.name if newest else None,
+            last_wal_time=time_of(newest.name) if newest else None,
+            gaps=placed,
+        )
+
+    def statuses(self, policy, minimum_redundancy, now):
+        return retention.classify(self.infos, self.keeps, policy, minimum_redundancy, now) if policy else {}
+
+    def summary(self, policy=None, minimum_redundancy=1, now=None):
+        statuses = self.statuses(policy, minimum_redundancy, now or now_utc())
+        return dict(
+            server=self.layout.server,
+            backups=[self.describe(b, statuses) for b in sorted(self.infos)],
+            wal_count=len(self.wals),
+            wal_size=sum(e.size for e in self.wals),
+            retention_policy=retention.format_policy(policy) if policy else None,
+            minimum_redundancy=minimum_redundancy,
+            malformed=self.malformed,
+        )
+
+    # -- changing ----------------------------------------------------------------------------------
+
+    def keep(self, backup_id, target, dry_run=False):
+        """Annotate a DONE backup so that retention never removes it; returns True if it changed."""
+        if target not in retention.KEEP_TARGETS:
+            raise CatalogRefusal('Keep target %r is neither full nor standalone' % (target,), 'Use full or standalone')
+        if self.infos[backup_id]['status'] != catalog.DONE:
+            raise CatalogRefusal(
+                'Backup %s of %s is %s: only a DONE backup can be kept'
+                % (backup_id, self.layout.server, self.infos[backup_id]['status']),
+                'Keep a DONE backup (action list shows the statuses)',
+                backup_id=backup_id,
+            )
+        if self.keeps.get(backup_id) == target:
+            return False
+        if not dry_run:
+            catalog.atomic_write(self.layout.keep_path(backup_id), target, 0o600)
+            self._remove_old_keep(backup_id)
+        self.keeps[backup_id] = target
+        return True
+
+    def release(self, backup_id, dry_run=False):
+        """Remove a keep annotation; returns True if there was one."""
+        if backup_id not in self.keeps:
+            return False
+        if not dry_run:
+            for path in (self.layout.keep_path(backup_id), self.layout.old_keep_path(backup_id)):
+                if os.path.exists(path):
+                    os.unlink(path)
+                    catalog.fsync_dir(os.path.dirname(path))
+        del self.keeps[backup_id]
+        return True
+
+    def _remove_old_keep(self, backup_id):
+        path = self.layout.old_keep_path(backup_id)
+        if os.path.exists(path):
+            os.unlink(path)
+
+    def check_deletable(self, backup_id, minimum_redundancy):
+        """Raise CatalogRefusal unless deleting this one backup loses nothing that must stay."""
+        info = self.infos[backup_id]
+        server = self.layout.server
+        if backup_id in self.keeps:
+            raise CatalogRefusal(
+                'Backup %s of %s is kept (%s): it is not deleted' % (backup_id, server, self.keeps[backup_id]),
+                'Release it first (action release) if it really has to go',
+                backup_id=backup_id,
+            )
+        if info['status'] in (catalog.STARTED, catalog.WAITING_FOR_WALS):
+            raise CatalogRefusal(
+                'Backup %s of %s is %s: it is still being taken' % (backup_id, server, info['status']),
+                'Wait for it to end; a backup that died is marked FAILED by the next backup run',
+                backup_id=backup_id,
+            )
+        done = self.done_ids()
+        if info['status'] == catalog.DONE and len(done) <= max(minimum_redundancy, 1):
+            raise CatalogRefusal(
+                'Deleting backup %s of %s would leave %d DONE backup(s), below the minimum of %d'
+                % (backup_id, server, len(done) - 1, max(minimum_redundancy, 1)),
+                'Take a new backup first; the last good backup of a server is never deleted',
+                backup_id=backup_id,
+                minimum_redundancy=minimum_redundancy,
+            )
+
+    def plan_removal(self, backup_ids, statuses):
+        """The WAL files no backup needs once ``backup_ids`` are gone."""
+        remaining = dict((b, info) for b, info in self.infos.items() if b not in backup_ids)
+        kept_statuses = dict((b, s) for b, s in statuses.items() if b not in backup_ids)
+        for backup_id in remaining:
+            if backup_id not in kept_statuses and remaining[backup_id]['status'] == catalog.DONE:
+                kept_statuses[backup_id] = retention.VALID
+        return retention.removable_wals([e.name for e in self.wals], remaining, kept_statuses, self.segment_size)
+
+    def remove(self, backup_ids, wal_names):
+        """Delete backups (catalog entry first, then files) and WAL files (index first, then files)."""
+        for backup_id in backup_ids:
+            self.release(backup_id)
+            os.unlink(self.layout.backup_info_path(backup_id))
+            catalog.fsync_dir(self.layout.meta_dir)
+            directory = self.layout.backup_dir(backup_id)
+            if os.path.isdir(directory):
+                doomed = os.path.join(self.layout.base_dir, '.%s.deleting' % backup_id)
+                os.rename(directory, doomed)
+                shutil.rmtree(doomed)
+            del self.infos[backup_id]
+        if wal_names:
+            gone = set(wal_names)
+            with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
+                entries = [e for e in catalog.read_xlog_db(self.layout.xlog_db) if e.name not in gone]
+                catalog.atomic_write(
+                    self.layout.xlog_db, ''.join(catalog.format_xlog_db_line(*e) for e in entries), 0o600
+                )
+            for name in wal_names:
+                path = self.layout.wal_path(name)
+                if os.path.exists(path):
+                    os.unlink(path)
+            self.wals = [e for e in self.wals if e.name not in gone]
+            self._sizes = None
+
+
+def _removal_result(backup_ids, wal_names, wals):
+    sizes = dict((e.name, e.size) for e in wals)
+    return dict(
+        removed_backups=list(backup_ids),
+        removed_wals=len(wal_names),
+        removed_wal_size=sum(sizes.get(n, 0) for n in wal_names),
+        first_removed_wal=wal_names[0] if wal_names else None,
+        last_removed_wal=wal_names[-1] if wal_names else None,
+    )
+
+
+def delete_backup(layout, backup_id, minimum_redundancy, dry_run=False):
+    """Delete one backup and the WAL only it needed. Returns the removal result (with backup_id)."""
+    with catalog.ServerLock(layout, 'backup'):
+        server = ServerCatalog(layout)
+        server.refuse_if_malformed('delete a backup')
+        backup_id = server.resolve(backup_id)
+        server.check_deletable(backup_id, minimum_redundancy)
+        wal_names = server.plan_removal([backup_id], {})
+        result = _removal_result([backup_id], wal_names, server.wals)
+        if not dry_run:
+            server.remove([backup_id], wal_names)
+    result['backup_id'] = backup_id
+    return result
+
+
+def apply_retention(layout, policy, minimum_redundancy, now=None, dry_run=False):
+    """Remove the backups the policy makes OBSOLETE, FAILED backups older than the oldest one it keeps,
+    and the WAL nothing left needs. Returns the statuses and the removal result."""
+    with catalog.ServerLock(layout, 'backup'):
+        server = ServerCatalog(layout)
+        server.refuse_if_malformed('apply the retention policy')
+        statuses = server.statuses(policy, minimum_redundancy, now or now_utc())
+        doomed = sorted(b for b, s in statuses.items() if s == retention.OBSOLETE)
+        doomed += retention.obsolete_failures(server.infos, statuses)
+        doomed.sort()
+        wal_names = server.plan_removal(doomed, statuses)
+        result = _removal_result(doomed, wal_names, server.wals)
+        result['retention_status'] = statuses
+        if not dry_run:
+            server.remove(doomed, wal_names)
+    return result

@@ -1,0 +1,41 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one error type that module_utils raise; modules turn it into fail_json."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+# Exit codes of the WAL receiver and sender: below 126, so that PostgreSQL counts a failure and retries.
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1  # get: not archived (a normal answer to restore_command's probes)
+EXIT_REFUSED = 2  # bad request or bad file: sending it again will not help
+EXIT_TEMPORARY = 3  # I/O error, lock busy, disk full, host unreachable: PostgreSQL should retry
+
+
+class BarmanError(Exception):
+    """A refusal with what went wrong, how to fix it, and the data behind it.
+
+    module_utils never call fail_json: they raise this (or a subclass) and the module reports
+    ``msg`` (message plus hint) and ``data`` as they are.
+    """
+
+    def __init__(self, message, hint=None, **data):
+        super(BarmanError, self).__init__(message)
+        self.message = message
+        self.hint = hint
+        self.data = data
+
+    def __str__(self):
+        if self.hint:
+            return '%s. %s' % (self.message.rstrip('.'), self.hint)
+        return self.message
+
+    def fail_json_kwargs(self):
+        """Keyword arguments for AnsibleModule.fail_json()."""
+        result = dict(msg=str(self))
+        if self.hint:
+            result['hint'] = self.hint
+        result.update(self.data)
+        return result

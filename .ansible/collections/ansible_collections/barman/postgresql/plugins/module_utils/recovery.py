@@ -1,0 +1,502 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Recovery of a backup to a directory of a host, to its end or to a point in time (pg_recover's logic).
+
+Everything that can be refused is refused before anything is copied: the target against the backups
+and the archive, the archive's continuity, the destination. Nothing is ever deleted: an existing
+PGDATA is refused (or, in place, moved aside by the caller).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, rsync, ssh, wal
+from ansible_collections.barman.postgresql.plugins.module_utils.archive import WalArchive, copy_decompressed
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+TARGET_KINDS = ('target_time', 'target_xid', 'target_name', 'target_lsn', 'target_immediate')
+TARGET_ACTIONS = ('pause', 'promote', 'shutdown')
+# Settings of a copied postgresql.conf that point at the original cluster's files: commented out.
+SETTINGS_POINTING_AT_THE_ORIGINAL = (
+    'data_directory',
+    'hba_file',
+    'ident_file',
+    'external_pid_file',
+    'include_dir',
+    'include',
+    'include_if_exists',
+    'archive_command',
+    'archive_library',
+    'restore_command',
+    'primary_conninfo',
+    'primary_slot_name',
+    'stats_temp_directory',
+    # An earlier recovery's settings (a backup taken after an in-place recovery carries them).
+    'recovery_target',
+    'recovery_target_time',
+    'recovery_target_xid',
+    'recovery_target_name',
+    'recovery_target_lsn',
+    'recovery_target_inclusive',
+    'recovery_target_action',
+    'recovery_target_timeline',
+)
+
+
+class RecoveryError(BarmanError):
+    """The recovery was refused or failed; the message says why and what is possible."""
+
+
+def recovery_argument_spec():
+    return dict(
+        backup_id=dict(type='str'),
+        target_time=dict(type='str'),
+        target_xid=dict(type='str'),
+        target_name=dict(type='str'),
+        target_lsn=dict(type='str'),
+        target_immediate=dict(type='bool', default=False),
+        target_tli=dict(type='str', default='latest'),
+        target_inclusive=dict(type='bool', default=True),
+        target_action=dict(type='str', choices=list(TARGET_ACTIONS), default='promote'),
+        destination_host=dict(type='str'),
+        destination_user=dict(type='str', default='postgres'),
+        destination_port=dict(type='int'),
+        destination_directory=dict(type='path', required=True),
+        tablespace_map=dict(type='dict', default={}),
+        delta=dict(type='bool', default=False),
+        port=dict(type='int'),
+        listen_addresses=dict(type='str'),
+        get_wal=dict(type='bool', default=True),
+        wal_sender=dict(type='list', elements='str'),
+        archive=dict(type='bool', default=False),
+    )
+
+
+# -- the target ----------------------------------------------------------------------------------
+
+_TZ_RE = re.compile(r'(Z|[+-]\d{2}(:?\d{2})?|\s[A-Za-z][A-Za-z_/+-]*)$')
+
+
+def parse_target_time(text):
+    """An aware datetime from 'YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]' (a time zone is required)."""
+    text = (text or '').strip()
+    value = text.replace('T', ' ', 1)
+    if value.endswith('Z'):
+        value = value[:-1] + '+00:00'
+    if re.search(r'[+-]\d{2}$', value):
+        value += ':00'
+    try:
+        if not re.match(r'\d{4}-\d{2}-\d{2} \d{2}:\d{2}', value):
+            raise ValueError('not a date and a time')
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise RecoveryError(
+            'target_time %r is not a time' % text,
+            "Write it as 'YYYY-MM-DD HH:MM:SS+00' (ISO 8601 with a time zone), for example '2026-11-24 03:12:00+00'",
+        ) from None
+    if parsed.tzinfo is None:
+        raise RecoveryError(
+            "target_time %r has no time zone: PostgreSQL would read it in the server's time zone" % text,
+            "Add the zone, for example '%s+00' for UTC" % text,
+        )
+    return parsed
+
+
+def the_target(params):
+    """(kind, value) of the one target given, or (None, None) for the end of the archive."""
+    given = [k for k in TARGET_KINDS if params.get(k) not in (None, False, '')]
+    if len(given) > 1:
+        raise RecoveryError(
+            'several recovery targets given: %s' % ', '.join(given),
+            'PostgreSQL takes one: keep one of target_time, target_xid, target_name, target_lsn, target_immediate',
+        )
+    if not given:
+        return None, None
+    kind = given[0]
+    value = params[kind]
+    if kind == 'target_time':
+        return kind, parse_target_time(value)
+    if kind == 'target_lsn':
+        try:
+            return kind, wal.parse_lsn(value)
+        except ValueError as error:
+            raise RecoveryError(str(error), 'Write an LSN as PostgreSQL prints it, for example 0/5000028') from None
+    if kind == 'target_xid' and not re.match(r'[0-9]+\Z', str(value)):
+        raise RecoveryError('target_xid %r is not a transaction id' % value, 'Use a number, as txid_current() returns')
+    return kind, value
+
+
+def choose_backup(infos, kind, value, backup_id=None):
+    """The backup to restore: the given one, or the newest DONE one that ends before the target."""
+    done = [(i, info) for i, info in infos.items() if info['status'] == catalog.DONE]
+    if not done:
+        raise RecoveryError('there is no DONE backup of this server', 'Take one first (playbooks/backup.yml)')
+    if backup_id in (None, '', 'latest', 'last'):
+        candidates = done
+        if kind == 'target_time':
+            candidates = [(i, info) for i, info in done if info['end_time'] < value]
+        elif kind == 'target_lsn':
+            candidates = [(i, info) for i, info in done if wal.parse_lsn(info['end_xlog']) <= value]
+        if not candidates:
+            oldest = done[0][1]
+            raise RecoveryError(
+                'the target %s is before the end of the oldest backup (%s ended at %s, LSN %s)'
+                % (_shown(kind, value), done[0][0], oldest['end_time'], oldest['end_xlog']),
+                'A backup can only be recovered to a point after its end: choose a later target',
+            )
+        return candidates[-1]
+    if backup_id in ('oldest', 'first'):
+        backup_id = done[0][0]
+    if backup_id not in infos:
+        raise RecoveryError(
+            'there is no backup %s of this server' % backup_id,
+            'Known backups: %s' % ', '.join('%s (%s)' % (i, info['status']) for i, info in infos.items()),
+        )
+    info = infos[backup_id]
+    if info['status'] != catalog.DONE:
+        raise RecoveryError(
+            'backup %s is %s, not DONE: it cannot be recovered' % (backup_id, info['status']),
+            'Choose a DONE backup, or none to take the newest that fits the target',
+        )
+    if kind == 'target_time' and value <= info['end_time']:
+        raise RecoveryError(
+            'the target %s is before the end of backup %s (%s)' % (_shown(kind, value), backup_id, info['end_time']),
+            'Choose a later target or an older backup',
+        )
+    if kind == 'target_lsn' and value < wal.parse_lsn(info['end_xlog']):
+        raise RecoveryError(
+            'the target LSN %s is before the end of backup %s (LSN %s)'
+            % (wal.format_lsn(value), backup_id, info['end_xlog']),
+            'Choose a later target or an older backup',
+        )
+    return backup_id, info
+
+
+def _shown(kind, value):
+    if kind == 'target_lsn':
+        return 'LSN %s' % wal.format_lsn(value)
+    return '%s %s' % (kind.replace('target_', ''), value)
+
+
+def check_archive(wal_archive, info, kind, value):
+    """The WAL from the backup's begin_wal up to the target (or the newest) is all there."""
+    segment_size = info['xlog_segment_size']
+    continuity = wal_archive.continuity(segment_size, info['begin_wal'])
+    newest = continuity['last']
+    if newest is None or wal.segment_number(newest, segment_size) < wal.segment_number(info['end_wal'], segment_size):
+        raise RecoveryError(
+            'the archive does not reach the end of the backup (%s); it ends at %s' % (info['end_wal'], newest),
+            'Check archiving (pg_wal_archive check): the backup is not usable until its WAL is archived',
+        )
+    needed_until = wal.segment_number(newest, segment_size)
+    if kind == 'target_immediate':  # consistent at the backup's end: a kept standalone backup needs no more
+        needed_until = wal.segment_number(info['end_wal'], segment_size)
+    if kind == 'target_lsn':
+        needed_until = wal.segment_number(wal.lsn_segment_name(value, 1, segment_size), segment_size)
+        newest_end = wal.segment_start_lsn(newest, segment_size) + segment_size
+        if value > newest_end:
+            raise RecoveryError(
+                'the target LSN %s is past the newest archived WAL (%s ends at LSN %s)'
+                % (wal.format_lsn(value), newest, wal.format_lsn(newest_end)),
+                'Recover to an earlier LSN, or archive the current WAL first (pg_wal_archive check switches it)',
+            )
+    if kind == 'target_time':
+        newest_time = _archived_time(wal_archive, newest)
+        if newest_time is not None and value.timestamp() > newest_time:
+            raise RecoveryError(
+                'the target time %s is past the newest archived WAL (%s, archived at %s)'
+                % (value, newest, datetime.datetime.fromtimestamp(newest_time, datetime.timezone.utc)),
+                'Recover to an earlier time, or archive the current WAL first (pg_wal_archive check switches it)',
+            )
+    gaps = [r for r in continuity['missing'] if wal.segment_number(r[0], segment_size) <= needed_until]
+    if gaps:
+        raise RecoveryError(
+            'WAL is missing from the archive between the backup and the target: %s'
+            % ', '.join('%s..%s' % tuple(r) for r in gaps),
+            'Recovery would stop at the gap: choose a target before %s, or restore the missing files' % gaps[0][0],
+        )
+    return continuity
+
+
+def _archived_time(wal_archive, name):
+    path = wal_archive.locate(name)
+    return os.stat(path).st_mtime if path else None
+
+
+# -- the destination ------------------------------------------------------------------------------
+
+
+class Destination(object):
+    """The host and directory to recover into: over SSH as the PostgreSQL OS user, or local."""
+
+    def __init__(self, params, control_path):
+        self.directory = os.path.normpath(params['destination_directory'])
+        self.target = None
+        self.ssh_options = {}
+        if params.get('destination_host'):
+            self.target = ssh.validate_ssh_target(
+                params['destination_user'], params['destination_host'], params.get('destination_port')
+            )
+            self.ssh_options = dict(control_path=control_path)
+
+    def run(self, argv):
+        """Run argv there; (exit code, stdout)."""
+        if self.target is not None:
+            argv = ssh.ssh_argv(self.target, argv, **self.ssh_options)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+        if proc.returncode == 255 and self.target is not None:
+            raise RecoveryError(
+                'cannot reach %s@%s over SSH: %s'
+                % (self.target.user, self.target.host, proc.stderr.decode(errors='replace').strip()),
+                'Check that the host is up and that the setup playbook exchanged the keys',
+            )
+        return proc.returncode, proc.stdout.decode('utf-8', errors='replace')
+
+    def path(self, path):
+        return ssh.remote_path(self.target, path) if self.target is not None else path
+
+    def rsync(self, source, destination, what, **kwargs):
+        rsh = ssh.rsync_rsh(port=self.target.port, **self.ssh_options) if self.target is not None else None
+        argv = rsync.rsync_argv(source, self.path(destination), rsh=rsh, **kwargs)
+        proc = subprocess.run(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, env=dict(os.environ, LC_ALL='C')
+        )
+        result = rsync.interpret_rsync_exit(proc.returncode, vanished_ok=False)
+        if not result.ok:
+            raise RecoveryError(
+                'copying %s to %s failed (rsync exit %d, %s): %s'
+                % (what, destination, proc.returncode, result.meaning, proc.stderr.decode(errors='replace')[-2000:]),
+                result.hint or 'See the rsync message',
+            )
+        return rsync.parse_rsync_stats(proc.stdout.decode(errors='replace'))
+
+    def first_entry(self, directory):
+        """The first entry of directory, '' when it is empty or absent."""
+        code, out = self.run(['sh', '-c', 'if [ -e "$1" ]; then ls -A -- "$1" | head -n 1; fi', 'sh', directory])
+        if code != 0:
+            raise RecoveryError('cannot look into %s on the destination' % directory)
+        return out.strip()
+
+    def close(self):
+        if self.target is not None:
+            argv = ssh.control_exit_argv(self.target, **self.ssh_options)
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def tablespace_locations(info, params):
+    """{oid: (name, new location)}: tablespace_map by name or oid, else the original location when the
+    destination is the original PGDATA, else a directory beside the destination."""
+    chosen = params.get('tablespace_map') or {}
+    in_place = os.path.normpath(params['destination_directory']) == os.path.normpath(info['pgdata'])
+    locations = {}
+    for tablespace in info['tablespaces'] or []:
+        location = chosen.get(tablespace.name) or chosen.get(str(tablespace.oid))
+        if not location:
+            location = (
+                tablespace.location
+                if in_place
+                else '%s.tblspc/%s' % (os.path.normpath(params['destination_directory']), tablespace.name)
+            )
+        locations[tablespace.oid] = (tablespace.name, os.path.normpath(location))
+    return locations
+
+
+def check_destination(destination, params, locations):
+    """Refuse to recover over anything: a non-empty directory without delta, a running server."""
+    for directory in [destination.directory] + [loc for _name, loc in locations.values()]:
+        entry = destination.first_entry(directory)
+        if entry and not params['delta']:
+            raise RecoveryError(
+                '%s is not empty (it holds %s): recovery never overwrites data' % (directory, entry),
+                'Recover into a new directory, set delta to copy only what differs into this one, or recover in '
+                'place (recover.yml -e recover_in_place=true), which moves the old directory aside',
+            )
+    code, _out = destination.run(['test', '-e', os.path.join(destination.directory, 'postmaster.pid')])
+    if code == 0:
+        raise RecoveryError(
+            'a PostgreSQL server uses %s (postmaster.pid is there)' % destination.directory,
+            'Stop it first; recover.yml does so with recover_in_place=true',
+        )
+
+
+# -- the configuration of the recovered copy ---------------------------------------------------------
+
+
+def pg_conf_value(value):
+    """A value for postgresql.conf, single-quoted."""
+    text = str(value)
+    if '\n' in text or '\r' in text:
+        raise RecoveryError('a setting value contains a line break: %r' % text)
+    return "'%s'" % text.replace('\\', '\\\\').replace("'", "''")
+
+
+_SETTING_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(=|\s|'|$)")
+
+
+def neutralised_config(text, keep=()):
+    """postgresql.conf text with the settings that point at the original cluster commented out."""
+    lines = []
+    for line in text.split('\n'):  # PostgreSQL ends a line at \n only
+        match = _SETTING_RE.match(line)
+        if match and match.group(1).lower() in SETTINGS_POINTING_AT_THE_ORIGINAL and match.group(1).lower() not in keep:
+            line = '#barman.postgresql (recovered copy): ' + line
+        lines.append(line)
+    text = '\n'.join(lines)
+    return text if text.endswith('\n') else text + '\n'
+
+
+def recovery_settings(params, backup_id, kind, value):
+    """The lines appended to postgresql.auto.conf of the recovered copy (later lines win)."""
+    if params['get_wal']:
+        if not params.get('wal_sender'):
+            raise RecoveryError('get_wal needs wal_sender, the WAL sender command on the destination')
+        restore_command = ssh.shell_join(params['wal_sender'] + ['get', '%f', '%p'])
+    else:
+        restore_command = 'cp barman_wal/%f %p'
+    settings = [('restore_command', restore_command)]
+    if kind == 'target_time':
+        settings.append(('recovery_target_time', value.isoformat(' ')))
+    elif kind == 'target_lsn':
+        settings.append(('recovery_target_lsn', wal.format_lsn(value)))
+    elif kind == 'target_xid':
+        settings.append(('recovery_target_xid', str(value)))
+    elif kind == 'target_name':
+        settings.append(('recovery_target_name', value))
+    elif kind == 'target_immediate':
+        settings.append(('recovery_target', 'immediate'))
+    if kind is not None:
+        settings.append(('recovery_target_action', params['target_action']))
+        if kind in ('target_time', 'target_lsn', 'target_xid'):
+            settings.append(('recovery_target_inclusive', 'on' if params['target_inclusive'] else 'off'))
+    # immediate means "the backup's own timeline" (pgBackRest does the same since PG 12 defaults to latest).
+    timeline = 'current' if kind == 'target_immediate' and params['target_tli'] == 'latest' else params['target_tli']
+    settings.append(('recovery_target_timeline', timeline))
+    if not params['archive']:
+        settings.append(('archive_mode', 'off'))  # a copy never archives into the original's catalog
+    if params.get('port'):
+        settings.append(('port', str(params['port'])))
+    if params.get('listen_addresses'):
+        settings.append(('listen_addresses', params['listen_addresses']))
+    stamp = time.strftime('%Y-%m-%d %H:%M:%S %z')
+    lines = ['', '# Recovery of backup %s by barman.postgresql, %s' % (backup_id, stamp)]
+    lines += ['%s = %s' % (name, pg_conf_value(setting)) for name, setting in settings]
+    return '\n'.join(lines) + '\n'
+
+
+# -- the recovery --------------------------------------------------------------------------------------
+
+
+def recover(params, check_mode=False):
+    layout = catalog.ServerLayout(params['barman_home'], params['server'])
+    wal_archive = WalArchive(params['barman_home'], params['server'])
+    kind, value = the_target(params)
+    backup_id, info = choose_backup(catalog.backup_infos(layout), kind, value, params.get('backup_id'))
+    continuity = check_archive(wal_archive, info, kind, value)
+    destination = Destination(params, os.path.join(layout.root, '.ssh-%C'))
+    try:
+        locations = tablespace_locations(info, params)
+        check_destination(destination, params, locations)
+        plan = dict(
+            backup_id=backup_id,
+            pgdata=info['pgdata'],
+            pg_major=int(info['version']) // 10000,
+            backup_tablespaces=dict((t.name, t.location) for t in info['tablespaces'] or []),
+            backup_end_time=str(info['end_time']),
+            backup_end_lsn=info['end_xlog'],
+            target=None if kind is None else {kind: str(value) if kind != 'target_lsn' else wal.format_lsn(value)},
+            destination=destination.directory,
+            tablespaces=dict((name, location) for name, location in locations.values()),
+            newest_wal=continuity['last'],
+        )
+        if check_mode:
+            return dict(plan, changed=False)
+        started = time.time()
+        _copy(params, layout, wal_archive, destination, backup_id, info, locations, continuity, kind, value)
+        return dict(plan, changed=True, duration=round(time.time() - started, 3))
+    finally:
+        destination.close()
+
+
+def _copy(params, layout, wal_archive, destination, backup_id, info, locations, continuity, kind, value):
+    data = layout.backup_data_dir(backup_id)
+    delta = dict(delete=True, checksum=True) if params['delta'] else {}
+    # The pg_tblspc links of the copy point at the original locations: tablespace_map remakes them.
+    excludes = ('/pg_tblspc/*', '/recovery.signal', '/standby.signal', '/barman_wal/')
+    # --mkpath: the parents of a new PGDATA or tablespace directory may not exist yet.
+    destination.rsync(
+        data + '/', destination.directory + '/', 'the data directory', excludes=excludes, extra=['--mkpath'], **delta
+    )
+    for oid, (name, location) in sorted(locations.items()):
+        destination.rsync(
+            layout.backup_tablespace_dir(backup_id, oid) + '/',
+            location + '/',
+            'tablespace %s' % name,
+            extra=['--mkpath'],
+            **delta,
+        )
+    staging = tempfile.mkdtemp(prefix='.recover-', dir=layout.root)
+    try:
+        _write_configuration(staging, data, params, backup_id, info, locations, kind, value)
+        if not params['get_wal']:
+            _stage_wals(staging, wal_archive, info, kind, value)
+        destination.rsync(staging + '/', destination.directory + '/', 'the recovery settings')
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_configuration(staging, data, params, backup_id, info, locations, kind, value):
+    def read(name):
+        path = os.path.join(data, name)
+        if not os.path.exists(path):
+            return None
+        with open(path, 'r', encoding='utf-8', errors='surrogateescape') as handle:
+            return handle.read()
+
+    def write(name, text, mode=0o600):
+        path = os.path.join(staging, name)
+        with open(path, 'w', encoding='utf-8', errors='surrogateescape') as handle:
+            handle.write(text)
+        os.chmod(path, mode)
+
+    # A copy that replaces the original keeps archiving where the original did.
+    keep = ('archive_command', 'archive_library') if params['archive'] else ()
+    conf = read('postgresql.conf')
+    if conf is not None:
+        write('postgresql.conf', neutralised_config(conf, keep))
+    write(
+        'postgresql.auto.conf',
+        neutralised_config(read('postgresql.auto.conf') or '', keep)
+        + recovery_settings(params, backup_id, kind, value),
+    )
+    if locations:
+        write('tablespace_map', ''.join('%d %s\n' % (oid, loc) for oid, (_name, loc) in sorted(locations.items())))
+    write('recovery.signal', '')
+
+
+def _stage_wals(staging, wal_archive, info, kind, value):
+    """The WAL files recovery needs, decompressed into barman_wal/ of the copy (get_wal off): from the
+    backup's first segment to the target's (the backup's last for immediate, all for other targets)."""
+    target_dir = os.path.join(staging, 'barman_wal')
+    os.mkdir(target_dir, 0o700)
+    segment_size = info['xlog_segment_size']
+    first = wal.segment_number(info['begin_wal'], segment_size)
+    last = None
+    if kind == 'target_immediate':
+        last = wal.segment_number(info['end_wal'], segment_size)
+    elif kind == 'target_lsn':
+        last = value // segment_size
+    for name in wal_archive.archived_names():
+        parsed = wal.parse_wal_name(name)
+        segno = wal.segment_number(name, segment_size) if parsed.kind == 'segment' else None
+        if parsed.kind == 'history' or (segno is not None and segno >= first and (last is None or segno <= last)):
+            with open(os.path.join(target_dir, name), 'wb') as handle:
+                copy_decompressed(wal_archive.locate(name), handle)

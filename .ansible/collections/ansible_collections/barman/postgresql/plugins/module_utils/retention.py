@@ -1,0 +1,186 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Retention policies: which backups a policy keeps, and which WAL files the kept backups need.
+
+Pure logic over backup.info dicts and WAL names; backup_catalog.py applies the answers to disk.
+The classification follows Barman's, so that both tools agree on what a policy keeps.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import collections
+import datetime
+import re
+
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+# Retention statuses, with Barman's names.
+VALID = 'VALID'
+OBSOLETE = 'OBSOLETE'
+POTENTIALLY_OBSOLETE = 'POTENTIALLY_OBSOLETE'
+KEEP_FULL = 'KEEP_FULL'
+KEEP_STANDALONE = 'KEEP_STANDALONE'
+NONE = 'NONE'
+
+KEEP_TARGETS = ('full', 'standalone')
+POLICY_HINT = (
+    'Write REDUNDANCY n (keep the n newest backups) or RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS '
+    '(keep what recovers to any time in that window), for example "RECOVERY WINDOW OF 7 DAYS"'
+)
+PERIOD_HINT = 'Write a number and a unit, for example "26 HOURS", "1 DAYS" or "2 WEEKS"'
+
+_UNIT_DAYS = {'DAY': 1, 'WEEK': 7, 'MONTH': 31}
+_PERIOD_UNITS = {'MINUTE': 60, 'HOUR': 3600, 'DAY': 86400, 'WEEK': 7 * 86400, 'MONTH': 31 * 86400}
+_REDUNDANCY_RE = re.compile(r'\s*REDUNDANCY\s+([0-9]+)\s*\Z', re.IGNORECASE)
+_WINDOW_RE = re.compile(r'\s*RECOVERY\s+WINDOW\s+OF\s+([0-9]+)\s+(DAY|WEEK|MONTH)S?\s*\Z', re.IGNORECASE)
+_PERIOD_RE = re.compile(r'\s*([0-9]+)\s*(MINUTE|HOUR|DAY|WEEK|MONTH)S?\s*\Z', re.IGNORECASE)
+
+Policy = collections.namedtuple('Policy', 'kind value unit')
+
+
+class InvalidPolicy(BarmanError, ValueError):
+    """A retention policy, minimum redundancy or age that does not parse."""
+
+
+def parse_policy(text):
+    """Policy('redundancy', n, None) or Policy('window', n, 'DAYS'|'WEEKS'|'MONTHS') from Barman's syntax."""
+    if not isinstance(text, str):
+        raise InvalidPolicy('The retention policy %r is not text' % (text,), POLICY_HINT, policy=text)
+    match = _REDUNDANCY_RE.match(text)
+    if match:
+        value = int(match.group(1))
+        if value < 1:
+            raise InvalidPolicy(
+                'The retention policy %r keeps no backup at all' % text,
+                'Use REDUNDANCY 1 or more; to keep everything, set no policy',
+                policy=text,
+            )
+        return Policy('redundancy', value, None)
+    match = _WINDOW_RE.match(text)
+    if match:
+        value = int(match.group(1))
+        if value < 1:
+            raise InvalidPolicy('The recovery window of %r is empty' % text, POLICY_HINT, policy=text)
+        return Policy('window', value, match.group(2).upper() + 'S')
+    raise InvalidPolicy('The retention policy %r is not one Barman understands' % text, POLICY_HINT, policy=text)
+
+
+def format_policy(policy):
+    if policy.kind == 'redundancy':
+        return 'REDUNDANCY %d' % policy.value
+    return 'RECOVERY WINDOW OF %d %s' % (policy.value, policy.unit)
+
+
+def parse_period(text):
+    """Seconds in a period such as '26 HOURS' or '1 WEEKS' (Barman's last_backup_maximum_age syntax)."""
+    match = _PERIOD_RE.match(text) if isinstance(text, str) else None
+    if not match:
+        raise InvalidPolicy('The period %r does not parse' % (text,), PERIOD_HINT, period=text)
+    return int(match.group(1)) * _PERIOD_UNITS[match.group(2).upper()]
+
+
+def validate_minimum_redundancy(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidPolicy(
+            'minimum_redundancy %r is not a count of backups' % (value,),
+            'Give 0 or more (1, the default, never lets the last backup go)',
+            minimum_redundancy=value,
+        )
+    return value
+
+
+def point_of_recoverability(policy, now):
+    """The oldest time a window policy promises to recover to."""
+    return now - datetime.timedelta(days=policy.value * _UNIT_DAYS[policy.unit[:-1]])
+
+
+def classify(infos, keeps, policy, minimum_redundancy, now):
+    """Barman's retention status of every backup: {backup_id: status}.
+
+    ``infos`` maps backup ids to backup.info dicts, ``keeps`` backup ids to 'full'/'standalone'.
+    Only DONE backups are classified; others are NONE (see obsolete_failures for FAILED ones).
+    Kept backups never become OBSOLETE. Whatever the policy says, the ``minimum_redundancy``
+    newest DONE backups stay, and so does the newest one.
+    """
+    report = {}
+    valid = 0
+    outside_window = False
+    horizon = point_of_recoverability(policy, now) if policy.kind == 'window' else None
+    for backup_id in sorted(infos, reverse=True):
+        info = infos[backup_id]
+        if info['status'] != catalog.DONE:
+            report[backup_id] = NONE
+            continue
+        kept = {'full': KEEP_FULL, 'standalone': KEEP_STANDALONE}.get(keeps.get(backup_id))
+        if policy.kind == 'redundancy':
+            wanted = valid < max(policy.value, minimum_redundancy, 1)
+            report[backup_id] = kept or (VALID if wanted else OBSOLETE)
+            valid += 1
+            continue
+        if not outside_window:
+            report[backup_id] = kept or VALID
+            valid += 1
+            # The newest backup that ends before the horizon is the one that recovers to it.
+            outside_window = info['end_time'] is not None and info['end_time'] < horizon
+        elif valid < max(minimum_redundancy, 1):
+            report[backup_id] = kept or POTENTIALLY_OBSOLETE
+            valid += 1
+        else:
+            report[backup_id] = kept or OBSOLETE
+    return report
+
+
+def obsolete_failures(infos, statuses):
+    """FAILED backups older than the oldest backup the policy keeps: outside what the catalog keeps,
+    they go with it. Newer ones stay, with their error, until then."""
+    kept = [b for b, status in statuses.items() if status not in (OBSOLETE, NONE)]
+    if not kept:
+        return []
+    oldest = min(kept)
+    return sorted(b for b, info in infos.items() if info['status'] == catalog.FAILED and b < oldest)
+
+
+def _segno(name, segment_size):
+    return wal.segment_number(name[:24], segment_size)
+
+
+def removable_wals(names, infos, statuses, segment_size):
+    """The archived WAL names that no backup left after retention needs, oldest first.
+
+    A full backup (VALID, POTENTIALLY_OBSOLETE, KEEP_FULL, any backup still in progress, and always
+    the newest DONE one) needs every segment from its begin_wal on, on any timeline; a
+    KEEP_STANDALONE backup needs only begin_wal..end_wal. Timeline history files are never removed.
+    Without a DONE backup left, nothing is removed: the WAL is then all there is.
+    """
+    done = sorted(b for b, info in infos.items() if info['status'] == catalog.DONE)
+    if not done:
+        return []
+    full_from = []
+    ranges = []
+    for backup_id, info in infos.items():
+        status = statuses.get(backup_id, NONE)
+        in_progress = info['status'] in (catalog.STARTED, catalog.WAITING_FOR_WALS)
+        if status in (OBSOLETE, NONE) and not in_progress:
+            continue
+        if not info.get('begin_wal'):
+            return []  # a backup that does not say where it starts: keep everything
+        begin = _segno(info['begin_wal'], segment_size)
+        if status == KEEP_STANDALONE and backup_id != done[-1] and info.get('end_wal'):
+            ranges.append((begin, _segno(info['end_wal'], segment_size)))
+        else:
+            full_from.append(begin)
+    first_needed = min(full_from) if full_from else None
+    removable = []
+    for name in names:
+        if wal.parse_wal_name(name).kind == 'history':
+            continue
+        segno = _segno(name, segment_size)
+        if first_needed is not None and segno >= first_needed:
+            continue
+        if any(low <= segno <= high for low, high in ranges):
+            continue
+        removable.append(name)
+    return removable

@@ -1,0 +1,129 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The sender's claims and delivery notes, beside the server's key (<key>.spool/).
+
+A delivery note holds the file's stat_key: the sender's shell launcher (roles/common/templates/
+wal-sender.sh.j2) reads it to answer archive_command for a delivered file without starting Python.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import time
+
+STALE_SECONDS = 86400
+
+
+def stat_key(stat):
+    """Size and modification time, as ``stat -c '%s %.9Y'`` prints them (the launcher compares)."""
+    seconds, nanoseconds = divmod(stat.st_mtime_ns, 1000000000)
+    return '%d %d.%09d' % (stat.st_size, seconds, nanoseconds)
+
+
+class Spool(object):
+    """Claims and delivery notes of one server's files, beside its key (<key>.spool/, 0700)."""
+
+    def __init__(self, identity_file):
+        self.path = identity_file + '.spool'
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+
+    def _file(self, name, kind):
+        return os.path.join(self.path, '%s.%s' % (name, kind))
+
+    def claim(self, name):
+        """True if this process may send ``name`` now; False while a live process sends it."""
+        path = self._file(name, 'claim')
+        for _attempt in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                if self._holder_alive(path):
+                    return False
+                self._unlink(path)  # its sender died
+                continue
+            os.write(fd, str(os.getpid()).encode('ascii'))
+            os.close(fd)
+            return True
+        return False
+
+    def claimed(self, name):
+        """True while a live process holds the claim of ``name``."""
+        return self._holder_alive(self._file(name, 'claim'))
+
+    def _holder_alive(self, path):
+        try:
+            with open(path) as handle:
+                pid = int(handle.read())
+            if pid <= 0:  # damaged (kill would signal a whole process group)
+                return False
+            os.kill(pid, 0)
+        except (OSError, ValueError):  # gone, or empty: its writer died before writing its pid
+            return False
+        return True
+
+    def release(self, name):
+        self._unlink(self._file(name, 'claim'))
+
+    def note_delivered(self, name, stat_key):
+        self._note(name, 'done', stat_key)
+
+    def note_given_up(self, name):
+        """The agent could not deliver ``name`` (refused, or an error): it leaves the file to
+        archive_command, which sends it itself and reports why, and does not send it again."""
+        self._note(name, 'failed', '')
+
+    def given_up(self, name):
+        return os.path.exists(self._file(name, 'failed'))
+
+    def _note(self, name, kind, text):
+        tmp = self._file(name, kind + '.tmp')
+        with open(tmp, 'w') as handle:
+            handle.write(text)
+        os.rename(tmp, self._file(name, kind))
+
+    def was_delivered(self, name, path):
+        """True if ``name`` was delivered as the file at ``path`` is now.
+
+        The note stays while PostgreSQL still lists the file as ready (until it renames .ready to
+        .done after this answer): were it gone sooner, the agent would send the file again. The
+        agent drops it later (forget_old)."""
+        note = self._file(name, 'done')
+        try:
+            with open(note) as handle:
+                noted = handle.read()
+        except FileNotFoundError:
+            return False
+        if noted == stat_key(os.stat(path)):
+            return True
+        self._unlink(note)  # about another file of that name
+        return False
+
+    def delivered(self, name):
+        return os.path.exists(self._file(name, 'done'))
+
+    def forget_old(self, still_ready=None):
+        """Drop the claims of dead processes, and the notes of files no longer in ``still_ready``
+        (names; None: notes older than a day). Delivery notes and given-up notes alike."""
+        for entry in os.listdir(self.path):
+            path = os.path.join(self.path, entry)
+            name, _dot, kind = entry.rpartition('.')
+            try:
+                if kind in ('done', 'failed') and (
+                    name not in still_ready
+                    if still_ready is not None
+                    else time.time() - os.stat(path).st_mtime > STALE_SECONDS
+                ):
+                    os.unlink(path)
+                elif entry.endswith('.claim') and not self._holder_alive(path):
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _unlink(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,224 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The WAL receiver: the forced command of a PostgreSQL server's restricted key on the backup server.
+
+sshd runs it for every connection made with that key, whatever command the client asked for; the
+request is in SSH_ORIGINAL_COMMAND and only these are honoured, for the one server fixed by the key:
+  put NAME SIZE [CHECKSUM]
+                  stdin: SIZE bytes, then their checksum in hex and a newline; CHECKSUM names its
+                  kind (crc32 or sha256, see checksum.py), sha256 when absent
+  get NAME        stdout: the file's original content
+  stream          stdin: any number of "put NAME SIZE" lines, each followed as above; stdout: one
+                  line per put, "ok NAME stored|identical", "refused NAME why" or "error NAME why",
+                  written once the file is durable (the sender's look-ahead agent uses it)
+Exit codes stay below 126 so that PostgreSQL counts a failure and retries (see EXIT_*).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import argparse
+import collections
+import os
+import re
+import shlex
+import sys
+import threading
+import time
+
+from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, checksum, pipes, wal
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_TEMPORARY,
+    BarmanError,
+)
+
+MAX_SEGMENT_BYTES = 1024 * 1024 * 1024
+USAGE = "this key only accepts 'put NAME SIZE [CHECKSUM]', 'get NAME' and 'stream' for WAL files of its server"
+# A stream starts the background compression at its end, and every so many files (1 GiB of 16 MiB
+# segments) of a long one: while a backlog drains, receiving comes first (measured: even at a low
+# priority, compressing beside the stream slowed it by a tenth on 2 cores).
+PROCESS_EVERY = 64
+
+
+class RequestError(BarmanError):
+    """The client asked for something this key does not allow."""
+
+
+Request = collections.namedtuple('Request', 'verb name size checksum')
+
+
+def parse_request(command):
+    """A Request from SSH_ORIGINAL_COMMAND, or RequestError."""
+    try:
+        words = shlex.split(command or '')
+    except ValueError:
+        words = []
+    if len(words) in (3, 4) and words[0] == 'put' and re.match(r'[0-9]{1,12}\Z', words[2]):
+        size = int(words[2])
+        if size > MAX_SEGMENT_BYTES:
+            raise RequestError('refused put of %d bytes: more than a WAL segment can be' % size, USAGE)
+        named = words[3] if len(words) == 4 else checksum.WHEN_UNNAMED
+        if named not in checksum.CHECKSUMS:
+            raise RequestError('refused put with the unknown checksum %r' % named, USAGE)
+        return Request('put', wal.parse_wal_name(words[1]).name, size, named)
+    if len(words) == 2 and words[0] == 'get':
+        return Request('get', wal.parse_wal_name(words[1]).name, None, None)
+    if words == ['stream']:
+        return Request('stream', None, None, None)
+    raise RequestError('refused request %r' % (command or ''), USAGE)
+
+
+def _read_digest_line(stream):
+    def reader():
+        line = stream.readline(80).strip().decode('ascii', errors='replace')
+        return line
+
+    return reader
+
+
+def _process_in_background(wal_archive, compression):
+    """Compress and index what arrived, after the sender has its answer: in a grandchild with no
+    stdio of ours (so sshd need not wait for it) and the lowest priority: receiving comes first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork():
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    # The lowest priority, not SCHED_IDLE: on a busy server that could starve it while it holds
+    # the archive's locks.
+    os.nice(19)
+    try:
+        wal_archive.process_incoming(compression, wait_seconds=0)
+    except catalog.LockBusy:
+        pass  # another processor runs: it takes this file too, or the next delivery's will
+    except Exception as error:  # nobody is listening any more: leave a trace for check to report
+        with open(wal_archive.layout.process_log, 'a') as log:
+            log.write('%s %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S%z'), error))
+    os._exit(0)
+
+
+def _one_line(error):
+    return ' '.join(str(error).split())
+
+
+def serve_stream(wal_archive, stdin, stdout, on_batch=None):
+    """Receive puts one after another on one connection, answering each once it is durable.
+
+    Reading the next file overlaps making the previous one durable (a second thread fsyncs,
+    validates, publishes and answers, in order). A request line that does not parse ends the
+    stream: the bytes after it cannot be framed.
+    """
+    pipes.widen(stdin)
+    pending = []
+    ready = threading.Condition()
+    done = []
+
+    def answer(line):
+        stdout.write(line.encode('utf-8') + b'\n')
+        stdout.flush()
+
+    def finisher():
+        count = 0
+        while True:
+            with ready:
+                while not pending:
+                    ready.wait()
+                item = pending.pop(0)
+                ready.notify_all()
+            if item is None:
+                break
+            name, taken = item
+            try:
+                if isinstance(taken, Exception):
+                    raise taken
+                answer('ok %s %s' % (name, wal_archive.store(*taken)))
+            except (ValueError, RequestError, archive.DuplicateWal) as error:
+                answer('refused %s %s' % (name, _one_line(error)))
+            except (BarmanError, OSError) as error:
+                answer('error %s %s' % (name, _one_line(error)))
+            count += 1
+            if on_batch and count % PROCESS_EVERY == 0:
+                on_batch()
+        done.append(count)
+
+    thread = threading.Thread(target=finisher)
+    thread.start()
+
+    def hand_over(item):
+        with ready:
+            while len(pending) >= 2:  # at most two files read ahead of the one being made durable
+                ready.wait()
+            pending.append(item)
+            ready.notify_all()
+
+    code = EXIT_OK
+    try:
+        while True:
+            line = stdin.readline(200)
+            if not line:
+                break
+            try:
+                request = parse_request(line.decode('ascii', errors='replace').strip())
+                if request.verb != 'put':
+                    raise RequestError('refused %r inside a stream' % request.verb, USAGE)
+            except (ValueError, RequestError) as error:
+                hand_over(('-', RequestError(_one_line(error))))
+                code = EXIT_REFUSED
+                break
+            try:
+                taken = wal_archive.take(request.name, request.size, stdin, _read_digest_line(stdin), request.checksum)
+                hand_over((request.name, taken))
+            except (BarmanError, OSError) as error:
+                hand_over((request.name, error))
+    finally:
+        hand_over(None)
+        thread.join()
+    return code
+
+
+def main(argv=None, environ=None, stdin=None, stdout=None, stderr=None):
+    environ = os.environ if environ is None else environ
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout.buffer
+    stderr = stderr or sys.stderr
+    parser = argparse.ArgumentParser(prog='barman-wal-receiver', description=__doc__)
+    parser.add_argument('--barman-home', required=True)
+    parser.add_argument('--server', required=True)
+    parser.add_argument('--compression', default='gzip', choices=archive.COMPRESSIONS)
+    parser.add_argument('--no-background', action='store_true', help='do not process incoming/ after a put')
+    args = parser.parse_args(argv)
+    try:
+        wal_archive = archive.WalArchive(args.barman_home, args.server)
+        request = parse_request(environ.get('SSH_ORIGINAL_COMMAND'))
+        if request.verb == 'stream':
+            background = None if args.no_background else lambda: _process_in_background(wal_archive, args.compression)
+            code = serve_stream(wal_archive, stdin, stdout, background)
+            if background:
+                background()
+            return code
+        if request.verb == 'get':
+            wal_archive.send(request.name, stdout)
+            stdout.flush()
+            return EXIT_OK
+        wal_archive.receive(request.name, request.size, stdin, _read_digest_line(stdin), request.checksum)
+    except archive.WalNotFound as error:
+        stderr.write('barman-wal-receiver: %s\n' % error)
+        return EXIT_NOT_FOUND
+    except (ValueError, RequestError, archive.DuplicateWal) as error:
+        stderr.write('barman-wal-receiver: %s\n' % error)
+        return EXIT_REFUSED
+    except (BarmanError, OSError) as error:
+        stderr.write('barman-wal-receiver: %s\n' % error)
+        return EXIT_TEMPORARY
+    if not args.no_background:
+        _process_in_background(wal_archive, args.compression)
+    return EXIT_OK

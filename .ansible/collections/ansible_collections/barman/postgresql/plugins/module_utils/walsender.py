@@ -1,0 +1,316 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The WAL sender: PostgreSQL's archive_command and restore_command, talking to the WAL receiver.
+
+  archive_command = 'barman-wal-sender --ssh barman@backup ... put %p'
+  restore_command = 'barman-wal-sender --ssh barman@backup ... get %f %p'
+
+One SSH connection per server is kept open for a minute (ControlMaster), so that a segment costs a
+round trip on it rather than a new handshake. Exit codes stay below 126, so PostgreSQL counts
+failures and retries; ssh's own 255 becomes EXIT_TEMPORARY.
+
+When WAL piles up, PostgreSQL still archives one file per call, in order. So a put also starts a
+look-ahead agent (one per server, for as long as files wait): it sends every file PostgreSQL has
+marked ready (pg_wal/archive_status/*.ready) over one long stream to the receiver, and notes each
+one the receiver answered as durable. While an agent runs, a put waits for its note and returns
+(no second connection competes with the stream). Agent and put claim a file before sending it
+(<key>.spool/NAME.claim), so that no file is sent twice at a time; a file the agent could not
+deliver is sent by the put itself, which reports why it failed.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import argparse
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from ansible_collections.barman.postgresql.plugins.module_utils import checksum, pipes, ssh, wal
+from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool, stat_key
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    EXIT_TEMPORARY,
+)
+
+CHUNK = 1024 * 1024
+SSH_FAILED = 255
+AGENT_IDLE_SECONDS = 5  # the agent ends when nothing was ready for this long
+CLAIM_WAIT_SECONDS = 60  # a put waits this long for the agent's answer, then sends the file itself
+POLL_SECONDS = 0.005
+
+
+def _ssh_argv(args, remote_argv):
+    user, host = args.ssh.rsplit('@', 1) if '@' in args.ssh else ('', args.ssh)
+    target = ssh.validate_ssh_target(user, host, args.port)
+    return ssh.ssh_argv(
+        target,
+        remote_argv,
+        identity_file=args.identity_file,
+        known_hosts_file=args.known_hosts,
+        # One master per key: two clusters of one host must never share a connection.
+        control_path=args.identity_file + '.cm-%C',
+    )
+
+
+def _exit_code(code, stderr):
+    if code == SSH_FAILED or code < 0 or code > 125:
+        stderr.write('barman-wal-sender: ssh failed (exit %d); PostgreSQL will retry\n' % code)
+        return EXIT_TEMPORARY
+    return code
+
+
+def _put_request(name, size):
+    return ['put', name, str(size), checksum.SENT]
+
+
+def _copy_with_checksum(source, stream):
+    """The file's bytes, then their checksum in hex and a newline: what the receiver reads after a put."""
+    running = checksum.new(checksum.SENT)
+    for block in iter(lambda: source.read(CHUNK), b''):
+        running.update(block)
+        stream.write(block)
+    stream.write(running.hexdigest().encode('ascii') + b'\n')
+
+
+def _send_file(source, name, stream):
+    """Write one put frame of a stream to ``stream``: the request, then the open file ``source``."""
+    size = os.fstat(source.fileno()).st_size
+    stream.write((' '.join(_put_request(name, size)) + '\n').encode('ascii'))
+    _copy_with_checksum(source, stream)
+
+
+def put(args, stderr):
+    name = os.path.basename(args.path)
+    wal.parse_wal_name(name)
+    spool = Spool(args.identity_file)
+    pg_wal = os.path.dirname(os.path.abspath(args.path))
+    if args.look_ahead and _is_ready(pg_wal, name):
+        agent_runs = _agent_alive(spool) or (len(ready_names(pg_wal)) > 1 and _start_agent(args, pg_wal))
+        if agent_runs and _delivered_by_agent(spool, name, args.path):
+            return 0
+    deadline = time.time() + CLAIM_WAIT_SECONDS
+    claimed = False
+    while not claimed:
+        if spool.was_delivered(name, args.path):
+            return 0
+        claimed = spool.claim(name)
+        if not claimed and time.time() > deadline:
+            break  # the agent is stuck: send it ourselves (an identical second copy is accepted)
+        if not claimed:
+            time.sleep(POLL_SECONDS)
+    try:
+        code = _put_now(args, name, stderr)
+        if code == 0 and _agent_alive(spool):
+            # Until PostgreSQL marks it done, the agent still sees it ready: tell it not to send it.
+            spool.note_delivered(name, stat_key(os.stat(args.path)))
+        return code
+    finally:
+        if claimed:
+            spool.release(name)
+
+
+def _is_ready(pg_wal, name):
+    return os.path.exists(os.path.join(pg_wal, 'archive_status', name + '.ready'))
+
+
+def _delivered_by_agent(spool, name, path):
+    """Wait for the running agent to deliver ``name``: True once it did; False as soon as it gave
+    the file up, ended, or took too long."""
+    deadline = time.time() + CLAIM_WAIT_SECONDS
+    while True:
+        if spool.was_delivered(name, path):
+            return True
+        if spool.given_up(name) or time.time() > deadline or (not spool.claimed(name) and not _agent_alive(spool)):
+            return spool.was_delivered(name, path)  # its note may have come with the release
+        time.sleep(POLL_SECONDS)
+
+
+def _put_now(args, name, stderr):
+    with open(args.path, 'rb') as source:
+        size = os.fstat(source.fileno()).st_size
+        proc = subprocess.Popen(_ssh_argv(args, _put_request(name, size)), stdin=subprocess.PIPE)
+        try:
+            _copy_with_checksum(source, proc.stdin)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the receiver refused early; its exit code says why
+    return _exit_code(proc.wait(), stderr)
+
+
+def _agent_lock(spool):
+    """The agent's lock, held (an open fd), or None if an agent runs."""
+    fd = os.open(os.path.join(spool.path, 'agent.lock'), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _agent_alive(spool):
+    lock = _agent_lock(spool)
+    if lock is None:
+        return True
+    os.close(lock)
+    return False
+
+
+def _start_agent(args, pg_wal):
+    """Start the look-ahead agent for this server unless one runs (it outlives this call); True.
+
+    The agent inherits the lock taken here, so that it counts as running from this moment on."""
+    lock = _agent_lock(Spool(args.identity_file))
+    if lock is None:
+        return True
+    argv = [sys.executable, '-IS', os.path.abspath(sys.argv[0]), '--ssh', args.ssh]
+    argv += ['--port', str(args.port)] if args.port else []
+    argv += ['--identity-file', args.identity_file, '--known-hosts', args.known_hosts]
+    argv += ['agent', '--lock-fd', str(lock), pg_wal]
+    try:
+        with open(os.devnull, 'r+b') as null:
+            subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, pass_fds=(lock,), start_new_session=True)
+    finally:
+        os.close(lock)
+    return True
+
+
+def ready_names(pg_wal):
+    """What PostgreSQL waits to archive, in the order it archives: history files first."""
+    names = []
+    status = os.path.join(pg_wal, 'archive_status')
+    for entry in os.listdir(status) if os.path.isdir(status) else []:
+        if entry.endswith('.ready') and wal.is_wal_name(entry[: -len('.ready')]):
+            names.append(entry[: -len('.ready')])
+    return sorted(names, key=lambda n: (not n.endswith('.history'), n))
+
+
+def agent(args, stderr):
+    """Send every ready file over one stream until none has been ready for AGENT_IDLE_SECONDS."""
+    spool = Spool(args.identity_file)
+    lock = args.lock_fd if args.lock_fd is not None else _agent_lock(spool)
+    if lock is None:
+        return 0
+    spool.forget_old(set(ready_names(args.pg_wal)))
+    _stream(args, spool, stderr)
+    spool.forget_old(set(ready_names(args.pg_wal)))
+    return 0
+
+
+def _stream(args, spool, stderr):
+    """The agent's stream: one ssh connection to the receiver's stream mode."""
+    # On the shared connection: when WAL piles up after single puts, the stream starts without a handshake.
+    proc = subprocess.Popen(_ssh_argv(args, ['stream']), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    pipes.widen(proc.stdin)
+    in_flight = {}
+    guard = threading.Lock()
+
+    def read_answers():
+        try:
+            note_answers()
+        except Exception as error:  # e.g. no space for a note: end the stream, the puts take over
+            stderr.write('barman-wal-sender agent: %s\n' % error)
+            proc.kill()
+
+    def note_answers():
+        for line in proc.stdout:
+            words = line.decode('utf-8', errors='replace').split()
+            if len(words) < 2:
+                continue
+            with guard:
+                sent_as = in_flight.pop(words[1], None)
+            if words[0] == 'ok' and sent_as is not None:
+                spool.note_delivered(words[1], sent_as)
+            elif words[0] != 'ok':
+                spool.note_given_up(words[1])  # sending it again would fail again (or fill errors/)
+            spool.release(words[1])
+
+    reader = threading.Thread(target=read_answers)
+    reader.start()
+    idle_since = time.time()
+    try:
+        while time.time() - idle_since < AGENT_IDLE_SECONDS and proc.poll() is None:
+            sent = False
+            for name in ready_names(args.pg_wal):
+                if spool.delivered(name) or spool.given_up(name) or not spool.claim(name):
+                    continue
+                if spool.delivered(name) or not _is_ready(args.pg_wal, name):  # a put sent it meanwhile
+                    spool.release(name)
+                    continue
+                try:
+                    source = open(os.path.join(args.pg_wal, name), 'rb')
+                except FileNotFoundError:  # archived and removed meanwhile
+                    spool.release(name)
+                    continue
+                with source:
+                    with guard:  # known before the answer can come
+                        in_flight[name] = stat_key(os.fstat(source.fileno()))
+                    _send_file(source, name, proc.stdin)
+                proc.stdin.flush()
+                sent = True
+            if sent:
+                idle_since = time.time()
+            else:
+                time.sleep(0.02)
+    except (BrokenPipeError, OSError) as error:
+        stderr.write('barman-wal-sender agent: %s\n' % error)
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        proc.wait()
+        reader.join()
+        for name in list(in_flight):
+            spool.release(name)
+
+
+def get(args, stderr):
+    name = wal.parse_wal_name(args.name).name
+    destination = os.path.abspath(args.path)
+    partial = '%s.barman-partial' % destination
+    with open(partial, 'wb') as target:
+        code = subprocess.call(_ssh_argv(args, ['get', name]), stdout=target)
+    if code != 0:
+        os.unlink(partial)
+        return _exit_code(code, stderr)
+    # Never leave a half file under the name PostgreSQL reads.
+    os.rename(partial, destination)
+    return 0
+
+
+def main(argv=None, stderr=None):
+    stderr = stderr or sys.stderr
+    parser = argparse.ArgumentParser(prog='barman-wal-sender', description=__doc__)
+    parser.add_argument('--ssh', required=True, help='user@host of the backup server')
+    parser.add_argument('--port', type=int)
+    parser.add_argument('--identity-file', required=True)
+    parser.add_argument('--known-hosts', required=True)
+    commands = parser.add_subparsers(dest='command')
+    commands.required = True
+    put_parser = commands.add_parser('put', help='archive the WAL file at PATH (%%p)')
+    put_parser.add_argument('path')
+    put_parser.add_argument(
+        '--no-look-ahead', dest='look_ahead', action='store_false', help='do not start the look-ahead agent'
+    )
+    agent_parser = commands.add_parser('agent', help='send the ready files of PG_WAL ahead of PostgreSQL')
+    agent_parser.add_argument('--lock-fd', type=int, help='the agent lock, already taken by the put that starts it')
+    agent_parser.add_argument('pg_wal')
+    get_parser = commands.add_parser('get', help='restore the WAL file NAME (%%f) to PATH (%%p)')
+    get_parser.add_argument('name')
+    get_parser.add_argument('path')
+    args = parser.parse_args(argv)
+    try:
+        return dict(put=put, get=get, agent=agent)[args.command](args, stderr)
+    except ValueError as error:
+        stderr.write('barman-wal-sender: %s\n' % error)
+        return EXIT_REFUSED
+    except OSError as error:
+        stderr.write('barman-wal-sender: %s\n' % error)
+        return EXIT_TEMPORARY if not isinstance(error, FileNotFoundError) else EXIT_NOT_FOUND

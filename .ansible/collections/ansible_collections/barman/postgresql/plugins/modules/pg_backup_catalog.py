@@ -1,0 +1,358 @@
+#!/usr/bin/python
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: pg_backup_catalog
+short_description: List, show, keep, delete and prune backups, and check the health of a server's archive
+description:
+  - Runs on the backup server, as the user that owns the catalog (C(barman)). The catalog is the one
+    Barman lays out, so Barman and this module read each other's backups.
+  - V(list) the backups of one server or of all, with their status, times, WAL range, sizes, the WAL
+    archived since each, keep annotation and, given O(retention_policy), retention status.
+  - V(show) one backup, by id or by V(latest)/V(last), V(oldest)/V(first) or V(last-failed).
+  - V(keep) a backup (O(target) V(full) keeps every WAL from it on, V(standalone) only what makes it
+    consistent) so that retention never removes it; V(release) the annotation.
+  - V(delete) one backup and the WAL only it needed. A kept backup, a backup still being taken, and a
+    backup whose removal leaves fewer DONE backups than O(minimum_redundancy) (at least one) are refused.
+  - V(retention) applies O(retention_policy) (C(REDUNDANCY n) or C(RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS))
+    as Barman does. It removes OBSOLETE backups, FAILED backups older than the oldest backup it keeps, and the
+    WAL no remaining backup needs. Timeline history files are never removed.
+  - V(check) the health of one server or all; each check is ok, warning or critical, and a Nagios line
+    sums them up. Read-only actions never report a change.
+  - A catalog file that cannot be read is reported by name; V(delete) and V(retention) then refuse to
+    change anything, and nothing is ever skipped or deleted because it could not be read.
+version_added: 1.0.0
+author: barman.postgresql contributors (@barman-postgresql)
+extends_documentation_fragment:
+  - barman.postgresql.postgres
+options:
+  action:
+    description: What to do.
+    type: str
+    choices: [list, show, check, keep, release, delete, retention]
+    default: list
+  server:
+    description:
+      - The server's name in the catalog. Without it, V(list) and V(check) cover every server.
+    type: str
+  barman_home:
+    description: The catalog's root directory.
+    type: path
+    default: /var/lib/barman
+  backup_id:
+    description:
+      - The backup for V(show), V(keep), V(release) and V(delete); an id (C(YYYYMMDDTHHMMSS)) or
+        V(latest), V(last), V(oldest), V(first), V(last-failed).
+    type: str
+  target:
+    description: What V(keep) keeps.
+    type: str
+    choices: [full, standalone]
+    default: full
+  retention_policy:
+    description:
+      - C(REDUNDANCY n) or C(RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS). Needed by V(retention); with
+        V(list) and V(check) it adds each backup's retention status.
+    type: str
+  minimum_redundancy:
+    description:
+      - DONE backups that are never removed, whatever the policy. The newest DONE backup always stays.
+    type: int
+    default: 1
+  last_backup_maximum_age:
+    description:
+      - V(check) turns critical when the newest DONE backup ended longer ago, for example C(26 HOURS) or
+        C(1 WEEKS). Units MINUTES, HOURS, DAYS, WEEKS, MONTHS.
+    type: str
+  wal_maximum_age:
+    description:
+      - V(check) turns critical when the newest WAL arrived longer ago (same syntax). Leave it unset
+        for servers that can be idle; O(pg_host) detects a failing C(archive_command) anyway.
+    type: str
+  disk_warning_percent:
+    description: V(check) warns below this percentage of free space on the catalog's file system.
+    type: int
+    default: 10
+  disk_critical_percent:
+    description: V(check) turns critical below this percentage of free space.
+    type: int
+    default: 5
+  query:
+    description:
+      - A JMESPath expression applied to the result; its answer is returned as RV(query_result).
+    type: str
+  fail_on_critical:
+    description: Fail V(check) when a check is critical (for monitoring); by default only report it.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: V(delete), V(retention), V(keep) and V(release) report exactly what they would change.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+    details: The list of backups before and after.
+notes:
+  - V(check) reads C(pg_stat_archiver) on the server when O(pg_host) is given (one server at a time).
+  - Changes take the server's backup lock (Barman's C(.<server>-backup.lock)); a running backup makes them fail.
+requirements:
+  - jmespath on the backup server, for O(query)
+"""
+
+EXAMPLES = r"""
+- name: List pg1's backups with their retention status
+  barman.postgresql.pg_backup_catalog:
+    server: pg1
+    retention_policy: RECOVERY WINDOW OF 7 DAYS
+  become: true
+  become_user: barman
+  register: catalog
+
+- name: Ids of the DONE backups of every server
+  barman.postgresql.pg_backup_catalog:
+    query: "servers[].backups[?status=='DONE'].backup_id"
+  register: done
+
+- name: Keep the newest backup for ever (with all WAL after it)
+  barman.postgresql.pg_backup_catalog:
+    server: pg1
+    action: keep
+    backup_id: latest
+
+- name: What would the policy remove? (check mode shows it, removes nothing)
+  barman.postgresql.pg_backup_catalog:
+    server: pg1
+    action: retention
+    retention_policy: REDUNDANCY 3
+    minimum_redundancy: 2
+  check_mode: true
+
+- name: Health, failing when something is critical
+  barman.postgresql.pg_backup_catalog:
+    server: pg1
+    action: check
+    last_backup_maximum_age: 26 HOURS
+    pg_host: 10.0.0.11
+    fail_on_critical: true
+"""
+
+RETURN = r"""
+servers:
+  description: One entry per server (V(list), V(check)).
+  returned: with list and check
+  type: list
+  elements: dict
+  contains:
+    server:
+      description: Server name.
+      type: str
+    backups:
+      description: >-
+        Oldest first: backup_id, status, begin_time, end_time, begin_wal, end_wal, begin_xlog, end_xlog,
+        timeline, size, deduplicated_size, wal_size and wal_count (WAL from this backup to the next),
+        keep, retention_status, error.
+      type: list
+      elements: dict
+    wal_count:
+      description: WAL files in the archive index.
+      type: int
+    wal_size:
+      description: Their bytes on disk.
+      type: int
+    malformed:
+      description: Catalog files that could not be read, each with path and error.
+      type: list
+      elements: dict
+    checks:
+      description: With V(check), each with name, status (ok, warning, critical) and message.
+      type: list
+      elements: dict
+    status:
+      description: With V(check), the worst check.
+      type: str
+    nagios:
+      description: With V(check), a Nagios-style line.
+      type: str
+    window:
+      description: >-
+        With V(check), the recoverable window: first_recoverable_time, last_wal, last_wal_time, and
+        gaps (first, last, after_time, before_time).
+      type: dict
+status:
+  description: Worst status over all servers (V(check)).
+  returned: with check
+  type: str
+  sample: critical
+nagios:
+  description: One Nagios line per server (V(check)).
+  returned: with check
+  type: str
+  sample: "BARMAN OK - pg1: 8 checks ok"
+backup:
+  description: Every backup.info field of the backup, and what V(list) shows of it (V(show)).
+  returned: with show
+  type: dict
+backup_id:
+  description: The backup acted on.
+  returned: with show, keep, release and delete
+  type: str
+keep:
+  description: The keep annotation after V(keep) or V(release).
+  returned: with keep and release
+  type: str
+removed_backups:
+  description: Backups removed (or that would be, in check mode).
+  returned: with delete and retention
+  type: list
+  elements: str
+removed_wals:
+  description: WAL files removed (or that would be).
+  returned: with delete and retention
+  type: int
+removed_wal_size:
+  description: Their bytes.
+  returned: with delete and retention
+  type: int
+first_removed_wal:
+  description: Oldest WAL file removed.
+  returned: with delete and retention
+  type: str
+last_removed_wal:
+  description: Newest WAL file removed.
+  returned: with delete and retention
+  type: str
+retention_status:
+  description: The retention status of every backup before the removal.
+  returned: with retention
+  type: dict
+query_result:
+  description: The answer of O(query).
+  returned: when query is given
+  type: raw
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.barman.postgresql.plugins.module_utils import backup_catalog, health, postgres, retention
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+try:
+    import jmespath
+except ImportError:
+    jmespath = None
+    JMESPATH_IMPORT_ERROR = traceback.format_exc()
+else:
+    JMESPATH_IMPORT_ERROR = None
+
+
+def run(module):
+    params = module.params
+    action = params['action']
+    home = params['barman_home']
+    policy = retention.parse_policy(params['retention_policy']) if params['retention_policy'] else None
+    minimum = retention.validate_minimum_redundancy(params['minimum_redundancy'])
+    names = [params['server']] if params['server'] else backup_catalog.server_names(home)
+    layouts = [backup_catalog.server_layout(home, name) for name in names]
+    if action == 'list':
+        return dict(
+            changed=False, servers=[backup_catalog.ServerCatalog(lay).summary(policy, minimum) for lay in layouts]
+        )
+    if action == 'check':
+        options = dict((k, v) for k, v in params.items() if k.startswith(('pg_', 'disk_')))
+        options['minimum_redundancy'] = minimum
+        for name in ('last_backup_maximum_age', 'wal_maximum_age'):
+            options[name] = retention.parse_period(params[name]) if params[name] else None
+        servers = [health.check_server(lay, options, policy) for lay in layouts]
+        status = health.worst(s['status'] for s in servers)
+        return dict(changed=False, servers=servers, status=status, nagios='\n'.join(s['nagios'] for s in servers))
+    layout = layouts[0]
+    if action == 'retention':
+        if policy is None:
+            raise retention.InvalidPolicy('action retention needs retention_policy', retention.POLICY_HINT)
+        before = sorted(backup_catalog.ServerCatalog(layout).infos)
+        result = backup_catalog.apply_retention(layout, policy, minimum, dry_run=module.check_mode)
+    elif action == 'delete':
+        before = sorted(backup_catalog.ServerCatalog(layout).infos)
+        result = backup_catalog.delete_backup(layout, params['backup_id'], minimum, dry_run=module.check_mode)
+    else:
+        server = backup_catalog.ServerCatalog(layout)
+        backup_id = server.resolve(params['backup_id'])
+        if action == 'show':
+            return dict(changed=False, backup_id=backup_id, backup=server.details(backup_id))
+        before = '%s keep=%s\n' % (backup_id, server.keeps.get(backup_id))
+        if action == 'keep':
+            changed = server.keep(backup_id, params['target'], dry_run=module.check_mode)
+        else:
+            changed = server.release(backup_id, dry_run=module.check_mode)
+        after = '%s keep=%s\n' % (backup_id, server.keeps.get(backup_id))
+        return dict(
+            changed=changed,
+            backup_id=backup_id,
+            keep=server.keeps.get(backup_id),
+            diff=dict(before=before, after=after),
+        )
+    after = [b for b in before if b not in result['removed_backups']]
+    result['changed'] = bool(result['removed_backups'] or result['removed_wals'])
+    result['diff'] = dict(before='\n'.join(before) + '\n', after='\n'.join(after) + '\n')
+    return result
+
+
+def main():
+    spec = dict(
+        action=dict(
+            type='str', choices=['list', 'show', 'check', 'keep', 'release', 'delete', 'retention'], default='list'
+        ),
+        server=dict(type='str'),
+        barman_home=dict(type='path', default='/var/lib/barman'),
+        backup_id=dict(type='str'),
+        target=dict(type='str', choices=['full', 'standalone'], default='full'),
+        retention_policy=dict(type='str'),
+        minimum_redundancy=dict(type='int', default=1),
+        last_backup_maximum_age=dict(type='str'),
+        wal_maximum_age=dict(type='str'),
+        disk_warning_percent=dict(type='int', default=10),
+        disk_critical_percent=dict(type='int', default=5),
+        query=dict(type='str'),
+        fail_on_critical=dict(type='bool', default=False),
+    )
+    spec.update(postgres.connection_argument_spec())
+    module = AnsibleModule(
+        argument_spec=spec,
+        supports_check_mode=True,
+        required_if=[
+            ('action', 'show', ['server', 'backup_id']),
+            ('action', 'keep', ['server', 'backup_id']),
+            ('action', 'release', ['server', 'backup_id']),
+            ('action', 'delete', ['server', 'backup_id']),
+            ('action', 'retention', ['server', 'retention_policy']),
+        ],
+        required_by=dict(pg_host=('server',)),
+    )
+    if module.params['query'] and jmespath is None:
+        module.fail_json(msg=missing_required_lib('jmespath'), exception=JMESPATH_IMPORT_ERROR)
+    try:
+        result = run(module)
+    except BarmanError as error:
+        module.fail_json(**error.fail_json_kwargs())
+    if not module._diff:
+        result.pop('diff', None)
+    if module.params['query']:
+        try:
+            result['query_result'] = jmespath.search(module.params['query'], result)
+        except jmespath.exceptions.JMESPathError as exc:
+            module.fail_json(msg='The query %r is not valid JMESPath: %s' % (module.params['query'], exc))
+    if module.params['action'] == 'check' and module.params['fail_on_critical'] and result['status'] == 'critical':
+        module.fail_json(msg=result['nagios'], **result)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

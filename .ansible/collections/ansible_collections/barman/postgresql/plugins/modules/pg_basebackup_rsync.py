@@ -1,0 +1,201 @@
+#!/usr/bin/python
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: pg_basebackup_rsync
+short_description: Take a base backup of a PostgreSQL server with rsync over SSH
+description:
+  - Runs on the backup server, as the user that owns the catalog (C(barman)), and pulls the backup.
+  - >-
+    Opens a session to PostgreSQL, calls C(pg_backup_start()), copies PGDATA and every tablespace
+    from the PostgreSQL host with rsync over SSH into C(base/<backup_id>/) of the catalog, copies
+    C(global/pg_control) last, calls C(pg_backup_stop()) in the same session and writes its
+    C(backup_label) (and C(tablespace_map)) into the copy. Then it waits until the backup's last WAL
+    segment is archived and marks the backup DONE.
+  - >-
+    Files PostgreSQL's documentation says not to copy are excluded (C(pg_wal/) contents, C(postmaster.pid),
+    C(pg_replslot/) contents and the rest). Configuration files kept outside PGDATA (Debian) are saved
+    in the copy's root.
+  - >-
+    With O(reuse=link), files unchanged since the previous DONE backup become hard links to it. Files
+    modified since one second before that backup started are compared by checksum, never trusted by
+    size and modification time alone.
+  - >-
+    One backup per server at a time (a second is refused); a failure, or a killed rsync, module or
+    connection, leaves the backup FAILED, and a FAILED backup is never used for recovery. A backup left
+    STARTED by a process that died is marked FAILED by the next run. The cluster's system identifier must
+    match the one recorded for the server.
+version_added: 1.0.0
+author: barman.postgresql contributors (@barman-postgresql)
+extends_documentation_fragment:
+  - barman.postgresql.catalog
+  - barman.postgresql.postgres
+options:
+  ssh_host:
+    description:
+      - Address of the PostgreSQL host for SSH. Defaults to O(pg_host).
+    type: str
+  ssh_user:
+    description:
+      - OS user on the PostgreSQL host that can read PGDATA.
+    type: str
+    default: postgres
+  ssh_port:
+    description:
+      - SSH port of the PostgreSQL host (default as in the SSH client configuration).
+    type: int
+  ssh_known_hosts:
+    description:
+      - known_hosts file with the PostgreSQL host's key. Defaults to the SSH client's.
+    type: path
+  reuse:
+    description:
+      - How to reuse the previous DONE backup. V(link) hard-links unchanged files (saves disk and time),
+        V(copy) copies them locally instead of over the network, V(off) copies everything.
+    type: str
+    choices: [link, copy, 'off']
+    default: link
+  jobs:
+    description:
+      - Number of rsync workers; files are shared out largest first.
+    type: int
+    default: 1
+  immediate_checkpoint:
+    description:
+      - Ask PostgreSQL for an immediate checkpoint at the start rather than waiting for a spread one.
+    type: bool
+    default: true
+  bandwidth_limit:
+    description:
+      - Limit of each rsync worker, in KiB/s.
+    type: int
+  network_compression:
+    description:
+      - Compress data on the network (rsync C(--compress)); costs CPU on both hosts.
+    type: bool
+    default: false
+  wal_timeout:
+    description:
+      - Seconds to wait for the backup's last WAL segment to be archived.
+      - When it does not arrive in time the module fails and the backup stays WAITING_FOR_WALS; a later
+        run marks it DONE once the WAL is there.
+    type: int
+    default: 120
+  label:
+    description:
+      - Label passed to C(pg_backup_start()) and recorded as the backup's name.
+    type: str
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: >-
+      Checks connectivity, privileges, archiving, the identity of the cluster, SSH and disk space;
+      copies nothing.
+notes:
+  - The role in PostgreSQL needs EXECUTE on C(pg_backup_start) and C(pg_backup_stop) and membership of
+    C(pg_read_all_settings); the wal_archiving role grants them. Its password comes from C(~/.pgpass).
+  - Progress is appended to C(<barman_home>/<server>/backup.log).
+"""
+
+EXAMPLES = r"""
+- name: Back up pg1 (hard links to the previous backup)
+  barman.postgresql.pg_basebackup_rsync:
+    server: pg1
+    pg_host: 10.0.0.11
+  become: true
+  become_user: barman
+
+- name: A full copy with 4 rsync workers
+  barman.postgresql.pg_basebackup_rsync:
+    server: pg1
+    pg_host: 10.0.0.11
+    reuse: 'off'
+    jobs: 4
+"""
+
+RETURN = r"""
+backup_id:
+  description: Id of the backup (its start time).
+  returned: when a backup was taken
+  type: str
+  sample: 20261124T031200
+status:
+  description: C(DONE), or C(WAITING_FOR_WALS) when its last WAL did not arrive in time.
+  returned: when a backup was taken
+  type: str
+reference_backup_id:
+  description: The backup reused for unchanged files, if any.
+  returned: when a backup was taken
+  type: str
+begin_wal:
+  description: First WAL segment the backup needs.
+  returned: when a backup was taken
+  type: str
+end_wal:
+  description: Last WAL segment the backup needs.
+  returned: when a backup was taken
+  type: str
+begin_xlog:
+  description: Start LSN.
+  returned: when a backup was taken
+  type: str
+end_xlog:
+  description: End LSN; recovery is consistent from there.
+  returned: when a backup was taken
+  type: str
+begin_time:
+  description: Start time (server clock).
+  returned: when a backup was taken
+  type: str
+end_time:
+  description: End time (server clock).
+  returned: when a backup was taken
+  type: str
+size:
+  description: Bytes of the backup's files.
+  returned: when a backup was taken
+  type: int
+deduplicated_size:
+  description: Bytes written for this backup (files not shared with the previous one).
+  returned: when a backup was taken
+  type: int
+copy_stats:
+  description: Copy time, total time, workers and bytes transferred.
+  returned: when a backup was taken
+  type: dict
+duration:
+  description: Seconds the backup took.
+  returned: when a backup was taken
+  type: float
+settled:
+  description: Unfinished backups found and settled first (STARTED -> FAILED, WAITING_FOR_WALS -> DONE).
+  returned: always
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.barman.postgresql.plugins.module_utils import backup, catalog, postgres
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+
+def main():
+    spec = backup.backup_argument_spec()
+    spec.update(catalog.catalog_argument_spec())
+    spec.update(postgres.connection_argument_spec())
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    try:
+        result = backup.take_backup(module.params, check_mode=module.check_mode)
+    except BarmanError as error:
+        module.fail_json(**error.fail_json_kwargs())
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

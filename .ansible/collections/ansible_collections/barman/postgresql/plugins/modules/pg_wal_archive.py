@@ -1,0 +1,217 @@
+#!/usr/bin/python
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: pg_wal_archive
+short_description: Check, process and re-index the WAL archive of a PostgreSQL server
+description:
+  - Runs on the backup server, as the user that owns the catalog (C(barman)).
+  - >-
+    V(check) proves that archiving works. It makes PostgreSQL switch to a new WAL segment, waits until
+    the closed segment arrives in the archive, then checks that the archive is continuous from the
+    oldest backup's first WAL (or the oldest archived segment) to the newest one, following timeline
+    switches. It fails when a segment does not arrive or a segment is missing, and says which.
+  - >-
+    V(process) moves WAL files delivered to C(incoming/) (by the WAL receiver, or by a plain rsync
+    C(archive_command)) into C(wals/), compressed and indexed in C(xlog.db); a file that differs from
+    the archived file of the same name is moved to C(errors/), never over it.
+  - V(rebuild) rewrites C(xlog.db) from the files in C(wals/).
+version_added: 1.0.0
+author: barman.postgresql contributors (@barman-postgresql)
+extends_documentation_fragment:
+  - barman.postgresql.catalog
+  - barman.postgresql.postgres
+options:
+  action:
+    description:
+      - What to do.
+    type: str
+    choices: [check, process, rebuild]
+    default: check
+  compression:
+    description:
+      - Compression of the files V(process) stores in C(wals/). V(zstd) and V(lz4) need those programs.
+    type: str
+    choices: [gzip, zstd, lz4, none]
+    default: gzip
+  switch_wal:
+    description:
+      - With V(check), switch WAL on the server and wait for the segment. Needs O(pg_host).
+      - Without it (or without O(pg_host)), only the archive on disk is checked.
+    type: bool
+    default: true
+  timeout:
+    description:
+      - Seconds V(check) waits for the switched segment to arrive.
+    type: int
+    default: 60
+  segment_size:
+    description:
+      - WAL segment size in bytes. Discovered from the server when O(pg_host) is given.
+    type: int
+  first_wal:
+    description:
+      - Check continuity from this segment rather than from the oldest archived one.
+    type: str
+  fail_on_problem:
+    description:
+      - Fail when V(check) finds a problem. With V(false) the problems are only returned.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: >-
+      V(check) is read-only (the WAL switch is skipped); V(process) and V(rebuild) report what they
+      would do.
+notes:
+  - The restricted SSH key of each PostgreSQL server delivers to the WAL receiver, which validates each
+    file (name, size, header, system identifier, sha256), stores it durably in C(incoming/) and processes
+    it in the background; V(process) is for what a plain rsync C(archive_command) delivers, and repairs.
+"""
+
+EXAMPLES = r"""
+- name: Prove that pg1 archives (switch WAL, wait for it, check continuity)
+  barman.postgresql.pg_wal_archive:
+    server: pg1
+    pg_host: 127.0.0.11
+    pg_port: 5432
+  become: true
+  become_user: barman
+
+- name: Compress and index what a plain rsync archive_command delivered
+  barman.postgresql.pg_wal_archive:
+    server: pg1
+    action: process
+    compression: zstd
+
+- name: Report gaps without failing
+  barman.postgresql.pg_wal_archive:
+    server: pg1
+    switch_wal: false
+    fail_on_problem: false
+  register: archive
+
+- name: Show them
+  ansible.builtin.debug:
+    msg: "{{ archive.continuity.missing }}"
+"""
+
+RETURN = r"""
+switched_wal:
+  description: The segment closed by the WAL switch (V(check)).
+  returned: when a switch was made
+  type: str
+  sample: 000000010000000000000007
+arrival_seconds:
+  description: How long the switched segment took to arrive.
+  returned: when a switch was made
+  type: float
+continuity:
+  description: The archive from its first to its last segment.
+  returned: with V(check)
+  type: dict
+  contains:
+    first:
+      description: First segment checked.
+      type: str
+    last:
+      description: Newest archived segment on the newest timeline.
+      type: str
+    timeline:
+      description: Newest timeline.
+      type: int
+    segments:
+      description: Segments present between first and last.
+      type: int
+    missing:
+      description: Missing ranges, each a list of its first and last segment.
+      type: list
+      elements: list
+    ok:
+      description: No segment is missing.
+      type: bool
+incoming_backlog:
+  description: Files delivered but not yet compressed into C(wals/).
+  returned: with V(check)
+  type: list
+  elements: str
+archiver:
+  description: PostgreSQL's C(pg_stat_archiver) (counts of archived and failed WAL files).
+  returned: with V(check) when O(pg_host) is given
+  type: dict
+problems:
+  description: What V(check) found wrong, one sentence each.
+  returned: with V(check)
+  type: list
+  elements: str
+archived:
+  description: Files V(process) moved into C(wals/).
+  returned: with V(process)
+  type: list
+  elements: str
+errors:
+  description: Files V(process) moved to C(errors/), with the reason.
+  returned: with V(process)
+  type: list
+  elements: dict
+added:
+  description: Files V(rebuild) added to C(xlog.db).
+  returned: with V(rebuild)
+  type: list
+  elements: str
+removed:
+  description: Entries V(rebuild) removed from C(xlog.db) (no file behind them).
+  returned: with V(rebuild)
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.barman.postgresql.plugins.module_utils import archive_check, catalog, postgres
+from ansible_collections.barman.postgresql.plugins.module_utils.archive import WalArchive
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+
+def main():
+    spec = dict(
+        action=dict(type='str', choices=['check', 'process', 'rebuild'], default='check'),
+        compression=dict(type='str', choices=['gzip', 'zstd', 'lz4', 'none'], default='gzip'),
+        switch_wal=dict(type='bool', default=True),
+        timeout=dict(type='int', default=60),
+        segment_size=dict(type='int'),
+        first_wal=dict(type='str'),
+        fail_on_problem=dict(type='bool', default=True),
+    )
+    spec.update(catalog.catalog_argument_spec())
+    spec.update(postgres.connection_argument_spec())
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    params = module.params
+    try:
+        wal_archive = WalArchive(params['barman_home'], params['server'])
+        if params['action'] == 'process':
+            result = wal_archive.process_incoming(params['compression'], dry_run=module.check_mode)
+            result['changed'] = bool(result['archived'] or result['identical'] or result['errors'])
+        elif params['action'] == 'rebuild':
+            result = wal_archive.rebuild_xlog_db(dry_run=module.check_mode)
+            result['changed'] = bool(result['added'] or result['removed'])
+        else:
+            result = archive_check.check_archive(
+                wal_archive, params, switch=params['switch_wal'] and not module.check_mode
+            )
+            result['changed'] = False
+            if result['problems'] and params['fail_on_problem']:
+                module.fail_json(msg=' '.join(result['problems']), **result)
+    except BarmanError as error:
+        module.fail_json(**error.fail_json_kwargs())
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

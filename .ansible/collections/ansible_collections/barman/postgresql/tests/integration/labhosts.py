@@ -1,0 +1,138 @@
+"""Helpers to act on the lab: run ansible and ansible-playbook from the checkout, SQL on a cluster."""
+
+import json
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB = os.path.join(ROOT, 'tests', 'lab', 'lab')
+VENV_BIN = os.path.join(ROOT, '.venv', 'bin')
+
+# Where each lab cluster listens (tests/lab/lab and inventory/lab.yml say the same).
+CLUSTERS = {
+    'pg1': {'host': '127.0.0.11', 'port': 5441},
+    'pg2': {'host': '127.0.0.12', 'port': 5442},
+}
+
+
+def run(argv, check=True, **kwargs):
+    """Run argv from the checkout; on failure show what ran, its exit code and its output."""
+    env = dict(
+        kwargs.pop('env', os.environ),
+        ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'),
+        ANSIBLE_FORCE_COLOR='0',
+    )
+    env['PATH'] = VENV_BIN + os.pathsep + env.get('PATH', '')
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            'command %r exited %d\n--- stdout\n%s\n--- stderr\n%s'
+            % (argv, proc.returncode, proc.stdout[-6000:], proc.stderr[-6000:])
+        )
+    return proc
+
+
+def ansible(*args, check=True):
+    return run(['ansible'] + list(args), check=check)
+
+
+def playbook(name, *args, check=True):
+    return run(['ansible-playbook', os.path.join('playbooks', name)] + list(args), check=check)
+
+
+def psql(server, sql, dbname='postgres'):
+    """Run SQL as the postgres superuser on a lab cluster, locally over its socket; returns stdout."""
+    port = str(CLUSTERS[server]['port'])
+    argv = [
+        'runuser',
+        '-u',
+        'postgres',
+        '--',
+        'psql',
+        '-XAtq',
+        '-v',
+        'ON_ERROR_STOP=1',
+        '-h',
+        '/var/run/postgresql',
+        '-p',
+        port,
+        '-d',
+        dbname,
+        '-c',
+        sql,
+    ]
+    return run(argv).stdout.strip()
+
+
+BARMAN_HOME = '/var/lib/barman'
+PG_OS_HOME = '/var/lib/postgresql'
+SENDER = '/usr/local/lib/barman-postgresql/bin/barman-wal-sender'
+BACKUP1 = '127.0.0.21'
+
+
+def as_postgres(*argv, check=True):
+    return run(['runuser', '-u', 'postgres', '--'] + list(argv), check=check)
+
+
+def sender_argv(server, *command):
+    """The WAL sender as archive_command runs it for ``server``, with that server's restricted key."""
+    return [
+        SENDER,
+        '--ssh',
+        'barman@' + BACKUP1,
+        '--identity-file',
+        '%s/.ssh/barman_%s' % (PG_OS_HOME, server),
+        '--known-hosts',
+        '%s/.ssh/barman_known_hosts' % PG_OS_HOME,
+    ] + list(command)
+
+
+def ssh_with_server_key(server, *args):
+    """A raw ssh client with ``server``'s archiving key, as an attacker holding that key would use it."""
+    return [
+        'ssh',
+        '-i',
+        '%s/.ssh/barman_%s' % (PG_OS_HOME, server),
+        '-o',
+        'IdentitiesOnly=yes',
+        '-o',
+        'BatchMode=yes',
+        '-o',
+        'UserKnownHostsFile=%s/.ssh/barman_known_hosts' % PG_OS_HOME,
+        '-o',
+        'ControlMaster=no',
+        '-o',
+        'ControlPath=none',
+    ] + list(args)
+
+
+def pgbench(server, *args):
+    port = str(CLUSTERS[server]['port'])
+    return ['runuser', '-u', 'postgres', '--', 'pgbench', '-h', '/var/run/postgresql', '-p', port] + list(args)
+
+
+def switch_wal(server):
+    """Close the current segment (writing a commit first, so that the switch happens) and return its name."""
+    psql(server, 'SELECT pg_current_xact_id()')
+    return psql(server, 'SELECT pg_walfile_name(pg_switch_wal())')
+
+
+def current_wal(server):
+    return psql(server, 'SELECT pg_walfile_name(pg_current_wal_lsn())')
+
+
+def module(name, params, *options, host='backup1', become_user='barman'):
+    """Run a collection module on a lab host as Ansible does; returns (succeeded, result dict)."""
+    argv = ['ansible', host, '-m', 'barman.postgresql.' + name, '-a', json.dumps(params), '--become']
+    proc = run(argv + ['--become-user', become_user] + list(options), check=False)
+    head, _sep, body = proc.stdout.partition(' => ')
+    if not body:
+        raise AssertionError('no result from %s:\n%s\n%s' % (name, proc.stdout[-3000:], proc.stderr[-3000:]))
+    return 'SUCCESS' in head or 'CHANGED' in head, json.loads(body)
+
+
+def catalog(params, *options):
+    """pg_backup_catalog on the backup server; fails the test if the module failed."""
+    succeeded, result = module('pg_backup_catalog', params, *options)
+    assert succeeded, result.get('msg', result)
+    return result

@@ -1,0 +1,98 @@
+"""An estate with two backup servers in one inventory: one backup.yml run backs up both PostgreSQL
+servers at the same time, status.yml shows both, and recovering one touches nothing of the other."""
+
+import datetime
+import json
+import os
+import shutil
+import time
+
+import pytest
+from labhosts import ROOT, psql, run, switch_wal
+
+from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog
+
+INVENTORY = os.path.join(ROOT, 'tests', 'integration', 'two-backup-servers.yml')
+HOMES = {'pg1': '/var/lib/barman', 'pg2': '/var/lib/barman2'}
+
+
+def playbook(name, *args, check=True):
+    return run(['ansible-playbook', '-i', INVENTORY, os.path.join('playbooks', name)] + list(args), check=check)
+
+
+def infos(server):
+    return catalog.backup_infos(catalog.ServerLayout(HOMES[server], server))
+
+
+def footprint(server):
+    """Everything of a server that a recovery of another one must leave alone."""
+    layout = catalog.ServerLayout(HOMES[server], server)
+    wals = sorted(entry for _dir, _dirs, files in os.walk(layout.wals_dir) for entry in files)
+    data_directory = psql(server, 'SHOW data_directory')
+    return dict(
+        backups=sorted(os.listdir(layout.base_dir)),
+        meta=sorted(os.listdir(layout.meta_dir)),
+        wals=wals,
+        pgdata=sorted(os.listdir(data_directory)),
+        started=psql(server, 'SELECT pg_postmaster_start_time()'),
+        timeline=psql(server, 'SELECT timeline_id FROM pg_control_checkpoint()'),
+        rows=psql(server, 'SELECT count(*) FROM estate'),
+    )
+
+
+@pytest.fixture
+def two_backup_servers(configured):
+    yield
+    # Back to the lab's usual estate (one backup server for both) for the tests that follow. pg2's
+    # WAL went to backup2 meanwhile (and a new timeline, after the in-place recovery): its old archive
+    # on backup1 has a hole that setup.yml's proof would rightly refuse, so it starts afresh.
+    shutil.rmtree(os.path.join(HOMES['pg1'], 'pg2'), ignore_errors=True)
+    run(['ansible-playbook', os.path.join('playbooks', 'setup.yml')])
+
+
+def test_two_backup_servers_back_up_in_parallel_and_recover_apart(two_backup_servers):
+    setup = playbook('setup.yml')
+    assert 'backup2' in setup.stdout
+    for server in ('pg1', 'pg2'):
+        psql(server, 'DROP TABLE IF EXISTS estate; CREATE TABLE estate AS SELECT g FROM generate_series(1, 50) g')
+
+    # One run, both servers; a bandwidth limit makes each copy last a few seconds, long enough to see overlap.
+    backup = playbook(
+        'backup.yml', '-e', json.dumps(dict(barman_backup_bandwidth_limit=8000, barman_retention_policy=''))
+    )
+    newest = dict((server, infos(server)[max(infos(server))]) for server in ('pg1', 'pg2'))
+    for server, info in newest.items():
+        assert info['status'] == 'DONE', (server, backup.stdout[-2000:])
+        assert os.path.isdir(os.path.join(HOMES[server], server, 'base', max(infos(server)), 'data'))
+    assert not os.path.exists(os.path.join(HOMES['pg2'], 'pg1')), 'pg1 must not be kept on backup2'
+    first, second = newest['pg1'], newest['pg2']
+    assert first['begin_time'] < second['end_time'] and second['begin_time'] < first['end_time'], (
+        'the two backups did not overlap: %s..%s and %s..%s'
+        % (first['begin_time'], first['end_time'], second['begin_time'], second['end_time'])
+    )
+
+    status = playbook('status.yml', '-e', 'status_report=/tmp/barman-status-estate.html')
+    assert 'pg1  OK' in status.stdout and 'pg2  OK' in status.stdout, status.stdout[-3000:]
+    with open('/tmp/barman-status-estate.html') as report:
+        html = report.read()
+    assert 'pg1' in html and 'pg2' in html
+
+    # pg2 in place, from backup2: pg1, its catalog on backup1 and its WAL are untouched.
+    psql('pg2', 'INSERT INTO estate SELECT generate_series(51, 60)')
+    switch_wal('pg2')
+    psql('pg1', 'INSERT INTO estate SELECT generate_series(51, 55)')
+    switched = switch_wal('pg1')
+    pg1_archive = archive.WalArchive(HOMES['pg1'], 'pg1')
+    deadline = time.time() + 60
+    while not pg1_archive.locate(switched) or pg1_archive.incoming_backlog():
+        assert time.time() < deadline, '%s did not reach the archive of pg1' % switched
+        time.sleep(0.2)
+    before = footprint('pg1')
+    started = datetime.datetime.now(datetime.timezone.utc)
+    recovered = playbook(
+        'recover.yml', '-e', json.dumps(dict(server='pg2', recover_in_place=True, recover_in_place_confirm='pg2'))
+    )
+    assert 'pg2 recovered from backup' in recovered.stdout, recovered.stdout[-3000:]
+    assert psql('pg2', 'SELECT count(*) FROM estate') == '60'
+    assert footprint('pg1') == before
+    assert all(info['end_time'] < started for info in infos('pg1').values())

@@ -1,0 +1,341 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The catalog actions on a catalog built in a temporary directory (real files, no PostgreSQL)."""
+
+import datetime
+import os
+
+import pytest
+
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    archive,
+    backup_catalog,
+    catalog,
+    health,
+    recovery,
+    retention,
+    wal,
+)
+
+UTC = datetime.timezone.utc
+NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+SEG = wal.DEFAULT_SEGMENT_SIZE
+
+
+def seg(n, tli=1):
+    return wal.segment_name(tli, n, SEG)
+
+
+class Lab(object):
+    """A server catalog on disk: backups (info + a data file) and WAL files indexed in xlog.db."""
+
+    def __init__(self, home, server='pg1'):
+        self.layout = catalog.ServerLayout(str(home), server)
+        catalog.ensure_directories(self.layout)
+
+    def backup(self, backup_id, begin, end=None, status='DONE', hours_ago=1):
+        end_time = NOW - datetime.timedelta(hours=hours_ago)
+        info = dict(
+            status=status,
+            begin_wal=seg(begin),
+            end_wal=seg(end or begin),
+            begin_time=end_time - datetime.timedelta(minutes=5),
+            end_time=end_time,
+            size=1000,
+            deduplicated_size=100,
+            timeline=1,
+            xlog_segment_size=SEG,
+        )
+        if status == 'FAILED':
+            info['error'] = 'rsync died'
+        catalog.write_backup_info(self.layout.backup_info_path(backup_id), info)
+        os.makedirs(self.layout.backup_data_dir(backup_id))
+        with open(os.path.join(self.layout.backup_data_dir(backup_id), 'PG_VERSION'), 'w') as handle:
+            handle.write('15\n')
+        return backup_id
+
+    def wals(self, *numbers, **kw):
+        entries = []
+        for n in numbers:
+            name = seg(n, kw.get('tli', 1)) if isinstance(n, int) else n
+            path = self.layout.wal_path(name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'wb') as handle:
+                handle.write(b'x' * 10)
+            entries.append(
+                (name, 10, (NOW - datetime.timedelta(minutes=60 - n if isinstance(n, int) else 0)).timestamp(), 'gzip')
+            )
+        catalog.append_xlog_db(self.layout.xlog_db, entries)
+
+    def files(self):
+        result = []
+        for directory, _dirs, names in os.walk(self.layout.root):
+            result += [os.path.relpath(os.path.join(directory, n), self.layout.root) for n in names]
+        return sorted(result)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    return Lab(tmp_path)
+
+
+def test_list_describes_backups_with_wal_between_them(lab):
+    lab.backup('20261120T010000', 2, 3)
+    lab.backup('20261121T010000', 5, 6, status='FAILED')
+    lab.backup('20261122T010000', 7, 8)
+    lab.wals(1, 2, 3, 4, 5, 6, 7, 8, 9)
+    summary = backup_catalog.ServerCatalog(lab.layout).summary(retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    first, failed, last = summary['backups']
+    assert (first['backup_id'], first['status'], first['retention_status']) == ('20261120T010000', 'DONE', 'OBSOLETE')
+    assert (first['wal_count'], first['wal_size']) == (5, 50)  # segments 2..6, up to the next DONE begin
+    assert failed['status'] == 'FAILED' and failed['wal_size'] is None and failed['error'] == 'rsync died'
+    assert (last['wal_count'], last['retention_status']) == (3, 'VALID')
+    assert last['end_time'] == (NOW - datetime.timedelta(hours=1)).isoformat()
+    assert (summary['wal_count'], summary['wal_size']) == (9, 90)
+
+
+@pytest.mark.parametrize(
+    'shortcut, expected',
+    [
+        ('latest', '20261122T010000'),
+        ('last', '20261122T010000'),
+        ('oldest', '20261120T010000'),
+        ('first', '20261120T010000'),
+        ('last-failed', '20261121T010000'),
+        ('20261121T010000', '20261121T010000'),
+    ],
+)
+def test_resolve_shortcuts(lab, shortcut, expected):
+    lab.backup('20261120T010000', 2)
+    lab.backup('20261121T010000', 5, status='FAILED')
+    lab.backup('20261122T010000', 7)
+    assert backup_catalog.ServerCatalog(lab.layout).resolve(shortcut) == expected
+
+
+@pytest.mark.parametrize('text', ['20261123T010000', 'newest', '../x', ''])
+def test_resolve_refuses_unknown_ids(lab, text):
+    lab.backup('20261120T010000', 2)
+    with pytest.raises((backup_catalog.CatalogRefusal, catalog.InvalidName)) as caught:
+        backup_catalog.ServerCatalog(lab.layout).resolve(text)
+    assert caught.value.hint
+
+
+def test_unknown_server_is_refused_naming_the_known_ones(lab):
+    with pytest.raises(backup_catalog.CatalogRefusal) as caught:
+        backup_catalog.server_layout(lab.layout.barman_home, 'pg9')
+    assert 'pg1' in str(caught.value)
+
+
+def test_keep_and_release_write_barmans_annotation(lab):
+    lab.backup('20261120T010000', 2)
+    server = backup_catalog.ServerCatalog(lab.layout)
+    assert server.keep('20261120T010000', 'standalone', dry_run=True)
+    assert not os.path.exists(lab.layout.keep_path('20261120T010000'))
+    server = backup_catalog.ServerCatalog(lab.layout)
+    assert server.keep('20261120T010000', 'standalone')
+    assert open(lab.layout.keep_path('20261120T010000')).read() == 'standalone'
+    assert oct(os.stat(lab.layout.keep_path('20261120T010000')).st_mode & 0o777) == '0o600'
+    assert not backup_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'standalone')
+    assert backup_catalog.ServerCatalog(lab.layout).keeps == {'20261120T010000': 'standalone'}
+    assert backup_catalog.ServerCatalog(lab.layout).release('20261120T010000')
+    assert not os.path.exists(lab.layout.keep_path('20261120T010000'))
+    assert not backup_catalog.ServerCatalog(lab.layout).release('20261120T010000')
+
+
+def test_the_old_keep_location_is_read(lab):
+    lab.backup('20261120T010000', 2)
+    os.makedirs(os.path.dirname(lab.layout.old_keep_path('20261120T010000')))
+    with open(lab.layout.old_keep_path('20261120T010000'), 'w') as handle:
+        handle.write('full')
+    assert backup_catalog.ServerCatalog(lab.layout).keeps == {'20261120T010000': 'full'}
+
+
+def test_only_done_backups_are_kept(lab):
+    lab.backup('20261120T010000', 2, status='FAILED')
+    with pytest.raises(backup_catalog.CatalogRefusal, match='only a DONE backup'):
+        backup_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'full')
+
+
+def test_delete_removes_the_backup_and_only_the_wal_it_alone_needed(lab):
+    lab.backup('20261120T010000', 2)
+    lab.backup('20261122T010000', 5)
+    lab.wals(1, 2, 3, 4, 5, 6, '00000001.history')
+    before = lab.files()
+    dry = backup_catalog.delete_backup(lab.layout, 'oldest', 1, dry_run=True)
+    assert lab.files() == before
+    assert dry['removed_backups'] == ['20261120T010000'] and dry['removed_wals'] == 4
+    result = backup_catalog.delete_backup(lab.layout, 'oldest', 1)
+    assert result == dict(dry, backup_id='20261120T010000')
+    assert not os.path.exists(lab.layout.backup_dir('20261120T010000'))
+    assert not os.path.exists(lab.layout.backup_info_path('20261120T010000'))
+    assert [e.name for e in catalog.read_xlog_db(lab.layout.xlog_db)] == [seg(5), seg(6), '00000001.history']
+    assert os.path.exists(lab.layout.wal_path('00000001.history'))
+    assert not os.path.exists(lab.layout.wal_path(seg(4)))
+    assert not [f for f in os.listdir(lab.layout.base_dir) if f.startswith('.')]
+
+
+def test_delete_refuses_what_must_stay(lab):
+    lab.backup('20261120T010000', 2)
+    lab.backup('20261121T010000', 4)
+    lab.backup('20261122T010000', 6, status='STARTED')
+    lab.wals(1, 2, 3, 4, 5, 6)
+    backup_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'full')
+    before = lab.files()
+    with pytest.raises(backup_catalog.CatalogRefusal, match='is kept'):
+        backup_catalog.delete_backup(lab.layout, '20261120T010000', 1)
+    with pytest.raises(backup_catalog.CatalogRefusal, match='still being taken'):
+        backup_catalog.delete_backup(lab.layout, '20261122T010000', 1)
+    with pytest.raises(backup_catalog.CatalogRefusal, match='below the minimum of 2'):
+        backup_catalog.delete_backup(lab.layout, '20261121T010000', 2)
+    assert lab.files() == before
+
+
+def test_the_last_done_backup_is_never_deleted_even_with_minimum_zero(lab):
+    lab.backup('20261120T010000', 2)
+    with pytest.raises(backup_catalog.CatalogRefusal, match='never deleted'):
+        backup_catalog.delete_backup(lab.layout, 'latest', 0)
+    assert os.path.exists(lab.layout.backup_data_dir('20261120T010000'))
+
+
+def test_a_failed_backup_can_be_deleted(lab):
+    lab.backup('20261120T010000', 2)
+    lab.backup('20261121T010000', 4, status='FAILED')
+    lab.wals(2, 3, 4)
+    result = backup_catalog.delete_backup(lab.layout, 'last-failed', 1)
+    assert result['removed_backups'] == ['20261121T010000'] and result['removed_wals'] == 0
+
+
+def test_a_running_backup_blocks_changes(lab):
+    lab.backup('20261120T010000', 2)
+    lab.backup('20261121T010000', 4)
+    with catalog.ServerLock(lab.layout, 'backup'):
+        with pytest.raises(catalog.LockBusy):
+            backup_catalog.delete_backup(lab.layout, 'oldest', 1)
+    assert os.path.exists(lab.layout.backup_info_path('20261120T010000'))
+
+
+def test_retention_removes_obsolete_and_old_failed_backups_and_their_wal(lab):
+    lab.backup('20261118T010000', 1, hours_ago=100)
+    lab.backup('20261119T010000', 3, status='FAILED', hours_ago=90)
+    lab.backup('20261120T010000', 4, hours_ago=80)
+    lab.backup('20261121T010000', 6, hours_ago=2)
+    lab.backup('20261122T010000', 8, status='FAILED', hours_ago=1)
+    lab.wals(1, 2, 3, 4, 5, 6, 7, 8, 9)
+    policy = retention.parse_policy('REDUNDANCY 2')
+    before = lab.files()
+    dry = backup_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    assert lab.files() == before
+    assert dry['removed_backups'] == ['20261118T010000', '20261119T010000']
+    assert (dry['removed_wals'], dry['first_removed_wal'], dry['last_removed_wal']) == (3, seg(1), seg(3))
+    result = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    assert result == dry
+    assert sorted(backup_catalog.ServerCatalog(lab.layout).infos) == [
+        '20261120T010000',
+        '20261121T010000',
+        '20261122T010000',
+    ]
+    again = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    assert again['removed_backups'] == [] and again['removed_wals'] == 0
+
+
+def test_retention_refuses_on_a_malformed_backup_info_and_changes_nothing(lab):
+    lab.backup('20261118T010000', 1, hours_ago=100)
+    lab.backup('20261121T010000', 6, hours_ago=2)
+    with open(lab.layout.backup_info_path('20261119T010000'), 'w') as handle:
+        handle.write('status=DONE\nthis line is broken\n')
+    lab.wals(1, 2, 6)
+    before = lab.files()
+    with pytest.raises(backup_catalog.CatalogRefusal) as caught:
+        backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    assert '20261119T010000-backup.info' in str(caught.value) and 'line 2' in str(caught.value)
+    assert lab.files() == before
+    summary = backup_catalog.ServerCatalog(lab.layout).summary()
+    assert [m['path'] for m in summary['malformed']] == [lab.layout.backup_info_path('20261119T010000')]
+
+
+def check(lab, **options):
+    defaults = dict(
+        minimum_redundancy=1,
+        last_backup_maximum_age=None,
+        wal_maximum_age=None,
+        disk_warning_percent=0,
+        disk_critical_percent=0,
+    )
+    defaults.update(options)
+    return health.check_server(lab.layout, defaults, None, NOW)
+
+
+def by_name(result):
+    return dict((c['name'], c['status']) for c in result['checks'])
+
+
+def test_check_is_ok_on_a_healthy_catalog(lab):
+    lab.backup('20261120T010000', 2, hours_ago=3)
+    lab.wals(2, 3, 4)
+    result = check(lab, last_backup_maximum_age=4 * 3600)
+    assert result['status'] == 'ok', result['checks']
+    assert result['nagios'].startswith('BARMAN OK - pg1: ')
+    assert result['window']['first_recoverable_time'] == (NOW - datetime.timedelta(hours=3)).isoformat()
+    assert result['window']['last_wal'] == seg(4)
+
+
+def test_check_is_critical_for_a_gap_an_old_backup_and_no_backup(lab):
+    lab.backup('20261120T010000', 2, hours_ago=30)
+    lab.wals(2, 3, 5, 6)
+    result = check(lab, last_backup_maximum_age=26 * 3600)
+    statuses = by_name(result)
+    assert statuses['wal_archive'] == 'critical' and statuses['last_backup_age'] == 'critical'
+    assert result['status'] == 'critical'
+    assert seg(4) in result['nagios'] and 'BARMAN CRITICAL' in result['nagios']
+    (gap,) = result['window']['gaps']
+    assert (gap['first'], gap['last']) == (seg(4), seg(4))
+    assert gap['after_time'] < gap['before_time']
+    empty = Lab(lab.layout.barman_home, 'pg2')
+    assert by_name(check(empty))['backups'] == 'critical'
+
+
+def test_check_warns_about_a_failure_since_the_last_good_backup_and_reports_malformed_files(lab):
+    lab.backup('20261120T010000', 2, hours_ago=3)
+    lab.backup('20261121T010000', 4, status='FAILED', hours_ago=1)
+    lab.wals(2, 3, 4)
+    assert by_name(check(lab))['failed_backups'] == 'warning'
+    with open(lab.layout.backup_info_path('20261119T010000'), 'w') as handle:
+        handle.write('garbage\n')
+    result = check(lab)
+    assert by_name(result)['catalog'] == 'critical'
+    assert '20261119T010000-backup.info' in result['nagios']
+    assert os.path.exists(lab.layout.backup_info_path('20261119T010000'))
+
+
+def test_check_disk_thresholds(lab):
+    lab.backup('20261120T010000', 2)
+    lab.wals(2)
+    assert by_name(check(lab, disk_warning_percent=101, disk_critical_percent=0))['disk_space'] == 'warning'
+    assert by_name(check(lab, disk_warning_percent=101, disk_critical_percent=101))['disk_space'] == 'critical'
+
+
+def test_server_names_lists_only_server_directories(lab, tmp_path):
+    os.mkdir(str(tmp_path / '.hidden'))
+    os.mkdir(str(tmp_path / 'not-a-server'))
+    Lab(tmp_path, 'pg2')
+    assert backup_catalog.server_names(str(tmp_path)) == ['pg1', 'pg2']
+
+
+def test_a_standalone_backup_recovers_to_its_end_past_a_gap_that_retention_left(lab):
+    lab.backup('20261120T010000', 2, 3)
+    lab.wals(2, 3, 7, 8)
+    info = backup_catalog.ServerCatalog(lab.layout).infos['20261120T010000']
+    wal_archive = archive.WalArchive(lab.layout.barman_home, 'pg1')
+    assert recovery.check_archive(wal_archive, info, 'target_immediate', True)['missing'] == [[seg(4), seg(6)]]
+    with pytest.raises(recovery.RecoveryError, match='missing from the archive'):
+        recovery.check_archive(wal_archive, info, None, None)
+
+
+def test_an_archive_begun_on_a_later_timeline_needs_no_history_file_until_it_crosses_one(lab):
+    lab.wals(*[seg(n, 2) for n in (5, 6, 7)])
+    wal_archive = archive.WalArchive(lab.layout.barman_home, 'pg1')
+    continuity = wal_archive.continuity(SEG)
+    assert (continuity['ok'], continuity['first'], continuity['last']) == (True, seg(5, 2), seg(7, 2))
+    lab.wals(seg(4, 1))
+    with pytest.raises(archive.ArchiveError, match='00000002.history'):
+        wal_archive.continuity(SEG)
