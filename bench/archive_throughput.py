@@ -393,16 +393,9 @@ def close_master(key):
         run(ssh_base(key, key + '.cm-%C') + ['-O', 'exit', 'barman@' + BACKUP_HOST], user='postgres', check=False)
 
 
-def method_ours(segments, cold):
-    """Our sender into a fresh catalog. Cold: no ControlMaster at the start; steady: one is up."""
-    key = our_key()
-    if cold:
-        close_master(key)
-    root = our_catalog(fresh=True)
-    alive = master_alive(key)
-    start = time.perf_counter()
-    times = per_segment(segments, lambda s: sender_argv(key, ['put', s]))
-    names = set(os.path.basename(s) for s in segments)
+def wait_processed(root, names, start):
+    """Seconds from ``start`` until every one of ``names`` is compressed into the bench catalog's
+    wals/ (incoming/ empty); errors/ must stay empty."""
 
     def processed():
         incoming = [e for e in os.listdir(os.path.join(root, 'incoming')) if not e.startswith('.')]
@@ -416,6 +409,20 @@ def method_ours(segments, cold):
     errors = os.listdir(os.path.join(root, 'errors'))
     if errors:
         raise MethodFailed('the receiver put files in errors/: %s' % errors[:3])
+    return processed_at
+
+
+def method_ours(segments, cold):
+    """Our sender into a fresh catalog. Cold: no ControlMaster at the start; steady: one is up."""
+    key = our_key()
+    if cold:
+        close_master(key)
+    root = our_catalog(fresh=True)
+    alive = master_alive(key)
+    start = time.perf_counter()
+    times = per_segment(segments, lambda s: sender_argv(key, ['put', s]))
+    names = set(os.path.basename(s) for s in segments)
+    processed_at = wait_processed(root, names, start)
     first = next(iter(sorted(names)))
     stored = os.path.join(root, 'wals', first[:16], first)
     with open(stored, 'rb') as handle:
@@ -453,19 +460,7 @@ def method_ours_backlog(segments, cold=False):
         run(sender_argv(key, ['put', 'pg_wal/' + name]), user='postgres', cwd=BACKLOG_DATA)
         times.append(time.perf_counter() - began)
         os.rename(os.path.join(status, name + '.ready'), os.path.join(status, name + '.done'))
-
-    def processed():
-        incoming = [e for e in os.listdir(os.path.join(root, 'incoming')) if not e.startswith('.')]
-        stored = set()
-        for _d, _s, files in os.walk(os.path.join(root, 'wals')):
-            stored.update(files)
-        return not incoming and set(names) <= stored
-
-    wait_until(processed, 300, 'the bench catalog to compress every segment into wals/')
-    processed_at = time.perf_counter() - start
-    errors = os.listdir(os.path.join(root, 'errors'))
-    if errors:
-        raise MethodFailed('the receiver put files in errors/: %s' % errors[:3])
+    processed_at = wait_processed(root, set(names), start)
     for name, segment in zip(names, segments):  # what arrived is what was sent
         with open(segment, 'rb') as handle:
             sent = hashlib.sha256(handle.read()).hexdigest()

@@ -116,7 +116,7 @@ class Spool(object):
                     else time.time() - os.stat(path).st_mtime > STALE_SECONDS
                 ):
                     os.unlink(path)
-                elif entry.endswith('.claim') and not self._holder_alive(path):
+                elif kind == 'claim' and not self._holder_alive(path):
                     os.unlink(path)
             except OSError:
                 pass

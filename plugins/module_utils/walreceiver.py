@@ -120,7 +120,6 @@ def serve_stream(wal_archive, stdin, stdout, on_batch=None):
     pipes.widen(stdin)
     pending = []
     ready = threading.Condition()
-    done = []
 
     def answer(line):
         stdout.write(line.encode('utf-8') + b'\n')
@@ -148,7 +147,6 @@ def serve_stream(wal_archive, stdin, stdout, on_batch=None):
             count += 1
             if on_batch and count % PROCESS_EVERY == 0:
                 on_batch()
-        done.append(count)
 
     thread = threading.Thread(target=finisher)
     thread.start()

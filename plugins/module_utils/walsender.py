@@ -90,9 +90,8 @@ def put(args, stderr):
     wal.parse_wal_name(name)
     spool = Spool(args.identity_file)
     pg_wal = os.path.dirname(os.path.abspath(args.path))
-    if args.look_ahead and _is_ready(pg_wal, name):
-        agent_runs = _agent_alive(spool) or (len(ready_names(pg_wal)) > 1 and _start_agent(args, pg_wal))
-        if agent_runs and _delivered_by_agent(spool, name, args.path):
+    if args.look_ahead and _is_ready(pg_wal, name) and _agent_runs(args, spool, pg_wal):
+        if _delivered_by_agent(spool, name, args.path):
             return 0
     deadline = time.time() + CLAIM_WAIT_SECONDS
     claimed = False
@@ -162,23 +161,26 @@ def _agent_alive(spool):
     return False
 
 
-def _start_agent(args, pg_wal):
-    """Start the look-ahead agent for this server unless one runs (it outlives this call); True.
+def _agent_runs(args, spool, pg_wal):
+    """True if a look-ahead agent runs for this server, after starting one (it outlives this call)
+    when more than one file waits in ``pg_wal``.
 
     The agent inherits the lock taken here, so that it counts as running from this moment on."""
-    lock = _agent_lock(Spool(args.identity_file))
+    lock = _agent_lock(spool)
     if lock is None:
         return True
-    argv = [sys.executable, '-IS', os.path.abspath(sys.argv[0]), '--ssh', args.ssh]
-    argv += ['--port', str(args.port)] if args.port else []
-    argv += ['--identity-file', args.identity_file, '--known-hosts', args.known_hosts]
-    argv += ['agent', '--lock-fd', str(lock), pg_wal]
     try:
+        if len(ready_names(pg_wal)) < 2:
+            return False
+        argv = [sys.executable, '-IS', os.path.abspath(sys.argv[0]), '--ssh', args.ssh]
+        argv += ['--port', str(args.port)] if args.port else []
+        argv += ['--identity-file', args.identity_file, '--known-hosts', args.known_hosts]
+        argv += ['agent', '--lock-fd', str(lock), pg_wal]
         with open(os.devnull, 'r+b') as null:
             subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, pass_fds=(lock,), start_new_session=True)
+        return True
     finally:
         os.close(lock)
-    return True
 
 
 def ready_names(pg_wal):
@@ -213,23 +215,20 @@ def _stream(args, spool, stderr):
 
     def read_answers():
         try:
-            note_answers()
+            for line in proc.stdout:
+                words = line.decode('utf-8', errors='replace').split()
+                with guard:
+                    sent_as = in_flight.pop(words[1], None) if len(words) > 1 else None
+                if sent_as is None:
+                    continue  # not a file of this stream (a framing refusal ends the stream anyway)
+                if words[0] == 'ok':
+                    spool.note_delivered(words[1], sent_as)
+                else:
+                    spool.note_given_up(words[1])  # sending it again would fail again (or fill errors/)
+                spool.release(words[1])
         except Exception as error:  # e.g. no space for a note: end the stream, the puts take over
             stderr.write('barman-wal-sender agent: %s\n' % error)
             proc.kill()
-
-    def note_answers():
-        for line in proc.stdout:
-            words = line.decode('utf-8', errors='replace').split()
-            if len(words) < 2:
-                continue
-            with guard:
-                sent_as = in_flight.pop(words[1], None)
-            if words[0] == 'ok' and sent_as is not None:
-                spool.note_delivered(words[1], sent_as)
-            elif words[0] != 'ok':
-                spool.note_given_up(words[1])  # sending it again would fail again (or fill errors/)
-            spool.release(words[1])
 
     reader = threading.Thread(target=read_answers)
     reader.start()

@@ -211,7 +211,9 @@ def test_an_agent_counts_as_running_from_its_start(key, pg_wal, tmp_path, monkey
     stand_in.write_text('import time\ntime.sleep(1)\n')
     monkeypatch.setattr(walsender.sys, 'argv', [str(stand_in)])
     args = walsender.argparse.Namespace(ssh='barman@192.0.2.1', port=None, identity_file=key, known_hosts=key)
-    assert walsender._start_agent(args, str(pg_wal))
+    for name in (NAME, '000000010000000000000006'):  # an agent starts only for more than one ready file
+        (pg_wal / 'archive_status' / (name + '.ready')).write_text('')
+    assert walsender._agent_runs(args, box, str(pg_wal))
     assert walsender._agent_alive(box), 'the lock went with the agent at once'
     assert walsender._agent_lock(box) is None
     deadline = time.time() + 10
