@@ -16,10 +16,12 @@ import datetime
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
+from stat import S_ISREG
 
 from ansible_collections.barman.postgresql.plugins.module_utils import catalog, checksum, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -29,7 +31,15 @@ COMPRESSIONS = ('gzip', 'zstd', 'lz4', 'none')
 GZIP_LEVEL = 1
 CHUNK = 1024 * 1024
 MAX_TEXT_FILE_SIZE = 1024 * 1024
+# A temporary file or a directory being deleted that has not changed for this long lost its writer.
 STALE_SECONDS = 3600
+# The furthest a delivery may lie past the newest WAL the archive or a backup knows: 64 GiB of WAL (4096
+# segments of 16 MB). PostgreSQL archives in order, so a file further ahead is another cluster's or forged.
+MAX_WAL_AHEAD_BYTES = 64 * 1024**3
+_TEXT_KINDS = ('history', 'backup')
+_HASH_DIR_RE = re.compile('[0-9A-F]{16}\\Z')
+_WAL_NAME_START_RE = re.compile('[0-9A-F]{8}(?:[0-9A-F]{16}|\\.history)')  # a cheap first sieve
+_RANDOM_PART_RE = re.compile('[A-Za-z0-9_]+\\Z')  # what mkstemp puts between its prefix and suffix
 _MAGIC = (
     (b'\x1f\x8b', 'gzip'),
     (b'\x28\xb5\x2f\xfd', 'zstd'),
@@ -69,6 +79,18 @@ def detect_compression(path):
     return None
 
 
+def stored_compression(path, name=None):
+    """The compression of the stored file ``path`` holding the WAL file ``name`` (default: its file name).
+
+    History and backup history files are stored as they came, whatever the archive's compression:
+    their first bytes are text that could look like a magic number, so they are never guessed.
+    """
+    name = name or os.path.basename(path)
+    if wal.is_wal_name(name) and wal.parse_wal_name(name).kind in _TEXT_KINDS:
+        return None
+    return detect_compression(path)
+
+
 def _stream_through(argv, source, target):
     """Pipe source (a file object) through argv into target; raise ArchiveError if it fails."""
     proc = subprocess.Popen(argv, stdin=source, stdout=target, stderr=subprocess.PIPE)
@@ -80,9 +102,12 @@ def _stream_through(argv, source, target):
         )
 
 
-def copy_decompressed(path, target):
-    """Write the original content of a stored file to the binary file object ``target``."""
-    compression = detect_compression(path)
+def copy_decompressed(path, target, name=None):
+    """Write the original content of a stored file to the binary file object ``target``.
+
+    ``name`` is the WAL file it holds, when the path's own file name is not that (a temporary file).
+    """
+    compression = stored_compression(path, name)
     if compression in _PROGRAMS:
         target.flush()
         with open(path, 'rb') as source:
@@ -93,10 +118,10 @@ def copy_decompressed(path, target):
         shutil.copyfileobj(source, target, CHUNK)
 
 
-def content_digest(path):
-    """sha256 of a stored file's original (decompressed) content."""
+def content_digest(path, name=None):
+    """sha256 of a stored file's original (decompressed) content; ``name`` as for copy_decompressed."""
     digest = hashlib.sha256()
-    compression = detect_compression(path)
+    compression = stored_compression(path, name)
     if compression in _PROGRAMS:
         proc = subprocess.Popen(_PROGRAMS[compression][1] + ['--', path], stdout=subprocess.PIPE)
         for block in iter(lambda: proc.stdout.read(CHUNK), b''):
@@ -104,7 +129,7 @@ def content_digest(path):
         if proc.wait() != 0:
             raise ArchiveError('cannot decompress %s with %s' % (path, compression))
     else:
-        copy_decompressed(path, _DigestSink(digest))
+        copy_decompressed(path, _DigestSink(digest), name)
     return digest.hexdigest()
 
 
@@ -116,6 +141,31 @@ class _DigestSink(object):
 
     def flush(self):
         pass
+
+
+def _name_start(name, segment_size):
+    """The LSN where the segment a WAL file name points at starts, for ``segment_size``."""
+    parsed = wal.parse_wal_name(name)
+    return parsed.log * wal.LOG_ID_BYTES + parsed.seg * segment_size
+
+
+def _furthest(names):
+    """The WAL file name furthest ahead (log id, then segment; history files have no place), or None.
+
+    Log id and segment are fixed-width upper-case hex, so their text sorts as their value: one pass,
+    and only the winner is parsed (a busy incoming/ may hold thousands of names).
+    """
+    placed = [n for n in names if n[8:9] != '.']
+    while placed:
+        furthest = max(placed, key=lambda n: (n[8:24], n))
+        if wal.is_wal_name(furthest):
+            return furthest
+        placed.remove(furthest)
+    return None
+
+
+def _gib(nbytes):
+    return '%.1f GiB' % (nbytes / 1024.0**3)
 
 
 def _fsync_file(handle):
@@ -177,7 +227,8 @@ class WalArchive(object):
         """First half of receive: read a delivery into a temporary file of incoming/, checking its
         checksum; returns (name, temporary path) for store(). Nothing is durable yet."""
         parsed = wal.parse_wal_name(name)
-        if parsed.kind in ('history', 'backup') and size > MAX_TEXT_FILE_SIZE:
+        limit = wal.MAX_BACKUP_HISTORY_SIZE if parsed.kind == 'backup' else MAX_TEXT_FILE_SIZE
+        if parsed.kind in _TEXT_KINDS and size > limit:
             raise RefusedWal('%s is %d bytes, too large for a %s file' % (name, size, parsed.kind), wal=name)
         running = checksum.new(checksum_name)
         fd, tmp = tempfile.mkstemp(dir=self.layout.incoming_dir, prefix='.%s.' % name, suffix='.tmp')
@@ -201,8 +252,8 @@ class WalArchive(object):
         try:
             with open(tmp, 'rb+') as handle:
                 _fsync_file(handle)
-            self._validate_content(wal.parse_wal_name(name), tmp, os.stat(tmp).st_size)
-            return self._commit(name, tmp)
+            position = self._validate_content(wal.parse_wal_name(name), tmp, os.stat(tmp).st_size)
+            return self._commit(name, tmp, position)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -223,12 +274,16 @@ class WalArchive(object):
             remaining -= len(block)
 
     def _validate_content(self, parsed, path, size):
+        """Check a delivery's content against its name; returns (the LSN it starts at, the segment size
+        that places it), or None for a timeline history file."""
         if parsed.kind == 'history':
             with open(path, 'r', encoding='utf-8', errors='strict') as handle:
                 wal.parse_timeline_history(handle.read(), parsed.timeline)
-            return
+            return None
         if parsed.kind == 'backup':
-            return
+            with open(path, 'rb') as handle:
+                history = wal.check_backup_history(parsed.name, handle.read(wal.MAX_BACKUP_HISTORY_SIZE + 1))
+            return history.start_lsn, history.segment_size
         if size == 0:
             raise RefusedWal('%s is empty' % parsed.name, 'Nothing was stored', wal=parsed.name)
         with open(path, 'rb') as handle:
@@ -237,13 +292,14 @@ class WalArchive(object):
         wal.check_segment_content(parsed.name, header, size, identity and identity['systemid'])
         if identity is None:
             catalog.check_identity(self.layout.identity_file, header.systemid)
+        return header.page_address, header.segment_size
 
-    def _commit(self, name, tmp):
-        """Publish a received file under its name, unless that name is taken."""
+    def _commit(self, name, tmp, position=None):
+        """Publish a received file under its name, unless that name is taken or the file is implausible."""
         with catalog.ServerLock(self.layout, 'archive', wait_seconds=30):
             existing = self.locate(name)
             if existing is not None:
-                if content_digest(existing) == content_digest(tmp):
+                if content_digest(existing, name) == content_digest(tmp, name):
                     return 'identical'
                 kept = self._keep_in_errors(tmp, name, 'duplicate')
                 raise DuplicateWal(
@@ -254,11 +310,98 @@ class WalArchive(object):
                     wal=name,
                     kept=kept,
                 )
+            if position is not None:
+                self._refuse_implausible(wal.parse_wal_name(name), *position)
             target = os.path.join(self.layout.incoming_dir, name)
             os.chmod(tmp, 0o600)
             os.rename(tmp, target)
             catalog.fsync_dir(self.layout.incoming_dir)
         return 'stored'
+
+    def _refuse_implausible(self, parsed, start_lsn, segment_size):
+        """Refuse a file PostgreSQL would not archive next: one on a timeline that nothing in the archive
+        announced (PostgreSQL archives a timeline's history file before its first WAL), or one more than
+        MAX_WAL_AHEAD_BYTES past the newest WAL the archive holds. A backup reads the server's position
+        from PostgreSQL itself, so what the backups recorded vouches too; an empty archive takes any file."""
+        newest, timelines = self._extent()
+        if newest is None and not timelines:
+            return
+        vouched = None
+        if parsed.timeline > 1 and parsed.timeline not in timelines:
+            vouched = self._backups_extent(segment_size)
+            if parsed.timeline not in vouched[1]:
+                history = wal.history_file_name(parsed.timeline)
+                raise RefusedWal(
+                    'refused %s: the archive of %s holds no history file %s, nor any WAL of timeline %d; '
+                    'PostgreSQL archives the history file of a new timeline before its first WAL, so this is '
+                    'not a file of this server' % (parsed.name, self.layout.server, history, parsed.timeline),
+                    'Nothing was stored. If the server did switch to timeline %d, send pg_wal/%s of the server '
+                    'first (barman-wal-sender put pg_wal/%s, as archive_command does) or take a backup; '
+                    'otherwise stop the other cluster that archives under this server name'
+                    % (parsed.timeline, history, history),
+                    wal=parsed.name,
+                )
+        if newest is None:
+            return
+        ahead = start_lsn - _name_start(newest, segment_size)
+        if ahead > MAX_WAL_AHEAD_BYTES:
+            vouched = vouched or self._backups_extent(segment_size)
+            if vouched[0] is None or start_lsn - vouched[0] > MAX_WAL_AHEAD_BYTES:
+                raise RefusedWal(
+                    'refused %s: it starts at LSN %s, %s of WAL past the newest file in the archive of %s (%s), '
+                    'more than the %s a server can write between two deliveries; PostgreSQL archives in order, '
+                    'so this is not the next file of this server'
+                    % (
+                        parsed.name,
+                        wal.format_lsn(start_lsn),
+                        _gib(ahead),
+                        self.layout.server,
+                        newest,
+                        _gib(MAX_WAL_AHEAD_BYTES),
+                    ),
+                    'Nothing was stored. Check which cluster archives under this server name (a restored or '
+                    'cloned copy of it still archiving?). If the server really wrote that much WAL without '
+                    'archiving it, take a backup (playbooks/backup.yml): WAL from its start on is accepted',
+                    wal=parsed.name,
+                )
+
+    def _extent(self):
+        """(the name of the WAL file furthest ahead, the timelines of the WAL files held), from the
+        directory names and the newest log ids only. incoming/ is read before wals/, so that a file
+        process_incoming moves meanwhile is seen in one or the other."""
+        names = [e for e in os.listdir(self.layout.incoming_dir) if _WAL_NAME_START_RE.match(e)]
+        top = os.listdir(self.layout.wals_dir) if os.path.isdir(self.layout.wals_dir) else []
+        names += [e for e in top if wal.is_wal_name(e)]
+        hash_dirs = [e for e in top if _HASH_DIR_RE.match(e) and os.path.isdir(os.path.join(self.layout.wals_dir, e))]
+        timelines = set(int(prefix, 16) for prefix in set(e[:8] for e in hash_dirs + names)) - {0}
+        newest = _furthest(names)
+        # Newest log ids first: the first directory that holds a WAL file holds the furthest one.
+        for log_id in sorted(set(e[8:] for e in hash_dirs), reverse=True):
+            held = []
+            for entry in (e for e in hash_dirs if e[8:] == log_id):
+                held += [
+                    n for n in os.listdir(os.path.join(self.layout.wals_dir, entry)) if _WAL_NAME_START_RE.match(n)
+                ]
+            newest_here = _furthest(held)
+            if newest_here:
+                newest = _furthest([newest_here] + ([newest] if newest else []))
+                break
+        return newest, timelines
+
+    def _backups_extent(self, segment_size):
+        """(the furthest WAL start LSN, the timelines) the server's backups recorded; nothing when the
+        catalog cannot be read (a refusal then stands)."""
+        try:
+            infos = catalog.backup_infos(self.layout)
+        except (catalog.CatalogError, OSError):
+            return None, set()
+        starts, timelines = [], set()
+        for info in infos.values():
+            for name in (info.get('begin_wal'), info.get('end_wal')):
+                if name and wal.is_segment_name(name):
+                    starts.append(_name_start(name, segment_size))
+                    timelines.add(wal.timeline_of(name))
+        return max(starts, default=None), timelines
 
     def _keep_in_errors(self, path, name, reason):
         stamp = datetime.datetime.utcnow().strftime('%Y%m%dT%H%M%S%f')
@@ -275,7 +418,7 @@ class WalArchive(object):
         path = self.locate(name)
         if path is None:
             raise WalNotFound('%s is not in the archive of server %s' % (name, self.layout.server), wal=name)
-        copy_decompressed(path, target)
+        copy_decompressed(path, target, name)
 
     # -- processing incoming/ into wals/ -------------------------------------------------------------
 
@@ -291,19 +434,55 @@ class WalArchive(object):
             )
         result = dict(archived=[], identical=[], errors=[])
         with catalog.ServerLock(self.layout, 'archive-process', wait_seconds=wait_seconds):
+            if not dry_run:
+                self._sweep_temp_files()
             for entry in sorted(os.listdir(self.layout.incoming_dir)):
                 path = os.path.join(self.layout.incoming_dir, entry)
                 if entry.startswith('.') or not os.path.isfile(path):
-                    # A delivery in progress, or the leftover of a killed receiver: it never blocks a
-                    # retry (each delivery has its own temp name), and goes after an hour.
-                    if entry.endswith('.tmp') and not dry_run and time.time() - os.stat(path).st_mtime > STALE_SECONDS:
-                        os.unlink(path)
-                    continue
+                    continue  # a delivery in progress: it never blocks a retry (each has its own temp name)
                 if dry_run:
                     result['archived' if wal.is_wal_name(entry) else 'errors'].append(entry)
                     continue
                 self._process_one(entry, path, compression, result)
         return result
+
+    def sweep_temp_files(self):
+        """Remove the temporary files killed processes left in incoming/ and wals/ (see _sweep_temp_files);
+        returns their paths. Skipped, returning [], while a processing run holds the archive: it sweeps."""
+        try:
+            with catalog.ServerLock(self.layout, 'archive-process'):
+                return self._sweep_temp_files()
+        except catalog.LockBusy:
+            return []
+
+    def _sweep_temp_files(self):
+        """With the archive-process lock held: remove our temporary files (a delivery of a killed receiver
+        in incoming/, a half-written copy of a killed processing run in wals/, a torn xlog.db rewrite)
+        that nothing changed for STALE_SECONDS; a young one may be in use and stays."""
+        swept = []
+        for directory in [self.layout.incoming_dir, self.layout.wals_dir] + self._hash_dirs():
+            for entry in os.listdir(directory):
+                path = os.path.join(directory, entry)
+                if not self._is_temp_name(entry):
+                    continue
+                try:
+                    stat = os.lstat(path)
+                    if not S_ISREG(stat.st_mode) or time.time() - stat.st_mtime <= STALE_SECONDS:
+                        continue
+                    os.unlink(path)
+                except OSError:
+                    continue  # its writer finished meanwhile, or it is not ours to remove
+                swept.append(path)
+        return swept
+
+    def _is_temp_name(self, entry):
+        """A temporary name we make: '.<WAL file or xlog.db name>.<random>[.tmp]' (mkstemp's prefix)."""
+        if not entry.startswith('.'):
+            return False
+        name, _dot, random_part = (entry[1:-4] if entry.endswith('.tmp') else entry[1:]).rpartition('.')
+        return bool(_RANDOM_PART_RE.match(random_part)) and (
+            wal.is_wal_name(name) or name == os.path.basename(self.layout.xlog_db)
+        )
 
     def _process_one(self, name, path, compression, result):
         if not wal.is_wal_name(name):
@@ -311,7 +490,7 @@ class WalArchive(object):
             return
         target = self.layout.wal_path(name)
         if os.path.exists(target):
-            if content_digest(target) == content_digest(path):
+            if content_digest(target, name) == content_digest(path, name):
                 os.unlink(path)
                 catalog.fsync_dir(self.layout.incoming_dir)
                 self._index_if_missing(name, target)
@@ -362,7 +541,7 @@ class WalArchive(object):
                 return
             catalog.append_xlog_db(
                 self.layout.xlog_db,
-                [(name, os.stat(path).st_size, os.stat(path).st_mtime, detect_compression(path))],
+                [(name, os.stat(path).st_size, os.stat(path).st_mtime, stored_compression(path, name))],
             )
 
     # -- the index ------------------------------------------------------------------------------------
@@ -376,7 +555,7 @@ class WalArchive(object):
                 if wal.is_wal_name(entry) and os.path.isfile(path):
                     stat = os.stat(path)
                     entries.append(
-                        catalog.XlogEntry(entry, stat.st_size, stat.st_mtime, detect_compression(path), None)
+                        catalog.XlogEntry(entry, stat.st_size, stat.st_mtime, stored_compression(path, entry), None)
                     )
         entries.sort(key=lambda e: e.name)
         with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
@@ -403,17 +582,38 @@ class WalArchive(object):
                 wal=name,
             )
         sink = _Collector()
-        copy_decompressed(path, sink)
+        copy_decompressed(path, sink, name)
         return wal.parse_timeline_history(sink.text(), timeline)
+
+    @staticmethod
+    def _segment_runs(names, segment_size):
+        """The segments among ``names``, and {timeline: [(first, last)]} runs of their segment numbers."""
+        segments = [n for n in names if wal.is_segment_name(n)]
+        numbers = {}
+        for name in segments:
+            numbers.setdefault(wal.timeline_of(name), []).append(wal.segment_number(name, segment_size))
+        return segments, dict((tli, wal.segment_runs(sorted(set(segnos)))) for tli, segnos in numbers.items())
+
+    @staticmethod
+    def _report(spans, runs, first, last, segment_size):
+        holes = [hole for span in spans for hole in wal.uncovered(span, runs.get(span.timeline, []))]
+        return dict(
+            first=first,
+            last=last,
+            segments=sum(wal.span_length(s) for s in spans) - sum(wal.span_length(h) for h in holes),
+            missing=[[wal.segment_name(h.timeline, n, segment_size) for n in (h.first, h.last)] for h in holes],
+            ok=not holes,
+        )
 
     def continuity(self, segment_size, first_name=None):
         """Check that every segment from ``first_name`` (default: the oldest archived) to the newest
-        archived one is there, following timeline switches.
+        archived one is there, following timeline switches. Works on ranges of segment numbers, so a
+        file named far ahead costs no more than any other.
 
         Returns dict(first, last, timeline, segments, missing=[[first, last]...], ok).
         """
         names = self.archived_names()
-        segments = [n for n in names if wal.is_segment_name(n)]
+        segments, runs = self._segment_runs(names, segment_size)
         if not segments:
             return dict(first=None, last=None, timeline=None, segments=0, missing=[], ok=first_name is None)
         newest_timeline = max(wal.timeline_of(n) for n in names)
@@ -427,22 +627,25 @@ class WalArchive(object):
             path = [(newest_timeline, 0)]
         else:
             path = wal.timeline_path(newest_timeline, self.history(newest_timeline))
-        expected = wal.expected_segments(
-            wal.segment_number(first, segment_size),
-            wal.segment_number(last, segment_size),
-            path,
-            segment_size,
+        spans = wal.recovery_spans(
+            wal.segment_number(first, segment_size), wal.segment_number(last, segment_size), path, segment_size
         )
-        present = set(segments)
-        missing = [n for n in expected if n not in present]
-        return dict(
-            first=first,
-            last=last,
-            timeline=newest_timeline,
-            segments=len(expected) - len(missing),
-            missing=[list(r) for r in wal.group_consecutive(missing, segment_size)],
-            ok=not missing,
-        )
+        report = self._report(spans, runs, first, last, segment_size)
+        report['timeline'] = newest_timeline
+        return report
+
+    def islands(self, ranges, segment_size):
+        """Whether each (begin_wal, end_wal) of ``ranges`` (a backup's own WAL, on its timeline) is all there.
+
+        Returns one dict(first, last, segments, missing=[[first, last]...], ok) per range, in order.
+        """
+        _segments, runs = self._segment_runs(self.archived_names(), segment_size)
+        reports = []
+        for begin_wal, end_wal in ranges:
+            first, last = wal.segment_number(begin_wal, segment_size), wal.segment_number(end_wal, segment_size)
+            spans = [wal.SegmentSpan(wal.timeline_of(begin_wal), first, last)] if first <= last else []
+            reports.append(self._report(spans, runs, begin_wal, end_wal, segment_size))
+        return reports
 
     def incoming_backlog(self):
         """Names delivered but not yet compressed into wals/."""

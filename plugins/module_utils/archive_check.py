@@ -7,19 +7,60 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import re
+import shutil
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, postgres, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import archive, backup_catalog, catalog, postgres, wal
 
 POLL_SECONDS = 0.2
+# What backup_catalog's remove renames a backup directory to before it deletes it.
+_DELETING_RE = re.compile(r'\.[0-9]{8}T[0-9]{6}\.deleting\Z')
 
 
-def oldest_backup_begin_wal(layout):
-    """begin_wal of the oldest DONE backup, where continuity must start; None without backups."""
-    for info in catalog.backup_infos(layout).values():
-        if info['status'] == catalog.DONE and info['begin_wal']:
-            return info['begin_wal']
-    return None
+def continuity_origin(layout):
+    """Where the archive must be continuous from, and the islands before it (catalog.archive_origin),
+    from the server's backups and their keep annotations as pg_backup_catalog reads them."""
+    server = backup_catalog.ServerCatalog(layout)
+    return catalog.archive_origin(server.infos, server.keeps)
+
+
+def sweep_deleted_backups(layout):
+    """Remove the base/.<id>.deleting directories a killed delete left; returns their paths.
+
+    Only under the backup lock, which a delete holds throughout (skipped when busy: a backup or a
+    change runs), and only those unchanged for archive.STALE_SECONDS.
+    """
+    candidates = _stale_deleting(layout)
+    if not candidates:
+        return []
+    try:
+        with catalog.ServerLock(layout, 'backup'):
+            swept = []
+            for path in _stale_deleting(layout):
+                try:
+                    shutil.rmtree(path)
+                except OSError:
+                    continue  # not ours to remove (another owner): a human sees it in base/
+                swept.append(path)
+            if swept:
+                catalog.fsync_dir(layout.base_dir)
+    except catalog.LockBusy:
+        return []
+    return swept
+
+
+def _stale_deleting(layout):
+    if not os.path.isdir(layout.base_dir):
+        return []
+    stale = []
+    for entry in sorted(os.listdir(layout.base_dir)):
+        path = os.path.join(layout.base_dir, entry)
+        if not _DELETING_RE.match(entry) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        if time.time() - os.lstat(path).st_mtime > archive.STALE_SECONDS:
+            stale.append(path)
+    return stale
 
 
 def wait_for_wal(wal_archive, name, timeout):
@@ -33,9 +74,13 @@ def wait_for_wal(wal_archive, name, timeout):
         time.sleep(POLL_SECONDS)
 
 
-def check_archive(wal_archive, params, switch=True):
-    """Switch WAL and wait for it (when connected), then check continuity; problems are sentences."""
-    result = dict(problems=[])
+def check_archive(wal_archive, params, switch=True, sweep=True):
+    """Switch WAL and wait for it (when connected), then check continuity from the oldest backup kept for
+    point-in-time recovery, and the islands of older standalone backups; problems are sentences. With
+    ``sweep``, first remove what killed processes left (stale temporary files, half-deleted backups)."""
+    result = dict(problems=[], swept=[])
+    if sweep:
+        result['swept'] = wal_archive.sweep_temp_files() + sweep_deleted_backups(wal_archive.layout)
     segment_size = params.get('segment_size')
     if params.get('pg_host'):
         conn = postgres.connect(**dict((k, v) for k, v in params.items() if k.startswith('pg_')))
@@ -66,7 +111,8 @@ def check_archive(wal_archive, params, switch=True):
         finally:
             conn.close()
     segment_size = wal.validate_segment_size(segment_size or wal.DEFAULT_SEGMENT_SIZE)
-    first = params.get('first_wal') or oldest_backup_begin_wal(wal_archive.layout)
+    origin = continuity_origin(wal_archive.layout)
+    first = params.get('first_wal') or origin['begin_wal']
     continuity = wal_archive.continuity(segment_size, first)
     if switch and result.get('arrival_seconds') is not None:
         # The sender's look-ahead agent may deliver a segment before PostgreSQL's own call for an
@@ -85,8 +131,29 @@ def check_archive(wal_archive, params, switch=True):
                 wal_archive.layout.server,
             )
         )
+    result['islands'] = island_reports(wal_archive, origin['islands'], segment_size)
+    for island in result['islands']:
+        if not island['ok']:
+            result['problems'].append(
+                'WAL %s of backup %s (kept standalone) is missing from the archive of %s: that backup cannot be '
+                'restored. Copy it from pg_wal on the server if it is still there; otherwise release and delete it.'
+                % (
+                    ', '.join('%s to %s' % tuple(r) for r in island['missing']),
+                    island['backup_id'],
+                    wal_archive.layout.server,
+                )
+            )
     result['incoming_backlog'] = wal_archive.incoming_backlog()
     if os.path.exists(wal_archive.layout.process_log):
         with open(wal_archive.layout.process_log) as log:
             result['process_errors'] = log.read().splitlines()[-10:]
     return result
+
+
+def island_reports(wal_archive, islands, segment_size):
+    """Each island (catalog.archive_origin) with whether its WAL is all there: dict(backup_id, begin_wal,
+    end_wal, segments, missing=[[first, last]...], ok)."""
+    reports = wal_archive.islands([(i['begin_wal'], i['end_wal']) for i in islands], segment_size)
+    return [
+        dict(island, segments=r['segments'], missing=r['missing'], ok=r['ok']) for island, r in zip(islands, reports)
+    ]

@@ -2,15 +2,17 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A base backup with rsync over SSH, run from the backup server (the pg_basebackup_rsync module's logic).
 
-pg_backup_start() -> rsync PGDATA and tablespaces (hard links to the previous backup) -> pg_control
-last -> pg_backup_stop() on the same session -> backup_label written into the copy -> wait for the
-end WAL in the catalog -> DONE. Any failure leaves the backup FAILED, never half DONE.
+pg_backup_start() -> rsync PGDATA and tablespaces (hard links to the previous backup; pg_wal made
+empty, never a link to the original's WAL) -> pg_control last -> pg_backup_stop() on the same session
+-> backup_label written into the copy -> the copy's filesystem synced -> wait for the end WAL in the
+catalog -> DONE. Any failure leaves the backup FAILED, never half DONE.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ctypes
 import datetime
 import os
 import shutil
@@ -18,7 +20,14 @@ import subprocess
 import threading
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, postgres, rsync, ssh, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    catalog,
+    pgdata_layout,
+    postgres,
+    rsync,
+    ssh,
+    wal,
+)
 from ansible_collections.barman.postgresql.plugins.module_utils.archive import WalArchive
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
@@ -119,6 +128,38 @@ def disk_usage(path):
             if stat.st_nlink == 1:
                 deduplicated += stat.st_size
     return size, deduplicated
+
+
+def sync_filesystem(path):
+    """Make everything written to the filesystem holding ``path`` durable, with one syncfs(2).
+
+    Files, the directories that name them and hard links in one call: cheaper than rsync --fsync,
+    which fsyncs file after file during the copy and leaves directories out. Where syncfs is
+    missing (not Linux), every file and directory under ``path`` is fsynced instead.
+    """
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), 'syncfs', None)
+    if syncfs is None:
+        _fsync_tree(path)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, os.strerror(number), path)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path):
+    for directory, _dirs, files in os.walk(path):
+        for target in [directory] + [os.path.join(directory, name) for name in files]:
+            if os.path.islink(target):
+                continue
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 # -- the copy ---------------------------------------------------------------------------------------
@@ -349,6 +390,9 @@ def preflight(params, layout, conn, copier):
         )
     catalog.check_identity(layout.identity_file, facts['systemid'], facts['version'])
     copier.ssh_run(['test', '-r', os.path.join(facts['data_directory'], 'PG_VERSION')])
+    facts['pgdata_layout'] = pgdata_layout.parse_probe(
+        copier.ssh_run(pgdata_layout.probe_argv(facts['data_directory'])).strip('\n'), facts['data_directory']
+    )
     database_size = postgres.query_one(conn, 'SELECT sum(pg_database_size(oid))::bigint AS size FROM pg_database')
     free = shutil.disk_usage(layout.root).free
     if database_size['size'] and free < database_size['size']:
@@ -369,14 +413,21 @@ def take_backup(params, check_mode=False):
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     wal_archive = WalArchive(params['barman_home'], params['server'])
     progress = Progress(layout)
-    copier = Copier(params, progress, os.path.join(layout.root, '.ssh-%C'))
-    with catalog.ServerLock(layout, 'backup'):
+    # A connection of its own: a recovery of this server running meanwhile must not share (and end) it.
+    with catalog.ServerLock(layout, 'backup'), ssh.operation_control_path(layout.root) as control_path:
+        copier = Copier(params, progress, control_path)
         settled = settle_unfinished_backups(layout, wal_archive)
         conn = postgres.connect(**dict((k, v) for k, v in params.items() if k.startswith('pg_')))
         try:
             facts = preflight(params, layout, conn, copier)
             if check_mode:
-                return dict(changed=False, settled=settled, checked=True, pgdata=facts['data_directory'])
+                return dict(
+                    changed=False,
+                    settled=settled,
+                    checked=True,
+                    pgdata=facts['data_directory'],
+                    pgdata_layout=facts['pgdata_layout'],
+                )
             return dict(_run_backup(params, layout, wal_archive, conn, copier, facts, progress), settled=settled)
         finally:
             conn.close()
@@ -424,6 +475,17 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
         copy_seconds = time.time() - copy_started
         stop = postgres.backup_stop(conn)
         _write_labels(layout, backup_id, stop)
+        # Durable before WAITING_FOR_WALS, from which a later run may mark it DONE without looking.
+        sync_started = time.time()
+        try:
+            sync_filesystem(layout.backup_dir(backup_id))
+        except OSError as error:
+            raise BackupError(
+                'the copy could not be made durable (syncfs of %s): %s' % (layout.backup_dir(backup_id), error),
+                "A write to the backup server's disk failed: check its kernel log and the disk",
+            ) from None
+        sync_seconds = time.time() - sync_started
+        progress('backup %s synced to disk in %.1f s' % (backup_id, sync_seconds))
         end_wal, end_offset = wal.walfile_name_offset(stop['lsn'], start['timeline'], facts['wal_segment_size'])
         info.update(
             end_xlog=stop['lsn'],
@@ -440,6 +502,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
             deduplicated_size=deduplicated,
             copy_stats=dict(
                 copy_time=round(copy_seconds, 3),
+                sync_time=round(sync_seconds, 3),
                 total_time=round(time.time() - started, 3),
                 number_of_workers=max(1, params['jobs']),
                 transferred_bytes=copier.stats['transferred_bytes'],
@@ -471,6 +534,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
         size=info['size'],
         deduplicated_size=info['deduplicated_size'],
         copy_stats=info['copy_stats'],
+        pgdata_layout=facts['pgdata_layout'],
         duration=round(time.time() - started, 3),
     )
     if not arrived:
@@ -495,6 +559,9 @@ def _copy(params, layout, copier, facts, backup_id, reference_id, reference):
         'PGDATA',
         excludes=rsync.PGDATA_EXCLUDES + (rsync.PG_CONTROL_EXCLUDE,),
     )
+    pgdata_layout.make_empty_pg_wal(data_dir)
+    pgdata_layout.write_layout(layout, backup_id, facts['pgdata_layout'])
+    copier.progress('made an empty pg_wal/ (the original: %s)' % pgdata_layout.describe(facts['pgdata_layout']))
     for name, oid, location in facts['tablespaces']:
         copier.copy_directory(
             location,

@@ -1,24 +1,39 @@
 # Copyright: barman.postgresql contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What a server's catalog holds, and the changes pg_backup_catalog makes to it: keep, release,
-delete, retention. Every change takes the server's backup lock, so it never races a backup."""
+delete, retention. Every change takes the server's backup lock, so it never races a backup.
+
+Delete and retention first make a RemovalPlan (the backups, WAL files and stale recovery holds to
+remove), then remove exactly that plan; check mode returns the same plan without removing it. The WAL
+a plan considers is the whole archive: what xlog.db indexes, and the files in wals/ and incoming/ (a
+delivered file waits in incoming/ until it is compressed and indexed, which may happen between a check
+run and the real one)."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 import bisect
+import collections
 import datetime
 import os
 import shutil
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, retention, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, recovery_hold, retention, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 SHORTCUTS = ('latest', 'last', 'oldest', 'first', 'last-failed')
 # Statuses the shortcuts other than last-failed choose from (Barman's default filter).
 _USABLE = (catalog.DONE, catalog.WAITING_FOR_WALS)
 _LIST_FIELDS = ('status', 'begin_wal', 'end_wal', 'begin_xlog', 'end_xlog', 'timeline', 'size', 'deduplicated_size')
+# How long a change waits for pg_recover taking a hold (a few milliseconds of work).
+HOLD_LOCK_WAIT_SECONDS = 60
+# How long removing WAL waits for the background compression of incoming/ to finish its batch.
+ARCHIVE_PROCESS_WAIT_SECONDS = 300
+
+# What delete or retention removes: backup ids, WAL names with their bytes (in WAL name order), and
+# the tokens of expired recovery holds.
+RemovalPlan = collections.namedtuple('RemovalPlan', 'backups wals wal_sizes stale_holds')
 
 
 class CatalogRefusal(BarmanError):
@@ -89,6 +104,8 @@ class ServerCatalog(object):
             self.wals = []
         self.wals.sort(key=lambda e: e.name)
         self._sizes = None
+        self.holds, damaged = recovery_hold.read_all(layout)
+        self.malformed += damaged
 
     def _read_keep(self, backup_id):
         for path in (self.layout.keep_path(backup_id), self.layout.old_keep_path(backup_id)):
@@ -171,13 +188,20 @@ class ServerCatalog(object):
         high = max(high, low)
         return totals[high] - totals[low], high - low
 
-    def describe(self, backup_id, statuses=None):
+    def active_holds(self, now):
+        return [h for h in self.holds if not recovery_hold.is_stale(h, now)]
+
+    def held_ids(self, now):
+        return sorted(set(h['backup_id'] for h in self.active_holds(now)))
+
+    def describe(self, backup_id, statuses=None, now=None):
         info = self.infos[backup_id]
         item = dict(backup_id=backup_id)
         item.update((key, info.get(key)) for key in _LIST_FIELDS)
         item['begin_time'] = _iso(info.get('begin_time'))
         item['end_time'] = _iso(info.get('end_time'))
         item['keep'] = self.keeps.get(backup_id)
+        item['holds'] = [h['token'] for h in self.active_holds(now or now_utc()) if h['backup_id'] == backup_id]
         item['retention_status'] = (statuses or {}).get(backup_id)
         item['error'] = info.get('error')
         item['wal_size'] = item['wal_count'] = None
@@ -187,10 +211,10 @@ class ServerCatalog(object):
             item['wal_size'], item['wal_count'] = self.wal_sizes_between(info['begin_wal'], next_wal)
         return item
 
-    def details(self, backup_id, statuses=None):
+    def details(self, backup_id, statuses=None, now=None):
         """Every backup.info field (times as text), plus what describe() derives."""
         item = dict((k, _iso(v) if isinstance(v, datetime.datetime) else v) for k, v in self.infos[backup_id].items())
-        item.update(self.describe(backup_id, statuses))
+        item.update(self.describe(backup_id, statuses, now))
         item['path'] = self.layout.backup_dir(backup_id)
         return item
 
@@ -228,17 +252,28 @@ class ServerCatalog(object):
         )
 
     def statuses(self, policy, minimum_redundancy, now):
-        return retention.classify(self.infos, self.keeps, policy, minimum_redundancy, now) if policy else {}
+        if not policy:
+            return {}
+        return retention.classify(self.infos, self.keeps, policy, minimum_redundancy, now, self.held_ids(now))
+
+    def holds_report(self, now):
+        """Every recovery hold, oldest first, with stale=True for an expired one (it protects nothing)."""
+        return [
+            dict(hold, stale=recovery_hold.is_stale(hold, now))
+            for hold in sorted(self.holds, key=lambda h: (h['started'], h['token']))
+        ]
 
     def summary(self, policy=None, minimum_redundancy=1, now=None):
-        statuses = self.statuses(policy, minimum_redundancy, now or now_utc())
+        now = now or now_utc()
+        statuses = self.statuses(policy, minimum_redundancy, now)
         return dict(
             server=self.layout.server,
-            backups=[self.describe(b, statuses) for b in sorted(self.infos)],
+            backups=[self.describe(b, statuses, now) for b in sorted(self.infos)],
             wal_count=len(self.wals),
             wal_size=sum(e.size for e in self.wals),
             retention_policy=retention.format_policy(policy) if policy else None,
             minimum_redundancy=minimum_redundancy,
+            holds=self.holds_report(now),
             malformed=self.malformed,
         )
 
@@ -280,7 +315,7 @@ class ServerCatalog(object):
         if os.path.exists(path):
             os.unlink(path)
 
-    def check_deletable(self, backup_id, minimum_redundancy):
+    def check_deletable(self, backup_id, minimum_redundancy, now):
         """Raise CatalogRefusal unless deleting this one backup loses nothing that must stay."""
         info = self.infos[backup_id]
         server = self.layout.server
@@ -289,6 +324,15 @@ class ServerCatalog(object):
                 'Backup %s of %s is kept (%s): it is not deleted' % (backup_id, server, self.keeps[backup_id]),
                 'Release it first (action release) if it really has to go',
                 backup_id=backup_id,
+            )
+        holds = [h for h in self.active_holds(now) if h['backup_id'] == backup_id]
+        if holds:
+            raise CatalogRefusal(
+                'Backup %s of %s is held by %s: it is not deleted, a recovery still reads it and its WAL'
+                % (backup_id, server, '; '.join(recovery_hold.describe(h) for h in holds)),
+                recovery_hold.release_hint(self.layout, holds[0]),
+                backup_id=backup_id,
+                holds=holds,
             )
         if info['status'] in (catalog.STARTED, catalog.WAITING_FOR_WALS):
             raise CatalogRefusal(
@@ -306,18 +350,54 @@ class ServerCatalog(object):
                 minimum_redundancy=minimum_redundancy,
             )
 
-    def plan_removal(self, backup_ids, statuses):
-        """The WAL files no backup needs once ``backup_ids`` are gone."""
+    def archived_wals(self):
+        """{name: bytes} of every WAL file the archive holds: indexed in xlog.db, or a file in wals/ or
+        incoming/ (not yet compressed and indexed). Each is the archive, whatever stage it is at."""
+        sizes = dict((e.name, e.size) for e in self.wals)
+        directories = [self.layout.wals_dir, self.layout.incoming_dir]
+        if os.path.isdir(self.layout.wals_dir):
+            directories += [
+                os.path.join(self.layout.wals_dir, entry)
+                for entry in os.listdir(self.layout.wals_dir)
+                if len(entry) == 16 and os.path.isdir(os.path.join(self.layout.wals_dir, entry))
+            ]
+        for directory in directories:
+            try:
+                entries = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry in sizes or not wal.is_wal_name(entry):
+                    continue  # dot-named temporary files are not WAL names
+                try:
+                    sizes[entry] = os.stat(os.path.join(directory, entry)).st_size
+                except FileNotFoundError:
+                    continue  # moved from incoming/ to wals/ meanwhile: found there or in xlog.db
+        return sizes
+
+    def plan_removal(self, backup_ids, statuses, now):
+        """The one plan of delete and retention: ``backup_ids``, the WAL no backup left and no recovery
+        hold needs once they are gone, and the expired holds. Check mode shows it, a real run removes it."""
         remaining = dict((b, info) for b, info in self.infos.items() if b not in backup_ids)
         kept_statuses = dict((b, s) for b, s in statuses.items() if b not in backup_ids)
         for backup_id in remaining:
             if backup_id not in kept_statuses and remaining[backup_id]['status'] == catalog.DONE:
                 kept_statuses[backup_id] = retention.VALID
-        return retention.removable_wals([e.name for e in self.wals], remaining, kept_statuses, self.segment_size)
+        sizes = self.archived_wals()
+        names = retention.removable_wals(
+            sorted(sizes),
+            remaining,
+            kept_statuses,
+            self.segment_size,
+            needed_from=[h['begin_wal'] for h in self.active_holds(now)],
+        )
+        stale = sorted(h['token'] for h in self.holds if recovery_hold.is_stale(h, now))
+        return RemovalPlan(sorted(backup_ids), names, [sizes[n] for n in names], stale)
 
-    def remove(self, backup_ids, wal_names):
-        """Delete backups (catalog entry first, then files) and WAL files (index first, then files)."""
-        for backup_id in backup_ids:
+    def remove(self, plan):
+        """Remove exactly ``plan``: backups (catalog entry first, then files), WAL files (index first,
+        then files, wherever they are), then expired holds."""
+        for backup_id in plan.backups:
             self.release(backup_id)
             os.unlink(self.layout.backup_info_path(backup_id))
             catalog.fsync_dir(self.layout.meta_dir)
@@ -327,60 +407,99 @@ class ServerCatalog(object):
                 os.rename(directory, doomed)
                 shutil.rmtree(doomed)
             del self.infos[backup_id]
-        if wal_names:
-            gone = set(wal_names)
-            with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
-                entries = [e for e in catalog.read_xlog_db(self.layout.xlog_db) if e.name not in gone]
-                catalog.atomic_write(
-                    self.layout.xlog_db, ''.join(catalog.format_xlog_db_line(*e) for e in entries), 0o600
-                )
-            for name in wal_names:
-                path = self.layout.wal_path(name)
-                if os.path.exists(path):
-                    os.unlink(path)
+        if plan.wals:
+            gone = set(plan.wals)
+            # The background compression must not move a planned file from incoming/ into wals/ and
+            # index it again while it is being removed.
+            with catalog.ServerLock(self.layout, 'archive-process', wait_seconds=ARCHIVE_PROCESS_WAIT_SECONDS):
+                with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
+                    entries = [e for e in catalog.read_xlog_db(self.layout.xlog_db) if e.name not in gone]
+                    catalog.atomic_write(
+                        self.layout.xlog_db, ''.join(catalog.format_xlog_db_line(*e) for e in entries), 0o600
+                    )
+                for name in plan.wals:
+                    for path in (self.layout.wal_path(name), os.path.join(self.layout.incoming_dir, name)):
+                        if os.path.exists(path):
+                            os.unlink(path)
             self.wals = [e for e in self.wals if e.name not in gone]
             self._sizes = None
+        for token in plan.stale_holds:
+            recovery_hold.release(self.layout, token)
+        self.holds = [h for h in self.holds if h['token'] not in plan.stale_holds]
 
 
-def _removal_result(backup_ids, wal_names, wals):
-    sizes = dict((e.name, e.size) for e in wals)
+def _removal_result(plan, server, now):
     return dict(
-        removed_backups=list(backup_ids),
-        removed_wals=len(wal_names),
-        removed_wal_size=sum(sizes.get(n, 0) for n in wal_names),
-        first_removed_wal=wal_names[0] if wal_names else None,
-        last_removed_wal=wal_names[-1] if wal_names else None,
+        removed_backups=list(plan.backups),
+        removed_wals=len(plan.wals),
+        removed_wal_size=sum(plan.wal_sizes),
+        removed_wal_names=list(plan.wals),
+        first_removed_wal=plan.wals[0] if plan.wals else None,
+        last_removed_wal=plan.wals[-1] if plan.wals else None,
+        holds=server.active_holds(now),
+        removed_stale_holds=list(plan.stale_holds),
     )
 
 
-def delete_backup(layout, backup_id, minimum_redundancy, dry_run=False):
+def _changing(layout):
+    """The locks of a change: the backup lock (no backup, no other change), then the recovery-hold lock,
+    so that a recovery taking a hold meanwhile waits until the change has removed what it planned."""
+    return catalog.ServerLock(layout, 'backup'), catalog.ServerLock(
+        layout, recovery_hold.LOCK, wait_seconds=HOLD_LOCK_WAIT_SECONDS
+    )
+
+
+def plan_delete(server, backup_id, minimum_redundancy, now):
+    """The plan of deleting one backup: refuses what must stay, else the backup and the WAL only it needed."""
+    server.refuse_if_malformed('delete a backup')
+    backup_id = server.resolve(backup_id)
+    server.check_deletable(backup_id, minimum_redundancy, now)
+    return server.plan_removal([backup_id], {}, now)
+
+
+def delete_backup(layout, backup_id, minimum_redundancy, dry_run=False, now=None):
     """Delete one backup and the WAL only it needed. Returns the removal result (with backup_id)."""
-    with catalog.ServerLock(layout, 'backup'):
+    now = now or now_utc()
+    backup_lock, hold_lock = _changing(layout)
+    with backup_lock, hold_lock:
         server = ServerCatalog(layout)
-        server.refuse_if_malformed('delete a backup')
-        backup_id = server.resolve(backup_id)
-        server.check_deletable(backup_id, minimum_redundancy)
-        wal_names = server.plan_removal([backup_id], {})
-        result = _removal_result([backup_id], wal_names, server.wals)
+        plan = plan_delete(server, backup_id, minimum_redundancy, now)
+        result = _removal_result(plan, server, now)
         if not dry_run:
-            server.remove([backup_id], wal_names)
-    result['backup_id'] = backup_id
+            server.remove(plan)
+    result['backup_id'] = plan.backups[0]
     return result
+
+
+def plan_retention(server, policy, minimum_redundancy, now):
+    """(statuses, plan): the backups the policy makes OBSOLETE (a held one is HELD instead), FAILED backups
+    older than the oldest one it keeps, and the WAL nothing left needs."""
+    server.refuse_if_malformed('apply the retention policy')
+    statuses = server.statuses(policy, minimum_redundancy, now)
+    doomed = [b for b, s in statuses.items() if s == retention.OBSOLETE]
+    doomed += retention.obsolete_failures(server.infos, statuses)
+    return statuses, server.plan_removal(doomed, statuses, now)
 
 
 def apply_retention(layout, policy, minimum_redundancy, now=None, dry_run=False):
-    """Remove the backups the policy makes OBSOLETE, FAILED backups older than the oldest one it keeps,
-    and the WAL nothing left needs. Returns the statuses and the removal result."""
-    with catalog.ServerLock(layout, 'backup'):
+    """Apply the policy: plan, then (unless dry_run) remove exactly the plan. Returns the statuses and the
+    removal result."""
+    now = now or now_utc()
+    backup_lock, hold_lock = _changing(layout)
+    with backup_lock, hold_lock:
         server = ServerCatalog(layout)
-        server.refuse_if_malformed('apply the retention policy')
-        statuses = server.statuses(policy, minimum_redundancy, now or now_utc())
-        doomed = sorted(b for b, s in statuses.items() if s == retention.OBSOLETE)
-        doomed += retention.obsolete_failures(server.infos, statuses)
-        doomed.sort()
-        wal_names = server.plan_removal(doomed, statuses)
-        result = _removal_result(doomed, wal_names, server.wals)
+        statuses, plan = plan_retention(server, policy, minimum_redundancy, now)
+        result = _removal_result(plan, server, now)
         result['retention_status'] = statuses
         if not dry_run:
-            server.remove(doomed, wal_names)
+            server.remove(plan)
     return result
+
+
+def release_hold(layout, token, dry_run=False):
+    """Remove a recovery hold; returns dict(hold=token, released=whether it existed)."""
+    path = recovery_hold.hold_path(layout, token)
+    existed = os.path.exists(path)
+    if existed and not dry_run:
+        existed = recovery_hold.release(layout, token)
+    return dict(hold=token, released=existed)

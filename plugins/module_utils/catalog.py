@@ -628,16 +628,59 @@ def format_backup_info(info):
     return ''.join(lines[key] for key in sorted(lines))
 
 
+def backup_order_key(backup_id, info):
+    """Sort key that puts backups in the order they began.
+
+    Backup ids are local wall-clock time, which goes back an hour when daylight saving time ends: the
+    begin_time (an aware timestamp) decides, and the id (read as local time) only stands in for a
+    backup that has none yet; an id that is not a time sorts first.
+    """
+    begin = info.get('begin_time') if isinstance(info, dict) else None
+    if isinstance(begin, datetime.datetime):
+        return (begin.timestamp(), backup_id)
+    try:
+        return (backup_id_time(backup_id).timestamp(), backup_id)
+    except (InvalidName, ValueError, OverflowError):
+        return (float('-inf'), backup_id)
+
+
+def ordered_backup_ids(infos):
+    """The ids of ``infos`` ({backup_id: info}), oldest first by begin time (see backup_order_key)."""
+    return sorted(infos, key=lambda backup_id: backup_order_key(backup_id, infos[backup_id]))
+
+
 def backup_infos(layout):
-    """{backup_id: info} of every backup of a server, oldest first. A malformed file raises."""
+    """{backup_id: info} of every backup of a server, an OrderedDict oldest first by begin time.
+    A malformed file raises."""
     infos = {}
-    if not os.path.isdir(layout.meta_dir):
-        return infos
-    for entry in sorted(os.listdir(layout.meta_dir)):
-        if entry.endswith('-backup.info'):
-            backup_id = entry[: -len('-backup.info')]
-            infos[backup_id] = read_backup_info(os.path.join(layout.meta_dir, entry))
-    return infos
+    if os.path.isdir(layout.meta_dir):
+        for entry in os.listdir(layout.meta_dir):
+            if entry.endswith('-backup.info'):
+                backup_id = entry[: -len('-backup.info')]
+                infos[backup_id] = read_backup_info(os.path.join(layout.meta_dir, entry))
+    return collections.OrderedDict((backup_id, infos[backup_id]) for backup_id in ordered_backup_ids(infos))
+
+
+def archive_origin(infos, keeps):
+    """Where a server's WAL archive must be continuous from, and the islands before that point.
+
+    ``infos`` maps backup ids to backup.info dicts, ``keeps`` backup ids to their keep annotation. As in
+    Barman, a backup kept ``standalone`` needs only its own WAL (begin_wal..end_wal), and retention
+    removes the WAL after it: continuity starts at the oldest DONE backup kept for point-in-time recovery
+    (not kept standalone; the newest DONE backup when all are), and each standalone backup older than
+    that is an island. Returns dict(backup_id, begin_wal, islands=[dict(backup_id, begin_wal, end_wal)]),
+    backup_id and begin_wal None without a DONE backup.
+    """
+    done = [b for b in ordered_backup_ids(infos) if infos[b]['status'] == DONE and infos[b].get('begin_wal')]
+    full = [b for b in done if keeps.get(b) != 'standalone'] or done[-1:]
+    if not full:
+        return dict(backup_id=None, begin_wal=None, islands=[])
+    origin = full[0]
+    islands = [
+        dict(backup_id=b, begin_wal=infos[b]['begin_wal'], end_wal=infos[b].get('end_wal') or infos[b]['begin_wal'])
+        for b in done[: done.index(origin)]
+    ]
+    return dict(backup_id=origin, begin_wal=infos[origin]['begin_wal'], islands=islands)
 
 
 def read_backup_info(path):

@@ -7,11 +7,19 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 
-# Exit codes of the WAL receiver and sender: below 126, so that PostgreSQL counts a failure and retries.
+# Exit codes of the WAL receiver and sender. PostgreSQL reads a restore_command's code: 1 to 125 is "not in
+# the archive" (recovery ends there and, with no target, promotes); above 125 is fatal (the server stops,
+# and recovery resumes at its next start). For archive_command any non-zero code means "retry".
 EXIT_OK = 0
-EXIT_NOT_FOUND = 1  # get: not archived (a normal answer to restore_command's probes)
+EXIT_NOT_FOUND = 1  # sender get -> PostgreSQL: not archived (a normal answer to restore_command's probes)
 EXIT_REFUSED = 2  # bad request or bad file: sending it again will not help
-EXIT_TEMPORARY = 3  # I/O error, lock busy, disk full, host unreachable: PostgreSQL should retry
+EXIT_TEMPORARY = 3  # I/O error, lock busy, disk full, host unreachable: try again (put: PostgreSQL; get: the sender)
+# receiver get -> sender: the archive does not hold the file. A code of its own (sysexits' EX_NOINPUT),
+# which no crash gives (Python exits 1 on an uncaught exception, ssh 255, a shell 126 or 127).
+EXIT_NOT_ARCHIVED = 66
+# sender get -> PostgreSQL: the file could not be fetched, nor its absence confirmed. Above 125 and no
+# 128+signal look-alike: the startup process raises FATAL instead of ending recovery early.
+EXIT_STOP_RECOVERY = 200
 
 
 class BarmanError(Exception):

@@ -9,7 +9,13 @@ __metaclass__ = type
 import datetime
 import os
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, backup_catalog, catalog, postgres
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    archive,
+    archive_check,
+    backup_catalog,
+    catalog,
+    postgres,
+)
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 OK = 'ok'
@@ -52,7 +58,9 @@ class _Checks(object):
 
 
 def _backup_checks(checks, server, options, now):
-    done = server.done_ids()
+    # In the order they began: ids are local time, which goes back when daylight saving time ends.
+    order = catalog.ordered_backup_ids(server.infos)
+    done = [b for b in order if server.infos[b]['status'] == catalog.DONE]
     minimum = options.get('minimum_redundancy') or 0
     if not done:
         checks.add('backups', CRITICAL, 'no DONE backup: nothing can be recovered; run playbooks/backup.yml')
@@ -74,7 +82,8 @@ def _backup_checks(checks, server, options, now):
             )
         else:
             checks.add('last_backup_age', OK, 'last backup %s ended %s ago' % (done[-1], _age(age)))
-    failed = [b for b, info in server.infos.items() if info['status'] == catalog.FAILED and (not done or b > done[-1])]
+    after_last_good = order[order.index(done[-1]) + 1 :] if done else order
+    failed = [b for b in after_last_good if server.infos[b]['status'] == catalog.FAILED]
     if failed:
         checks.add(
             'failed_backups',
@@ -86,26 +95,40 @@ def _backup_checks(checks, server, options, now):
 
 
 def _wal_checks(checks, server, options, now):
-    """Continuity from the oldest backup on, freshness, backlog; returns the recoverable window."""
+    """Continuity from the oldest backup kept for point-in-time recovery on, the islands of older
+    standalone backups, freshness, backlog; returns the recoverable window."""
     try:
         wal_archive = archive.WalArchive(server.layout.barman_home, server.layout.server)
-        done = server.done_ids()
-        first = server.infos[done[0]]['begin_wal'] if done else None
-        continuity = wal_archive.continuity(server.segment_size, first)
+        origin = catalog.archive_origin(server.infos, server.keeps)
+        continuity = wal_archive.continuity(server.segment_size, origin['begin_wal'])
+        islands = archive_check.island_reports(wal_archive, origin['islands'], server.segment_size)
     except BarmanError as exc:
         checks.add('wal_archive', CRITICAL, str(exc))
         return server.window()
     gaps = continuity['missing']
-    if gaps:
-        shown = ', '.join(a if a == b else '%s..%s' % (a, b) for a, b in gaps)
-        checks.add('wal_archive', CRITICAL, 'WAL missing from the archive: %s; recovery cannot pass it' % shown)
+    broken = [
+        '%s (backup %s, kept standalone)' % (_ranges(i['missing']), i['backup_id']) for i in islands if not i['ok']
+    ]
+    if gaps or broken:
+        checks.add(
+            'wal_archive',
+            CRITICAL,
+            'WAL missing from the archive: %s; recovery cannot pass it'
+            % ', '.join(([_ranges(gaps)] if gaps else []) + broken),
+        )
     elif continuity['last'] is None:
         checks.add('wal_archive', WARNING, 'no WAL archived yet')
     else:
         checks.add(
             'wal_archive',
             OK,
-            '%d segments from %s to %s, no gap' % (continuity['segments'], continuity['first'], continuity['last']),
+            '%d segments from %s to %s, no gap%s'
+            % (
+                continuity['segments'],
+                continuity['first'],
+                continuity['last'],
+                '; the WAL of %d older backup(s) kept standalone is complete' % len(islands) if islands else '',
+            ),
         )
     window = server.window(gaps)
     limit = options.get('wal_maximum_age')
@@ -129,6 +152,10 @@ def _wal_checks(checks, server, options, now):
             % (len(backlog), server.layout.process_log),
         )
     return window
+
+
+def _ranges(ranges):
+    return ', '.join(a if a == b else '%s..%s' % (a, b) for a, b in ranges)
 
 
 def _archiver_check(checks, server, options):

@@ -19,8 +19,9 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, rsync, ssh, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, recovery_hold, rsync, ssh, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.archive import WalArchive, copy_decompressed
+from ansible_collections.barman.postgresql.plugins.module_utils.backup import disk_usage
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 TARGET_KINDS = ('target_time', 'target_xid', 'target_name', 'target_lsn', 'target_immediate')
@@ -37,6 +38,10 @@ SETTINGS_POINTING_AT_THE_ORIGINAL = (
     'archive_command',
     'archive_library',
     'restore_command',
+    # The original's duties, which a copy must not run in its name.
+    'recovery_end_command',
+    'archive_cleanup_command',
+    'ssl_passphrase_command',
     'primary_conninfo',
     'primary_slot_name',
     'stats_temp_directory',
@@ -70,7 +75,8 @@ def recovery_argument_spec():
         destination_host=dict(type='str'),
         destination_user=dict(type='str', default='postgres'),
         destination_port=dict(type='int'),
-        destination_directory=dict(type='path', required=True),
+        destination_directory=dict(type='path'),
+        in_place=dict(type='bool', default=False),
         tablespace_map=dict(type='dict', default={}),
         delta=dict(type='bool', default=False),
         port=dict(type='int'),
@@ -78,6 +84,7 @@ def recovery_argument_spec():
         get_wal=dict(type='bool', default=True),
         wal_sender=dict(type='list', elements='str'),
         archive=dict(type='bool', default=False),
+        hold_hours=dict(type='int', default=24),
     )
 
 
@@ -224,7 +231,18 @@ def check_archive(wal_archive, info, kind, value):
             % ', '.join('%s..%s' % tuple(r) for r in gaps),
             'Recovery would stop at the gap: choose a target before %s, or restore the missing files' % gaps[0][0],
         )
-    return continuity
+    return continuity, needed_until
+
+
+def minimum_end_lsn(info, kind, value, newest):
+    """The LSN recovery must at least reach before the copy may be called recovered: into the newest
+    archived segment with no target (a fetch that failed must not pass for the archive's end), the
+    target LSN, else the backup's end (PostgreSQL itself refuses to end before a time, xid or name)."""
+    if kind is None:
+        return wal.segment_start_lsn(newest, info['xlog_segment_size']) + 1
+    if kind == 'target_lsn':
+        return value
+    return wal.parse_lsn(info['end_xlog'])
 
 
 def _archived_time(wal_archive, name):
@@ -234,12 +252,17 @@ def _archived_time(wal_archive, name):
 
 # -- the destination ------------------------------------------------------------------------------
 
+# Fetched WAL is recycled at each restartpoint: the copy holds about max_wal_size of it at a time.
+FETCHED_WAL_ALLOWANCE = 1024 * 1024 * 1024
+# For each path: the filesystem it is on (its nearest existing parent), as df prints it.
+_DF_SCRIPT = 'for p do while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done; df -P -B1 -- "$p" | tail -n 1; done'
+
 
 class Destination(object):
     """The host and directory to recover into: over SSH as the PostgreSQL OS user, or local."""
 
-    def __init__(self, params, control_path):
-        self.directory = os.path.normpath(params['destination_directory'])
+    def __init__(self, params, directory, control_path):
+        self.directory = os.path.normpath(directory)
         self.target = None
         self.ssh_options = {}
         if params.get('destination_host'):
@@ -286,26 +309,50 @@ class Destination(object):
             raise RecoveryError('cannot look into %s on the destination' % directory)
         return out.strip()
 
+    def filesystems(self, paths):
+        """{path: (mount point, free bytes)} of the filesystem each path is (or would be) on."""
+        code, out = self.run(['sh', '-c', _DF_SCRIPT, 'sh'] + list(paths))
+        lines = out.splitlines()
+        if code != 0 or len(lines) != len(paths):
+            raise RecoveryError(
+                'cannot read the free space of %s on the destination (df exit %d)' % (', '.join(paths), code),
+                'Check that df (coreutils) works there for the PostgreSQL OS user',
+            )
+        found = {}
+        for path, line in zip(paths, lines):
+            fields = line.split(None, 5)
+            found[path] = (fields[5], int(fields[3]))
+        return found
+
     def close(self):
         if self.target is not None:
             argv = ssh.control_exit_argv(self.target, **self.ssh_options)
             subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
-def tablespace_locations(info, params):
+def destination_directory(params, info):
+    """The PGDATA to create: the original's in place, else the one given."""
+    if params.get('in_place'):
+        return os.path.normpath(info['pgdata'])
+    if not params.get('destination_directory'):
+        raise RecoveryError(
+            'no destination_directory given',
+            'Name the directory to recover into, or set in_place to recover into the original PGDATA',
+        )
+    return os.path.normpath(params['destination_directory'])
+
+
+def tablespace_locations(info, params, directory=None):
     """{oid: (name, new location)}: tablespace_map by name or oid, else the original location when the
     destination is the original PGDATA, else a directory beside the destination."""
+    directory = os.path.normpath(directory or params['destination_directory'])
     chosen = params.get('tablespace_map') or {}
-    in_place = os.path.normpath(params['destination_directory']) == os.path.normpath(info['pgdata'])
+    in_place = directory == os.path.normpath(info['pgdata'])
     locations = {}
     for tablespace in info['tablespaces'] or []:
         location = chosen.get(tablespace.name) or chosen.get(str(tablespace.oid))
         if not location:
-            location = (
-                tablespace.location
-                if in_place
-                else '%s.tblspc/%s' % (os.path.normpath(params['destination_directory']), tablespace.name)
-            )
+            location = tablespace.location if in_place else '%s.tblspc/%s' % (directory, tablespace.name)
         locations[tablespace.oid] = (tablespace.name, os.path.normpath(location))
     return locations
 
@@ -326,6 +373,44 @@ def check_destination(destination, params, locations):
             'a PostgreSQL server uses %s (postmaster.pid is there)' % destination.directory,
             'Stop it first; recover.yml does so with recover_in_place=true',
         )
+
+
+def space_needed(layout, backup_id, locations, directory, wal_bytes):
+    """{destination path: bytes it receives}: the backup's data directory plus the WAL recovery will
+    hold there, and each tablespace."""
+    needs = {directory: disk_usage(layout.backup_data_dir(backup_id))[0] + wal_bytes}
+    for oid, (_name, location) in locations.items():
+        needs[location] = needs.get(location, 0) + disk_usage(layout.backup_tablespace_dir(backup_id, oid))[0]
+    return needs
+
+
+def check_free_space(filesystems, needs, original_pgdata, in_place):
+    """Refuse when a destination filesystem cannot hold what goes there; warnings for a copy that would
+    share the live server's filesystem. ``filesystems`` maps each path (and the original PGDATA) to
+    (mount point, free bytes)."""
+    per_mount = {}
+    for path, need in needs.items():
+        mount, free = filesystems[path]
+        total, free, paths = per_mount.get(mount, (0, free, []))
+        per_mount[mount] = (total + need, free, paths + [path])
+    for mount, (need, free, paths) in sorted(per_mount.items()):
+        if need > free:
+            raise RecoveryError(
+                'the filesystem %s on the destination has %d MiB free, and recovering into %s needs %d MiB '
+                '(the backup plus the WAL recovery holds)' % (mount, free >> 20, ', '.join(sorted(paths)), need >> 20),
+                'Free space there, or recover into a directory on a larger filesystem (recover_dir, '
+                'recover_tablespaces); nothing was copied',
+                needed_bytes=need,
+                free_bytes=free,
+            )
+    warnings = []
+    live_mount = filesystems.get(original_pgdata, (None, 0))[0]
+    if not in_place and live_mount in per_mount:
+        warnings.append(
+            'the copy goes to the filesystem %s, where %s also lives on that host: if the copy fills it, '
+            'a server running there stops too' % (live_mount, original_pgdata)
+        )
+    return warnings
 
 
 # -- the configuration of the recovered copy ---------------------------------------------------------
@@ -358,7 +443,10 @@ def recovery_settings(params, backup_id, kind, value):
     """The lines appended to postgresql.auto.conf of the recovered copy (later lines win)."""
     if params['get_wal']:
         if not params.get('wal_sender'):
-            raise RecoveryError('get_wal needs wal_sender, the WAL sender command on the destination')
+            raise RecoveryError(
+                'get_wal needs wal_sender, the WAL sender command on the destination',
+                'Give wal_sender, or set get_wal to false to copy the WAL along; nothing was copied',
+            )
         restore_command = ssh.shell_join(params['wal_sender'] + ['get', '%f', '%p'])
     else:
         restore_command = 'cp barman_wal/%f %p'
@@ -382,6 +470,8 @@ def recovery_settings(params, backup_id, kind, value):
     settings.append(('recovery_target_timeline', timeline))
     if not params['archive']:
         settings.append(('archive_mode', 'off'))  # a copy never archives into the original's catalog
+        # Nor does it apply the original's subscriptions: their workers would consume its publishers' slots.
+        settings.append(('max_logical_replication_workers', '0'))
     if params.get('port'):
         settings.append(('port', str(params['port'])))
     if params.get('listen_addresses'):
@@ -392,50 +482,129 @@ def recovery_settings(params, backup_id, kind, value):
     return '\n'.join(lines) + '\n'
 
 
+def configuration_files(data, params, backup_id, locations, kind, value):
+    """{name: text} of the files written into the copy after its data: the neutralised configuration,
+    the recovery settings, tablespace_map and recovery.signal."""
+
+    def read(name):
+        path = os.path.join(data, name)
+        if not os.path.exists(path):
+            return None
+        with open(path, 'r', encoding='utf-8', errors='surrogateescape') as handle:
+            return handle.read()
+
+    # A copy that replaces the original keeps archiving where the original did.
+    keep = ('archive_command', 'archive_library') if params['archive'] else ()
+    files = {}
+    conf = read('postgresql.conf')
+    if conf is not None:
+        files['postgresql.conf'] = neutralised_config(conf, keep)
+    files['postgresql.auto.conf'] = neutralised_config(read('postgresql.auto.conf') or '', keep) + recovery_settings(
+        params, backup_id, kind, value
+    )
+    if locations:
+        files['tablespace_map'] = ''.join('%d %s\n' % (oid, loc) for oid, (_name, loc) in sorted(locations.items()))
+    files['recovery.signal'] = ''
+    return files
+
+
+def _write_files(staging, files):
+    for name, text in files.items():
+        path = os.path.join(staging, name)
+        with open(path, 'w', encoding='utf-8', errors='surrogateescape') as handle:
+            handle.write(text)
+        os.chmod(path, 0o600)
+    # pg_wal is never copied from a backup (it may be a link to the original's WAL directory): a real,
+    # empty one, as initdb makes it.
+    os.makedirs(os.path.join(staging, 'pg_wal', 'archive_status'), 0o700)
+    os.chmod(os.path.join(staging, 'pg_wal'), 0o700)
+
+
 # -- the recovery --------------------------------------------------------------------------------------
+
+
+def plan_recovery(params, layout, wal_archive, control_path, check_mode=False):
+    """Everything decided and checked before a byte moves, as one value: the target, the backup, the
+    WAL it needs, the destination (empty, not running, enough free space) and the files to write.
+    Check mode returns it; a real run carries it out. Returns (plan, destination, private parts)."""
+    kind, value = the_target(params)
+    backup_id, info = choose_backup(catalog.backup_infos(layout), kind, value, params.get('backup_id'))
+    continuity, needed_until = check_archive(wal_archive, info, kind, value)
+    directory = destination_directory(params, info)
+    locations = tablespace_locations(info, params, directory)
+    files = configuration_files(layout.backup_data_dir(backup_id), params, backup_id, locations, kind, value)
+    segment_size = info['xlog_segment_size']
+    wal_bytes = (needed_until - wal.segment_number(info['begin_wal'], segment_size) + 1) * segment_size
+    if params['get_wal']:
+        wal_bytes = min(wal_bytes, FETCHED_WAL_ALLOWANCE)
+    destination = Destination(params, directory, control_path)
+    try:
+        # In place, the playbook moves the old PGDATA aside after this plan (check mode), on the same filesystem.
+        if not (params['in_place'] and check_mode):
+            check_destination(destination, params, locations)
+        needs = space_needed(layout, backup_id, locations, directory, wal_bytes)
+        filesystems = destination.filesystems(sorted(set(needs) | set([os.path.normpath(info['pgdata'])])))
+        warnings = check_free_space(filesystems, needs, os.path.normpath(info['pgdata']), params['in_place'])
+    except BaseException:
+        destination.close()
+        raise
+    plan = dict(
+        backup_id=backup_id,
+        pgdata=info['pgdata'],
+        pg_major=int(info['version']) // 10000,
+        backup_tablespaces=dict((t.name, t.location) for t in info['tablespaces'] or []),
+        backup_end_time=str(info['end_time']),
+        backup_end_lsn=info['end_xlog'],
+        target=None if kind is None else {kind: str(value) if kind != 'target_lsn' else wal.format_lsn(value)},
+        destination=destination.directory,
+        tablespaces=dict((name, location) for name, location in locations.values()),
+        newest_wal=continuity['last'],
+        minimum_end_lsn=wal.format_lsn(minimum_end_lsn(info, kind, value, continuity['last'])),
+        space_needed=sum(needs.values()),
+        warnings=warnings,
+    )
+    return plan, destination, dict(info=info, kind=kind, value=value, locations=locations, files=files)
 
 
 def recover(params, check_mode=False):
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     wal_archive = WalArchive(params['barman_home'], params['server'])
-    kind, value = the_target(params)
-    backup_id, info = choose_backup(catalog.backup_infos(layout), kind, value, params.get('backup_id'))
-    continuity = check_archive(wal_archive, info, kind, value)
-    destination = Destination(params, os.path.join(layout.root, '.ssh-%C'))
-    try:
-        locations = tablespace_locations(info, params)
-        check_destination(destination, params, locations)
-        plan = dict(
-            backup_id=backup_id,
-            pgdata=info['pgdata'],
-            pg_major=int(info['version']) // 10000,
-            backup_tablespaces=dict((t.name, t.location) for t in info['tablespaces'] or []),
-            backup_end_time=str(info['end_time']),
-            backup_end_lsn=info['end_xlog'],
-            target=None if kind is None else {kind: str(value) if kind != 'target_lsn' else wal.format_lsn(value)},
-            destination=destination.directory,
-            tablespaces=dict((name, location) for name, location in locations.values()),
-            newest_wal=continuity['last'],
-        )
-        if check_mode:
-            return dict(plan, changed=False)
-        started = time.time()
-        _copy(params, layout, wal_archive, destination, backup_id, info, locations, continuity, kind, value)
-        return dict(plan, changed=True, duration=round(time.time() - started, 3))
-    finally:
-        destination.close()
+    # A connection of its own: a backup of this server running meanwhile must not share (and end) it.
+    with ssh.operation_control_path(layout.root) as control_path:
+        plan, destination, parts = plan_recovery(params, layout, wal_archive, control_path, check_mode)
+        try:
+            if check_mode:
+                return dict(plan, changed=False)
+            started = time.time()
+            plan['hold'] = recovery_hold.take(
+                layout,
+                plan['backup_id'],
+                parts['info']['begin_wal'],
+                '%s:%s' % (params.get('destination_host') or 'local', destination.directory),
+                params['hold_hours'] * 3600,
+            )
+            try:
+                # A retention that ran between the plan and the hold may have removed WAL: look again.
+                check_archive(wal_archive, parts['info'], parts['kind'], parts['value'])
+                _copy(params, layout, wal_archive, destination, plan['backup_id'], parts)
+            except BaseException:
+                recovery_hold.release(layout, plan['hold'])
+                raise
+            return dict(plan, changed=True, duration=round(time.time() - started, 3))
+        finally:
+            destination.close()
 
 
-def _copy(params, layout, wal_archive, destination, backup_id, info, locations, continuity, kind, value):
+def _copy(params, layout, wal_archive, destination, backup_id, parts):
     data = layout.backup_data_dir(backup_id)
     delta = dict(delete=True, checksum=True) if params['delta'] else {}
     # The pg_tblspc links of the copy point at the original locations: tablespace_map remakes them.
-    excludes = ('/pg_tblspc/*', '/recovery.signal', '/standby.signal', '/barman_wal/')
+    excludes = ('/pg_tblspc/*', '/recovery.signal', '/standby.signal', '/barman_wal/', '/pg_wal')
     # --mkpath: the parents of a new PGDATA or tablespace directory may not exist yet.
     destination.rsync(
         data + '/', destination.directory + '/', 'the data directory', excludes=excludes, extra=['--mkpath'], **delta
     )
-    for oid, (name, location) in sorted(locations.items()):
+    for oid, (name, location) in sorted(parts['locations'].items()):
         destination.rsync(
             layout.backup_tablespace_dir(backup_id, oid) + '/',
             location + '/',
@@ -445,41 +614,12 @@ def _copy(params, layout, wal_archive, destination, backup_id, info, locations, 
         )
     staging = tempfile.mkdtemp(prefix='.recover-', dir=layout.root)
     try:
-        _write_configuration(staging, data, params, backup_id, info, locations, kind, value)
+        _write_files(staging, parts['files'])
         if not params['get_wal']:
-            _stage_wals(staging, wal_archive, info, kind, value)
+            _stage_wals(staging, wal_archive, parts['info'], parts['kind'], parts['value'])
         destination.rsync(staging + '/', destination.directory + '/', 'the recovery settings')
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _write_configuration(staging, data, params, backup_id, info, locations, kind, value):
-    def read(name):
-        path = os.path.join(data, name)
-        if not os.path.exists(path):
-            return None
-        with open(path, 'r', encoding='utf-8', errors='surrogateescape') as handle:
-            return handle.read()
-
-    def write(name, text, mode=0o600):
-        path = os.path.join(staging, name)
-        with open(path, 'w', encoding='utf-8', errors='surrogateescape') as handle:
-            handle.write(text)
-        os.chmod(path, mode)
-
-    # A copy that replaces the original keeps archiving where the original did.
-    keep = ('archive_command', 'archive_library') if params['archive'] else ()
-    conf = read('postgresql.conf')
-    if conf is not None:
-        write('postgresql.conf', neutralised_config(conf, keep))
-    write(
-        'postgresql.auto.conf',
-        neutralised_config(read('postgresql.auto.conf') or '', keep)
-        + recovery_settings(params, backup_id, kind, value),
-    )
-    if locations:
-        write('tablespace_map', ''.join('%d %s\n' % (oid, loc) for oid, (_name, loc) in sorted(locations.items())))
-    write('recovery.signal', '')
 
 
 def _stage_wals(staging, wal_archive, info, kind, value):

@@ -24,6 +24,8 @@ POTENTIALLY_OBSOLETE = 'POTENTIALLY_OBSOLETE'
 KEEP_FULL = 'KEEP_FULL'
 KEEP_STANDALONE = 'KEEP_STANDALONE'
 NONE = 'NONE'
+# Ours, not Barman's: a backup the policy makes obsolete while a recovery holds it (recovery_hold.py).
+HELD = 'HELD'
 
 KEEP_TARGETS = ('full', 'standalone')
 POLICY_HINT = (
@@ -97,13 +99,15 @@ def point_of_recoverability(policy, now):
     return now - datetime.timedelta(days=policy.value * _UNIT_DAYS[policy.unit[:-1]])
 
 
-def classify(infos, keeps, policy, minimum_redundancy, now):
+def classify(infos, keeps, policy, minimum_redundancy, now, held=()):
     """Barman's retention status of every backup: {backup_id: status}.
 
     ``infos`` maps backup ids to backup.info dicts, ``keeps`` backup ids to 'full'/'standalone'.
     Only DONE backups are classified; others are NONE (see obsolete_failures for FAILED ones).
     Kept backups never become OBSOLETE. Whatever the policy says, the ``minimum_redundancy``
-    newest DONE backups stay, and so does the newest one.
+    newest DONE backups stay, and so does the newest one. A backup in ``held`` (a recovery is using it)
+    that would be OBSOLETE is HELD instead; it does not count towards the policy, so that the hold
+    changes nothing else.
     """
     report = {}
     valid = 0
@@ -130,6 +134,9 @@ def classify(infos, keeps, policy, minimum_redundancy, now):
             valid += 1
         else:
             report[backup_id] = kept or OBSOLETE
+    for backup_id in held:
+        if report.get(backup_id) == OBSOLETE:
+            report[backup_id] = HELD
     return report
 
 
@@ -147,13 +154,15 @@ def _segno(name, segment_size):
     return wal.segment_number(name[:24], segment_size)
 
 
-def removable_wals(names, infos, statuses, segment_size):
-    """The archived WAL names that no backup left after retention needs, oldest first.
+def removable_wals(names, infos, statuses, segment_size, needed_from=()):
+    """The archived WAL names that no backup left after retention needs, in the order of ``names``.
 
-    A full backup (VALID, POTENTIALLY_OBSOLETE, KEEP_FULL, any backup still in progress, and always
-    the newest DONE one) needs every segment from its begin_wal on, on any timeline; a
-    KEEP_STANDALONE backup needs only begin_wal..end_wal. Timeline history files are never removed.
-    Without a DONE backup left, nothing is removed: the WAL is then all there is.
+    A full backup (VALID, POTENTIALLY_OBSOLETE, KEEP_FULL, HELD, any backup still in progress, and
+    always the newest DONE one) needs every segment from its begin_wal on, on any timeline; a
+    KEEP_STANDALONE backup needs only begin_wal..end_wal. Every segment from each WAL name in
+    ``needed_from`` on is needed too (a running recovery fetches them, even of a backup gone from
+    ``infos``). Timeline history files are never removed. Without a DONE backup left, nothing is
+    removed: the WAL is then all there is.
     """
     done = sorted(b for b, info in infos.items() if info['status'] == catalog.DONE)
     if not done:
@@ -172,6 +181,7 @@ def removable_wals(names, infos, statuses, segment_size):
             ranges.append((begin, _segno(info['end_wal'], segment_size)))
         else:
             full_from.append(begin)
+    full_from += [_segno(name, segment_size) for name in needed_from]
     first_needed = min(full_from) if full_from else None
     removable = []
     for name in names:

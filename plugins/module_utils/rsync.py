@@ -33,10 +33,14 @@ PGDATA_EXCLUDED_DIRECTORY_CONTENTS = (
     '/pg_serial/*',  # only kept for debugging, not needed
     '/pg_snapshots/*',  # removed at startup
     '/pg_subtrans/*',  # zeroed at startup
-    # WAL is archived and fetched separately. This also drops pg_wal/archive_status/, which
-    # PostgreSQL recreates at startup.
-    '/pg_wal/*',
 )
+# pg_wal goes whole, directory or symlink: with initdb --waldir it is a link to the WAL disk, and a
+# copy keeping the link would write its WAL into the original's. WAL is archived and fetched
+# separately; the backup makes pg_wal again as PostgreSQL's own base backup does: an empty
+# directory with an empty archive_status/ (see pgdata_layout.make_empty_pg_wal).
+PG_WAL = 'pg_wal'
+PG_WAL_ARCHIVE_STATUS = 'pg_wal/archive_status'
+PG_WAL_EXCLUDE = '/' + PG_WAL
 PGDATA_EXCLUDED_FILES = (
     'postgresql.auto.conf.tmp',  # ALTER SYSTEM's temporary file
     'current_logfiles.tmp',  # the logging collector's temporary file
@@ -56,7 +60,9 @@ PGDATA_EXCLUDED_SIGNAL_FILES = (
     '/standby.signal',
 )
 #: Every exclude pattern for the main pass over a live PGDATA (a tuple: copy it to extend).
-PGDATA_EXCLUDES = PGDATA_EXCLUDED_DIRECTORY_CONTENTS + PGDATA_EXCLUDED_FILES + PGDATA_EXCLUDED_SIGNAL_FILES
+PGDATA_EXCLUDES = (
+    PGDATA_EXCLUDED_DIRECTORY_CONTENTS + (PG_WAL_EXCLUDE,) + PGDATA_EXCLUDED_FILES + PGDATA_EXCLUDED_SIGNAL_FILES
+)
 
 #: pg_control, relative to PGDATA. pg_basebackup sends it after everything else; so must we:
 #: exclude it from the main pass (PG_CONTROL_EXCLUDE) and copy it alone, last.

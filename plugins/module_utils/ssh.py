@@ -13,6 +13,9 @@ Rules kept by every function:
   known_hosts file;
 * ssh never prompts: ``BatchMode=yes``.
 
+One exception to "pure": :func:`operation_control_path` makes (and removes) the private directory
+that holds one operation's shared connection.
+
 The remote login shell must be a POSIX shell (sh, bash, dash, zsh, ksh): ``shlex.quote`` quotes
 for that family, not for csh or fish.
 """
@@ -23,10 +26,14 @@ __metaclass__ = type
 
 import base64
 import binascii
+import contextlib
 import ipaddress
+import os
 import re
 import shlex
+import shutil
 import struct
+import tempfile
 from collections import namedtuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -301,6 +308,51 @@ def control_exit_argv(target, **ssh_option_kwargs):
     linger for ControlPersist seconds."""
     argv = ssh_argv(target, ['true'], **ssh_option_kwargs)
     return [argv[0], '-O', 'exit'] + argv[1 : argv.index('--')]
+
+
+# A unix socket path holds 104 bytes on the BSDs and macOS (108 on Linux). ssh binds the master's
+# socket as "<ControlPath>.<16 random characters>" first, then links it to its name; %C expands to
+# 40 hexadecimal characters (a SHA-1 of the connection).
+SOCKET_PATH_LIMIT = 104
+_SSH_TEMPORARY_SUFFIX = len('.0123456789abcdef')
+_EXPANDED_HASH_LENGTH = 40
+_CONTROL_DIR_PREFIX = '.ssh-'
+_CONTROL_DIR_NAME_LENGTH = len(_CONTROL_DIR_PREFIX) + 8  # tempfile.mkdtemp adds 8 random characters
+FALLBACK_CONTROL_PARENT = '/tmp'
+
+
+def control_dir_parent(base_dir):
+    """Where one operation's control directory goes: ``base_dir``, or /tmp when a socket under it would
+    not fit a unix socket path (or ssh could not take the path as an option value)."""
+    expanded = (
+        len(os.path.abspath(base_dir))
+        + 1
+        + _CONTROL_DIR_NAME_LENGTH
+        + 1
+        + _EXPANDED_HASH_LENGTH
+        + _SSH_TEMPORARY_SUFFIX
+    )
+    if expanded < SOCKET_PATH_LIMIT and not _UNSAFE_IN_OPTION_PATH.search(base_dir) and os.path.isdir(base_dir):
+        return os.path.abspath(base_dir)
+    return FALLBACK_CONTROL_PARENT
+
+
+@contextlib.contextmanager
+def operation_control_path(base_dir):
+    """A ControlPath for one operation (a backup, a recovery), yielded as ``<directory>/%C``.
+
+    A ControlPath shared by two operations on the same host is one connection: the first to end
+    sends ``ssh -O exit`` (:func:`control_exit_argv`) and cuts the other's rsync or ssh in the middle.
+    Each operation gets a directory of its own, made by ``tempfile.mkdtemp`` (mode 0700, random name,
+    never shared; ssh wants the socket's directory writable by no one else) under ``base_dir``
+    (the server's root in the catalog), or under /tmp when that path would be too long for a
+    socket. The directory and whatever is left in it are removed when the block ends, however it ends.
+    """
+    directory = tempfile.mkdtemp(prefix=_CONTROL_DIR_PREFIX, dir=control_dir_parent(base_dir))
+    try:
+        yield os.path.join(directory, '%C')
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def rsync_rsh(**ssh_option_kwargs):

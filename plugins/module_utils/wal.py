@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import bisect
 import collections
 import re
 
@@ -433,6 +434,68 @@ def check_segment_content(name, header, size, systemid=None):
     return header
 
 
+BACKUP_HISTORY_HINT = (
+    'A backup history file is the text PostgreSQL writes at the end of a base backup, with the lines '
+    '"START WAL LOCATION: <LSN> (file <segment>)" and "STOP WAL LOCATION: <LSN> (file <segment>)"; its name is '
+    'the start segment, then the start offset in 8 hex digits, then .backup'
+)
+MAX_BACKUP_HISTORY_SIZE = 64 * 1024
+_BACKUP_LOCATION_RE = re.compile(r'(START|STOP) WAL LOCATION: ([0-9A-F]{1,8}/[0-9A-F]{1,8}) \(file ([0-9A-F]{24})\)')
+_SEGMENT_SIZES = [MIN_SEGMENT_SIZE << shift for shift in range(11)]
+BackupHistory = collections.namedtuple('BackupHistory', ['start_lsn', 'stop_lsn', 'segment_size'])
+
+
+class InvalidBackupHistory(BarmanError, ValueError):
+    """A backup history file (.backup) whose content is not what PostgreSQL writes for its name."""
+
+
+def check_backup_history(name, data):
+    """Check a ``.backup`` file's content (bytes) against its name, as PostgreSQL writes both.
+
+    Returns BackupHistory(start LSN, stop LSN, the segment size that makes name and content agree).
+    """
+    wal_file = parse_wal_name(name)
+
+    def refuse(why):
+        return InvalidBackupHistory('%s is not a backup history file: %s' % (_shown(name), why), BACKUP_HISTORY_HINT)
+
+    if wal_file.kind != 'backup':
+        raise refuse('its name does not end in .<offset>.backup')
+    if len(data) > MAX_BACKUP_HISTORY_SIZE:
+        raise refuse('it is %d bytes, more than the %d such a file can be' % (len(data), MAX_BACKUP_HISTORY_SIZE))
+    if b'\0' in data:
+        raise refuse('it holds NUL bytes, so it is not text')
+    found = {}
+    for line in data.split(b'\n'):
+        match = _BACKUP_LOCATION_RE.fullmatch(line.rstrip(b'\r').decode('ascii', 'replace'))
+        if match:
+            if match.group(1) in found:
+                raise refuse('it has two %s WAL LOCATION lines' % match.group(1))
+            found[match.group(1)] = (parse_lsn(match.group(2)), match.group(3))
+    if set(found) != {'START', 'STOP'}:
+        raise refuse('it lacks a %s WAL LOCATION line' % ' and a '.join(sorted({'START', 'STOP'} - set(found))))
+    (start, start_file), (stop, stop_file) = found['START'], found['STOP']
+    # The name carries the stop timeline, the START line the start one: compare log id and segment.
+    if start_file[8:] != name[8:24] or not is_segment_name(start_file):
+        raise refuse('it starts in %s, not in the segment its name says' % start_file)
+    if not is_segment_name(stop_file):
+        raise refuse('its STOP WAL LOCATION line names %s, which is not a WAL segment' % stop_file)
+    if stop < start:
+        raise refuse('it stops at %s, before its start %s' % (format_lsn(stop), format_lsn(start)))
+    for size in _SEGMENT_SIZES:
+        if start % size != wal_file.offset or lsn_segment_name(start, timeline_of(start_file), size) != start_file:
+            continue
+        # PostgreSQL 15 and older name the segment before the stop LSN, 16 and later the one holding it.
+        stop_timeline = timeline_of(stop_file)
+        stop_files = (lsn_segment_name(stop, stop_timeline, size), walfile_name_offset(stop, stop_timeline, size)[0])
+        if stop_file in stop_files:
+            return BackupHistory(start, stop, size)
+    raise refuse(
+        'its start %s (file %s) and stop %s (file %s) do not match its name for any segment size'
+        % (format_lsn(start), start_file, format_lsn(stop), stop_file)
+    )
+
+
 def timeline_path(timeline, history_entries):
     """[(timeline, first LSN on it)] from timeline 1 to ``timeline``, following its history file."""
     path = []
@@ -444,26 +507,55 @@ def timeline_path(timeline, history_entries):
     return path
 
 
-def expected_segments(first_segno, last_segno, path, segment_size):
-    """The segment names recovery reads, in order, for segment numbers first..last along ``path``.
+SegmentSpan = collections.namedtuple('SegmentSpan', ['timeline', 'first', 'last'])
+
+
+def recovery_spans(first_segno, last_segno, path, segment_size):
+    """The segments recovery reads for segment numbers first..last along ``path``, as SegmentSpans
+    (segment numbers, both ends included), in order: one span per timeline, never a list of names.
 
     The segment holding a switch point is read from the new timeline, as PostgreSQL does.
     """
     starts = [(lsn // segment_size, timeline) for timeline, lsn in path]
-    names = []
-    for segno in range(first_segno, last_segno + 1):
-        timeline = [tli for first, tli in starts if first <= segno][-1]
-        names.append(segment_name(timeline, segno, segment_size))
-    return names
+    spans = []
+    for index, (start, timeline) in enumerate(starts):
+        # A later timeline starting at or before a segment takes it over (the last one wins).
+        taken_from = min([later for later, _tli in starts[index + 1 :]], default=last_segno + 1)
+        low, high = max(first_segno, start), min(last_segno, taken_from - 1)
+        if low <= high:
+            spans.append(SegmentSpan(timeline, low, high))
+    return spans
 
 
-def group_consecutive(names, segment_size):
-    """[(first, last)] ranges of consecutive segment names, for reporting gaps briefly."""
-    ranges = []
-    for name in names:
-        segno = segment_number(name, segment_size)
-        if ranges and ranges[-1][2] == segno - 1 and timeline_of(ranges[-1][1]) == timeline_of(name):
-            ranges[-1] = (ranges[-1][0], name, segno)
+def segment_runs(segnos):
+    """[(first, last)] runs of consecutive numbers, from sorted distinct segment numbers."""
+    runs = []
+    for segno in segnos:
+        if runs and runs[-1][1] == segno - 1:
+            runs[-1] = (runs[-1][0], segno)
         else:
-            ranges.append((name, name, segno))
-    return [(r[0], r[1]) for r in ranges]
+            runs.append((segno, segno))
+    return runs
+
+
+def uncovered(span, runs):
+    """The parts of ``span`` that ``runs`` (sorted, disjoint (first, last) on its timeline) leave out."""
+    holes = []
+    low = span.first
+    for first, last in runs[max(bisect.bisect_right(runs, (span.first,)) - 1, 0) :]:
+        if first > span.last:
+            break
+        if last < low:
+            continue
+        if first > low:
+            holes.append(SegmentSpan(span.timeline, low, first - 1))
+        low = last + 1
+        if low > span.last:
+            break
+    if low <= span.last:
+        holes.append(SegmentSpan(span.timeline, low, span.last))
+    return holes
+
+
+def span_length(span):
+    return span.last - span.first + 1

@@ -7,7 +7,8 @@ request is in SSH_ORIGINAL_COMMAND and only these are honoured, for the one serv
   put NAME SIZE [CHECKSUM]
                   stdin: SIZE bytes, then their checksum in hex and a newline; CHECKSUM names its
                   kind (crc32 or sha256, see checksum.py), sha256 when absent
-  get NAME        stdout: the file's original content
+  get NAME        stdout: the file's original content; exit EXIT_NOT_ARCHIVED only when the archive
+                  does not hold it, EXIT_TEMPORARY for any other failure (then stdout is not the file)
   stream          stdin: any number of "put NAME SIZE" lines, each followed as above; stdout: one
                   line per put, "ok NAME stored|identical", "refused NAME why" or "error NAME why",
                   written once the file is durable (the sender's look-ahead agent uses it)
@@ -29,7 +30,7 @@ import time
 
 from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, checksum, pipes, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
-    EXIT_NOT_FOUND,
+    EXIT_NOT_ARCHIVED,
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_TEMPORARY,
@@ -183,6 +184,25 @@ def serve_stream(wal_archive, stdin, stdout, on_batch=None):
     return code
 
 
+def serve_get(wal_archive, name, stdout, stderr):
+    """Write an archived file to ``stdout``; the exit code tells the sender whether it may say "not found"."""
+    try:
+        try:
+            wal_archive.send(name, stdout)
+        except archive.WalNotFound:
+            # locate() looks in wals/ then incoming/: a file compressed into wals/ between the two looks
+            # was in neither. A second look finds it in wals/.
+            wal_archive.send(name, stdout)
+        stdout.flush()
+    except archive.WalNotFound as error:
+        stderr.write('barman-wal-receiver: %s\n' % error)
+        return EXIT_NOT_ARCHIVED
+    except Exception as error:  # anything else (I/O, a damaged file, a bug) must not look like "not archived"
+        stderr.write('barman-wal-receiver: get %s failed: %s: %s\n' % (name, type(error).__name__, _one_line(error)))
+        return EXIT_TEMPORARY
+    return EXIT_OK
+
+
 def main(argv=None, environ=None, stdin=None, stdout=None, stderr=None):
     environ = os.environ if environ is None else environ
     stdin = stdin or sys.stdin.buffer
@@ -204,13 +224,8 @@ def main(argv=None, environ=None, stdin=None, stdout=None, stderr=None):
                 background()
             return code
         if request.verb == 'get':
-            wal_archive.send(request.name, stdout)
-            stdout.flush()
-            return EXIT_OK
+            return serve_get(wal_archive, request.name, stdout, stderr)
         wal_archive.receive(request.name, request.size, stdin, _read_digest_line(stdin), request.checksum)
-    except archive.WalNotFound as error:
-        stderr.write('barman-wal-receiver: %s\n' % error)
-        return EXIT_NOT_FOUND
     except (ValueError, RequestError, archive.DuplicateWal) as error:
         stderr.write('barman-wal-receiver: %s\n' % error)
         return EXIT_REFUSED

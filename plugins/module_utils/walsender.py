@@ -6,8 +6,10 @@
   restore_command = 'barman-wal-sender --ssh barman@backup ... get %f %p'
 
 One SSH connection per server is kept open for a minute (ControlMaster), so that a segment costs a
-round trip on it rather than a new handshake. Exit codes stay below 126, so PostgreSQL counts
-failures and retries; ssh's own 255 becomes EXIT_TEMPORARY.
+round trip on it rather than a new handshake. A put exits below 126, so PostgreSQL counts failures
+and retries; ssh's own 255 becomes EXIT_TEMPORARY. A get exits 1 ("not found") only when the
+receiver says the archive does not hold the file: PostgreSQL ends recovery on it. Any other failure
+is retried for --retry-seconds, then stops recovery (EXIT_STOP_RECOVERY, see errors.py).
 
 When WAL piles up, PostgreSQL still archives one file per call, in order. So a put also starts a
 look-ahead agent (one per server, for as long as files wait): it sends every file PostgreSQL has
@@ -25,6 +27,7 @@ __metaclass__ = type
 import argparse
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -33,8 +36,11 @@ import time
 from ansible_collections.barman.postgresql.plugins.module_utils import checksum, pipes, ssh, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool, stat_key
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
+    EXIT_NOT_ARCHIVED,
     EXIT_NOT_FOUND,
+    EXIT_OK,
     EXIT_REFUSED,
+    EXIT_STOP_RECOVERY,
     EXIT_TEMPORARY,
 )
 
@@ -43,6 +49,11 @@ SSH_FAILED = 255
 AGENT_IDLE_SECONDS = 5  # the agent ends when nothing was ready for this long
 CLAIM_WAIT_SECONDS = 60  # a put waits this long for the agent's answer, then sends the file itself
 POLL_SECONDS = 0.005
+RETRY_SECONDS = 60  # a get that keeps failing stops recovery after this long
+FIRST_RETRY_PAUSE = 0.5
+MAX_RETRY_PAUSE = 5
+# How a receiver of 1.0 said "not archived": exit 1, as any Python crash does, but with this line.
+OLD_NOT_ARCHIVED = 'barman-wal-receiver: %s is not in the archive of server '
 
 
 def _ssh_argv(args, remote_argv):
@@ -270,18 +281,159 @@ def _stream(args, spool, stderr):
             spool.release(name)
 
 
+def answer_of_get(name, code, receiver_stderr, size, head):
+    """What one fetch of ``name`` says: ('fetched'|'not archived'|'refused'|'failed', why).
+
+    From what came back: ssh's exit code (the receiver's, 255 for ssh's own failure, negative for a
+    signal), the receiver's stderr, and the answer's size and first bytes. Only 'not archived' may
+    reach PostgreSQL as "not found"; 'refused' will not change by asking again; 'failed' may.
+    """
+    last_line = ([line.strip() for line in receiver_stderr.splitlines() if line.strip()] or [''])[-1]
+    said = ': %s' % last_line if last_line else ''
+    if code == EXIT_OK:
+        return _check_answer(name, size, head)
+    if code == EXIT_NOT_ARCHIVED:
+        return 'not archived', 'the archive does not hold it'
+    if code == EXIT_NOT_FOUND and any(
+        line.startswith(OLD_NOT_ARCHIVED % name) for line in receiver_stderr.splitlines()
+    ):
+        # A receiver of 1.0 (the hosts not yet set up again) answered "not archived" with 1, the code
+        # of any crash: its own message tells the two apart. Any other exit 1 is a failure.
+        return 'not archived', 'the archive does not hold it'
+    if code == EXIT_REFUSED:
+        return 'refused', 'the receiver refused the request (exit 2)%s' % said
+    if code == SSH_FAILED:
+        return 'failed', 'ssh failed (exit 255)%s' % said
+    if code < 0:
+        return 'failed', 'ssh was killed by signal %d' % -code
+    if code == EXIT_TEMPORARY:
+        return 'failed', 'the receiver could not serve it (exit 3)%s' % said
+    return 'failed', 'the receiver failed (exit %d)%s' % (code, said)
+
+
+def _check_answer(name, size, head):
+    """A complete answer, or why not: a segment must be whole and be the segment it is named after."""
+    if wal.parse_wal_name(name).kind == 'segment':
+        try:
+            wal.check_segment_content(name, wal.parse_segment_header(head, name), size)
+        except ValueError as error:
+            return 'failed', 'the answer is not the whole segment: %s' % getattr(error, 'message', error)
+    elif size == 0:
+        return 'failed', 'the answer is empty'
+    return 'fetched', None
+
+
+class _Terminated(BaseException):
+    """SIGTERM: PostgreSQL shuts down while a get runs."""
+
+
+def _terminated(_signum, _frame):
+    raise _Terminated()
+
+
 def get(args, stderr):
-    name = wal.parse_wal_name(args.name).name
+    """restore_command: 0 with the file at PATH; EXIT_NOT_FOUND when the archive does not hold it;
+    for any other outcome, after retrying for --retry-seconds, EXIT_STOP_RECOVERY."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _get(args, stderr)
+    except _Terminated:
+        # Die of SIGTERM, as PostgreSQL expects of a restore_command it stops (the partial file is gone).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    except Exception as error:  # a surprise must not exit 1: PostgreSQL would read "not found"
+        try:
+            stderr.write(_stop_message(args, 'failed', '%s: %s' % (type(error).__name__, error)))
+        except Exception:  # noqa: S110 - the exit code alone still stops recovery
+            pass
+        return EXIT_STOP_RECOVERY
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _get(args, stderr):
+    try:
+        name = wal.parse_wal_name(args.name).name
+    except ValueError as error:  # restore_command is not "... get %f %p"
+        stderr.write(_stop_message(args, 'refused', str(error)))
+        return EXIT_STOP_RECOVERY
     destination = os.path.abspath(args.path)
     partial = '%s.barman-partial' % destination
+    deadline = time.monotonic() + args.retry_seconds
+    pause = FIRST_RETRY_PAUSE
+    try:
+        while True:
+            try:
+                outcome, why = _fetch(args, name, partial, stderr)
+                if outcome == 'fetched':
+                    # Only a whole file ever gets the name PostgreSQL reads.
+                    os.rename(partial, destination)
+                    return EXIT_OK
+            except Exception as error:  # no ssh, no room for the file...: a failure like any other
+                outcome, why = 'failed', '%s: %s' % (type(error).__name__, error)
+            if outcome == 'not archived':
+                return EXIT_NOT_FOUND
+            remaining = deadline - time.monotonic()
+            if outcome == 'refused' or remaining <= 0:
+                break
+            stderr.write(
+                'barman-wal-sender: get %s failed (%s); retrying in %.1f s\n' % (name, why, min(pause, remaining))
+            )
+            stderr.flush()
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, MAX_RETRY_PAUSE)
+    finally:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+    stderr.write(_stop_message(args, outcome, why))
+    return EXIT_STOP_RECOVERY
+
+
+def _fetch(args, name, partial, stderr):
+    """One try at ``name`` into ``partial``: answer_of_get()'s verdict."""
     with open(partial, 'wb') as target:
-        code = subprocess.call(_ssh_argv(args, ['get', name]), stdout=target)
-    if code != 0:
-        os.unlink(partial)
-        return _exit_code(code, stderr)
-    # Never leave a half file under the name PostgreSQL reads.
-    os.rename(partial, destination)
-    return 0
+        proc = subprocess.Popen(_ssh_argv(args, ['get', name]), stdout=target, stderr=subprocess.PIPE)
+        try:
+            said = proc.communicate()[1].decode('utf-8', errors='replace')
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    with open(partial, 'rb') as answer:
+        head = answer.read(wal.LONG_PAGE_HEADER_SIZE)
+        size = os.fstat(answer.fileno()).st_size
+    outcome, why = answer_of_get(name, proc.returncode, said, size, head)
+    if outcome in ('fetched', 'not archived'):
+        stderr.write(said)  # what the receiver says on success (a failure's why quotes it)
+    return outcome, why
+
+
+def _stop_message(args, outcome, why):
+    if outcome == 'refused':
+        fix = (
+            'Check restore_command: it must run "barman-wal-sender ... get %%f %%p" with this server\'s key (%s)'
+            % args.identity_file
+        )
+    else:
+        fix = (
+            'Fix the backup server or the SSH connection to it (try the same get as the PostgreSQL OS user, '
+            'into /tmp), then start PostgreSQL again: recovery resumes where it stopped'
+        )
+    return (
+        'barman-wal-sender: could not fetch %s from %s, nor confirm that the archive does not hold it (%s; '
+        'tried for %g s). Recovery stops here rather than end early: a failed fetch taken for the end of the '
+        'archive would promote the server short of it. %s.\n' % (args.name, args.ssh, why, args.retry_seconds, fix)
+    )
+
+
+def _seconds(text):
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError('must be 0 or more seconds, got %s' % text)
+    return value
 
 
 def main(argv=None, stderr=None):
@@ -304,7 +456,24 @@ def main(argv=None, stderr=None):
     get_parser = commands.add_parser('get', help='restore the WAL file NAME (%%f) to PATH (%%p)')
     get_parser.add_argument('name')
     get_parser.add_argument('path')
-    args = parser.parse_args(argv)
+    get_parser.add_argument(
+        '--retry-seconds',
+        type=_seconds,
+        default=RETRY_SECONDS,
+        help='retry a fetch that fails (not one of a file the archive does not hold) this long, then stop '
+        'recovery (default %(default)s)',
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:
+        if stop.code and 'get' in (sys.argv[1:] if argv is None else argv):
+            # argparse exits 2, which PostgreSQL would read as "not found" and end recovery on.
+            stderr.write(
+                'barman-wal-sender: these arguments are not a get it can run (see above). Recovery stops here '
+                'rather than end early. Fix restore_command: "barman-wal-sender ... get %f %p"\n'
+            )
+            return EXIT_STOP_RECOVERY
+        raise
     try:
         return dict(put=put, get=get, agent=agent)[args.command](args, stderr)
     except ValueError as error:

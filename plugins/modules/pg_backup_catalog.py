@@ -21,7 +21,16 @@ description:
     backup whose removal leaves fewer DONE backups than O(minimum_redundancy) (at least one) are refused.
   - V(retention) applies O(retention_policy) (C(REDUNDANCY n) or C(RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS))
     as Barman does. It removes OBSOLETE backups, FAILED backups older than the oldest backup it keeps, and the
-    WAL no remaining backup needs. Timeline history files are never removed.
+    WAL no remaining backup needs, wherever it is in the archive (indexed in C(xlog.db), or delivered to
+    C(incoming/) and not compressed yet). Timeline history files are never removed.
+  - V(delete) and V(retention) first plan, then remove exactly the plan; in check mode they return the same
+    plan (RV(removed_backups), RV(removed_wal_names)) and remove nothing. WAL that arrives meanwhile is never
+    removed by a run that did not plan it.
+  - A running recovery holds its backup (pg_recover takes the hold, C(recover.yml) releases it when the copy
+    has reached its target). Retention keeps a held backup (status C(HELD)) and every WAL file from its
+    begin_wal on, and V(delete) refuses it. A hold expires after its time to live; an expired hold protects
+    nothing, is reported, and the next V(retention) removes it. V(release-hold) removes a hold by its
+    O(hold) token (see RV(servers[].holds)).
   - V(check) the health of one server or all; each check is ok, warning or critical, and a Nagios line
     sums them up. Read-only actions never report a change.
   - A catalog file that cannot be read is reported by name; V(delete) and V(retention) then refuse to
@@ -34,7 +43,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [list, show, check, keep, release, delete, retention]
+    choices: [list, show, check, keep, release, delete, retention, release-hold]
     default: list
   server:
     description:
@@ -54,6 +63,11 @@ options:
     type: str
     choices: [full, standalone]
     default: full
+  hold:
+    description:
+      - The token of the recovery hold V(release-hold) removes, as pg_recover returned it and V(list) shows
+        it, for example C(20261124T031200-0123456789abcdef). Releasing a hold that is not there changes nothing.
+    type: str
   retention_policy:
     description:
       - C(REDUNDANCY n) or C(RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS). Needed by V(retention); with
@@ -94,14 +108,19 @@ attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: V(delete), V(retention), V(keep) and V(release) report exactly what they would change.
+    details: >-
+      V(delete), V(retention), V(keep), V(release) and V(release-hold) report exactly what they would change;
+      V(delete) and V(retention) return the very plan a real run then removes.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
-    details: The list of backups before and after.
+    details: The list of backups before and after (V(release-hold), the hold).
 notes:
   - V(check) reads C(pg_stat_archiver) on the server when O(pg_host) is given (one server at a time).
   - Changes take the server's backup lock (Barman's C(.<server>-backup.lock)); a running backup makes them fail.
+    V(delete) and V(retention) also take the C(.<server>-recovery-hold.lock) that a recovery takes to write its
+    hold, so that a retention run either ends before a recovery's hold exists, or sees it.
+  - Recovery holds are JSON files in C(<barman_home>/<server>/recovery-holds/), a directory Barman ignores.
 requirements:
   - jmespath on the backup server, for O(query)
 """
@@ -134,6 +153,12 @@ EXAMPLES = r"""
     minimum_redundancy: 2
   check_mode: true
 
+- name: Release a recovery's hold on its backup (recover.yml does it when the copy reached its target)
+  barman.postgresql.pg_backup_catalog:
+    server: pg1
+    action: release-hold
+    hold: 20261124T031200-0123456789abcdef
+
 - name: Health, failing when something is critical
   barman.postgresql.pg_backup_catalog:
     server: pg1
@@ -157,7 +182,7 @@ servers:
       description: >-
         Oldest first: backup_id, status, begin_time, end_time, begin_wal, end_wal, begin_xlog, end_xlog,
         timeline, size, deduplicated_size, wal_size and wal_count (WAL from this backup to the next),
-        keep, retention_status, error.
+        keep, holds (tokens of the recovery holds on it), retention_status, error.
       type: list
       elements: dict
     wal_count:
@@ -166,8 +191,15 @@ servers:
     wal_size:
       description: Their bytes on disk.
       type: int
+    holds:
+      description: >-
+        With V(list), the recovery holds, oldest first: token, backup_id, begin_wal, destination, started,
+        expires, and stale (true once expired: it protects nothing any more). Each backup lists the tokens
+        of the holds on it in its own C(holds).
+      type: list
+      elements: dict
     malformed:
-      description: Catalog files that could not be read, each with path and error.
+      description: Catalog files that could not be read (recovery holds too), each with path and error.
       type: list
       elements: dict
     checks:
@@ -213,9 +245,16 @@ removed_backups:
   type: list
   elements: str
 removed_wals:
-  description: WAL files removed (or that would be).
+  description: How many WAL files were removed (or would be).
   returned: with delete and retention
   type: int
+removed_wal_names:
+  description: >-
+    The WAL files removed (or that would be), in name order: the plan, the same in check mode and in the
+    real run on the same archive.
+  returned: with delete and retention
+  type: list
+  elements: str
 removed_wal_size:
   description: Their bytes.
   returned: with delete and retention
@@ -229,9 +268,31 @@ last_removed_wal:
   returned: with delete and retention
   type: str
 retention_status:
-  description: The retention status of every backup before the removal.
+  description: >-
+    The retention status of every backup before the removal; C(HELD) (not a Barman status) for a backup the
+    policy makes obsolete while a recovery holds it.
   returned: with retention
   type: dict
+holds:
+  description: >-
+    With V(delete) and V(retention), the recovery holds that were respected (token, backup_id, begin_wal,
+    destination, started, expires).
+  returned: with delete and retention
+  type: list
+  elements: dict
+removed_stale_holds:
+  description: Tokens of expired recovery holds removed (or that would be).
+  returned: with delete and retention
+  type: list
+  elements: str
+hold:
+  description: The token V(release-hold) acted on.
+  returned: with release-hold
+  type: str
+released:
+  description: Whether that hold existed (and was removed, outside check mode).
+  returned: with release-hold
+  type: bool
 query_result:
   description: The answer of O(query).
   returned: when query is given
@@ -274,6 +335,10 @@ def run(module):
         status = health.worst(s['status'] for s in servers)
         return dict(changed=False, servers=servers, status=status, nagios='\n'.join(s['nagios'] for s in servers))
     layout = layouts[0]
+    if action == 'release-hold':
+        result = backup_catalog.release_hold(layout, params['hold'], dry_run=module.check_mode)
+        held = 'hold %s\n' % params['hold'] if result['released'] else ''
+        return dict(result, changed=result['released'], diff=dict(before=held, after=''))
     if action == 'retention':
         if policy is None:
             raise retention.InvalidPolicy('action retention needs retention_policy', retention.POLICY_HINT)
@@ -308,12 +373,15 @@ def run(module):
 def main():
     spec = dict(
         action=dict(
-            type='str', choices=['list', 'show', 'check', 'keep', 'release', 'delete', 'retention'], default='list'
+            type='str',
+            choices=['list', 'show', 'check', 'keep', 'release', 'delete', 'retention', 'release-hold'],
+            default='list',
         ),
         server=dict(type='str'),
         barman_home=dict(type='path', default='/var/lib/barman'),
         backup_id=dict(type='str'),
         target=dict(type='str', choices=['full', 'standalone'], default='full'),
+        hold=dict(type='str'),
         retention_policy=dict(type='str'),
         minimum_redundancy=dict(type='int', default=1),
         last_backup_maximum_age=dict(type='str'),
@@ -333,6 +401,7 @@ def main():
             ('action', 'release', ['server', 'backup_id']),
             ('action', 'delete', ['server', 'backup_id']),
             ('action', 'retention', ['server', 'retention_policy']),
+            ('action', 'release-hold', ['server', 'hold']),
         ],
         required_by=dict(pg_host=('server',)),
     )

@@ -22,6 +22,14 @@ description:
     C(pg_replslot/) contents and the rest). Configuration files kept outside PGDATA (Debian) are saved
     in the copy's root.
   - >-
+    C(pg_wal) is never copied, be it a directory or a symlink to another disk (C(initdb --waldir)): as with
+    C(pg_basebackup), the backup holds an empty C(pg_wal/) with an empty C(archive_status/), so that a
+    copy restored from it never writes into the original's WAL. The original's layout is recorded in
+    C(base/<backup_id>/pgdata_layout.json) (Barman ignores the file; it goes with the backup).
+  - >-
+    The copy is synced to disk (one C(syncfs) of the catalog's filesystem) before the backup is marked
+    WAITING_FOR_WALS, then DONE.
+  - >-
     With O(reuse=link), files unchanged since the previous DONE backup become hard links to it. Files
     modified since one second before that backup started are compared by checksum, never trusted by
     size and modification time alone.
@@ -166,9 +174,16 @@ deduplicated_size:
   returned: when a backup was taken
   type: int
 copy_stats:
-  description: Copy time, total time, workers and bytes transferred.
+  description: Copy time, sync time (to make the copy durable), total time, workers and bytes transferred.
   returned: when a backup was taken
   type: dict
+pgdata_layout:
+  description: >-
+    The original PGDATA's layout, as recorded with the backup: C(pg_wal.kind) is C(directory) or
+    C(symlink) (then C(pg_wal.link), the link as written, and C(pg_wal.target), the directory it resolves to).
+  returned: when a backup was taken or checked
+  type: dict
+  sample: {"pg_wal": {"kind": "symlink", "link": "/srv/wal/main", "target": "/srv/wal/main"}}
 duration:
   description: Seconds the backup took.
   returned: when a backup was taken

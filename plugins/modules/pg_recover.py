@@ -80,9 +80,17 @@ options:
     description: SSH port of the destination host.
     type: int
   destination_directory:
-    description: The PGDATA to create. It must be empty or absent unless O(delta).
+    description:
+      - The PGDATA to create. It must be empty or absent unless O(delta). Required unless O(in_place).
     type: path
-    required: true
+  in_place:
+    description:
+      - Recover into the original PGDATA and tablespace locations of the backup (the server's own host;
+        the playbook stops the server and moves them aside first). In check mode the destination is
+        not required to be empty, since the playbook moves it aside after the plan; its free space is
+        still checked (the moved directory stays on that filesystem).
+    type: bool
+    default: false
   tablespace_map:
     description:
       - New location of each tablespace, by name or oid. Default is the original location when
@@ -112,14 +120,26 @@ options:
     type: list
     elements: str
   archive:
-    description: Let the recovered server archive (only for a server that replaces the original).
+    description:
+      - Let the recovered server archive and run its subscriptions (only for a server that replaces the
+        original). Otherwise C(archive_mode=off) and C(max_logical_replication_workers=0): a copy never
+        archives into the original's catalog nor consumes its publishers' replication slots.
     type: bool
     default: false
+  hold_hours:
+    description:
+      - The recovery holds its backup and the WAL after it against retention and delete for this long,
+        unless released earlier (recover.yml releases it once recovery reached its target:
+        M(barman.postgresql.pg_backup_catalog) with the hold returned here).
+    type: int
+    default: 24
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: Chooses the backup and checks the target, the archive and the destination; copies nothing.
+    details: >-
+      Builds the same plan a real run carries out (target, backup, WAL, destination, free space,
+      settings) and refuses the same way; copies nothing and takes no hold.
 """
 
 EXAMPLES = r"""
@@ -176,6 +196,21 @@ newest_wal:
   description: The newest archived WAL segment at the time of the recovery.
   returned: always
   type: str
+minimum_end_lsn:
+  description:
+    - The LSN recovery must at least reach before the copy counts as recovered: into the newest
+      archived segment with no target, the target LSN, else the backup's end. recover.yml compares
+      it with where recovery ended.
+  returned: always
+  type: str
+space_needed:
+  description: Bytes the destination receives (the backup, and the WAL recovery holds there).
+  returned: always
+  type: int
+hold:
+  description: The hold this recovery keeps on its backup and WAL against retention and delete.
+  returned: when copied
+  type: str
 duration:
   description: Seconds the copy took.
   returned: when copied
@@ -195,6 +230,8 @@ def main():
         result = recovery.recover(module.params, check_mode=module.check_mode)
     except BarmanError as error:
         module.fail_json(**error.fail_json_kwargs())
+    for warning in result.pop('warnings'):
+        module.warn(warning)
     module.exit_json(**result)
 
 

@@ -14,8 +14,17 @@ description:
   - >-
     V(check) proves that archiving works. It makes PostgreSQL switch to a new WAL segment, waits until
     the closed segment arrives in the archive, then checks that the archive is continuous from the
-    oldest backup's first WAL (or the oldest archived segment) to the newest one, following timeline
-    switches. It fails when a segment does not arrive or a segment is missing, and says which.
+    first WAL of the oldest backup kept for point-in-time recovery (or the oldest archived segment) to
+    the newest one, following timeline switches. It fails when a segment does not arrive or a segment
+    is missing, and says which.
+  - >-
+    As in Barman, an older backup kept C(standalone) needs only its own WAL (retention removes the WAL
+    after it): its WAL is an island, reported in RV(islands) and checked on its own, not a gap.
+  - >-
+    V(check) also removes what killed processes left behind, once nothing has changed it for an hour:
+    temporary files in C(incoming/) and C(wals/), and the C(base/.<backup_id>.deleting) directory of an
+    interrupted delete (only when no backup or catalog change runs). V(process) removes such temporary
+    files too.
   - >-
     V(process) moves WAL files delivered to C(incoming/) (by the WAL receiver, or by a plain rsync
     C(archive_command)) into C(wals/), compressed and indexed in C(xlog.db); a file that differs from
@@ -68,12 +77,17 @@ attributes:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: >-
-      V(check) is read-only (the WAL switch is skipped); V(process) and V(rebuild) report what they
-      would do.
+      V(check) is read-only (the WAL switch and the removal of leftovers are skipped); V(process) and
+      V(rebuild) report what they would do.
 notes:
   - The restricted SSH key of each PostgreSQL server delivers to the WAL receiver, which validates each
     file (name, size, header, system identifier, sha256), stores it durably in C(incoming/) and processes
     it in the background; V(process) is for what a plain rsync C(archive_command) delivers, and repairs.
+  - >-
+    The receiver refuses a file PostgreSQL would not archive next, and stores nothing of it: WAL more than
+    64 GiB past the newest WAL that the archive holds or a backup recorded, or WAL of a timeline whose
+    history file the archive does not hold (PostgreSQL archives it first). After a real jump (archiving
+    was off while the server wrote that much), a backup vouches for the new position.
 """
 
 EXAMPLES = r"""
@@ -137,6 +151,40 @@ continuity:
     ok:
       description: No segment is missing.
       type: bool
+islands:
+  description: >-
+    The backups kept C(standalone) that are older than the oldest backup kept for point-in-time recovery:
+    each one's own WAL, and whether it is all in the archive.
+  returned: with V(check)
+  type: list
+  elements: dict
+  contains:
+    backup_id:
+      description: The backup.
+      type: str
+    begin_wal:
+      description: Its first segment.
+      type: str
+    end_wal:
+      description: Its last segment.
+      type: str
+    segments:
+      description: Segments of the range present.
+      type: int
+    missing:
+      description: Missing ranges, each a list of its first and last segment.
+      type: list
+      elements: list
+    ok:
+      description: The backup's WAL is all there.
+      type: bool
+swept:
+  description: >-
+    Leftovers of killed processes that V(check) removed (paths): stale temporary files and half-deleted
+    backup directories.
+  returned: with V(check)
+  type: list
+  elements: str
 incoming_backlog:
   description: Files delivered but not yet compressed into C(wals/).
   returned: with V(check)
@@ -203,9 +251,9 @@ def main():
             result['changed'] = bool(result['added'] or result['removed'])
         else:
             result = archive_check.check_archive(
-                wal_archive, params, switch=params['switch_wal'] and not module.check_mode
+                wal_archive, params, switch=params['switch_wal'] and not module.check_mode, sweep=not module.check_mode
             )
-            result['changed'] = False
+            result['changed'] = bool(result['swept'])
             if result['problems'] and params['fail_on_problem']:
                 module.fail_json(msg=' '.join(result['problems']), **result)
     except BarmanError as error:

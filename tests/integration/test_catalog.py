@@ -86,7 +86,8 @@ def test_retention_keeps_every_remaining_backup_recoverable(stages):
     expected = sorted(set(everything) - {first, third, fourth})
     assert dry['changed'] and dry['removed_backups'] == expected, dry
     done = catalog(policy)
-    assert done['removed_backups'] == expected and done['removed_wals'] == dry['removed_wals']
+    assert done['removed_backups'] == expected and done['removed_wals'] == dry['removed_wals'], (dry, done)
+    assert done['removed_wal_names'] == dry['removed_wal_names'], 'check mode did not name what the real run removed'
     listed = backups('pg1')
     assert [b['backup_id'] for b in listed] == [first, third, fourth]
     assert listed[0]['keep'] == 'standalone'

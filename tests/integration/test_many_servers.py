@@ -90,7 +90,9 @@ def test_two_backup_servers_back_up_in_parallel_and_recover_apart(two_backup_ser
     before = footprint('pg1')
     started = datetime.datetime.now(datetime.timezone.utc)
     recovered = playbook(
-        'recover.yml', '-e', json.dumps(dict(server='pg2', recover_in_place=True, recover_in_place_confirm='pg2'))
+        'recover.yml',
+        '-e',
+        json.dumps(dict(server='pg2', recover_in_place=True, recover_in_place_confirm='pg2@127.0.0.12')),
     )
     assert 'pg2 recovered from backup' in recovered.stdout, recovered.stdout[-3000:]
     assert psql('pg2', 'SELECT count(*) FROM estate') == '60'

@@ -31,6 +31,20 @@ MAGIC = {
     'lz4': b'\x04\x22\x4d\x18',
 }
 HISTORY_2 = '1\t0/380000\tno recovery target specified\n'
+# What PostgreSQL 15 writes at the end of a base backup (pg_backup_stop), for 1 MB segments.
+BACKUP_NAME = '000000010000000000000002.00000028.backup'
+BACKUP_HISTORY = (
+    b'START WAL LOCATION: 0/200028 (file 000000010000000000000002)\n'
+    b'STOP WAL LOCATION: 0/300100 (file 000000010000000000000003)\n'
+    b'CHECKPOINT LOCATION: 0/200060\n'
+    b'BACKUP METHOD: streamed\n'
+    b'BACKUP FROM: primary\n'
+    b'START TIME: 2026-11-20 01:00:00 UTC\n'
+    b'LABEL: barman.postgresql 20261120T010000\n'
+    b'START TIMELINE: 1\n'
+    b'STOP TIME: 2026-11-20 01:00:09 UTC\n'
+    b'STOP TIMELINE: 1\n'
+)
 
 
 def seg_name(segno, timeline=1):
@@ -346,10 +360,8 @@ def test_too_large_history_is_refused(arc):
 
 
 def test_backup_label_file_is_accepted(arc):
-    name = '000000010000000000000002.00000028.backup'
-    data = b'START WAL LOCATION: 0/200028 (file 000000010000000000000002)\nSTOP WAL LOCATION: 0/200100\n'
-    assert put(arc, name, data) == 'stored'
-    assert read(os.path.join(arc.layout.incoming_dir, name)) == data
+    assert put(arc, BACKUP_NAME, BACKUP_HISTORY) == 'stored'
+    assert read(os.path.join(arc.layout.incoming_dir, BACKUP_NAME)) == BACKUP_HISTORY
 
 
 def test_archive_of_unknown_server_does_not_exist(home):
@@ -392,13 +404,13 @@ def test_process_incoming_compresses_into_wals_and_indexes(arc, compression):
 
 
 def test_history_and_backup_files_stored_uncompressed(arc):
-    backup = '000000010000000000000002.00000028.backup'
+    backup = BACKUP_NAME
     put(arc, '00000002.history', HISTORY_2.encode())
-    put(arc, backup, b'START WAL LOCATION: 0/200028\n')
+    put(arc, backup, BACKUP_HISTORY)
     result = arc.process_incoming('gzip')
     assert sorted(result['archived']) == sorted(['00000002.history', backup])
     assert read(os.path.join(arc.layout.wals_dir, '00000002.history')) == HISTORY_2.encode()
-    assert read(os.path.join(arc.layout.wals_dir, '0000000100000000', backup)) == b'START WAL LOCATION: 0/200028\n'
+    assert read(os.path.join(arc.layout.wals_dir, '0000000100000000', backup)) == BACKUP_HISTORY
     assert {line[0]: line[3] for line in xlog_lines(arc)} == {'00000002.history': 'None', backup: 'None'}
     assert listing(arc.layout.incoming_dir) == []
 
@@ -765,3 +777,230 @@ def test_a_killed_receivers_temp_file_never_blocks_and_goes_after_an_hour(tmp_pa
     result = archive.WalArchive(home, 'pg1').process_incoming('gzip')
     assert result == dict(archived=[], identical=[], errors=[])
     assert not os.path.exists(stale) and os.path.exists(fresh)
+
+
+# -- implausible names: refused at receive time, nothing stored -------------------------------------
+
+FAR_NAME = '000000010000FFFF000000FF'  # 256 TiB past 0/0
+
+
+def far_segment(name, sysid=SYSID):
+    """A segment named far ahead, with a header that agrees with its name and the server's system id."""
+    return segment_bytes(name, sysid=sysid)
+
+
+def test_a_segment_far_past_the_newest_archived_one_is_refused_and_nothing_stored(arc):
+    put(arc, seg_name(1), segment_bytes(seg_name(1)))
+    before = tree(arc.layout.root)
+    with pytest.raises(archive.RefusedWal) as caught:
+        put(arc, FAR_NAME, far_segment(FAR_NAME))
+    error = caught.value
+    assert FAR_NAME in error.message and 'past the newest file in the archive of pg1' in error.message
+    assert seg_name(1) in error.message and 'take a backup' in error.hint
+    assert tree(arc.layout.root) == before
+    assert arc.locate(FAR_NAME) is None
+
+
+def test_the_bound_counts_bytes_of_wal_and_looks_at_wals_and_incoming(arc, monkeypatch):
+    monkeypatch.setattr(archive, 'MAX_WAL_AHEAD_BYTES', 8 * SEG)
+    put(arc, seg_name(1), segment_bytes(seg_name(1)))
+    arc.process_incoming('gzip')  # the newest is now in wals/
+    assert put(arc, seg_name(9), segment_bytes(seg_name(9))) == 'stored'  # 8 segments ahead: at the bound
+    with pytest.raises(archive.RefusedWal, match='past the newest'):
+        put(arc, seg_name(18), segment_bytes(seg_name(18)))  # 9 past the newest, still in incoming/
+    assert put(arc, seg_name(17), segment_bytes(seg_name(17))) == 'stored'
+    assert put(arc, seg_name(4), segment_bytes(seg_name(4))) == 'stored'  # behind the newest: always fine
+
+
+def test_an_empty_archive_takes_any_plausible_first_file(arc):
+    assert put(arc, FAR_NAME, far_segment(FAR_NAME)) == 'stored'
+
+
+def test_a_backup_vouches_for_a_jump(arc):
+    # Archiving was off while the server wrote far ahead: a backup read the position from PostgreSQL.
+    put(arc, seg_name(1), segment_bytes(seg_name(1)))
+    far = wal.segment_name(1, wal.segment_number(FAR_NAME, SEG) - 3, SEG)
+    with pytest.raises(archive.RefusedWal):
+        put(arc, far, far_segment(far))
+    info = dict(status=catalog.STARTED, begin_wal=wal.wal_segment_after(far, SEG), xlog_segment_size=SEG)
+    catalog.write_backup_info(arc.layout.backup_info_path('20261120T010000'), info)
+    assert put(arc, far, far_segment(far)) == 'stored'
+
+
+def test_a_segment_of_a_timeline_without_history_file_is_refused(arc):
+    put(arc, seg_name(1), segment_bytes(seg_name(1)))
+    name = seg_name(2, timeline=5)
+    before = tree(arc.layout.root)
+    with pytest.raises(archive.RefusedWal) as caught:
+        put(arc, name, segment_bytes(name))
+    assert '00000005.history' in caught.value.message and 'timeline 5' in caught.value.message
+    assert 'put pg_wal/00000005.history' in caught.value.hint
+    assert tree(arc.layout.root) == before
+    # A .backup or .partial file of that timeline neither.
+    with pytest.raises(archive.RefusedWal, match='00000005.history'):
+        put(arc, name + '.partial', segment_bytes(name))
+
+
+def test_a_new_timeline_is_accepted_once_its_history_file_is_archived(arc):
+    for n in (1, 2, 3):
+        put(arc, seg_name(n), segment_bytes(seg_name(n)))
+    assert put(arc, '00000002.history', HISTORY_2.encode()) == 'stored'
+    assert put(arc, seg_name(3, timeline=2), segment_bytes(seg_name(3, timeline=2))) == 'stored'
+    # The old timeline's last segment, archived as .partial at the promotion, is a known timeline.
+    assert put(arc, seg_name(4) + '.partial', segment_bytes(seg_name(4))) == 'stored'
+    arc.process_incoming('gzip')
+    # Once in wals/, the timeline's directory tells it is known.
+    assert put(arc, seg_name(4, timeline=2), segment_bytes(seg_name(4, timeline=2))) == 'stored'
+
+
+def test_an_archive_begun_after_a_promotion_takes_the_later_timeline(arc):
+    name = seg_name(7, timeline=3)
+    assert put(arc, name, segment_bytes(name)) == 'stored'
+    assert put(arc, seg_name(8, timeline=3), segment_bytes(seg_name(8, timeline=3))) == 'stored'
+
+
+def test_a_backup_on_the_timeline_vouches_for_it(arc):
+    put(arc, seg_name(1), segment_bytes(seg_name(1)))
+    info = dict(status=catalog.DONE, begin_wal=seg_name(2, timeline=5), end_wal=seg_name(2, timeline=5))
+    catalog.write_backup_info(arc.layout.backup_info_path('20261120T010000'), info)
+    assert put(arc, seg_name(2, timeline=5), segment_bytes(seg_name(2, timeline=5))) == 'stored'
+
+
+def test_an_identical_resend_of_an_archived_file_is_never_refused(arc, monkeypatch):
+    put(arc, seg_name(1), segment_bytes(seg_name(1)))
+    monkeypatch.setattr(archive, 'MAX_WAL_AHEAD_BYTES', 0)
+    put(arc, seg_name(1), segment_bytes(seg_name(1)))
+    assert put(arc, seg_name(1), segment_bytes(seg_name(1))) == 'identical'
+
+
+# -- backup history files: checked at receive, never guessed compressed ------------------------------
+
+
+@pytest.mark.parametrize(
+    'data, words',
+    [
+        (b'START WAL LOCATION: 0/200028\n', 'lacks a START'),
+        (BACKUP_HISTORY.replace(b'0/200028', b'0/300028'), 'do not match its name'),
+        (BACKUP_HISTORY + b'\0', 'NUL'),
+    ],
+)
+def test_a_backup_history_file_postgresql_would_not_write_is_refused(arc, data, words):
+    with pytest.raises(wal.InvalidBackupHistory, match=words):
+        put(arc, BACKUP_NAME, data)
+    assert listing(arc.layout.incoming_dir) == []
+
+
+def test_a_too_large_backup_history_file_is_refused_before_it_is_read(arc):
+    with pytest.raises(archive.RefusedWal, match='too large for a backup file'):
+        arc.receive(BACKUP_NAME, wal.MAX_BACKUP_HISTORY_SIZE + 1, io.BytesIO(b''), lambda: '')
+    assert listing(arc.layout.incoming_dir) == []
+
+
+def test_a_backup_history_file_far_ahead_is_refused(arc):
+    put(arc, seg_name(1), segment_bytes(seg_name(1)))
+    name = '0000000100000FFF00000002.00000028.backup'
+    data = BACKUP_HISTORY.replace(b'0/2', b'FFF/2').replace(b'0/3', b'FFF/3')
+    data = data.replace(b'0000000100000000000000', b'0000000100000FFF000000')
+    assert wal.check_backup_history(name, data).start_lsn == 0xFFF00200028
+    with pytest.raises(archive.RefusedWal, match='past the newest'):
+        put(arc, name, data)
+
+
+def test_text_files_are_read_as_stored_whatever_their_first_bytes(arc):
+    # Stored by kind, read by kind: text that starts like a bzip2 stream is still text.
+    data = b'BZh91AY&SY\n' + BACKUP_HISTORY
+    assert put(arc, BACKUP_NAME, data) == 'stored'
+    assert put(arc, BACKUP_NAME, data) == 'identical'
+    arc.process_incoming('gzip')
+    stored = arc.layout.wal_path(BACKUP_NAME)
+    assert read(stored) == data and archive.detect_compression(stored) == 'bzip2'
+    assert archive.stored_compression(stored) is None
+    target = io.BytesIO()
+    arc.send(BACKUP_NAME, target)
+    assert target.getvalue() == data
+    assert archive.content_digest(stored) == sha(data)
+    assert put(arc, BACKUP_NAME, data) == 'identical'
+    assert {line[0]: line[3] for line in xlog_lines(arc)}[BACKUP_NAME] == 'None'
+    os.unlink(arc.layout.xlog_db)
+    arc.rebuild_xlog_db()
+    assert {line[0]: line[3] for line in xlog_lines(arc)}[BACKUP_NAME] == 'None'
+
+
+def test_a_history_file_is_read_as_stored(arc):
+    place(arc, '00000002.history', b'\x1f\x8b' + HISTORY_2.encode())  # looks gzipped, is not
+    target = io.BytesIO()
+    arc.send('00000002.history', target)
+    assert target.getvalue() == b'\x1f\x8b' + HISTORY_2.encode()
+
+
+# -- continuity on ranges ------------------------------------------------------------------------------
+
+
+def test_continuity_with_a_segment_named_far_ahead_answers_at_once(arc):
+    # Planted before receive time refused such names: continuity reports one range, it lists no names.
+    for n in (1, 2, 3):
+        place(arc, seg_name(n))
+    place(arc, FAR_NAME)
+    started = time.time()
+    result = arc.continuity(16 * SEG)
+    assert time.time() - started < 1
+    assert result['missing'] == [[wal.segment_name(1, 4, 16 * SEG), wal.segment_name(1, 0xFFFF * 256 + 0xFE, 16 * SEG)]]
+    assert result['segments'] == 4 and result['last'] == FAR_NAME and result['ok'] is False
+
+
+def test_islands_report_each_range_on_its_own(arc):
+    for n in (2, 3, 7, 8, 9):
+        place(arc, seg_name(n))
+    assert arc.islands([(seg_name(2), seg_name(3)), (seg_name(5), seg_name(6)), (seg_name(7), seg_name(10))], SEG) == [
+        dict(first=seg_name(2), last=seg_name(3), segments=2, missing=[], ok=True),
+        dict(first=seg_name(5), last=seg_name(6), segments=0, missing=[[seg_name(5), seg_name(6)]], ok=False),
+        dict(first=seg_name(7), last=seg_name(10), segments=3, missing=[[seg_name(10), seg_name(10)]], ok=False),
+    ]
+    assert arc.islands([], SEG) == []
+
+
+# -- leftovers of killed processes ----------------------------------------------------------------------
+
+
+def _leftover(path, age):
+    with open(path, 'wb') as handle:
+        handle.write(b'half')
+    os.utime(path, (time.time() - age,) * 2)
+    return path
+
+
+def _leftovers(arc):
+    name = seg_name(1)
+    hash_dir = os.path.dirname(arc.layout.wal_path(name))
+    os.makedirs(hash_dir, exist_ok=True)
+    old = archive.STALE_SECONDS + 10
+    stale = [
+        _leftover(os.path.join(hash_dir, '.%s.k3j_x9ab' % name), old),  # a killed _store_compressed
+        _leftover(os.path.join(arc.layout.wals_dir, '.00000002.history.ab12cd34'), old),
+        _leftover(os.path.join(arc.layout.wals_dir, '.pg1-xlog.db.ab12cd34.tmp'), old),  # a torn atomic_write
+        _leftover(os.path.join(arc.layout.incoming_dir, '.%s.abcdefgh.tmp' % seg_name(2)), old),
+    ]
+    kept = [
+        _leftover(os.path.join(hash_dir, '.%s.youngone' % seg_name(3)), 60),  # may be in use
+        _leftover(os.path.join(hash_dir, '.not-ours'), old),
+        _leftover(os.path.join(hash_dir, name + '.hidden-by-a-human'), old),
+    ]
+    return stale, kept
+
+
+def test_process_incoming_sweeps_stale_temp_files_and_leaves_young_ones(arc):
+    stale, kept = _leftovers(arc)
+    assert arc.process_incoming('gzip', dry_run=True) == dict(archived=[], identical=[], errors=[])
+    assert all(os.path.exists(p) for p in stale + kept), 'a dry run removed something'
+    arc.process_incoming('gzip')
+    assert [p for p in stale if os.path.exists(p)] == []
+    assert all(os.path.exists(p) for p in kept)
+
+
+def test_sweep_temp_files_reports_what_it_removed_and_waits_for_no_one(arc):
+    stale, kept = _leftovers(arc)
+    with catalog.ServerLock(arc.layout, 'archive-process'):
+        assert arc.sweep_temp_files() == []  # a processing run holds the archive: it sweeps itself
+    assert all(os.path.exists(p) for p in stale)
+    assert sorted(arc.sweep_temp_files()) == sorted(stale)
+    assert all(os.path.exists(p) for p in kept) and not any(os.path.exists(p) for p in stale)

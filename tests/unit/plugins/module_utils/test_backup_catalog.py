@@ -4,6 +4,7 @@
 
 import datetime
 import os
+import threading
 
 import pytest
 
@@ -13,6 +14,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
     health,
     recovery,
+    recovery_hold,
     retention,
     wal,
 )
@@ -66,6 +68,12 @@ class Lab(object):
                 (name, 10, (NOW - datetime.timedelta(minutes=60 - n if isinstance(n, int) else 0)).timestamp(), 'gzip')
             )
         catalog.append_xlog_db(self.layout.xlog_db, entries)
+
+    def delivered(self, *numbers):
+        """WAL files the receiver put in incoming/, not yet compressed into wals/ nor indexed."""
+        for n in numbers:
+            with open(os.path.join(self.layout.incoming_dir, seg(n)), 'wb') as handle:
+                handle.write(b'y' * 10)
 
     def files(self):
         result = []
@@ -326,7 +334,8 @@ def test_a_standalone_backup_recovers_to_its_end_past_a_gap_that_retention_left(
     lab.wals(2, 3, 7, 8)
     info = backup_catalog.ServerCatalog(lab.layout).infos['20261120T010000']
     wal_archive = archive.WalArchive(lab.layout.barman_home, 'pg1')
-    assert recovery.check_archive(wal_archive, info, 'target_immediate', True)['missing'] == [[seg(4), seg(6)]]
+    continuity, _needed_until = recovery.check_archive(wal_archive, info, 'target_immediate', True)
+    assert continuity['missing'] == [[seg(4), seg(6)]]
     with pytest.raises(recovery.RecoveryError, match='missing from the archive'):
         recovery.check_archive(wal_archive, info, None, None)
 
@@ -339,3 +348,223 @@ def test_an_archive_begun_on_a_later_timeline_needs_no_history_file_until_it_cro
     lab.wals(seg(4, 1))
     with pytest.raises(archive.ArchiveError, match='00000002.history'):
         wal_archive.continuity(SEG)
+
+
+# -- one plan for check mode and the real run ---------------------------------------------------------
+
+
+def removed_files(before, after):
+    """The WAL names and backup ids whose files went, from two listings of the server directory."""
+    gone = set(before) - set(after)
+    wals = sorted(set(os.path.basename(f) for f in gone if wal.is_wal_name(os.path.basename(f))))
+    backups = sorted(set(f.split(os.sep)[1] for f in gone if f.startswith('base' + os.sep)))
+    return backups, wals
+
+
+def test_the_dry_run_plans_the_wal_still_in_incoming_that_the_real_run_removes(lab):
+    # Seen after the demo: WAL delivered to incoming/ was compressed and indexed between the check run
+    # and the real one, which then removed 36 files where the check run had promised 32.
+    lab.backup('20261120T010000', 2, hours_ago=30)
+    lab.backup('20261121T010000', 5, hours_ago=20)
+    lab.backup('20261122T010000', 8, hours_ago=1)
+    lab.wals(1, 2, 3, 8)
+    lab.delivered(4, 6, 9)
+    policy = retention.parse_policy('REDUNDANCY 1')
+    before = lab.files()
+    dry = backup_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    assert lab.files() == before
+    assert dry['removed_wal_names'] == [seg(1), seg(2), seg(3), seg(4), seg(6)]
+    assert (dry['removed_wals'], dry['removed_wal_size']) == (5, 50)
+    # The background compression runs between the two runs, as it does on a live server.
+    processed = archive.WalArchive(lab.layout.barman_home, 'pg1').process_incoming('gzip')
+    assert processed['archived'] == [seg(4), seg(6), seg(9)]
+    before = lab.files()
+    real = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    assert real['removed_wal_names'] == dry['removed_wal_names'] and real['removed_backups'] == dry['removed_backups']
+    assert removed_files(before, lab.files()) == (real['removed_backups'], real['removed_wal_names'])
+    assert [e.name for e in catalog.read_xlog_db(lab.layout.xlog_db)] == [seg(8), seg(9)]
+
+
+def test_wal_left_in_incoming_is_removed_from_there_and_counted(lab):
+    lab.backup('20261120T010000', 2, hours_ago=30)
+    lab.backup('20261122T010000', 8, hours_ago=1)
+    lab.wals(2, 8)
+    lab.delivered(3, 9)
+    before = lab.files()
+    dry = backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW, dry_run=True)
+    real = backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    assert real == dry and real['removed_wal_names'] == [seg(2), seg(3)] and real['removed_wal_size'] == 20
+    assert removed_files(before, lab.files()) == (['20261120T010000'], [seg(2), seg(3)])
+    assert os.listdir(lab.layout.incoming_dir) == [seg(9)]
+
+
+def test_the_real_run_removes_its_plan_and_nothing_that_arrived_after_it(lab):
+    lab.backup('20261120T010000', 3, hours_ago=30)
+    lab.backup('20261122T010000', 8, hours_ago=1)
+    lab.wals(3, 4, 8)
+    server = backup_catalog.ServerCatalog(lab.layout)
+    _statuses, plan = backup_catalog.plan_retention(server, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    assert plan.backups == ['20261120T010000'] and plan.wals == [seg(3), seg(4)]
+    lab.delivered(1, 5)  # old names arriving after the plan was made: not in it, so they stay
+    before = lab.files()
+    server.remove(plan)
+    assert removed_files(before, lab.files()) == (plan.backups, plan.wals)
+    assert sorted(os.listdir(lab.layout.incoming_dir)) == [seg(1), seg(5)]
+
+
+def test_delete_plans_wal_in_incoming_too_and_check_mode_returns_that_plan(lab):
+    lab.backup('20261120T010000', 2)
+    lab.backup('20261122T010000', 5)
+    lab.wals(2, 5)
+    lab.delivered(3, 4)
+    before = lab.files()
+    dry = backup_catalog.delete_backup(lab.layout, 'oldest', 1, dry_run=True)
+    assert lab.files() == before
+    real = backup_catalog.delete_backup(lab.layout, 'oldest', 1)
+    assert real == dry and real['removed_wal_names'] == [seg(2), seg(3), seg(4)]
+    assert removed_files(before, lab.files()) == (['20261120T010000'], real['removed_wal_names'])
+
+
+# -- recovery holds -----------------------------------------------------------------------------------------
+
+
+def hold_on(lab, backup_id, begin, **kw):
+    return recovery_hold.take(lab.layout, backup_id, seg(begin), 'pg1:/srv/copy', now=kw.pop('now', NOW), **kw)
+
+
+def test_retention_keeps_a_held_backup_and_its_wal_then_removes_them_once_released(lab):
+    lab.backup('20261120T010000', 2, 3, hours_ago=30)
+    lab.backup('20261121T010000', 5, hours_ago=20)
+    lab.backup('20261122T010000', 8, hours_ago=1)
+    lab.wals(1, 2, 3, 4, 5, 6, 7, 8, 9)
+    token = hold_on(lab, '20261120T010000', 2)
+    policy = retention.parse_policy('REDUNDANCY 1')
+    listed = backup_catalog.ServerCatalog(lab.layout).summary(policy, 1, NOW)
+    assert listed['backups'][0]['holds'] == [token] and listed['backups'][0]['retention_status'] == 'HELD'
+    assert [(h['token'], h['stale']) for h in listed['holds']] == [(token, False)]
+    before = lab.files()
+    dry = backup_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    result = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    assert result == dry
+    assert result['retention_status']['20261120T010000'] == 'HELD' and result['removed_backups'] == ['20261121T010000']
+    assert result['removed_wal_names'] == [seg(1)] and [h['token'] for h in result['holds']] == [token]
+    assert removed_files(before, lab.files()) == (['20261121T010000'], [seg(1)])
+    assert recovery_hold.release(lab.layout, token)
+    result = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    assert result['removed_backups'] == ['20261120T010000']
+    assert result['removed_wal_names'] == [seg(n) for n in range(2, 8)]
+    assert sorted(backup_catalog.ServerCatalog(lab.layout).infos) == ['20261122T010000']
+
+
+def test_delete_refuses_a_held_backup_saying_what_holds_it_and_how_to_release(lab):
+    lab.backup('20261120T010000', 2)
+    lab.backup('20261122T010000', 5)
+    lab.wals(2, 3, 4, 5)
+    token = hold_on(lab, '20261120T010000', 2)
+    before = lab.files()
+    with pytest.raises(backup_catalog.CatalogRefusal) as caught:
+        backup_catalog.delete_backup(lab.layout, '20261120T010000', 1, now=NOW)
+    text = str(caught.value)
+    for part in ('held by a recovery to pg1:/srv/copy', 'since ' + NOW.isoformat(), token, 'action=release-hold'):
+        assert part in text, text
+    assert lab.files() == before
+    # Deleting another backup keeps the WAL the held one's recovery still fetches.
+    lab.backup('20261123T010000', 7)
+    result = backup_catalog.delete_backup(lab.layout, '20261122T010000', 1, now=NOW)
+    assert result['removed_wal_names'] == []
+
+
+def test_a_held_backup_keeps_its_wal_even_when_kept_standalone(lab):
+    lab.backup('20261120T010000', 2, 3, hours_ago=30)
+    lab.backup('20261122T010000', 8, hours_ago=1)
+    lab.wals(1, 2, 3, 4, 5, 8)
+    backup_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'standalone')
+    hold_on(lab, '20261120T010000', 2)
+    result = backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    assert result['removed_wal_names'] == [seg(1)]
+
+
+def test_an_expired_hold_protects_nothing_is_reported_and_retention_removes_it(lab):
+    lab.backup('20261120T010000', 2, hours_ago=30)
+    lab.backup('20261122T010000', 8, hours_ago=1)
+    lab.wals(2, 3, 8)
+    token = hold_on(lab, '20261120T010000', 2, now=NOW - datetime.timedelta(hours=25))
+    assert recovery_hold.active(lab.layout, NOW) == []
+    assert [h['token'] for h in recovery_hold.survey(lab.layout, NOW)['stale']] == [token]
+    listed = backup_catalog.ServerCatalog(lab.layout).summary(None, 1, NOW)
+    assert [(h['token'], h['stale']) for h in listed['holds']] == [(token, True)]
+    policy = retention.parse_policy('REDUNDANCY 1')
+    dry = backup_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    assert dry['removed_stale_holds'] == [token] and os.path.exists(recovery_hold.hold_path(lab.layout, token))
+    result = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    assert result == dry and result['removed_backups'] == ['20261120T010000']
+    assert not os.path.exists(recovery_hold.hold_path(lab.layout, token))
+
+
+def test_a_damaged_hold_stops_retention_and_delete_and_is_reported(lab):
+    lab.backup('20261120T010000', 2, hours_ago=30)
+    lab.backup('20261122T010000', 8, hours_ago=1)
+    lab.wals(2, 8)
+    os.mkdir(recovery_hold.holds_dir(lab.layout))
+    bad = recovery_hold.hold_path(lab.layout, '20261120T010000-0123456789abcdef')
+    with open(bad, 'w') as handle:
+        handle.write('{"backup_id": "20261120T010000"')
+    before = lab.files()
+    with pytest.raises(backup_catalog.CatalogRefusal, match='recovery hold .* cannot be read'):
+        backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    with pytest.raises(backup_catalog.CatalogRefusal, match=bad):
+        backup_catalog.delete_backup(lab.layout, 'oldest', 1)
+    assert lab.files() == before
+    assert [m['path'] for m in backup_catalog.ServerCatalog(lab.layout).summary()['malformed']] == [bad]
+
+
+def test_release_hold_in_check_mode_changes_nothing(lab):
+    lab.backup('20261120T010000', 2)
+    token = hold_on(lab, '20261120T010000', 2)
+    assert backup_catalog.release_hold(lab.layout, token, dry_run=True) == dict(hold=token, released=True)
+    assert os.path.exists(recovery_hold.hold_path(lab.layout, token))
+    assert backup_catalog.release_hold(lab.layout, token) == dict(hold=token, released=True)
+    assert backup_catalog.release_hold(lab.layout, token) == dict(hold=token, released=False)
+
+
+def test_a_change_holds_the_hold_lock_so_a_recovery_taking_a_hold_meanwhile_waits_and_sees_the_outcome(lab):
+    lab.backup('20261120T010000', 2, hours_ago=30)
+    lab.backup('20261122T010000', 8, hours_ago=1)
+    lab.wals(2, 8)
+    locked, outcome = threading.Event(), {}
+
+    def recovery():
+        locked.wait()
+        try:
+            outcome['token'] = hold_on(lab, '20261120T010000', 2, wait_seconds=30)
+        except recovery_hold.HoldError as error:
+            outcome['error'] = str(error)
+
+    thread = threading.Thread(target=recovery)
+    thread.start()
+    backup_lock, hold_lock = backup_catalog._changing(lab.layout)
+    with backup_lock, hold_lock:
+        locked.set()
+        server = backup_catalog.ServerCatalog(lab.layout)
+        _statuses, plan = backup_catalog.plan_retention(server, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+        thread.join(0.5)
+        assert thread.is_alive(), 'the hold was taken while retention was between its plan and its removal'
+        server.remove(plan)
+    thread.join(30)
+    assert 'no longer in the catalog' in outcome['error'], outcome
+    assert not os.path.exists(recovery_hold.holds_dir(lab.layout)) or not os.listdir(
+        recovery_hold.holds_dir(lab.layout)
+    )
+
+
+def test_a_hold_taken_first_is_seen_by_the_retention_that_waited_for_it(lab, monkeypatch):
+    lab.backup('20261120T010000', 2, hours_ago=30)
+    lab.backup('20261122T010000', 8, hours_ago=1)
+    lab.wals(2, 8)
+    with catalog.ServerLock(lab.layout, recovery_hold.LOCK):
+        monkeypatch.setattr(backup_catalog, 'HOLD_LOCK_WAIT_SECONDS', 0)
+        with pytest.raises(catalog.LockBusy):
+            backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    hold_on(lab, '20261120T010000', 2)
+    result = backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    assert result['removed_backups'] == [] and os.path.isdir(lab.layout.backup_dir('20261120T010000'))

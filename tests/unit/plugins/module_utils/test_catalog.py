@@ -825,3 +825,104 @@ def test_read_lock_holder_barman_style(tmp_path):
         handle.write('4242\n')
     assert catalog.read_lock_holder(path) == {'pid': 4242, 'operation': None, 'started': None}
     assert catalog.read_lock_holder(str(tmp_path / 'none'))['pid'] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The order of backups, and where the WAL archive must be continuous from
+
+CET = datetime.timezone(datetime.timedelta(hours=1))
+CEST = datetime.timezone(datetime.timedelta(hours=2))
+
+
+def _write_backups(layout, backups):
+    catalog.ensure_directories(layout)
+    for backup_id, info in backups.items():
+        catalog.write_backup_info(layout.backup_info_path(backup_id), info)
+
+
+def test_backups_are_ordered_by_begin_time_when_daylight_saving_time_ends(tmp_path):
+    # 2026-10-25, Europe: at 03:00 CEST the clocks go back to 02:00 CET. A backup begun at 02:30 CEST
+    # gets the id ...T023000; one begun 45 minutes later, at 02:15 CET, gets ...T021500: ids go back.
+    layout = catalog.ServerLayout(str(tmp_path), 'pg1')
+    first = dict(status='DONE', begin_time=datetime.datetime(2026, 10, 25, 2, 30, tzinfo=CEST))
+    second = dict(status='DONE', begin_time=datetime.datetime(2026, 10, 25, 2, 15, tzinfo=CET))
+    earlier = dict(status='DONE', begin_time=datetime.datetime(2026, 10, 24, 2, 0, tzinfo=CEST))
+    _write_backups(layout, {'20261025T023000': first, '20261025T021500': second, '20261024T020000': earlier})
+    infos = catalog.backup_infos(layout)
+    assert list(infos) == ['20261024T020000', '20261025T023000', '20261025T021500']
+    assert sorted(infos) != list(infos), 'the pair must go backwards by id, or this tests nothing'
+    assert infos['20261025T021500']['begin_time'] == second['begin_time']
+
+
+def test_a_backup_without_begin_time_is_placed_by_its_id_and_a_bad_id_first():
+    infos = {
+        '20261120T010000': dict(begin_time=datetime.datetime(2026, 11, 20, 0, 0, tzinfo=UTC)),
+        '20261121T010000': dict(begin_time=None),  # STARTED: pg_backup_start has not answered yet
+        '20261119T010000': dict(begin_time=datetime.datetime(2026, 11, 19, 0, 0, tzinfo=UTC)),
+        'not-an-id': dict(begin_time=None),
+    }
+    assert catalog.ordered_backup_ids(infos) == ['not-an-id', '20261119T010000', '20261120T010000', '20261121T010000']
+
+
+def test_backup_infos_of_a_server_without_meta(tmp_path):
+    assert catalog.backup_infos(catalog.ServerLayout(str(tmp_path), 'pg1')) == {}
+
+
+def _backup(day, begin, end, status='DONE'):
+    return dict(
+        status=status,
+        begin_wal='0000000100000000%08X' % begin,
+        end_wal='0000000100000000%08X' % end,
+        begin_time=datetime.datetime(2026, 11, day, 1, 0, tzinfo=UTC),
+    )
+
+
+def _wal(n):
+    return '0000000100000000%08X' % n
+
+
+def test_archive_origin_is_the_oldest_backup_kept_for_point_in_time_recovery():
+    infos = {
+        '20261118T010000': _backup(18, 2, 3),
+        '20261119T010000': _backup(19, 5, 6),
+        '20261120T010000': _backup(20, 9, 10),
+        '20261121T010000': _backup(21, 12, 13),
+    }
+    keeps = {'20261118T010000': 'standalone', '20261119T010000': 'standalone', '20261121T010000': 'standalone'}
+    assert catalog.archive_origin(infos, keeps) == dict(
+        backup_id='20261120T010000',
+        begin_wal=_wal(9),
+        islands=[
+            dict(backup_id='20261118T010000', begin_wal=_wal(2), end_wal=_wal(3)),
+            dict(backup_id='20261119T010000', begin_wal=_wal(5), end_wal=_wal(6)),
+        ],
+    )
+    # Kept full, a backup needs all WAL after it: no island.
+    keeps['20261118T010000'] = 'full'
+    assert catalog.archive_origin(infos, keeps)['begin_wal'] == _wal(2)
+    assert catalog.archive_origin(infos, keeps)['islands'] == []
+
+
+def test_archive_origin_when_every_backup_is_standalone_or_none_is_done():
+    infos = {'20261118T010000': _backup(18, 2, 3), '20261119T010000': _backup(19, 5, 6)}
+    keeps = dict((b, 'standalone') for b in infos)
+    # Retention keeps all WAL from the newest DONE backup on, kept or not.
+    origin = catalog.archive_origin(infos, keeps)
+    assert (origin['backup_id'], origin['begin_wal']) == ('20261119T010000', _wal(5))
+    assert [i['backup_id'] for i in origin['islands']] == ['20261118T010000']
+    failed = dict((b, dict(info, status='FAILED')) for b, info in infos.items())
+    assert catalog.archive_origin(failed, {}) == dict(backup_id=None, begin_wal=None, islands=[])
+    assert catalog.archive_origin({}, {}) == dict(backup_id=None, begin_wal=None, islands=[])
+
+
+def test_archive_origin_ignores_backups_that_are_not_done_and_follows_begin_time():
+    infos = {
+        '20261118T010000': _backup(18, 2, 3, status='FAILED'),
+        # Began after the next one (daylight saving time ended between them), though its id is smaller.
+        '20261119T010000': dict(_backup(19, 9, 10), begin_time=datetime.datetime(2026, 11, 19, 3, 0, tzinfo=UTC)),
+        '20261119T013000': dict(_backup(19, 5, 6), begin_time=datetime.datetime(2026, 11, 19, 2, 0, tzinfo=UTC)),
+    }
+    keeps = {'20261119T013000': 'standalone'}
+    origin = catalog.archive_origin(infos, keeps)
+    assert origin['backup_id'] == '20261119T010000'
+    assert origin['islands'] == [dict(backup_id='20261119T013000', begin_wal=_wal(5), end_wal=_wal(6))]

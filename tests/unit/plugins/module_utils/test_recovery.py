@@ -542,6 +542,7 @@ def test_recovery_settings_to_the_end_of_the_archive():
         'restore_command': '/usr/bin/barman-wal-sender get %f %p',
         'recovery_target_timeline': 'latest',
         'archive_mode': 'off',
+        'max_logical_replication_workers': '0',
     }
     assert len(names) == len(set(names))
 
@@ -743,7 +744,11 @@ def test_tablespace_locations_from_a_parsed_backup_info():
     assert recovery.tablespace_locations(info, params) == {16387: ('tbs1', '/restore/x.tblspc/tbs1')}
 
 
-# -- _write_configuration: the pieces above put together in the copy's files -------------------------------
+# -- configuration_files and _write_files: the pieces above put together in the copy's files ------------------
+
+
+def write_configuration(staging, data, params, backup_id, locations, kind, value):
+    recovery._write_files(staging, recovery.configuration_files(data, params, backup_id, locations, kind, value))
 
 
 @pytest.fixture
@@ -764,13 +769,18 @@ def test_write_configuration(backup_data):
     params = default_params(port=5433)
     locations = {16388: ('slow', '/restore/x.tblspc/slow'), 16387: ('fast', '/ssd/fast')}
     value = recovery.parse_target_time('2026-11-24 03:12:00+00')
-    recovery._write_configuration(str(staging), str(data), params, 'b1', {}, locations, 'target_time', value)
+    write_configuration(str(staging), str(data), params, 'b1', locations, 'target_time', value)
     assert sorted(os.listdir(staging)) == [
+        'pg_wal',
         'postgresql.auto.conf',
         'postgresql.conf',
         'recovery.signal',
         'tablespace_map',
     ]
+    # A real, empty pg_wal (the backup's may be a link to the original's WAL directory).
+    assert not os.path.islink(staging / 'pg_wal')
+    assert os.listdir(staging / 'pg_wal') == ['archive_status']
+    assert stat.S_IMODE(os.stat(staging / 'pg_wal').st_mode) == 0o700
     conf = (staging / 'postgresql.conf').read_text()
     assert conf == PREFIX + "data_directory = '/var/lib/postgresql/16/main'\nport = 5432\n" + PREFIX + (
         "archive_command = 'send %p'\n"
@@ -783,12 +793,13 @@ def test_write_configuration(backup_data):
     assert (staging / 'tablespace_map').read_text() == '16387 /ssd/fast\n16388 /restore/x.tblspc/slow\n'
     assert (staging / 'recovery.signal').read_text() == ''
     for name in os.listdir(staging):
-        assert stat.S_IMODE(os.stat(staging / name).st_mode) == 0o600
+        if name != 'pg_wal':
+            assert stat.S_IMODE(os.stat(staging / name).st_mode) == 0o600
 
 
 def test_write_configuration_archive_keeps_archive_command(backup_data):
     data, staging = backup_data
-    recovery._write_configuration(str(staging), str(data), default_params(archive=True), 'b1', {}, {}, None, None)
+    write_configuration(str(staging), str(data), default_params(archive=True), 'b1', {}, None, None)
     assert "\narchive_command = 'send %p'\n" in (staging / 'postgresql.conf').read_text()
     assert not (staging / 'tablespace_map').exists()
     assert 'archive_mode' not in effective((staging / 'postgresql.auto.conf').read_text())
@@ -797,7 +808,7 @@ def test_write_configuration_archive_keeps_archive_command(backup_data):
 def test_write_configuration_without_auto_conf(backup_data):
     data, staging = backup_data
     (data / 'postgresql.auto.conf').unlink()
-    recovery._write_configuration(str(staging), str(data), default_params(), 'b1', {}, {}, None, None)
+    write_configuration(str(staging), str(data), default_params(), 'b1', {}, None, None)
     auto = (staging / 'postgresql.auto.conf').read_text()
     assert auto.startswith('\n\n# Recovery of backup b1')
     assert effective(auto)['archive_mode'] == 'off'
@@ -818,7 +829,7 @@ def test_write_configuration_forgets_an_earlier_recovery_target(backup_data, kin
     data, staging = backup_data
     (data / 'postgresql.auto.conf').write_text("work_mem = '64MB'\n" + EARLIER_RECOVERY)
     assert effective(EARLIER_RECOVERY)['recovery_target_time'] == '2026-11-01 12:00:00+00:00'
-    recovery._write_configuration(str(staging), str(data), default_params(), 'b2', {}, {}, kind, value)
+    write_configuration(str(staging), str(data), default_params(), 'b2', {}, kind, value)
     settings = effective((staging / 'postgresql.auto.conf').read_text())
     targets = {'recovery_target', 'recovery_target_time', 'recovery_target_lsn', 'recovery_target_xid'}
     targets.add('recovery_target_name')
@@ -826,3 +837,78 @@ def test_write_configuration_forgets_an_earlier_recovery_target(backup_data, kin
     expected = {None: set(), 'target_lsn': {'recovery_target_lsn'}, 'target_name': {'recovery_target_name'}}
     expected['target_immediate'] = {'recovery_target'}
     assert active == expected[kind]
+
+
+# -- the copy runs none of the original's duties ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    'line',
+    [
+        "recovery_end_command = '/usr/local/bin/notify-standby-promoted'",
+        "archive_cleanup_command = 'pg_archivecleanup /mnt/archive %r'",
+        "ssl_passphrase_command = '/usr/local/bin/fetch-key'",
+    ],
+)
+def test_the_original_duties_are_commented_out(line):
+    assert recovery.neutralised_config(line + '\n') == PREFIX + line + '\n'
+
+
+def test_a_copy_starts_no_subscription_worker_unless_it_replaces_the_original():
+    assert (
+        effective(recovery.recovery_settings(default_params(), 'b1', None, None))['max_logical_replication_workers']
+        == '0'
+    )
+    in_place = effective(recovery.recovery_settings(default_params(archive=True), 'b1', None, None))
+    assert 'max_logical_replication_workers' not in in_place
+
+
+# -- the plan: destination, free space, the least LSN recovery must reach --------------------------------------
+
+
+def test_destination_directory_in_place_is_the_original_pgdata():
+    info = {'pgdata': '/var/lib/postgresql/15/main/'}
+    assert recovery.destination_directory(default_params(in_place=True), info) == '/var/lib/postgresql/15/main'
+    assert recovery.destination_directory(default_params(destination_directory='/x/y/'), info) == '/x/y'
+    with pytest.raises(recovery.RecoveryError) as excinfo:
+        recovery.destination_directory(default_params(destination_directory=None), info)
+    assert 'destination_directory' in excinfo.value.message
+
+
+MIB = 1024 * 1024
+
+
+def test_free_space_is_summed_per_filesystem_and_refused_with_the_figures():
+    filesystems = {'/srv/copy': ('/srv', 500 * MIB), '/srv/copy.tblspc/t': ('/srv', 500 * MIB)}
+    filesystems['/var/lib/postgresql/15/main'] = ('/', 10000 * MIB)
+    needs = {'/srv/copy': 300 * MIB, '/srv/copy.tblspc/t': 300 * MIB}
+    with pytest.raises(recovery.RecoveryError) as excinfo:
+        recovery.check_free_space(filesystems, needs, '/var/lib/postgresql/15/main', False)
+    error = excinfo.value
+    assert '/srv on the destination has 500 MiB free' in error.message and 'needs 600 MiB' in error.message
+    assert error.data == {'needed_bytes': 600 * MIB, 'free_bytes': 500 * MIB}
+    assert 'nothing was copied' in error.hint
+    needs['/srv/copy.tblspc/t'] = 200 * MIB
+    assert recovery.check_free_space(filesystems, needs, '/var/lib/postgresql/15/main', False) == []
+
+
+def test_a_copy_beside_the_live_server_on_its_filesystem_is_warned_about():
+    filesystems = {'/data/copy': ('/data', 100 * MIB), '/data/main': ('/data', 100 * MIB)}
+    warnings = recovery.check_free_space(filesystems, {'/data/copy': MIB}, '/data/main', False)
+    assert len(warnings) == 1 and '/data/main' in warnings[0] and '/data' in warnings[0]
+    assert recovery.check_free_space(filesystems, {'/data/main': MIB}, '/data/main', True) == []
+
+
+def test_minimum_end_lsn():
+    info = {'xlog_segment_size': 16 * MIB, 'end_xlog': '0/5000100'}
+    # No target: recovery must have read into the newest archived segment.
+    assert recovery.minimum_end_lsn(info, None, None, '000000010000000000000009') == 0x9000001
+    assert recovery.minimum_end_lsn(info, 'target_lsn', 0x7000028, '000000010000000000000009') == 0x7000028
+    for kind in ('target_time', 'target_xid', 'target_name', 'target_immediate'):
+        assert recovery.minimum_end_lsn(info, kind, 'x', '000000010000000000000009') == 0x5000100
+
+
+def test_get_wal_without_a_sender_is_refused_while_planning():
+    with pytest.raises(recovery.RecoveryError) as excinfo:
+        recovery.configuration_files('/nonexistent', default_params(wal_sender=None), 'b1', {}, None, None)
+    assert 'wal_sender' in excinfo.value.message and 'nothing was copied' in excinfo.value.hint

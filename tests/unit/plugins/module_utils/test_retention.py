@@ -211,3 +211,26 @@ def test_a_backup_without_begin_wal_keeps_everything():
     infos['20261102T000000']['begin_wal'] = None
     statuses = {'20261101T000000': 'VALID', '20261102T000000': 'VALID'}
     assert retention.removable_wals(names(1, 2), infos, statuses, SEG) == []
+
+
+def test_a_held_backup_is_held_not_obsolete_and_changes_no_other_status():
+    infos = backups((5, 1), (4, 3), (3, 5), (2, 7))
+    policy = retention.parse_policy('REDUNDANCY 1')
+    plain = retention.classify(infos, {}, policy, 0, NOW)
+    held = retention.classify(infos, {}, policy, 0, NOW, held=['20261101T000000', '20261104T000000'])
+    assert held == dict(plain, **{'20261101T000000': 'HELD'})
+    assert plain['20261101T000000'] == 'OBSOLETE' and held['20261104T000000'] == 'VALID'
+    kept = retention.classify(infos, {'20261101T000000': 'standalone'}, policy, 0, NOW, held=['20261101T000000'])
+    assert kept['20261101T000000'] == 'KEEP_STANDALONE'
+
+
+def test_wal_from_a_held_begin_wal_on_is_needed_even_of_a_backup_gone_or_kept_standalone():
+    infos = backups((5, 2), (1, 8))
+    infos['20261101T000000']['end_wal'] = seg(3)
+    statuses = {'20261101T000000': 'KEEP_STANDALONE', '20261102T000000': 'VALID'}
+    archived = names(*range(1, 10))
+    assert retention.removable_wals(archived, infos, statuses, SEG, needed_from=[seg(2)]) == names(1)
+    gone = {'20261102T000000': infos['20261102T000000']}
+    assert retention.removable_wals(archived, gone, {'20261102T000000': 'VALID'}, SEG, needed_from=[seg(5)]) == (
+        names(1, 2, 3, 4)
+    )

@@ -60,7 +60,6 @@ PG_DOC_DIRECTORIES_WHOSE_CONTENTS_ARE_SKIPPED = [
     'pg_serial',
     'pg_snapshots',
     'pg_subtrans',
-    'pg_wal',
 ]
 PG_DOC_FILES_SKIPPED = [
     'postgresql.auto.conf.tmp',
@@ -81,6 +80,8 @@ PG_DOC_FILES_SKIPPED = [
 def test_excludes_contain_every_pg_doc_item():
     for directory in PG_DOC_DIRECTORIES_WHOSE_CONTENTS_ARE_SKIPPED:
         assert '/%s/*' % directory in rsync.PGDATA_EXCLUDES
+    # pg_wal's contents too, and pg_wal itself: the backup makes it again (a symlink must not travel).
+    assert '/pg_wal' in rsync.PGDATA_EXCLUDES and '/pg_wal/*' not in rsync.PGDATA_EXCLUDES
     for name in PG_DOC_FILES_SKIPPED:
         assert name in rsync.PGDATA_EXCLUDES or name + '*' in rsync.PGDATA_EXCLUDES
     assert 'pg_internal.init*' in rsync.PGDATA_EXCLUDES
@@ -427,9 +428,27 @@ def test_real_rsync_skips_what_postgresql_skips(tmp_path):
     for directory in PG_DOC_DIRECTORIES_WHOSE_CONTENTS_ARE_SKIPPED:
         assert (backup / directory).is_dir(), directory
         assert list((backup / directory).iterdir()) == [], directory
+    assert not os.path.lexists(str(backup / 'pg_wal')), 'pg_wal is made by the backup, not copied'
 
     stats = rsync.parse_rsync_stats(result.stdout)
     assert stats['regular_files_transferred'] == len([p for p in arrived if (backup / p).is_file()])
+
+
+@pytest.mark.parametrize('jobs_pass', [None, 'directories'])
+def test_real_rsync_never_copies_a_symlinked_pg_wal(tmp_path, jobs_pass):
+    # initdb --waldir: pg_wal is a link to the WAL disk. Copied as a link, a restored copy would write there.
+    pgdata = tmp_path / 'pgdata'
+    wal_disk = tmp_path / 'wal'
+    backup = tmp_path / 'backup'
+    _write(pgdata, 'PG_VERSION')
+    _write(wal_disk, '000000010000000000000001')
+    _write(wal_disk, 'archive_status/000000010000000000000001.ready')
+    os.symlink(str(wal_disk), str(pgdata / 'pg_wal'))
+    # The parallel copy's first pass makes the directory tree alone.
+    extra = ['--include=*/', '--exclude=*'] if jobs_pass else []
+    argv = rsync.rsync_argv(str(pgdata) + '/', str(backup) + '/', excludes=rsync.PGDATA_EXCLUDES, extra=extra)
+    subprocess.run(argv, stdout=subprocess.PIPE, check=True)
+    assert not os.path.lexists(str(backup / 'pg_wal'))
 
 
 def test_real_rsync_copies_pg_control_last_pass(tmp_path):

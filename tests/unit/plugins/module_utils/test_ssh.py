@@ -6,9 +6,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import re
 import shlex
+import shutil
+import stat
 import subprocess
+import tempfile
 
 import pytest
 
@@ -490,3 +494,73 @@ def test_known_hosts_line_is_found_by_ssh_keygen(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert ED25519_B64.encode() in result.stdout
+
+
+# --------------------------------------------------------------------------- one master per operation
+
+
+def expanded_control_path(control_path, target=TARGET):
+    """The socket path ssh itself makes of control_path for target (``ssh -G`` prints it, connects to nothing)."""
+    argv = ssh.ssh_argv(target, ['true'], control_path=control_path)
+    argv = [argv[0], '-G'] + argv[1 : argv.index('--')]
+    out = subprocess.run(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=True
+    ).stdout
+    return [line.split(' ', 1)[1] for line in out.splitlines() if line.startswith('controlpath ')][0]
+
+
+@pytest.fixture
+def server_root():
+    """A server root as short as /var/lib/barman/pg1 (pytest's tmp_path is too long for a socket under it)."""
+    path = tempfile.mkdtemp(prefix='pg1-', dir='/tmp')
+    yield path
+    shutil.rmtree(path)
+
+
+def test_a_backup_and_a_recovery_of_one_server_get_masters_of_their_own(server_root):
+    with ssh.operation_control_path(server_root) as backup_path:
+        with ssh.operation_control_path(server_root) as recovery_path:
+            backup_socket = expanded_control_path(backup_path)
+            recovery_socket = expanded_control_path(recovery_path)
+            assert backup_socket != recovery_socket, 'one socket: the first to end would close the other'
+            for path in (backup_path, recovery_path):
+                directory = os.path.dirname(path)
+                assert os.path.dirname(directory) == server_root and path.endswith('/%C')
+                assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+            # Ending one (ssh -O exit) names its own socket only.
+            exit_argv = ssh.control_exit_argv(TARGET, control_path=backup_path)
+            assert 'ControlPath=%s' % backup_path in exit_argv and recovery_path not in ' '.join(exit_argv)
+        assert not os.path.exists(os.path.dirname(recovery_path)), 'the ended operation leaves nothing'
+        assert os.path.isdir(os.path.dirname(backup_path)), 'the other one keeps its directory'
+    assert os.listdir(server_root) == []
+
+
+def test_the_control_directory_goes_even_when_the_operation_fails(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ssh.operation_control_path(str(tmp_path)) as control_path:
+            open(os.path.join(os.path.dirname(control_path), 'left-by-ssh'), 'w').close()
+            raise RuntimeError('rsync failed')
+    assert os.listdir(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize('length', [10, 40, 200])
+def test_the_socket_path_always_fits_a_unix_socket(tmp_path, length):
+    # A long barman_home or server name: the directory moves to /tmp rather than ssh failing to bind.
+    base = tmp_path / ('d' * length)
+    base.mkdir()
+    target = ssh.SshTarget('postgres', 'a-rather-long-host-name.db.example.com', 2222)
+    with ssh.operation_control_path(str(base)) as control_path:
+        socket = expanded_control_path(control_path, target)
+        # ssh binds "<socket>.<16 random characters>" first, then links it to its name.
+        assert len(socket) + len('.0123456789abcdef') < ssh.SOCKET_PATH_LIMIT, socket
+        parent = os.path.dirname(os.path.dirname(control_path))
+        fits = len(str(base)) + len('/.ssh-12345678/') + 40 + 17 < ssh.SOCKET_PATH_LIMIT
+        assert parent == (str(base) if fits else ssh.FALLBACK_CONTROL_PARENT), (length, parent)
+
+
+def test_a_base_dir_ssh_could_not_take_falls_back_to_tmp(tmp_path):
+    odd = tmp_path / 'with space'
+    odd.mkdir()
+    assert ssh.control_dir_parent(str(odd)) == ssh.FALLBACK_CONTROL_PARENT
+    assert ssh.control_dir_parent(str(tmp_path / 'missing')) == ssh.FALLBACK_CONTROL_PARENT
+    assert ssh.control_dir_parent('/var/lib/barman/pg1') in ('/var/lib/barman/pg1', ssh.FALLBACK_CONTROL_PARENT)

@@ -515,3 +515,117 @@ def test_history_parent_must_be_below_its_timeline():
         wal.parse_timeline_history(None)
     with pytest.raises(wal.InvalidWalName):
         wal.parse_timeline_history('', timeline=0)
+
+
+# -- ranges of segments: what continuity works on, never a list of names --------------------------
+
+
+def test_recovery_spans_follow_the_path_and_read_the_switch_segment_from_the_new_timeline():
+    path = [(1, 0), (2, 0x380000), (3, 0x800000)]  # switches inside segments 3 and 8 (1 MB segments)
+    assert wal.recovery_spans(1, 10, path, MB) == [
+        wal.SegmentSpan(1, 1, 2),
+        wal.SegmentSpan(2, 3, 7),
+        wal.SegmentSpan(3, 8, 10),
+    ]
+    assert wal.recovery_spans(5, 6, path, MB) == [wal.SegmentSpan(2, 5, 6)]
+    assert wal.recovery_spans(9, 8, path, MB) == []
+
+
+def test_recovery_spans_a_later_timeline_starting_in_the_same_segment_wins():
+    path = [(1, 0), (2, 0x380000), (3, 0x390000)]
+    assert wal.recovery_spans(1, 5, path, MB) == [wal.SegmentSpan(1, 1, 2), wal.SegmentSpan(3, 3, 5)]
+
+
+def test_recovery_spans_of_the_whole_lsn_range_stay_small():
+    # The name 000000010000FFFF000000FF is 256 TiB past 0/0: one span, not 16 million names.
+    last = wal.segment_number('000000010000FFFF000000FF', 16 * MB)
+    assert wal.recovery_spans(1, last, [(1, 0)], 16 * MB) == [wal.SegmentSpan(1, 1, 0xFFFF * 256 + 0xFF)]
+
+
+def test_segment_runs():
+    assert wal.segment_runs([]) == []
+    assert wal.segment_runs([3]) == [(3, 3)]
+    assert wal.segment_runs([1, 2, 3, 5, 7, 8]) == [(1, 3), (5, 5), (7, 8)]
+
+
+@pytest.mark.parametrize(
+    'runs, holes',
+    [
+        ([], [(10, 20)]),
+        ([(10, 20)], []),
+        ([(1, 30)], []),
+        ([(1, 9), (21, 30)], [(10, 20)]),
+        ([(12, 13), (15, 15)], [(10, 11), (14, 14), (16, 20)]),
+        ([(1, 11), (19, 25)], [(12, 18)]),
+        ([(1, 2), (5, 6), (30, 40)], [(10, 20)]),
+        ([(10, 10), (20, 20)], [(11, 19)]),
+    ],
+)
+def test_uncovered_parts_of_a_span(runs, holes):
+    span = wal.SegmentSpan(2, 10, 20)
+    assert wal.uncovered(span, runs) == [wal.SegmentSpan(2, low, high) for low, high in holes]
+    assert wal.span_length(span) == 11
+
+
+# -- backup history files (.backup) -----------------------------------------------------------------
+
+# The lines PostgreSQL 15 writes (do_pg_backup_stop), with 16 MB segments.
+PG15_BACKUP_HISTORY = (
+    b'START WAL LOCATION: 0/9000028 (file 000000010000000000000009)\n'
+    b'STOP WAL LOCATION: 0/A000000 (file 000000010000000000000009)\n'
+    b'CHECKPOINT LOCATION: 0/9000060\n'
+    b'BACKUP METHOD: streamed\n'
+    b'BACKUP FROM: primary\n'
+    b'START TIME: 2026-11-20 01:00:00 CET\n'
+    b'LABEL: barman.postgresql 20261120T010000 \xe9t\xe9\n'
+    b'START TIMELINE: 1\n'
+    b'STOP TIME: 2026-11-20 01:00:09 CET\n'
+    b'STOP TIMELINE: 1\n'
+)
+PG15_BACKUP_NAME = '000000010000000000000009.00000028.backup'
+
+
+def test_backup_history_as_postgresql_writes_it():
+    # The stop LSN on a segment boundary: PostgreSQL 15 names the segment before it, 16 the one at it.
+    assert wal.check_backup_history(PG15_BACKUP_NAME, PG15_BACKUP_HISTORY) == wal.BackupHistory(
+        0x9000028, 0xA000000, 16 * MB
+    )
+    pg16 = PG15_BACKUP_HISTORY.replace(
+        b'0/A000000 (file 000000010000000000000009)', b'0/A000000 (file 00000001000000000000000A)'
+    )
+    assert wal.check_backup_history(PG15_BACKUP_NAME, pg16).stop_lsn == 0xA000000
+
+
+@pytest.mark.parametrize(
+    'name, data, words',
+    [
+        (PG15_BACKUP_NAME, b'', 'lacks a START and a STOP'),
+        (PG15_BACKUP_NAME, PG15_BACKUP_HISTORY.split(b'\n', 1)[1], 'lacks a START'),
+        (
+            PG15_BACKUP_NAME,
+            PG15_BACKUP_HISTORY + b'STOP WAL LOCATION: 0/A000000 (file 000000010000000000000009)\n',
+            'two STOP',
+        ),
+        (PG15_BACKUP_NAME, PG15_BACKUP_HISTORY + b'\0', 'NUL'),
+        (PG15_BACKUP_NAME, PG15_BACKUP_HISTORY + b'#' * wal.MAX_BACKUP_HISTORY_SIZE, 'more than'),
+        ('000000010000000000000008.00000028.backup', PG15_BACKUP_HISTORY, 'not in the segment its name says'),
+        ('000000010000000000000009.00000029.backup', PG15_BACKUP_HISTORY, 'do not match its name'),
+        (
+            PG15_BACKUP_NAME,
+            PG15_BACKUP_HISTORY.replace(b'STOP WAL LOCATION: 0/A000000', b'STOP WAL LOCATION: 0/8000000'),
+            'before its start',
+        ),
+        (
+            PG15_BACKUP_NAME,
+            PG15_BACKUP_HISTORY.replace(
+                b'0/A000000 (file 000000010000000000000009)', b'0/F000000 (file 000000010000000000000009)'
+            ),
+            'do not match its name',
+        ),
+        ('000000010000000000000009', PG15_BACKUP_HISTORY, 'does not end in'),
+    ],
+)
+def test_backup_history_that_postgresql_would_not_write_is_refused(name, data, words):
+    with pytest.raises(wal.InvalidBackupHistory) as caught:
+        wal.check_backup_history(name, data)
+    assert words in str(caught.value) and 'START WAL LOCATION' in caught.value.hint

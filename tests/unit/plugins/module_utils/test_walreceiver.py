@@ -255,11 +255,46 @@ def test_get_after_processing(home, tmp_path, compression):
     assert out_path.read_bytes() == data
 
 
-def test_get_missing_is_not_found(home):
+def test_get_missing_is_not_archived(home):
     code, out, err = run(home, 'get %s' % seg_name(7))
-    assert code == walreceiver.EXIT_NOT_FOUND
+    assert code == walreceiver.EXIT_NOT_ARCHIVED
     assert out == b''
     assert seg_name(7) in err and 'not in the archive' in err
+    assert run(home, 'get 00000002.history')[0] == walreceiver.EXIT_NOT_ARCHIVED
+
+
+def _damage(path, how):
+    with open(path, 'rb') as handle:
+        stored = handle.read()
+    if how == 'truncated':
+        damaged = stored[: len(stored) // 2]
+    else:  # the header intact, the compressed body overwritten
+        damaged = stored[:20] + bytes(255 - b for b in stored[20:])
+    with open(path, 'wb') as handle:
+        handle.write(damaged)
+
+
+@pytest.mark.parametrize('how', ['truncated', 'overwritten'])
+@pytest.mark.parametrize('compression', ['gzip', 'zstd', 'lz4'])
+def test_get_of_a_damaged_file_is_temporary_never_not_archived(home, tmp_path, compression, how):
+    """A decompression error (EOFError, zlib.error, a failing zstd or lz4) is not "not archived":
+    the sender must not report the file absent, and must drop what was written before the error."""
+    name = seg_name(1)
+    put(home, name, segment_bytes(name))
+    wal_archive = archive.WalArchive(home, 'pg1')
+    wal_archive.process_incoming(compression)
+    _damage(wal_archive.locate(name), how)
+    with open(str(tmp_path / 'restored'), 'wb') as out:
+        code, _out, err = run(home, 'get %s' % name, stdout=out)
+    assert code == walreceiver.EXIT_TEMPORARY, err
+    assert err.startswith('barman-wal-receiver: get %s failed: ' % name), err
+
+
+def test_get_from_a_missing_archive_is_temporary(home, layout):
+    os.rename(layout.incoming_dir, layout.incoming_dir + '.away')  # e.g. the backup disk is not mounted
+    code, out, err = run(home, 'get %s' % seg_name(1))
+    assert (code, out) == (walreceiver.EXIT_TEMPORARY, b'')
+    assert 'does not exist' in err
 
 
 @pytest.mark.parametrize(
@@ -301,14 +336,11 @@ def test_invalid_server_name_is_refused(home):
     assert '../pg1' in err
 
 
-def test_exit_codes_stay_below_126():
-    codes = [
-        walreceiver.EXIT_OK,
-        walreceiver.EXIT_NOT_FOUND,
-        walreceiver.EXIT_REFUSED,
-        walreceiver.EXIT_TEMPORARY,
-    ]
-    assert codes == [0, 1, 2, 3]
+def test_exit_codes_stay_below_126_and_not_archived_is_no_crash():
+    codes = [walreceiver.EXIT_OK, walreceiver.EXIT_REFUSED, walreceiver.EXIT_TEMPORARY, walreceiver.EXIT_NOT_ARCHIVED]
+    assert codes == [0, 2, 3, 66]
+    # Python's uncaught exception exits 1, ssh 255, a shell 126 or 127: none of them may mean "not archived".
+    assert walreceiver.EXIT_NOT_ARCHIVED not in (1, 126, 127, 255)
 
 
 def test_put_of_an_empty_segment_is_refused(home, layout):

@@ -1,18 +1,23 @@
 # Copyright: barman.postgresql contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The sender's bookkeeping for its look-ahead agent: claims, delivery notes, the ready list."""
+"""The sender's bookkeeping for its look-ahead agent (claims, delivery notes, the ready list), and its get:
+what restore_command answers PostgreSQL."""
 
+import hashlib
 import io
 import os
 import shlex
+import signal
+import struct
 import subprocess
+import sys
 import threading
 import time
 
 import jinja2
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import walsender
+from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, wal, walsender
 from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool, stat_key
 
 NAME = '000000010000000000000005'
@@ -245,3 +250,234 @@ def test_an_empty_or_damaged_claim_holds_nothing(key):
             handle.write(content)
         assert not box.claimed(NAME) and box.claim(NAME), content
         box.release(NAME)
+
+
+# -- get: restore_command's answer ------------------------------------------------------------------------
+
+SEG = 1024 * 1024
+
+
+def _segment(name, size=SEG):
+    """A segment's long page header (what the sender checks) and zeros."""
+    header = struct.pack(
+        '<HHIQIIQII', 0xD110, 0x0002, 1, wal.segment_start_lsn(name, SEG), 0, 0, 7319180283384717360, SEG, 8192
+    )
+    return (header + bytes(SEG - len(header)))[:size]
+
+
+OLD_NOT_FOUND = 'barman-wal-receiver: %s is not in the archive of server pg1\n' % NAME
+CRASH = 'Traceback (most recent call last):\n  ...\nEOFError: Compressed file ended before the end-of-stream marker\n'
+
+
+@pytest.mark.parametrize(
+    'code, said, answer, outcome',
+    [
+        (0, '', _segment(NAME), 'fetched'),
+        (0, '', _segment(NAME, SEG // 2), 'failed'),  # cut short, yet exit 0
+        (0, '', b'', 'failed'),
+        (0, '', _segment('000000010000000000000006'), 'failed'),  # another segment's content
+        (walsender.EXIT_NOT_ARCHIVED, 'barman-wal-receiver: not in the archive\n', b'', 'not archived'),
+        (1, OLD_NOT_FOUND, b'', 'not archived'),  # a receiver of 1.0
+        (1, OLD_NOT_FOUND.replace(NAME, '000000010000000000000006'), b'', 'failed'),  # about another file
+        (1, CRASH, b'', 'failed'),  # a crash exits 1 too
+        (1, '', _segment(NAME), 'failed'),
+        (walsender.EXIT_TEMPORARY, 'barman-wal-receiver: get failed: EOFError\n', b'', 'failed'),
+        (255, 'ssh: connect to host 192.0.2.1 port 22: Connection refused\n', b'', 'failed'),
+        (-9, '', b'', 'failed'),
+        (walsender.EXIT_REFUSED, 'barman-wal-receiver: refused\n', b'', 'refused'),
+        (126, '', b'', 'failed'),
+        (127, 'sh: barman-wal-receiver: not found\n', b'', 'failed'),
+    ],
+)
+def test_only_the_receivers_not_archived_answer_reads_as_not_found(code, said, answer, outcome):
+    head = answer[: wal.LONG_PAGE_HEADER_SIZE]
+    assert walsender.answer_of_get(NAME, code, said, len(answer), head)[0] == outcome
+
+
+def test_a_history_file_must_not_be_empty():
+    assert walsender.answer_of_get('00000002.history', 0, '', 0, b'')[0] == 'failed'
+    text = b'1\t0/3000000\tno recovery target specified\n'
+    assert walsender.answer_of_get('00000002.history', 0, '', len(text), text[:40])[0] == 'fetched'
+
+
+FAKE_SSH = '''#!{python}
+"""ssh for the tests: fails like an unreachable server while {state}/down counts down (-1: for ever),
+answers with {state}/answer when there is one (exit code, stderr line, the answer's bytes), else runs the
+real receiver on {state}/home, as sshd would run it for the forced command."""
+import os, sys
+state = {state!r}
+with open(os.path.join(state, 'calls'), 'a') as calls:
+    calls.write(sys.argv[-1] + '\\n')
+down = os.path.join(state, 'down')
+left = int(open(down).read()) if os.path.exists(down) else 0
+if left:
+    open(down, 'w').write(str(left - 1))
+    sys.stderr.write('ssh: connect to host 192.0.2.1 port 22: Connection refused\\n')
+    sys.exit(255)
+answer = os.path.join(state, 'answer')
+if os.path.exists(answer):
+    with open(answer, 'rb') as handle:
+        code, said, data = handle.read().split(b'\\n', 2)
+    sys.stderr.write(said.decode() + '\\n')
+    sys.stdout.buffer.write(data)
+    sys.exit(int(code))
+os.environ['SSH_ORIGINAL_COMMAND'] = sys.argv[-1]
+from ansible_collections.barman.postgresql.plugins.module_utils import walreceiver
+sys.exit(walreceiver.main(['--barman-home', os.path.join(state, 'home'), '--server', 'pg1', '--no-background']))
+'''
+
+
+class FakeBackupServer(object):
+    """The backup server as the sender sees it through ``ssh`` on PATH: the real receiver, or an outage,
+    or a canned answer (the subprocess's exit code and output are the sender's only input)."""
+
+    def __init__(self, tmp_path, monkeypatch):
+        self.state = tmp_path / 'fake-ssh'
+        (self.state / 'bin').mkdir(parents=True)
+        self.home = str(self.state / 'home')
+        os.mkdir(self.home)
+        catalog.ensure_directories(catalog.ServerLayout(self.home, 'pg1'))
+        ssh = self.state / 'bin' / 'ssh'
+        ssh.write_text(FAKE_SSH.format(python=sys.executable, state=str(self.state)))
+        ssh.chmod(0o755)
+        monkeypatch.setenv('PATH', '%s%s%s' % (self.state / 'bin', os.pathsep, os.environ['PATH']))
+        monkeypatch.setenv('PYTHONPATH', os.pathsep.join(p for p in sys.path if p))
+        monkeypatch.setattr(walsender, 'FIRST_RETRY_PAUSE', 0.01)
+
+    def archive(self, name, data, compression='gzip'):
+        digest = hashlib.sha256(data).hexdigest()
+        wal_archive = archive.WalArchive(self.home, 'pg1')
+        assert wal_archive.receive(name, len(data), io.BytesIO(data), lambda: digest) == 'stored'
+        wal_archive.process_incoming(compression)
+        return wal_archive.locate(name)
+
+    def down(self, calls):
+        (self.state / 'down').write_text(str(calls))
+
+    def answer(self, code, said, data=b''):
+        (self.state / 'answer').write_bytes(b'%d\n%s\n%s' % (code, said.encode(), data))
+
+    def calls(self):
+        path = self.state / 'calls'
+        return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    return FakeBackupServer(tmp_path, monkeypatch)
+
+
+def restore(key, name, path, *extra):
+    """The sender as restore_command runs it; returns (exit code, stderr)."""
+    stderr = io.StringIO()
+    argv = ['--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'get', name, path]
+    return walsender.main(argv + list(extra), stderr=stderr), stderr.getvalue()
+
+
+def test_get_restores_an_archived_file_whole_and_answers_1_for_one_that_is_not(server, key, tmp_path):
+    data = _segment(NAME)
+    server.archive(NAME, data)
+    target = tmp_path / 'pg_wal' / 'RECOVERYXLOG'
+    target.parent.mkdir()
+    assert restore(key, NAME, str(target)) == (0, '')
+    assert target.read_bytes() == data
+    target.unlink()
+    code, err = restore(key, '000000010000000000000006', str(target))
+    assert code == walsender.EXIT_NOT_FOUND == 1
+    assert 'not in the archive' in err, 'the receiver says why in PostgreSQL log'
+    assert restore(key, '00000002.history', str(target))[0] == 1, 'a probe for a timeline that never was'
+    assert os.listdir(str(target.parent)) == []
+
+
+def test_get_rides_out_a_short_outage(server, key, tmp_path):
+    data = _segment(NAME)
+    server.archive(NAME, data)
+    server.down(2)
+    target = tmp_path / 'RECOVERYXLOG'
+    code, err = restore(key, NAME, str(target))
+    assert code == 0 and target.read_bytes() == data, err
+    assert err.count('retrying') == 2 and 'ssh failed (exit 255)' in err
+    assert len(server.calls()) == 3
+
+
+def test_get_stops_recovery_when_the_server_stays_unreachable(server, key, tmp_path):
+    server.archive(NAME, _segment(NAME))
+    server.down(-1)
+    target = tmp_path / 'RECOVERYXLOG'
+    started = time.monotonic()
+    code, err = restore(key, NAME, str(target), '--retry-seconds', '0.5')
+    assert code == walsender.EXIT_STOP_RECOVERY and code > 125, err
+    assert 0.5 <= time.monotonic() - started < 5
+    assert len(server.calls()) > 2
+    assert 'could not fetch %s from barman@192.0.2.1' % NAME in err and 'Recovery stops here' in err
+    assert 'start PostgreSQL again: recovery resumes' in err
+    assert not target.exists() and not os.path.exists(str(target) + '.barman-partial')
+    code, err = restore(key, '000000010000000000000006', str(target), '--retry-seconds', '0')
+    assert code == walsender.EXIT_STOP_RECOVERY, 'absence cannot be confirmed while the server is unreachable'
+
+
+def test_get_of_a_damaged_file_stops_recovery_and_leaves_no_half_file(server, key, tmp_path):
+    path = server.archive(NAME, _segment(NAME))
+    with open(path, 'rb') as handle:
+        stored = handle.read()
+    with open(path, 'wb') as handle:
+        handle.write(stored[: len(stored) // 2])
+    target = tmp_path / 'RECOVERYXLOG'
+    code, err = restore(key, NAME, str(target), '--retry-seconds', '0.2')
+    assert code == walsender.EXIT_STOP_RECOVERY, err
+    assert 'the receiver could not serve it (exit 3)' in err and 'EOFError' in err
+    assert not target.exists() and not os.path.exists(str(target) + '.barman-partial')
+
+
+@pytest.mark.parametrize(
+    'code, said, answer',
+    [
+        (1, CRASH.strip(), b''),  # a crash
+        (0, '', _segment(NAME, 4096)),  # exit 0 with a short answer
+        (walsender.EXIT_TEMPORARY, 'barman-wal-receiver: get failed', _segment(NAME, 4096)),
+    ],
+)
+def test_get_never_reports_a_failure_as_not_found(server, key, tmp_path, code, said, answer):
+    server.answer(code, said, answer)
+    target = tmp_path / 'RECOVERYXLOG'
+    assert restore(key, NAME, str(target), '--retry-seconds', '0.1')[0] == walsender.EXIT_STOP_RECOVERY
+    assert not target.exists() and not os.path.exists(str(target) + '.barman-partial')
+
+
+def test_a_receiver_of_1_0_still_answers_not_found(server, key, tmp_path):
+    server.answer(1, OLD_NOT_FOUND.strip())
+    assert restore(key, NAME, str(tmp_path / 'RECOVERYXLOG'))[0] == walsender.EXIT_NOT_FOUND
+    assert len(server.calls()) == 1
+
+
+def test_a_refusal_stops_recovery_at_once(server, key, tmp_path):
+    server.answer(walsender.EXIT_REFUSED, "barman-wal-receiver: refused request 'get'")
+    code, err = restore(key, NAME, str(tmp_path / 'RECOVERYXLOG'))
+    assert code == walsender.EXIT_STOP_RECOVERY and len(server.calls()) == 1, err
+    assert 'Check restore_command' in err
+
+
+@pytest.mark.parametrize(
+    'argv', [['get', NAME], ['get', 'pg_wal/RECOVERYXLOG', NAME], ['get', NAME, 'x', '--retry-seconds', '-1']]
+)
+def test_a_wrong_restore_command_stops_recovery(server, key, argv):
+    """argparse's own exit 2 (or a bad name) would read as "not found": recovery would end at once."""
+    stderr = io.StringIO()
+    code = walsender.main(['--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key] + argv, stderr)
+    assert code == walsender.EXIT_STOP_RECOVERY, stderr.getvalue()
+    assert server.calls() == []
+
+
+def test_get_killed_by_postgresql_dies_of_sigterm_and_leaves_nothing(server, key, tmp_path):
+    server.down(-1)
+    target = tmp_path / 'RECOVERYXLOG'
+    argv = ['--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'get', NAME, str(target)]
+    code = 'from ansible_collections.barman.postgresql.plugins.module_utils import walsender; walsender.main(%r)'
+    proc = subprocess.Popen([sys.executable, '-c', code % argv], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while len(server.calls()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGTERM, 'PostgreSQL exits quietly only on a SIGTERM death'
+    assert not target.exists() and not os.path.exists(str(target) + '.barman-partial')
