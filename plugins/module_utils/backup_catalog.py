@@ -128,7 +128,7 @@ class ServerCatalog(object):
         return wal.validate_segment_size(sizes[-1] if sizes else wal.DEFAULT_SEGMENT_SIZE)
 
     def done_ids(self):
-        return sorted(b for b, info in self.infos.items() if info['status'] == catalog.DONE)
+        return [b for b in catalog.ordered_backup_ids(self.infos) if self.infos[b]['status'] == catalog.DONE]
 
     def refuse_if_malformed(self, doing):
         if self.malformed:
@@ -144,7 +144,7 @@ class ServerCatalog(object):
         """A backup id from an id or a shortcut (latest/last, oldest/first, last-failed)."""
         if backup_id in SHORTCUTS:
             wanted = (catalog.FAILED,) if backup_id == 'last-failed' else _USABLE
-            ids = sorted(b for b, info in self.infos.items() if info['status'] in wanted)
+            ids = [b for b in catalog.ordered_backup_ids(self.infos) if self.infos[b]['status'] in wanted]
             if not ids:
                 raise CatalogRefusal(
                     'Server %s has no %s backup' % (self.layout.server, backup_id),
@@ -206,7 +206,8 @@ class ServerCatalog(object):
         item['error'] = info.get('error')
         item['wal_size'] = item['wal_count'] = None
         if info.get('begin_wal') and info['status'] == catalog.DONE:
-            newer = [b for b in self.done_ids() if b > backup_id]
+            done = self.done_ids()
+            newer = done[done.index(backup_id) + 1 :]
             next_wal = self.infos[newer[0]]['begin_wal'] if newer else None
             item['wal_size'], item['wal_count'] = self.wal_sizes_between(info['begin_wal'], next_wal)
         return item
@@ -220,7 +221,7 @@ class ServerCatalog(object):
 
     def window(self, gaps=()):
         """From the oldest point a backup recovers to, to the newest archived WAL; gaps placed in time."""
-        done = self.done_ids()
+        origin = catalog.archive_origin(self.infos, self.keeps)['backup_id']
         segments = [e for e in self.wals if wal.parse_wal_name(e.name).kind == 'segment']
         size = self.segment_size
         newest = max(segments, key=lambda e: (wal.segment_number(e.name, size), e.name)) if segments else None
@@ -245,7 +246,9 @@ class ServerCatalog(object):
             for first, last in gaps
         ]
         return dict(
-            first_recoverable_time=_iso(self.infos[done[0]]['end_time']) if done else None,
+            # Continuous point-in-time recovery starts at the oldest backup kept for it (a standalone one
+            # is an island: it recovers to its own end only).
+            first_recoverable_time=_iso(self.infos[origin]['end_time']) if origin else None,
             last_wal=newest.name if newest else None,
             last_wal_time=time_of(newest.name) if newest else None,
             gaps=placed,
@@ -268,7 +271,7 @@ class ServerCatalog(object):
         statuses = self.statuses(policy, minimum_redundancy, now)
         return dict(
             server=self.layout.server,
-            backups=[self.describe(b, statuses, now) for b in sorted(self.infos)],
+            backups=[self.describe(b, statuses, now) for b in catalog.ordered_backup_ids(self.infos)],
             wal_count=len(self.wals),
             wal_size=sum(e.size for e in self.wals),
             retention_policy=retention.format_policy(policy) if policy else None,

@@ -113,7 +113,7 @@ def classify(infos, keeps, policy, minimum_redundancy, now, held=()):
     valid = 0
     outside_window = False
     horizon = point_of_recoverability(policy, now) if policy.kind == 'window' else None
-    for backup_id in sorted(infos, reverse=True):
+    for backup_id in reversed(catalog.ordered_backup_ids(infos)):
         info = infos[backup_id]
         if info['status'] != catalog.DONE:
             report[backup_id] = NONE
@@ -146,8 +146,9 @@ def obsolete_failures(infos, statuses):
     kept = [b for b, status in statuses.items() if status not in (OBSOLETE, NONE)]
     if not kept:
         return []
-    oldest = min(kept)
-    return sorted(b for b, info in infos.items() if info['status'] == catalog.FAILED and b < oldest)
+    order = catalog.ordered_backup_ids(infos)
+    first = min(order.index(b) for b in kept)
+    return [b for b in order[:first] if infos[b]['status'] == catalog.FAILED]
 
 
 def _segno(name, segment_size):
@@ -164,7 +165,7 @@ def removable_wals(names, infos, statuses, segment_size, needed_from=()):
     ``infos``). Timeline history files are never removed. Without a DONE backup left, nothing is
     removed: the WAL is then all there is.
     """
-    done = sorted(b for b, info in infos.items() if info['status'] == catalog.DONE)
+    done = [b for b in catalog.ordered_backup_ids(infos) if infos[b]['status'] == catalog.DONE]
     if not done:
         return []
     full_from = []
