@@ -79,18 +79,6 @@ def detect_compression(path):
     return None
 
 
-def stored_compression(path, name=None):
-    """The compression of the stored file ``path`` holding the WAL file ``name`` (default: its file name).
-
-    History and backup history files are stored as they came, whatever the archive's compression:
-    their first bytes are text that could look like a magic number, so they are never guessed.
-    """
-    name = name or os.path.basename(path)
-    if wal.is_wal_name(name) and wal.parse_wal_name(name).kind in _TEXT_KINDS:
-        return None
-    return detect_compression(path)
-
-
 def _stream_through(argv, source, target):
     """Pipe source (a file object) through argv into target; raise ArchiveError if it fails."""
     proc = subprocess.Popen(argv, stdin=source, stdout=target, stderr=subprocess.PIPE)
@@ -102,12 +90,14 @@ def _stream_through(argv, source, target):
         )
 
 
-def copy_decompressed(path, target, name=None):
+def copy_decompressed(path, target):
     """Write the original content of a stored file to the binary file object ``target``.
 
-    ``name`` is the WAL file it holds, when the path's own file name is not that (a temporary file).
+    The compression comes from the file's first bytes: ours, or Barman's (which compresses history
+    files too). A history or backup history file is validated text on arrival, and such text never
+    begins with a compression's magic number.
     """
-    compression = stored_compression(path, name)
+    compression = detect_compression(path)
     if compression in _PROGRAMS:
         target.flush()
         with open(path, 'rb') as source:
@@ -118,10 +108,10 @@ def copy_decompressed(path, target, name=None):
         shutil.copyfileobj(source, target, CHUNK)
 
 
-def content_digest(path, name=None):
-    """sha256 of a stored file's original (decompressed) content; ``name`` as for copy_decompressed."""
+def content_digest(path):
+    """sha256 of a stored file's original (decompressed) content."""
     digest = hashlib.sha256()
-    compression = stored_compression(path, name)
+    compression = detect_compression(path)
     if compression in _PROGRAMS:
         proc = subprocess.Popen(_PROGRAMS[compression][1] + ['--', path], stdout=subprocess.PIPE)
         for block in iter(lambda: proc.stdout.read(CHUNK), b''):
@@ -129,7 +119,7 @@ def content_digest(path, name=None):
         if proc.wait() != 0:
             raise ArchiveError('cannot decompress %s with %s' % (path, compression))
     else:
-        copy_decompressed(path, _DigestSink(digest), name)
+        copy_decompressed(path, _DigestSink(digest))
     return digest.hexdigest()
 
 
@@ -299,7 +289,7 @@ class WalArchive(object):
         with catalog.ServerLock(self.layout, 'archive', wait_seconds=30):
             existing = self.locate(name)
             if existing is not None:
-                if content_digest(existing, name) == content_digest(tmp, name):
+                if content_digest(existing) == content_digest(tmp):
                     return 'identical'
                 kept = self._keep_in_errors(tmp, name, 'duplicate')
                 raise DuplicateWal(
@@ -418,7 +408,7 @@ class WalArchive(object):
         path = self.locate(name)
         if path is None:
             raise WalNotFound('%s is not in the archive of server %s' % (name, self.layout.server), wal=name)
-        copy_decompressed(path, target, name)
+        copy_decompressed(path, target)
 
     # -- processing incoming/ into wals/ -------------------------------------------------------------
 
@@ -490,7 +480,7 @@ class WalArchive(object):
             return
         target = self.layout.wal_path(name)
         if os.path.exists(target):
-            if content_digest(target, name) == content_digest(path, name):
+            if content_digest(target) == content_digest(path):
                 os.unlink(path)
                 catalog.fsync_dir(self.layout.incoming_dir)
                 self._index_if_missing(name, target)
@@ -541,7 +531,7 @@ class WalArchive(object):
                 return
             catalog.append_xlog_db(
                 self.layout.xlog_db,
-                [(name, os.stat(path).st_size, os.stat(path).st_mtime, stored_compression(path, name))],
+                [(name, os.stat(path).st_size, os.stat(path).st_mtime, detect_compression(path))],
             )
 
     # -- the index ------------------------------------------------------------------------------------
@@ -555,7 +545,7 @@ class WalArchive(object):
                 if wal.is_wal_name(entry) and os.path.isfile(path):
                     stat = os.stat(path)
                     entries.append(
-                        catalog.XlogEntry(entry, stat.st_size, stat.st_mtime, stored_compression(path, entry), None)
+                        catalog.XlogEntry(entry, stat.st_size, stat.st_mtime, detect_compression(path), None)
                     )
         entries.sort(key=lambda e: e.name)
         with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
@@ -582,7 +572,7 @@ class WalArchive(object):
                 wal=name,
             )
         sink = _Collector()
-        copy_decompressed(path, sink, name)
+        copy_decompressed(path, sink)
         return wal.parse_timeline_history(sink.text(), timeline)
 
     @staticmethod

@@ -19,7 +19,14 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, recovery_hold, rsync, ssh, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    catalog,
+    pgdata_layout,
+    recovery_hold,
+    rsync,
+    ssh,
+    wal,
+)
 from ansible_collections.barman.postgresql.plugins.module_utils.archive import WalArchive, copy_decompressed
 from ansible_collections.barman.postgresql.plugins.module_utils.backup import disk_usage
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -234,13 +241,14 @@ def check_archive(wal_archive, info, kind, value):
     return continuity, needed_until
 
 
-def minimum_end_lsn(info, kind, value, newest):
+def minimum_end_lsn(info, kind, value, newest, inclusive=True):
     """The LSN recovery must at least reach before the copy may be called recovered: into the newest
-    archived segment with no target (a fetch that failed must not pass for the archive's end), the
-    target LSN, else the backup's end (PostgreSQL itself refuses to end before a time, xid or name)."""
+    archived segment with no target (a fetch that failed must not pass for the archive's end), an
+    inclusive target LSN (an exclusive one stops at the end of the record before it, padding short),
+    else the backup's end (PostgreSQL itself refuses to end before any target it was given)."""
     if kind is None:
         return wal.segment_start_lsn(newest, info['xlog_segment_size']) + 1
-    if kind == 'target_lsn':
+    if kind == 'target_lsn' and inclusive:
         return value
     return wal.parse_lsn(info['end_xlog'])
 
@@ -324,22 +332,32 @@ class Destination(object):
             found[path] = (fields[5], int(fields[3]))
         return found
 
+    def unlink_pg_wal_link(self):
+        """Remove the link (never what it points at) where an existing directory's pg_wal is one: the
+        copy gets a pg_wal of its own, and a delta copy must not reach through the link."""
+        link = os.path.join(self.directory, 'pg_wal')
+        code, _out = self.run(['sh', '-c', 'if [ -L "$1" ]; then rm -f -- "$1"; fi', 'sh', link])
+        if code != 0:
+            raise RecoveryError('cannot remove the link %s on the destination' % link)
+
     def close(self):
         if self.target is not None:
             argv = ssh.control_exit_argv(self.target, **self.ssh_options)
             subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
-def destination_directory(params, info):
-    """The PGDATA to create: the original's in place, else the one given."""
+def destination_directory(params, info, check_mode=False):
+    """The PGDATA to create: the original's in place, else the one given (None when only planning)."""
     if params.get('in_place'):
         return os.path.normpath(info['pgdata'])
-    if not params.get('destination_directory'):
-        raise RecoveryError(
-            'no destination_directory given',
-            'Name the directory to recover into, or set in_place to recover into the original PGDATA',
-        )
-    return os.path.normpath(params['destination_directory'])
+    if params.get('destination_directory'):
+        return os.path.normpath(params['destination_directory'])
+    if check_mode:
+        return None
+    raise RecoveryError(
+        'no destination_directory given',
+        'Name the directory to recover into, or set in_place to recover into the original PGDATA',
+    )
 
 
 def tablespace_locations(info, params, directory=None):
@@ -526,28 +544,40 @@ def _write_files(staging, files):
 def plan_recovery(params, layout, wal_archive, control_path, check_mode=False):
     """Everything decided and checked before a byte moves, as one value: the target, the backup, the
     WAL it needs, the destination (empty, not running, enough free space) and the files to write.
-    Check mode returns it; a real run carries it out. Returns (plan, destination, private parts)."""
+    Check mode returns it; a real run carries it out. Without a destination (check mode only) the
+    destination's checks are left to the real run. Returns (plan, destination or None, private parts)."""
     kind, value = the_target(params)
     backup_id, info = choose_backup(catalog.backup_infos(layout), kind, value, params.get('backup_id'))
     continuity, needed_until = check_archive(wal_archive, info, kind, value)
-    directory = destination_directory(params, info)
-    locations = tablespace_locations(info, params, directory)
+    directory = destination_directory(params, info, check_mode)
+    locations = tablespace_locations(info, params, directory) if directory else {}
     files = configuration_files(layout.backup_data_dir(backup_id), params, backup_id, locations, kind, value)
-    segment_size = info['xlog_segment_size']
-    wal_bytes = (needed_until - wal.segment_number(info['begin_wal'], segment_size) + 1) * segment_size
-    if params['get_wal']:
-        wal_bytes = min(wal_bytes, FETCHED_WAL_ALLOWANCE)
-    destination = Destination(params, directory, control_path)
-    try:
-        # In place, the playbook moves the old PGDATA aside after this plan (check mode), on the same filesystem.
-        if not (params['in_place'] and check_mode):
-            check_destination(destination, params, locations)
-        needs = space_needed(layout, backup_id, locations, directory, wal_bytes)
-        filesystems = destination.filesystems(sorted(set(needs) | set([os.path.normpath(info['pgdata'])])))
-        warnings = check_free_space(filesystems, needs, os.path.normpath(info['pgdata']), params['in_place'])
-    except BaseException:
-        destination.close()
-        raise
+    warnings = []
+    recorded = pgdata_layout.read_layout(layout, backup_id)
+    if recorded and recorded['pg_wal']['kind'] == pgdata_layout.SYMLINK:
+        warnings.append(
+            "the original's pg_wal was a link to %s; the copy's pg_wal is a directory inside its PGDATA (to put "
+            'it back on its own disk, stop the copy, move pg_wal there and link it)' % recorded['pg_wal']['target']
+        )
+    destination = None
+    needs = {}
+    if directory:
+        segment_size = info['xlog_segment_size']
+        wal_bytes = (needed_until - wal.segment_number(info['begin_wal'], segment_size) + 1) * segment_size
+        if params['get_wal']:
+            wal_bytes = min(wal_bytes, FETCHED_WAL_ALLOWANCE)
+        destination = Destination(params, directory, control_path)
+        try:
+            # In place, the playbook moves the old PGDATA aside after this plan (check mode), on that filesystem.
+            if not (params['in_place'] and check_mode):
+                check_destination(destination, params, locations)
+            needs = space_needed(layout, backup_id, locations, directory, wal_bytes)
+            pgdata = os.path.normpath(info['pgdata'])
+            filesystems = destination.filesystems(sorted(set(needs) | set([pgdata])))
+            warnings += check_free_space(filesystems, needs, pgdata, params['in_place'])
+        except BaseException:
+            destination.close()
+            raise
     plan = dict(
         backup_id=backup_id,
         pgdata=info['pgdata'],
@@ -556,14 +586,17 @@ def plan_recovery(params, layout, wal_archive, control_path, check_mode=False):
         backup_end_time=str(info['end_time']),
         backup_end_lsn=info['end_xlog'],
         target=None if kind is None else {kind: str(value) if kind != 'target_lsn' else wal.format_lsn(value)},
-        destination=destination.directory,
+        destination=directory,
         tablespaces=dict((name, location) for name, location in locations.values()),
         newest_wal=continuity['last'],
-        minimum_end_lsn=wal.format_lsn(minimum_end_lsn(info, kind, value, continuity['last'])),
+        minimum_end_lsn=wal.format_lsn(
+            minimum_end_lsn(info, kind, value, continuity['last'], params['target_inclusive'])
+        ),
         space_needed=sum(needs.values()),
         warnings=warnings,
     )
-    return plan, destination, dict(info=info, kind=kind, value=value, locations=locations, files=files)
+    parts = dict(info=info, kind=kind, value=value, locations=locations, files=files, needed_until=needed_until)
+    return plan, destination, parts
 
 
 def recover(params, check_mode=False):
@@ -575,6 +608,8 @@ def recover(params, check_mode=False):
         try:
             if check_mode:
                 return dict(plan, changed=False)
+            if params['delta']:
+                destination.unlink_pg_wal_link()
             started = time.time()
             plan['hold'] = recovery_hold.take(
                 layout,
@@ -592,7 +627,8 @@ def recover(params, check_mode=False):
                 raise
             return dict(plan, changed=True, duration=round(time.time() - started, 3))
         finally:
-            destination.close()
+            if destination is not None:
+                destination.close()
 
 
 def _copy(params, layout, wal_archive, destination, backup_id, parts):
@@ -616,27 +652,24 @@ def _copy(params, layout, wal_archive, destination, backup_id, parts):
     try:
         _write_files(staging, parts['files'])
         if not params['get_wal']:
-            _stage_wals(staging, wal_archive, parts['info'], parts['kind'], parts['value'])
+            _stage_wals(staging, wal_archive, parts['info'], parts['needed_until'])
         destination.rsync(staging + '/', destination.directory + '/', 'the recovery settings')
+        if params['delta']:  # WAL left in an existing pg_wal may be of another history: never replay it
+            destination.rsync(staging + '/pg_wal/', destination.directory + '/pg_wal/', 'an empty pg_wal', delete=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _stage_wals(staging, wal_archive, info, kind, value):
+def _stage_wals(staging, wal_archive, info, needed_until):
     """The WAL files recovery needs, decompressed into barman_wal/ of the copy (get_wal off): from the
-    backup's first segment to the target's (the backup's last for immediate, all for other targets)."""
+    backup's first segment to the last the target needs, and every history file."""
     target_dir = os.path.join(staging, 'barman_wal')
     os.mkdir(target_dir, 0o700)
     segment_size = info['xlog_segment_size']
     first = wal.segment_number(info['begin_wal'], segment_size)
-    last = None
-    if kind == 'target_immediate':
-        last = wal.segment_number(info['end_wal'], segment_size)
-    elif kind == 'target_lsn':
-        last = value // segment_size
     for name in wal_archive.archived_names():
         parsed = wal.parse_wal_name(name)
         segno = wal.segment_number(name, segment_size) if parsed.kind == 'segment' else None
-        if parsed.kind == 'history' or (segno is not None and segno >= first and (last is None or segno <= last)):
+        if parsed.kind == 'history' or (segno is not None and first <= segno <= needed_until):
             with open(os.path.join(target_dir, name), 'wb') as handle:
                 copy_decompressed(wal_archive.locate(name), handle)

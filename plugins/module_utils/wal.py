@@ -463,6 +463,9 @@ def check_backup_history(name, data):
         raise refuse('its name does not end in .<offset>.backup')
     if len(data) > MAX_BACKUP_HISTORY_SIZE:
         raise refuse('it is %d bytes, more than the %d such a file can be' % (len(data), MAX_BACKUP_HISTORY_SIZE))
+    if not data.startswith(b'START WAL LOCATION: '):
+        # PostgreSQL writes this line first; it also keeps stored text from looking compressed.
+        raise refuse('it does not begin with a START WAL LOCATION line')
     if b'\0' in data:
         raise refuse('it holds NUL bytes, so it is not text')
     found = {}

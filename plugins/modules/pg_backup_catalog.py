@@ -365,7 +365,7 @@ def run(module):
             diff=dict(before=before, after=after),
         )
     after = [b for b in before if b not in result['removed_backups']]
-    result['changed'] = bool(result['removed_backups'] or result['removed_wals'])
+    result['changed'] = bool(result['removed_backups'] or result['removed_wals'] or result.get('removed_stale_holds'))
     result['diff'] = dict(before='\n'.join(before) + '\n', after='\n'.join(after) + '\n')
     return result
 

@@ -81,7 +81,8 @@ options:
     type: int
   destination_directory:
     description:
-      - The PGDATA to create. It must be empty or absent unless O(delta). Required unless O(in_place).
+      - The PGDATA to create. It must be empty or absent unless O(delta). Required unless O(in_place), or in
+        check mode, where without it the plan leaves out the destination's checks.
     type: path
   in_place:
     description:
@@ -121,16 +122,18 @@ options:
     elements: str
   archive:
     description:
-      - Let the recovered server archive and run its subscriptions (only for a server that replaces the
-        original). Otherwise C(archive_mode=off) and C(max_logical_replication_workers=0): a copy never
-        archives into the original's catalog nor consumes its publishers' replication slots.
+      - >-
+        Let the recovered server archive and run its subscriptions (only for a server that replaces the
+        original). Otherwise C(archive_mode=off) and C(max_logical_replication_workers=0), so that a copy
+        never archives into the original's catalog nor consumes its publishers' replication slots.
     type: bool
     default: false
   hold_hours:
     description:
-      - The recovery holds its backup and the WAL after it against retention and delete for this long,
-        unless released earlier (recover.yml releases it once recovery reached its target:
-        M(barman.postgresql.pg_backup_catalog) with the hold returned here).
+      - >-
+        The recovery holds its backup and the WAL after it against retention and delete for this long,
+        unless released earlier (recover.yml releases it once recovery reached its target, with
+        M(barman.postgresql.pg_backup_catalog) and the hold returned here).
     type: int
     default: 24
 attributes:
@@ -198,9 +201,10 @@ newest_wal:
   type: str
 minimum_end_lsn:
   description:
-    - The LSN recovery must at least reach before the copy counts as recovered: into the newest
-      archived segment with no target, the target LSN, else the backup's end. recover.yml compares
-      it with where recovery ended.
+    - >-
+      The LSN recovery must at least reach before the copy counts as recovered (into the newest
+      archived segment with no target, an inclusive target LSN, else the backup's end). recover.yml
+      compares it with where recovery ended.
   returned: always
   type: str
 space_needed:

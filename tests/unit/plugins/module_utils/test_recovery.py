@@ -904,6 +904,8 @@ def test_minimum_end_lsn():
     # No target: recovery must have read into the newest archived segment.
     assert recovery.minimum_end_lsn(info, None, None, '000000010000000000000009') == 0x9000001
     assert recovery.minimum_end_lsn(info, 'target_lsn', 0x7000028, '000000010000000000000009') == 0x7000028
+    # Exclusive: PostgreSQL stops at the end of the record before the target, short of it by padding.
+    assert recovery.minimum_end_lsn(info, 'target_lsn', 0x7000028, '000000010000000000000009', False) == 0x5000100
     for kind in ('target_time', 'target_xid', 'target_name', 'target_immediate'):
         assert recovery.minimum_end_lsn(info, kind, 'x', '000000010000000000000009') == 0x5000100
 

@@ -599,8 +599,8 @@ def test_backup_history_as_postgresql_writes_it():
 @pytest.mark.parametrize(
     'name, data, words',
     [
-        (PG15_BACKUP_NAME, b'', 'lacks a START and a STOP'),
-        (PG15_BACKUP_NAME, PG15_BACKUP_HISTORY.split(b'\n', 1)[1], 'lacks a START'),
+        (PG15_BACKUP_NAME, b'', 'does not begin with a START WAL LOCATION'),
+        (PG15_BACKUP_NAME, PG15_BACKUP_HISTORY.split(b'\n', 1)[1], 'does not begin with a START WAL LOCATION'),
         (
             PG15_BACKUP_NAME,
             PG15_BACKUP_HISTORY + b'STOP WAL LOCATION: 0/A000000 (file 000000010000000000000009)\n',
