@@ -39,17 +39,19 @@ def test_in_place_on_another_host_is_refused_and_touches_nothing(configured):
     # pg1's data directory path exists on "pg2" too (the lab's hosts share one filesystem): exactly the
     # cluster an in-place recovery on the wrong host would have stopped and moved aside.
     before = {'pg1': started_at('pg1'), 'pg2': started_at('pg2')}
+    aside = (moved_aside(PG1_DATA), moved_aside(PG2_DATA))  # earlier in-place drills leave theirs
     proc = playbook(
         'recover.yml', '-e', json.dumps(dict(server='pg1', recover_in_place=True, recover_host='pg2')), check=False
     )
     assert proc.returncode != 0
     assert 'In place recovers pg1 on its own host' in proc.stdout, proc.stdout[-3000:]
     assert {'pg1': started_at('pg1'), 'pg2': started_at('pg2')} == before
-    assert moved_aside(PG1_DATA) == [] and moved_aside(PG2_DATA) == []
+    assert (moved_aside(PG1_DATA), moved_aside(PG2_DATA)) == aside
 
 
 def test_the_in_place_confirmation_names_the_host(configured):
     before = started_at('pg1')
+    aside = moved_aside(PG1_DATA)
     proc = playbook(
         'recover.yml',
         '-e',
@@ -58,7 +60,7 @@ def test_the_in_place_confirmation_names_the_host(configured):
     )
     assert proc.returncode != 0
     assert 'recover_in_place_confirm=pg1@127.0.0.11' in proc.stdout, proc.stdout[-3000:]
-    assert started_at('pg1') == before and moved_aside(PG1_DATA) == []
+    assert started_at('pg1') == before and moved_aside(PG1_DATA) == aside
 
 
 def recover_module(params, *options):
