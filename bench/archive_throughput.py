@@ -644,7 +644,7 @@ def breakdown(segment):
         '-IS',
         '-c',
         'import sys; sys.path.insert(0, %r)\n'
-        'from ansible_collections.barman.postgresql.plugins.module_utils.walsender import main' % OUR_LIB,
+        'from ansible_collections.barman.postgresql.runtime.walsender import main' % OUR_LIB,
     ]
     with open(segment, 'rb') as handle:
         data = handle.read()

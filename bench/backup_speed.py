@@ -34,7 +34,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(TOP, 'build', 'collections')
 sys.path.insert(0, COLLECTIONS)
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, rsync, ssh, wal  # noqa: E402
+from ansible_collections.barman.postgresql.plugins.module_utils import rsync, ssh, wal, wal_store  # noqa: E402
 import results as results_md  # noqa: E402  (bench/results.py, beside this script)
 
 PG1_HOST = '127.0.0.11'
@@ -417,7 +417,7 @@ def barman_setup():
     )[-1]
     target = os.path.join(incoming, newest)
     with open(target + '.part', 'wb') as handle:
-        archive.copy_decompressed(os.path.join(LAB_PG1, 'wals', newest[:16], newest), handle)
+        wal_store.copy_decompressed(os.path.join(LAB_PG1, 'wals', newest[:16], newest), handle)
     entry = pwd.getpwnam('barman')
     os.chown(target + '.part', entry.pw_uid, entry.pw_gid)
     os.rename(target + '.part', target)

@@ -38,7 +38,7 @@ import backup_speed as bs  # noqa: E402  (the colleague's helpers: run as a user
 import results as results_md  # noqa: E402
 from backup_speed import COLLECTIONS, PG1_HOST, PG1_PORT, PLAIN_RSH, TOP, MethodFailed, make_dir, psql, run  # noqa: E402
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, wal  # noqa: E402
+from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store  # noqa: E402
 
 LAB_HOME = '/var/lib/barman'
 LAB_PG1 = os.path.join(LAB_HOME, 'pg1')
@@ -100,7 +100,7 @@ def decompressed_segments(first, last, directory, owner):
         wait_for_segment(name)
         path = os.path.join(directory, name)
         with open(path + '.part', 'wb') as handle:
-            archive.copy_decompressed(lab_segment(name), handle)
+            wal_store.copy_decompressed(lab_segment(name), handle)
         entry = pwd.getpwnam(owner)
         os.chown(path + '.part', entry.pw_uid, entry.pw_gid)
         os.rename(path + '.part', path)

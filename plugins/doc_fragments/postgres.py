@@ -1,12 +1,8 @@
 # Copyright: barman.postgresql contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import absolute_import, division, print_function
 
-__metaclass__ = type
-
-
-class ModuleDocFragment(object):
+class ModuleDocFragment:
     # The libpq connection from the backup server to a PostgreSQL server (module_utils/postgres.py).
     DOCUMENTATION = r"""
 options:

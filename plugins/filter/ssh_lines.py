@@ -2,9 +2,6 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Jinja filters for the ssh_keys role, so that roles build SSH lines with module_utils/ssh.py."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 # Each filter is documented in a file of its own beside this one (authorized_keys_line.yml and known_hosts_lines.yml):
 # ansible-doc reads such a file only when the plugin file holds no DOCUMENTATION.
@@ -41,6 +38,6 @@ def known_hosts_lines(host_facts, address=None, port=None):
     return lines
 
 
-class FilterModule(object):
+class FilterModule:
     def filters(self):
         return dict(authorized_keys_line=authorized_keys_line, known_hosts_lines=known_hosts_lines)

@@ -2,9 +2,6 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Jinja filters that turn the server list of pg_backup_catalog into a text table or a static HTML page."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 # Each filter is documented in a file of its own beside this one (status_table.yml and status_html.yml):
 # ansible-doc reads such a file only when the plugin file holds no DOCUMENTATION.
@@ -289,6 +286,6 @@ def status_html(servers, generated_at=None):
     return ''.join(parts) + '</body></html>\n'
 
 
-class FilterModule(object):
+class FilterModule:
     def filters(self):
         return dict(status_table=status_table, status_html=status_html)

@@ -2,40 +2,44 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Is a server's WAL archive working and complete? The pg_wal_archive check, outside the module."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import os
 import re
 import shutil
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, backup_catalog, catalog, postgres, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    catalog,
+    infofile,
+    lockfile,
+    postgres,
+    server_catalog,
+    wal,
+    wal_store,
+)
 
 POLL_SECONDS = 0.2
-# What backup_catalog's remove renames a backup directory to before it deletes it.
+# What server_catalog's remove renames a backup directory to before it deletes it.
 _DELETING_RE = re.compile(r'\.[0-9]{8}T[0-9]{6}\.deleting\Z')
 
 
 def continuity_origin(layout):
-    """Where the archive must be continuous from, and the islands before it (catalog.archive_origin),
+    """Where the archive must be continuous from, and the islands before it (infofile.archive_origin),
     from the server's backups and their keep annotations as pg_backup_catalog reads them."""
-    server = backup_catalog.ServerCatalog(layout)
-    return catalog.archive_origin(server.infos, server.keeps)
+    server = server_catalog.ServerCatalog(layout)
+    return infofile.archive_origin(server.infos, server.keeps)
 
 
 def sweep_deleted_backups(layout):
     """Remove the base/.<id>.deleting directories a killed delete left; returns their paths.
 
     Only under the backup lock, which a delete holds throughout (skipped when busy: a backup or a
-    change runs), and only those unchanged for archive.STALE_SECONDS.
+    change runs), and only those unchanged for wal_store.STALE_SECONDS.
     """
     candidates = _stale_deleting(layout)
     if not candidates:
         return []
     try:
-        with catalog.ServerLock(layout, 'backup'):
+        with lockfile.ServerLock(layout, 'backup'):
             swept = []
             for path in _stale_deleting(layout):
                 try:
@@ -45,7 +49,7 @@ def sweep_deleted_backups(layout):
                 swept.append(path)
             if swept:
                 catalog.fsync_dir(layout.base_dir)
-    except catalog.LockBusy:
+    except lockfile.LockBusy:
         return []
     return swept
 
@@ -58,7 +62,7 @@ def _stale_deleting(layout):
         path = os.path.join(layout.base_dir, entry)
         if not _DELETING_RE.match(entry) or os.path.islink(path) or not os.path.isdir(path):
             continue
-        if time.time() - os.lstat(path).st_mtime > archive.STALE_SECONDS:
+        if time.time() - os.lstat(path).st_mtime > wal_store.STALE_SECONDS:
             stale.append(path)
     return stale
 
@@ -151,7 +155,7 @@ def check_archive(wal_archive, params, switch=True, sweep=True):
 
 
 def island_reports(wal_archive, islands, segment_size):
-    """Each island (catalog.archive_origin) with whether its WAL is all there: dict(backup_id, begin_wal,
+    """Each island (infofile.archive_origin) with whether its WAL is all there: dict(backup_id, begin_wal,
     end_wal, segments, missing=[[first, last]...], ok)."""
     reports = wal_archive.islands([(i['begin_wal'], i['end_wal']) for i in islands], segment_size)
     return [

@@ -8,10 +8,6 @@ empty, never a link to the original's WAL) -> pg_control last -> pg_backup_stop(
 catalog -> DONE. Any failure leaves the backup FAILED, never half DONE.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import ctypes
 import datetime
 import os
@@ -22,13 +18,16 @@ import time
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
+    identityfile,
+    infofile,
+    lockfile,
     pgdata_layout,
     postgres,
     rsync,
     ssh,
     wal,
 )
-from ansible_collections.barman.postgresql.plugins.module_utils.archive import WalArchive
+from ansible_collections.barman.postgresql.plugins.module_utils.wal_store import WalArchive
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 REUSE_MODES = ('link', 'copy', 'off')
@@ -63,7 +62,7 @@ def _now_utc():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-class Progress(object):
+class Progress:
     """Lines in <server>/backup.log, so a long copy can be followed with tail -f."""
 
     def __init__(self, layout):
@@ -79,7 +78,9 @@ class Progress(object):
 
 def newest_done_backup(layout):
     done = [
-        (backup_id, info) for backup_id, info in catalog.backup_infos(layout).items() if info['status'] == catalog.DONE
+        (backup_id, info)
+        for backup_id, info in infofile.backup_infos(layout).items()
+        if info['status'] == infofile.DONE
     ]
     return done[-1] if done else (None, None)
 
@@ -90,15 +91,15 @@ def settle_unfinished_backups(layout, wal_archive):
     STARTED becomes FAILED; WAITING_FOR_WALS becomes DONE once its WAL arrived.
     """
     settled = []
-    for backup_id, info in catalog.backup_infos(layout).items():
-        if info['status'] == catalog.STARTED:
-            info['status'] = catalog.FAILED
+    for backup_id, info in infofile.backup_infos(layout).items():
+        if info['status'] == infofile.STARTED:
+            info['status'] = infofile.FAILED
             info['error'] = 'the process taking this backup died before it ended (found by a later run)'
-        elif info['status'] == catalog.WAITING_FOR_WALS and wals_complete(wal_archive, info):
-            info['status'] = catalog.DONE
+        elif info['status'] == infofile.WAITING_FOR_WALS and wals_complete(wal_archive, info):
+            info['status'] = infofile.DONE
         else:
             continue
-        catalog.write_backup_info(layout.backup_info_path(backup_id), info)
+        infofile.write_backup_info(layout.backup_info_path(backup_id), info)
         settled.append(dict(backup_id=backup_id, status=info['status']))
     return settled
 
@@ -165,7 +166,7 @@ def _fsync_tree(path):
 # -- the copy ---------------------------------------------------------------------------------------
 
 
-class Copier(object):
+class Copier:
     """rsync from the PostgreSQL host into the backup directory, reusing the reference backup."""
 
     def __init__(self, params, progress, control_path):
@@ -388,7 +389,7 @@ def preflight(params, layout, conn, copier):
             % (params['pg_host'], settings['mode']),
             'Run the setup playbook (wal_archiving role) for this server',
         )
-    catalog.check_identity(layout.identity_file, facts['systemid'], facts['version'])
+    identityfile.check_identity(layout.identity_file, facts['systemid'], facts['version'])
     copier.ssh_run(['test', '-r', os.path.join(facts['data_directory'], 'PG_VERSION')])
     facts['pgdata_layout'] = pgdata_layout.parse_probe(
         copier.ssh_run(pgdata_layout.probe_argv(facts['data_directory'])).strip('\n'), facts['data_directory']
@@ -414,7 +415,7 @@ def take_backup(params, check_mode=False):
     wal_archive = WalArchive(params['barman_home'], params['server'])
     progress = Progress(layout)
     # A connection of its own: a recovery of this server running meanwhile must not share (and end) it.
-    with catalog.ServerLock(layout, 'backup'), ssh.operation_control_path(layout.root) as control_path:
+    with lockfile.ServerLock(layout, 'backup'), ssh.operation_control_path(layout.root) as control_path:
         copier = Copier(params, progress, control_path)
         settled = settle_unfinished_backups(layout, wal_archive)
         conn = postgres.connect(**dict((k, v) for k, v in params.items() if k.startswith('pg_')))
@@ -439,10 +440,10 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
     info_path = layout.backup_info_path(backup_id)
     reference_id, reference = newest_done_backup(layout)
     started = time.time()
-    info = catalog.parse_backup_info('', info_path)
+    info = infofile.parse_backup_info('', info_path)
     info.update(
         backup_label=None,
-        status=catalog.STARTED,
+        status=infofile.STARTED,
         mode='rsync-concurrent',
         pgdata=facts['data_directory'],
         version=facts['version'],
@@ -451,11 +452,11 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
         config_file=facts['config_file'],
         hba_file=facts['hba_file'],
         ident_file=facts['ident_file'],
-        tablespaces=[catalog.Tablespace(*t) for t in facts['tablespaces']] or None,
+        tablespaces=[infofile.Tablespace(*t) for t in facts['tablespaces']] or None,
         server_name=params['server'],
         backup_name=params.get('label'),
     )
-    catalog.write_backup_info(info_path, info)
+    infofile.write_backup_info(info_path, info)
     progress('backup %s started (reference %s)' % (backup_id, reference_id))
     try:
         start = postgres.backup_start(
@@ -469,7 +470,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
             begin_time=start['time'],
             timeline=start['timeline'],
         )
-        catalog.write_backup_info(info_path, info)
+        infofile.write_backup_info(info_path, info)
         copy_started = time.time()
         _copy(params, layout, copier, facts, backup_id, reference_id, reference)
         copy_seconds = time.time() - copy_started
@@ -493,7 +494,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
             end_wal=end_wal,
             end_offset=end_offset,
             end_time=stop['time'],
-            status=catalog.WAITING_FOR_WALS,
+            status=infofile.WAITING_FOR_WALS,
             backup_label=stop['labelfile'],
         )
         size, deduplicated = disk_usage(layout.backup_dir(backup_id))
@@ -508,17 +509,17 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
                 transferred_bytes=copier.stats['transferred_bytes'],
             ),
         )
-        catalog.write_backup_info(info_path, info)
+        infofile.write_backup_info(info_path, info)
         progress('backup %s copied, waiting for WAL %s' % (backup_id, info['end_wal']))
     except BaseException as error:
-        info.update(status=catalog.FAILED, error=str(error).replace('\n', ' ')[:2000])
-        catalog.write_backup_info(info_path, info)
+        info.update(status=infofile.FAILED, error=str(error).replace('\n', ' ')[:2000])
+        infofile.write_backup_info(info_path, info)
         progress('backup %s FAILED: %s' % (backup_id, info['error']))
         raise
     arrived = _wait_for_wals(wal_archive, info, params['wal_timeout'])
     if arrived:
-        info['status'] = catalog.DONE
-        catalog.write_backup_info(info_path, info)
+        info['status'] = infofile.DONE
+        infofile.write_backup_info(info_path, info)
         progress('backup %s DONE' % backup_id)
     result = dict(
         changed=True,

@@ -9,10 +9,6 @@ costs less than half of a sha256 per segment. sha256 stays accepted: it is what 
 1.1.0 send, and what a request that names no checksum means.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import hashlib
 import zlib
 
@@ -21,7 +17,7 @@ SENT = 'crc32'
 WHEN_UNNAMED = 'sha256'
 
 
-class _Crc32(object):
+class _Crc32:
     def __init__(self):
         self.value = 0
 

@@ -2,11 +2,6 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The one error type that module_utils raise; modules turn it into fail_json."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
-
 # Exit codes of the WAL receiver and sender. PostgreSQL reads a restore_command's code: 1 to 125 is "not in
 # the archive" (recovery ends there and, with no target, promotes); above 125 is fatal (the server stops,
 # and recovery resumes at its next start). For archive_command any non-zero code means "retry".
@@ -30,7 +25,7 @@ class BarmanError(Exception):
     """
 
     def __init__(self, message, hint=None, **data):
-        super(BarmanError, self).__init__(message)
+        super().__init__(message)
         self.message = message
         self.hint = hint
         self.data = data
@@ -47,3 +42,15 @@ class BarmanError(Exception):
             result['hint'] = self.hint
         result.update(self.data)
         return result
+
+
+def shown(value):
+    """A value for an error message: names come from user input and directory listings, so a hostile
+    value must not flood the message."""
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + '...'
+
+
+def is_int(value):
+    """An int, and not a bool (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)

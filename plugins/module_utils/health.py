@@ -2,19 +2,15 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Health of a server's backups and WAL archive, as ok / warning / critical checks and a Nagios line."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import datetime
 import os
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
-    archive,
     archive_check,
-    backup_catalog,
-    catalog,
+    infofile,
     postgres,
+    server_catalog,
+    wal_store,
 )
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
@@ -49,7 +45,7 @@ def nagios_line(server, status, checks):
     return 'BARMAN %s - %s: %s' % (status.upper(), server, detail)
 
 
-class _Checks(object):
+class _Checks:
     def __init__(self):
         self.items = []
 
@@ -59,8 +55,8 @@ class _Checks(object):
 
 def _backup_checks(checks, server, options, now):
     # In the order they began: ids are local time, which goes back when daylight saving time ends.
-    order = catalog.ordered_backup_ids(server.infos)
-    done = [b for b in order if server.infos[b]['status'] == catalog.DONE]
+    order = infofile.ordered_backup_ids(server.infos)
+    done = [b for b in order if server.infos[b]['status'] == infofile.DONE]
     minimum = options.get('minimum_redundancy') or 0
     if not done:
         checks.add('backups', CRITICAL, 'no DONE backup: nothing can be recovered; run playbooks/backup.yml')
@@ -83,7 +79,7 @@ def _backup_checks(checks, server, options, now):
         else:
             checks.add('last_backup_age', OK, 'last backup %s ended %s ago' % (done[-1], _age(age)))
     after_last_good = order[order.index(done[-1]) + 1 :] if done else order
-    failed = [b for b in after_last_good if server.infos[b]['status'] == catalog.FAILED]
+    failed = [b for b in after_last_good if server.infos[b]['status'] == infofile.FAILED]
     if failed:
         checks.add(
             'failed_backups',
@@ -98,8 +94,8 @@ def _wal_checks(checks, server, options, now):
     """Continuity from the oldest backup kept for point-in-time recovery on, the islands of older
     standalone backups, freshness, backlog; returns the recoverable window."""
     try:
-        wal_archive = archive.WalArchive(server.layout.barman_home, server.layout.server)
-        origin = catalog.archive_origin(server.infos, server.keeps)
+        wal_archive = wal_store.WalArchive(server.layout.barman_home, server.layout.server)
+        origin = infofile.archive_origin(server.infos, server.keeps)
         continuity = wal_archive.continuity(server.segment_size, origin['begin_wal'])
         islands = archive_check.island_reports(wal_archive, origin['islands'], server.segment_size)
     except BarmanError as exc:
@@ -198,7 +194,7 @@ def _archiver_check(checks, server, options):
 
 
 def _located(server, name):
-    return archive.WalArchive(server.layout.barman_home, server.layout.server).locate(name) is not None
+    return wal_store.WalArchive(server.layout.barman_home, server.layout.server).locate(name) is not None
 
 
 def _disk_check(checks, path, options):
@@ -219,8 +215,8 @@ def check_server(layout, options, policy=None, now=None):
     ``options``: minimum_redundancy, last_backup_maximum_age and wal_maximum_age (seconds or None),
     disk_warning_percent, disk_critical_percent, and pg_* to ask PostgreSQL (pg_host None: skipped).
     """
-    now = now or backup_catalog.now_utc()
-    server = backup_catalog.ServerCatalog(layout)
+    now = now or server_catalog.now_utc()
+    server = server_catalog.ServerCatalog(layout)
     checks = _Checks()
     if server.malformed:
         checks.add(

@@ -16,10 +16,6 @@ ignores the file and every delete (ours or Barman's) removes it with the backup.
 before this file existed has none: its layout is unknown (read_layout returns None).
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import json
 import os
 

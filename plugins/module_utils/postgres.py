@@ -2,10 +2,6 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The libpq side: one psycopg2 session to a PostgreSQL server and the few questions we ask it."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 try:

@@ -7,10 +7,6 @@ and the archive, the archive's continuity, the destination. Nothing is ever dele
 PGDATA is refused (or, in place, moved aside by the caller).
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import datetime
 import os
 import re
@@ -21,13 +17,14 @@ import time
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
+    infofile,
     pgdata_layout,
     recovery_hold,
     rsync,
     ssh,
     wal,
 )
-from ansible_collections.barman.postgresql.plugins.module_utils.archive import WalArchive, copy_decompressed
+from ansible_collections.barman.postgresql.plugins.module_utils.wal_store import WalArchive, copy_decompressed
 from ansible_collections.barman.postgresql.plugins.module_utils.backup import disk_usage
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
@@ -151,7 +148,7 @@ def the_target(params):
 
 def choose_backup(infos, kind, value, backup_id=None):
     """The backup to restore: the given one, or the newest DONE one that ends before the target."""
-    done = [(i, info) for i, info in infos.items() if info['status'] == catalog.DONE]
+    done = [(i, info) for i, info in infos.items() if info['status'] == infofile.DONE]
     if not done:
         raise RecoveryError('there is no DONE backup of this server', 'Take one first (playbooks/backup.yml)')
     if backup_id in (None, '', 'latest', 'last'):
@@ -176,7 +173,7 @@ def choose_backup(infos, kind, value, backup_id=None):
             'Known backups: %s' % ', '.join('%s (%s)' % (i, info['status']) for i, info in infos.items()),
         )
     info = infos[backup_id]
-    if info['status'] != catalog.DONE:
+    if info['status'] != infofile.DONE:
         raise RecoveryError(
             'backup %s is %s, not DONE: it cannot be recovered' % (backup_id, info['status']),
             'Choose a DONE backup, or none to take the newest that fits the target',
@@ -266,7 +263,7 @@ FETCHED_WAL_ALLOWANCE = 1024 * 1024 * 1024
 _DF_SCRIPT = 'for p do while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done; df -P -B1 -- "$p" | tail -n 1; done'
 
 
-class Destination(object):
+class Destination:
     """The host and directory to recover into: over SSH as the PostgreSQL OS user, or local."""
 
     def __init__(self, params, directory, control_path):
@@ -545,7 +542,7 @@ def plan_recovery(params, layout, wal_archive, control_path, check_mode=False):
     Check mode returns it; a real run carries it out. Without a destination (check mode only) the
     destination's checks are left to the real run. Returns (plan, destination or None, private parts)."""
     kind, value = the_target(params)
-    backup_id, info = choose_backup(catalog.backup_infos(layout), kind, value, params.get('backup_id'))
+    backup_id, info = choose_backup(infofile.backup_infos(layout), kind, value, params.get('backup_id'))
     continuity, needed_until = check_archive(wal_archive, info, kind, value)
     directory = destination_directory(params, info, check_mode)
     locations = tablespace_locations(info, params, directory) if directory else {}

@@ -16,17 +16,13 @@ plan and remove (inside the backup lock): a retention run either ends before the
 it. The hold does not take the backup lock itself, so that a recovery never waits for a backup.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import datetime
 import json
 import os
 import re
 import secrets
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, infofile, lockfile, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 HOLDS_DIR = 'recovery-holds'
@@ -94,10 +90,10 @@ def take(layout, backup_id, begin_wal, destination, ttl_seconds=DEFAULT_TTL_SECO
     if not isinstance(destination, str) or not destination.strip():
         raise HoldError('A hold needs the destination of the recovery (host and directory)', destination=destination)
     wait = DEFAULT_WAIT_SECONDS if wait_seconds is None else wait_seconds
-    with catalog.ServerLock(layout, LOCK, wait_seconds=wait):
+    with lockfile.ServerLock(layout, LOCK, wait_seconds=wait):
         path = layout.backup_info_path(backup_id)
         try:
-            info = catalog.read_backup_info(path)
+            info = infofile.read_backup_info(path)
         except FileNotFoundError:
             raise HoldError(
                 'Backup %s of %s is no longer in the catalog: it cannot be held for a recovery'
@@ -106,7 +102,7 @@ def take(layout, backup_id, begin_wal, destination, ttl_seconds=DEFAULT_TTL_SECO
                 'a backup that is there',
                 backup_id=backup_id,
             ) from None
-        if info['status'] != catalog.DONE or info.get('begin_wal') != begin_wal:
+        if info['status'] != infofile.DONE or info.get('begin_wal') != begin_wal:
             raise HoldError(
                 'Backup %s of %s is %s and begins at %s, not a DONE backup beginning at %s: it is not held'
                 % (backup_id, layout.server, info['status'], info.get('begin_wal'), begin_wal),

@@ -2,19 +2,15 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Retention policies: which backups a policy keeps, and which WAL files the kept backups need.
 
-Pure logic over backup.info dicts and WAL names; backup_catalog.py applies the answers to disk.
+Pure logic over backup.info dicts and WAL names; server_catalog.py applies the answers to disk.
 The classification follows Barman's, so that both tools agree on what a policy keeps.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 import collections
 import datetime
 import re
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import infofile, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 # Retention statuses, with Barman's names.
@@ -113,9 +109,9 @@ def classify(infos, keeps, policy, minimum_redundancy, now, held=()):
     valid = 0
     outside_window = False
     horizon = point_of_recoverability(policy, now) if policy.kind == 'window' else None
-    for backup_id in reversed(catalog.ordered_backup_ids(infos)):
+    for backup_id in reversed(infofile.ordered_backup_ids(infos)):
         info = infos[backup_id]
-        if info['status'] != catalog.DONE:
+        if info['status'] != infofile.DONE:
             report[backup_id] = NONE
             continue
         kept = {'full': KEEP_FULL, 'standalone': KEEP_STANDALONE}.get(keeps.get(backup_id))
@@ -146,9 +142,9 @@ def obsolete_failures(infos, statuses):
     kept = [b for b, status in statuses.items() if status not in (OBSOLETE, NONE)]
     if not kept:
         return []
-    order = catalog.ordered_backup_ids(infos)
+    order = infofile.ordered_backup_ids(infos)
     first = min(order.index(b) for b in kept)
-    return [b for b in order[:first] if infos[b]['status'] == catalog.FAILED]
+    return [b for b in order[:first] if infos[b]['status'] == infofile.FAILED]
 
 
 def _segno(name, segment_size):
@@ -165,14 +161,14 @@ def removable_wals(names, infos, statuses, segment_size, needed_from=()):
     ``infos``). Timeline history files are never removed. Without a DONE backup left, nothing is
     removed: the WAL is then all there is.
     """
-    done = [b for b in catalog.ordered_backup_ids(infos) if infos[b]['status'] == catalog.DONE]
+    done = [b for b in infofile.ordered_backup_ids(infos) if infos[b]['status'] == infofile.DONE]
     if not done:
         return []
     full_from = []
     ranges = []
     for backup_id, info in infos.items():
         status = statuses.get(backup_id, NONE)
-        in_progress = info['status'] in (catalog.STARTED, catalog.WAITING_FOR_WALS)
+        in_progress = info['status'] in (infofile.STARTED, infofile.WAITING_FOR_WALS)
         if status in (OBSOLETE, NONE) and not in_progress:
             continue
         if not info.get('begin_wal'):

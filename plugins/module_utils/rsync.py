@@ -5,10 +5,6 @@
 Pure functions returning plain values; nothing runs rsync.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import re
 from collections import namedtuple
 

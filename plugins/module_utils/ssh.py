@@ -20,10 +20,6 @@ The remote login shell must be a POSIX shell (sh, bash, dash, zsh, ksh): ``shlex
 for that family, not for csh or fish.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import base64
 import binascii
 import contextlib

@@ -6,15 +6,11 @@ Pure functions: no I/O. Everything that takes a segment size wants bytes (Postgr
 ``wal_segment_size``), a power of two from 1 MB to 1 GB.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import bisect
 import collections
 import re
 
-from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError, is_int, shown
 
 MIN_SEGMENT_SIZE = 1024 * 1024
 MAX_SEGMENT_SIZE = 1024 * 1024 * 1024
@@ -70,22 +66,12 @@ class InvalidHistory(BarmanError, ValueError):
     """A timeline history file whose content PostgreSQL would refuse."""
 
 
-def _shown(value):
-    # Names come from directory listings and user input: keep a hostile value from flooding the message.
-    text = repr(value)
-    return text if len(text) <= 100 else text[:97] + '...'
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def validate_segment_size(size):
     """Return ``size`` if it is a valid WAL segment size in bytes, else raise InvalidSegmentSize."""
-    valid = _is_int(size) and MIN_SEGMENT_SIZE <= size <= MAX_SEGMENT_SIZE and size & (size - 1) == 0
+    valid = is_int(size) and MIN_SEGMENT_SIZE <= size <= MAX_SEGMENT_SIZE and size & (size - 1) == 0
     if not valid:
         raise InvalidSegmentSize(
-            'WAL segment size %s is not a power of two from 1 MB to 1 GB' % _shown(size),
+            'WAL segment size %s is not a power of two from 1 MB to 1 GB' % shown(size),
             SEGMENT_SIZE_HINT,
             segment_size=size,
         )
@@ -102,9 +88,9 @@ def _last_segment_number(segment_size):
 
 
 def _check_timeline(timeline):
-    if not _is_int(timeline) or not 1 <= timeline <= MAX_TIMELINE:
+    if not is_int(timeline) or not 1 <= timeline <= MAX_TIMELINE:
         raise InvalidWalName(
-            'timeline %s is not an integer from 1 to 4294967295' % _shown(timeline),
+            'timeline %s is not an integer from 1 to 4294967295' % shown(timeline),
             'Timelines start at 1 and are at most 0xFFFFFFFF',
             timeline=timeline,
         )
@@ -118,7 +104,7 @@ def parse_wal_name(name):
     """
     match = _WAL_NAME_RE.fullmatch(name) if isinstance(name, str) else None
     if not match or int(match.group('timeline'), 16) == 0:
-        raise InvalidWalName('%s is not a WAL file name' % _shown(name), WAL_NAME_HINT, name=name)
+        raise InvalidWalName('%s is not a WAL file name' % shown(name), WAL_NAME_HINT, name=name)
     timeline = int(match.group('timeline'), 16)
     if match.group('history'):
         return WalFile(name, 'history', timeline, None, None, None)
@@ -127,7 +113,7 @@ def parse_wal_name(name):
     if seg >= segments_per_log_id(MIN_SEGMENT_SIZE):
         raise InvalidWalName(
             '%s is not a WAL file name: segment field %s is too large for any segment size'
-            % (_shown(name), match.group('seg')),
+            % (shown(name), match.group('seg')),
             WAL_NAME_HINT,
             name=name,
         )
@@ -173,12 +159,12 @@ def validate_segment_name(name, segment_size):
     wal_file = parse_wal_name(name)
     if wal_file.kind == 'history':
         raise InvalidWalName(
-            '%s is a timeline history file, not a WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name
+            '%s is a timeline history file, not a WAL segment' % shown(name), SEGMENT_NAME_HINT, name=name
         )
     if wal_file.seg >= per_log_id:
         raise InvalidWalName(
             '%s is not a WAL segment name for %d-byte segments: its last 8 digits must be below %08X'
-            % (_shown(name), segment_size, per_log_id),
+            % (shown(name), segment_size, per_log_id),
             'With %d MB segments the last 8 hex digits run from 00000000 to %08X'
             % (segment_size // MIN_SEGMENT_SIZE, per_log_id - 1),
             name=name,
@@ -202,9 +188,9 @@ def segment_name(timeline, segno, segment_size):
     """The WAL segment name for ``segno`` on ``timeline`` (PostgreSQL's XLogFileName)."""
     per_log_id = segments_per_log_id(segment_size)
     _check_timeline(timeline)
-    if not _is_int(segno) or not 0 <= segno <= _last_segment_number(segment_size):
+    if not is_int(segno) or not 0 <= segno <= _last_segment_number(segment_size):
         raise InvalidWalName(
-            'segment number %s is out of range for %d-byte segments' % (_shown(segno), segment_size),
+            'segment number %s is out of range for %d-byte segments' % (shown(segno), segment_size),
             'Segment numbers run from 0 to %d with this segment size' % _last_segment_number(segment_size),
             segment_number=segno,
             segment_size=segment_size,
@@ -221,7 +207,7 @@ def wal_segment_after(name, segment_size):
     """The name of the segment following ``name`` on the same timeline."""
     segno = segment_number(name, segment_size)
     if segno == _last_segment_number(segment_size):
-        raise InvalidWalName('%s is the last possible WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name)
+        raise InvalidWalName('%s is the last possible WAL segment' % shown(name), SEGMENT_NAME_HINT, name=name)
     return segment_name(timeline_of(name), segno + 1, segment_size)
 
 
@@ -229,7 +215,7 @@ def wal_segment_before(name, segment_size):
     """The name of the segment preceding ``name`` on the same timeline."""
     segno = segment_number(name, segment_size)
     if segno == 0:
-        raise InvalidWalName('%s is the first possible WAL segment' % _shown(name), SEGMENT_NAME_HINT, name=name)
+        raise InvalidWalName('%s is the first possible WAL segment' % shown(name), SEGMENT_NAME_HINT, name=name)
     return segment_name(timeline_of(name), segno - 1, segment_size)
 
 
@@ -240,14 +226,14 @@ def segments_between(first_name, last_name, segment_size):
     timeline = timeline_of(first_name)
     if timeline_of(last_name) != timeline:
         raise InvalidWalName(
-            '%s and %s are on different timelines' % (_shown(first_name), _shown(last_name)),
+            '%s and %s are on different timelines' % (shown(first_name), shown(last_name)),
             'Both names must start with the same 8 hex digits',
             first=first_name,
             last=last_name,
         )
     if first > last:
         raise InvalidWalName(
-            '%s comes after %s' % (_shown(first_name), _shown(last_name)),
+            '%s comes after %s' % (shown(first_name), shown(last_name)),
             'Give the earlier segment first',
             first=first_name,
             last=last_name,
@@ -259,16 +245,16 @@ def parse_lsn(text):
     """``'16/B374D848'`` -> int. Accepts what PostgreSQL's pg_lsn input accepts."""
     match = _LSN_RE.fullmatch(text) if isinstance(text, str) else None
     if not match:
-        raise InvalidLsn('%s is not an LSN' % _shown(text), LSN_HINT, lsn=text)
+        raise InvalidLsn('%s is not an LSN' % shown(text), LSN_HINT, lsn=text)
     return int(match.group(1), 16) << 32 | int(match.group(2), 16)
 
 
 def _lsn_value(lsn):
     if isinstance(lsn, str):
         return parse_lsn(lsn)
-    if not _is_int(lsn) or not 0 <= lsn <= MAX_LSN:
+    if not is_int(lsn) or not 0 <= lsn <= MAX_LSN:
         raise InvalidLsn(
-            'LSN %s is neither an X/X string nor an integer from 0 to 2**64 - 1' % _shown(lsn),
+            'LSN %s is neither an X/X string nor an integer from 0 to 2**64 - 1' % shown(lsn),
             LSN_HINT,
             lsn=lsn,
         )
@@ -332,7 +318,7 @@ def history_file_name(timeline):
 
 def _history_error(line_number, line, problem):
     return InvalidHistory(
-        'line %d of the timeline history %s: %s' % (line_number, problem, _shown(line)),
+        'line %d of the timeline history %s: %s' % (line_number, problem, shown(line)),
         HISTORY_HINT,
         line_number=line_number,
         line=line,
@@ -346,7 +332,7 @@ def parse_timeline_history(text, timeline=None):
     The reason column is optional, as it is for PostgreSQL's own reader.
     """
     if not isinstance(text, str):
-        raise InvalidHistory('timeline history content %s is not text' % _shown(text), HISTORY_HINT, content=text)
+        raise InvalidHistory('timeline history content %s is not text' % shown(text), HISTORY_HINT, content=text)
     if timeline is not None:
         _check_timeline(timeline)
     entries = []
@@ -457,7 +443,7 @@ def check_backup_history(name, data):
     wal_file = parse_wal_name(name)
 
     def refuse(why):
-        return InvalidBackupHistory('%s is not a backup history file: %s' % (_shown(name), why), BACKUP_HISTORY_HINT)
+        return InvalidBackupHistory('%s is not a backup history file: %s' % (shown(name), why), BACKUP_HISTORY_HINT)
 
     if wal_file.kind != 'backup':
         raise refuse('its name does not end in .<offset>.backup')

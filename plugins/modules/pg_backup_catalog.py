@@ -2,9 +2,6 @@
 # Copyright: barman.postgresql contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 DOCUMENTATION = r"""
 module: pg_backup_catalog
@@ -302,7 +299,7 @@ query_result:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.barman.postgresql.plugins.module_utils import backup_catalog, health, postgres, retention
+from ansible_collections.barman.postgresql.plugins.module_utils import health, postgres, retention, server_catalog
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 try:
@@ -320,11 +317,11 @@ def run(module):
     home = params['barman_home']
     policy = retention.parse_policy(params['retention_policy']) if params['retention_policy'] else None
     minimum = retention.validate_minimum_redundancy(params['minimum_redundancy'])
-    names = [params['server']] if params['server'] else backup_catalog.server_names(home)
-    layouts = [backup_catalog.server_layout(home, name) for name in names]
+    names = [params['server']] if params['server'] else server_catalog.server_names(home)
+    layouts = [server_catalog.server_layout(home, name) for name in names]
     if action == 'list':
         return dict(
-            changed=False, servers=[backup_catalog.ServerCatalog(lay).summary(policy, minimum) for lay in layouts]
+            changed=False, servers=[server_catalog.ServerCatalog(lay).summary(policy, minimum) for lay in layouts]
         )
     if action == 'check':
         options = dict((k, v) for k, v in params.items() if k.startswith(('pg_', 'disk_')))
@@ -336,19 +333,19 @@ def run(module):
         return dict(changed=False, servers=servers, status=status, nagios='\n'.join(s['nagios'] for s in servers))
     layout = layouts[0]
     if action == 'release-hold':
-        result = backup_catalog.release_hold(layout, params['hold'], dry_run=module.check_mode)
+        result = server_catalog.release_hold(layout, params['hold'], dry_run=module.check_mode)
         held = 'hold %s\n' % params['hold'] if result['released'] else ''
         return dict(result, changed=result['released'], diff=dict(before=held, after=''))
     if action == 'retention':
         if policy is None:
             raise retention.InvalidPolicy('action retention needs retention_policy', retention.POLICY_HINT)
-        before = sorted(backup_catalog.ServerCatalog(layout).infos)
-        result = backup_catalog.apply_retention(layout, policy, minimum, dry_run=module.check_mode)
+        before = sorted(server_catalog.ServerCatalog(layout).infos)
+        result = server_catalog.apply_retention(layout, policy, minimum, dry_run=module.check_mode)
     elif action == 'delete':
-        before = sorted(backup_catalog.ServerCatalog(layout).infos)
-        result = backup_catalog.delete_backup(layout, params['backup_id'], minimum, dry_run=module.check_mode)
+        before = sorted(server_catalog.ServerCatalog(layout).infos)
+        result = server_catalog.delete_backup(layout, params['backup_id'], minimum, dry_run=module.check_mode)
     else:
-        server = backup_catalog.ServerCatalog(layout)
+        server = server_catalog.ServerCatalog(layout)
         backup_id = server.resolve(params['backup_id'])
         if action == 'show':
             return dict(changed=False, backup_id=backup_id, backup=server.details(backup_id))

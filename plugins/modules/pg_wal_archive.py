@@ -2,9 +2,6 @@
 # Copyright: barman.postgresql contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 DOCUMENTATION = r"""
 module: pg_wal_archive
@@ -223,7 +220,7 @@ removed:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.barman.postgresql.plugins.module_utils import archive_check, catalog, postgres
-from ansible_collections.barman.postgresql.plugins.module_utils.archive import WalArchive
+from ansible_collections.barman.postgresql.plugins.module_utils.wal_store import WalArchive
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 

@@ -9,12 +9,12 @@ import time
 
 from labhosts import BARMAN_HOME, as_postgres, run, sender_argv
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, infofile
 
 RESTORES = '/srv/barman-lab/restores'
 
 
-class RestoredCluster(object):
+class RestoredCluster:
     def __init__(self, data_dir, port, socket_dir):
         self.data_dir, self.port, self.socket_dir = data_dir, port, socket_dir
 
@@ -50,8 +50,8 @@ class RestoredCluster(object):
 def restore(server, backup_id, name, port):
     """Copy backup_id of server into RESTORES/name and start it, recovering to the backup's end."""
     layout = catalog.ServerLayout(BARMAN_HOME, server)
-    info = catalog.read_backup_info(layout.backup_info_path(backup_id))
-    assert info['status'] == catalog.DONE, info['status']
+    info = infofile.read_backup_info(layout.backup_info_path(backup_id))
+    assert info['status'] == infofile.DONE, info['status']
     root = os.path.join(RESTORES, name)
     if os.path.exists(root):
         as_postgres(

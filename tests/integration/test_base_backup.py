@@ -21,7 +21,7 @@ from labhosts import (
     run,
 )
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, infofile, wal
 
 SERVERS = sorted(CLUSTERS)
 RESTORE_PORTS = {'pg1': 5451, 'pg2': 5452}
@@ -51,7 +51,7 @@ def archiving(configured):
     return SERVERS
 
 
-class Writers(object):
+class Writers:
     """pgbench and a marker writer on every server: each marker commits alone and records the WAL
     position before its insert and after its commit, to decide which markers a backup must hold."""
 
@@ -123,7 +123,7 @@ class Writers(object):
 def backups_of(server):
     layout = catalog.ServerLayout(BARMAN_HOME, server)
     return dict(
-        (e[: -len('-backup.info')], catalog.read_backup_info(os.path.join(layout.meta_dir, e)))
+        (e[: -len('-backup.info')], infofile.read_backup_info(os.path.join(layout.meta_dir, e)))
         for e in sorted(os.listdir(layout.meta_dir))
         if e.endswith('-backup.info')
     )
@@ -278,16 +278,16 @@ def rsync_pids():
 
 def started_backup(server):
     backup_id, info = newest_backup(server)
-    return backup_id if info['status'] == catalog.STARTED else None
+    return backup_id if info['status'] == infofile.STARTED else None
 
 
 def assert_failed_and_next_succeeds(server, backup_id, reason):
     """The next backup succeeds (so no lock was left behind) and the interrupted one is FAILED for reason."""
     run_backup('--limit', server)
     newest_id, newest = newest_backup(server)
-    assert newest_id != backup_id and newest['status'] == catalog.DONE
+    assert newest_id != backup_id and newest['status'] == infofile.DONE
     info = backups_of(server)[backup_id]
-    assert info['status'] == catalog.FAILED, (backup_id, info['status'])
+    assert info['status'] == infofile.FAILED, (backup_id, info['status'])
     assert reason in (info['error'] or ''), info['error']
 
 
@@ -325,7 +325,7 @@ def test_a_killed_module_leaves_a_backup_the_next_run_marks_failed(archiving):
     for pid in rsync_pids():
         os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=120)
-    assert backups_of('pg1')[backup_id]['status'] == catalog.STARTED
+    assert backups_of('pg1')[backup_id]['status'] == infofile.STARTED
     assert_failed_and_next_succeeds('pg1', backup_id, 'died')
 
 

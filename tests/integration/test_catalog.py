@@ -10,7 +10,7 @@ import drills
 import pytest
 from labhosts import BARMAN_HOME, CLUSTERS, catalog, module, playbook, psql, run, switch_wal
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store
 
 BARMAN = os.environ.get('BARMAN_VENV', '/opt/barman-venv') + '/bin/barman'
 
@@ -29,7 +29,7 @@ def tree(server):
     return (
         sorted(os.listdir(os.path.join(root, 'meta'))),
         sorted(os.listdir(os.path.join(root, 'base'))),
-        sorted(archive.WalArchive(BARMAN_HOME, server).archived_names()),
+        sorted(wal_store.WalArchive(BARMAN_HOME, server).archived_names()),
     )
 
 
@@ -93,7 +93,7 @@ def test_retention_keeps_every_remaining_backup_recoverable(stages):
     assert listed[0]['keep'] == 'standalone'
 
     # Only WAL no remaining backup needs is gone: the standalone range and everything from the third on stay.
-    names = archive.WalArchive(BARMAN_HOME, 'pg1').archived_names()
+    names = wal_store.WalArchive(BARMAN_HOME, 'pg1').archived_names()
     segments = set(n for n in names if wal.is_segment_name(n))
     size = wal.DEFAULT_SEGMENT_SIZE
     for needed in wal.segments_between(info[first]['begin_wal'], info[first]['end_wal'], size):
@@ -185,7 +185,7 @@ def test_check_turns_critical_for_broken_archiving_a_missing_wal_and_an_old_back
 
     # A WAL missing from the middle of the archive.
     closed = [switch_wal('pg2') for _count in range(3)]
-    pg2 = archive.WalArchive(BARMAN_HOME, 'pg2')
+    pg2 = wal_store.WalArchive(BARMAN_HOME, 'pg2')
     wait_for('the switched segments', lambda: all(pg2.locate(n) for n in closed))
     path = pg2.locate(closed[1])
     hidden = path + '.hidden-by-test'

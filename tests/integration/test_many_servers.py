@@ -10,7 +10,7 @@ import time
 import pytest
 from labhosts import ROOT, psql, run, switch_wal
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, infofile, wal_store
 
 INVENTORY = os.path.join(ROOT, 'tests', 'integration', 'two-backup-servers.yml')
 HOMES = {'pg1': '/var/lib/barman', 'pg2': '/var/lib/barman2'}
@@ -21,7 +21,7 @@ def playbook(name, *args, check=True):
 
 
 def infos(server):
-    return catalog.backup_infos(catalog.ServerLayout(HOMES[server], server))
+    return infofile.backup_infos(catalog.ServerLayout(HOMES[server], server))
 
 
 def footprint(server):
@@ -82,7 +82,7 @@ def test_two_backup_servers_back_up_in_parallel_and_recover_apart(two_backup_ser
     switch_wal('pg2')
     psql('pg1', 'INSERT INTO estate SELECT generate_series(51, 55)')
     switched = switch_wal('pg1')
-    pg1_archive = archive.WalArchive(HOMES['pg1'], 'pg1')
+    pg1_archive = wal_store.WalArchive(HOMES['pg1'], 'pg1')
     deadline = time.time() + 60
     while not pg1_archive.locate(switched) or pg1_archive.incoming_backlog():
         assert time.time() < deadline, '%s did not reach the archive of pg1' % switched

@@ -12,7 +12,7 @@ import drills
 from drills import DRILLS
 from labhosts import BARMAN_HOME, CLUSTERS, playbook, psql, switch_wal
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive
+from ansible_collections.barman.postgresql.plugins.module_utils import wal_store
 
 
 @pytest.fixture(scope='module')
@@ -25,7 +25,7 @@ def pg1_with_backup(configured):
         drills.stop_cluster(os.path.join(DRILLS, entry))
 
 
-class Row(object):
+class Row:
     def __init__(self, **fields):
         self.__dict__.update(fields)
 
@@ -127,7 +127,7 @@ def test_a_lost_server_is_recovered_on_another_host(pg1_with_backup):
 def test_bad_requests_are_refused_before_anything_is_copied(pg1_with_backup):
     pgdata = '/srv/barman-lab/pg1/data'
     before = sorted(os.listdir(pgdata))
-    newest = sorted(n for n in archive.WalArchive(BARMAN_HOME, 'pg1').archived_names() if len(n) == 24)[-1]
+    newest = sorted(n for n in wal_store.WalArchive(BARMAN_HOME, 'pg1').archived_names() if len(n) == 24)[-1]
     future = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)).isoformat(' ')
     cases = [
         (dict(target_time='yesterday at noon'), 'is not a time'),
@@ -144,7 +144,7 @@ def test_bad_requests_are_refused_before_anything_is_copied(pg1_with_backup):
         assert ids is None and message in out, (variables, out[-3000:])
         assert not os.path.exists(os.path.join(DRILLS, drill)), 'a refused recovery created its directory'
     # A gap in the archive between the backup and the newest WAL.
-    layout_path = archive.WalArchive(BARMAN_HOME, 'pg1').locate(newest)
+    layout_path = wal_store.WalArchive(BARMAN_HOME, 'pg1').locate(newest)
     switch_wal('pg1')
     psql('pg1', 'SELECT 1')
     hidden = layout_path + '.hidden-by-test'
@@ -188,4 +188,4 @@ def test_in_place_moves_the_old_pgdata_aside_and_recovering_twice_follows_the_ne
     assert [int(i) for i in psql('pg2', 'SELECT id FROM events ORDER BY id').split()] == [rows[0].id, more[0].id]
     assert int(psql('pg2', 'SELECT pg_walfile_name(pg_current_wal_lsn())')[:8], 16) == timeline + 2
     for new_timeline in (timeline + 1, timeline + 2):
-        assert archive.WalArchive(BARMAN_HOME, 'pg2').locate('%08X.history' % new_timeline)
+        assert wal_store.WalArchive(BARMAN_HOME, 'pg2').locate('%08X.history' % new_timeline)

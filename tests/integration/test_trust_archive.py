@@ -28,7 +28,7 @@ from labhosts import (
     switch_wal,
 )
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store
 
 SEGMENT = wal.DEFAULT_SEGMENT_SIZE
 WORKDIR = '/srv/barman-lab/trust-archive'
@@ -46,7 +46,7 @@ def workdir(configured):
 
 
 def pg1_archive():
-    return archive.WalArchive(BARMAN_HOME, 'pg1')
+    return wal_store.WalArchive(BARMAN_HOME, 'pg1')
 
 
 def newest_segment():

@@ -17,7 +17,7 @@ import drills
 from drills import DRILLS
 from labhosts import BARMAN_HOME, CLUSTERS, module, playbook, psql, switch_wal
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, pgdata_layout
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, infofile, pgdata_layout, wal_store
 
 PG1_DATA = '/srv/barman-lab/pg1/data'
 PG1_WAL = '/srv/barman-lab/pg1/wal'  # tests/lab/lab: initdb --waldir
@@ -67,8 +67,8 @@ def test_a_copy_recovered_from_a_waldir_server_never_writes_into_the_originals_w
     # The backup: pg_wal is a real empty directory, the layout is on record, the copy synced before DONE.
     playbook('backup.yml', '--limit', 'pg1')
     layout = catalog.ServerLayout(BARMAN_HOME, 'pg1')
-    backup_id, info = list(catalog.backup_infos(layout).items())[-1]
-    assert info['status'] == catalog.DONE, (backup_id, info['status'])
+    backup_id, info = list(infofile.backup_infos(layout).items())[-1]
+    assert info['status'] == infofile.DONE, (backup_id, info['status'])
     assert_real_empty_pg_wal(layout.backup_data_dir(backup_id))
     assert pgdata_layout.read_layout(layout, backup_id) == {
         'pg_wal': {'kind': 'symlink', 'link': PG1_WAL, 'target': PG1_WAL}
@@ -97,7 +97,7 @@ def test_a_copy_recovered_from_a_waldir_server_never_writes_into_the_originals_w
 
     # Archiving of pg1 fails: three segments pile up in the original's pg_wal, unarchived.
     archive_command = psql('pg1', 'SHOW archive_command')
-    wal_archive = archive.WalArchive(BARMAN_HOME, 'pg1')
+    wal_archive = wal_store.WalArchive(BARMAN_HOME, 'pg1')
     drill_dir = os.path.join(DRILLS, 'waldir')
     set_archive_command('false')
     try:
@@ -140,4 +140,4 @@ def test_a_copy_recovered_from_a_waldir_server_never_writes_into_the_originals_w
     assert ok and checked['continuity']['ok'], json.dumps(checked)[-3000:]
     for name, digest in sorted(pending.items()):
         stored = wal_archive.locate(name)
-        assert stored and archive.content_digest(stored) == digest, '%s is not archived as written' % name
+        assert stored and wal_store.content_digest(stored) == digest, '%s is not archived as written' % name

@@ -17,7 +17,7 @@ import pytest
 from drills import DRILLS
 from labhosts import BARMAN_HOME, LAB, ROOT, VENV_BIN, as_postgres, playbook, psql, run, sender_argv, switch_wal
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store
 
 SEGMENT = 16 * 1024 * 1024
 SEGMENTS = 40  # replay long enough to cut the backup server off in its middle
@@ -26,12 +26,12 @@ PORT = 6447
 
 
 def archived_segments(server):
-    return [n for n in archive.WalArchive(BARMAN_HOME, server).archived_names() if wal.is_segment_name(n)]
+    return [n for n in wal_store.WalArchive(BARMAN_HOME, server).archived_names() if wal.is_segment_name(n)]
 
 
 def wait_until_archived(server, name, timeout=180):
     deadline = time.time() + timeout
-    while not archive.WalArchive(BARMAN_HOME, server).locate(name):
+    while not wal_store.WalArchive(BARMAN_HOME, server).locate(name):
         assert time.time() < deadline, '%s of %s did not reach the archive in %d s' % (name, server, timeout)
         time.sleep(0.2)
 
@@ -186,8 +186,8 @@ def test_get_answers_not_found_only_for_a_file_the_archive_does_not_hold(long_ar
     code, files, err = get(present)
     assert (code, files) == (0, ['x']), err
     with open(target, 'rb') as handle:
-        fetched = archive.hashlib.sha256(handle.read()).hexdigest()
-    assert fetched == archive.content_digest(archive.WalArchive(BARMAN_HOME, 'pg1').locate(present))
+        fetched = wal_store.hashlib.sha256(handle.read()).hexdigest()
+    assert fetched == wal_store.content_digest(wal_store.WalArchive(BARMAN_HOME, 'pg1').locate(present))
     os.unlink(target)
     assert get(missing)[:2] == (1, []), 'a file the archive does not hold is "not found"'
     assert get('000000FF.history')[:2] == (1, []), 'a history probe of a timeline that never was'

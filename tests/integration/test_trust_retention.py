@@ -9,7 +9,7 @@ import time
 
 from labhosts import BARMAN_HOME, ROOT, catalog, module, playbook, psql, run, switch_wal
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store
 
 SIZE = wal.DEFAULT_SEGMENT_SIZE
 COLLECTIONS = os.path.join(ROOT, 'build', 'collections')
@@ -32,14 +32,14 @@ def on_disk(server='pg1'):
     root = os.path.join(BARMAN_HOME, server)
     infos = sorted(e[: -len('-backup.info')] for e in os.listdir(os.path.join(root, 'meta')) if e.endswith('.info'))
     bases = sorted(e for e in os.listdir(os.path.join(root, 'base')) if not e.startswith('.'))
-    return infos, bases, set(archive.WalArchive(BARMAN_HOME, server).archived_names())
+    return infos, bases, set(wal_store.WalArchive(BARMAN_HOME, server).archived_names())
 
 
 def incoming(server='pg1'):
-    return sorted(archive.WalArchive(BARMAN_HOME, server).incoming_backlog())
+    return sorted(wal_store.WalArchive(BARMAN_HOME, server).incoming_backlog())
 
 
-class ProcessingHeld(object):
+class ProcessingHeld:
     """The archive's background compression kept busy, as the barman user: what is delivered meanwhile
     stays in incoming/, as it does while another compression of the server runs."""
 

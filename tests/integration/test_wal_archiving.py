@@ -28,8 +28,9 @@ from labhosts import (
     switch_wal,
 )
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, wal, walsender
-from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool
+from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store
+from ansible_collections.barman.postgresql.runtime import walsender
+from ansible_collections.barman.postgresql.runtime.spool import Spool
 
 SERVERS = sorted(CLUSTERS)
 SEGMENT = 16 * 1024 * 1024
@@ -49,8 +50,8 @@ def archiving(lab):
 
 def stored(server, name):
     """sha256 of an archived file's original content, or None when it is not in the archive."""
-    path = archive.WalArchive(BARMAN_HOME, server).locate(name)
-    return archive.content_digest(path) if path else None
+    path = wal_store.WalArchive(BARMAN_HOME, server).locate(name)
+    return wal_store.content_digest(path) if path else None
 
 
 def wait_until_archived(server, name, timeout=180):
@@ -244,7 +245,7 @@ def test_backup_server_outage_loses_nothing(archiving):
 
 
 def newest_archived_segment(server):
-    return [n for n in archive.WalArchive(BARMAN_HOME, server).archived_names() if wal.is_segment_name(n)][-1]
+    return [n for n in wal_store.WalArchive(BARMAN_HOME, server).archived_names() if wal.is_segment_name(n)][-1]
 
 
 def errors_of(server):
@@ -257,7 +258,7 @@ def test_a_different_file_under_an_archived_name_is_refused_and_the_same_one_acc
     copy = os.path.join(WORKDIR, name)
     as_postgres(*sender_argv('pg1', 'get', name, copy))
     with open(copy, 'rb') as handle:
-        assert archive.hashlib.sha256(handle.read()).hexdigest() == before
+        assert wal_store.hashlib.sha256(handle.read()).hexdigest() == before
 
     again = as_postgres(*sender_argv('pg1', 'put', copy), check=False)
     assert again.returncode == 0, again.stderr
@@ -280,7 +281,7 @@ def test_a_refused_file_in_a_backlog_is_reported_once_and_the_rest_still_arrives
     """PostgreSQL's archiver draining three ready segments, the middle one a different file under an
     archived name: the look-ahead agent delivers the others, gives the refused one up (it does not
     send it again and again, each refusal keeping a copy in errors/), and archive_command reports it."""
-    names = [n for n in archive.WalArchive(BARMAN_HOME, 'pg1').archived_names() if wal.is_segment_name(n)][-3:]
+    names = [n for n in wal_store.WalArchive(BARMAN_HOME, 'pg1').archived_names() if wal.is_segment_name(n)][-3:]
     pgdata = os.path.join(WORKDIR, 'backlog')
     status = os.path.join(pgdata, 'pg_wal', 'archive_status')
     as_postgres('mkdir', '-p', status)
@@ -348,7 +349,7 @@ def test_the_restricted_key_cannot_do_anything_but_its_own_wal(archiving):
     for name in ('../pg2/wals/x', '000000010000000000000001/../../x', '/etc/passwd'):
         proc = as_postgres(*ssh_with_server_key('pg1', 'barman@127.0.0.21', 'put', name, '10'), check=False)
         assert proc.returncode == 2 and 'is not a WAL file name' in proc.stderr, (name, proc.stderr)
-    pg1_names = set(archive.WalArchive(BARMAN_HOME, 'pg1').archived_names())
+    pg1_names = set(wal_store.WalArchive(BARMAN_HOME, 'pg1').archived_names())
     while newest_archived_segment('pg2') in pg1_names:
         wait_until_archived('pg2', switch_wal('pg2'))
     only_pg2 = newest_archived_segment('pg2')

@@ -9,7 +9,16 @@ import time
 
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, archive_check, catalog, health, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    archive_check,
+    catalog,
+    health,
+    infofile,
+    lockfile,
+    wal,
+    wal_store,
+    xlogdb,
+)
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -20,13 +29,13 @@ def seg(n, tli=1):
     return wal.segment_name(tli, n, SEG)
 
 
-class Catalog(object):
+class Catalog:
     """One server's catalog: backups with begin and end WAL, keep annotations, WAL files in wals/."""
 
     def __init__(self, home):
         self.layout = catalog.ServerLayout(str(home), 'pg1')
         catalog.ensure_directories(self.layout)
-        self.archive = archive.WalArchive(str(home), 'pg1')
+        self.archive = wal_store.WalArchive(str(home), 'pg1')
 
     def backup(self, backup_id, begin, end, hours_ago, keep=None, status='DONE', old_keep=False):
         end_time = NOW - datetime.timedelta(hours=hours_ago)
@@ -39,7 +48,7 @@ class Catalog(object):
             timeline=1,
             xlog_segment_size=SEG,
         )
-        catalog.write_backup_info(self.layout.backup_info_path(backup_id), info)
+        infofile.write_backup_info(self.layout.backup_info_path(backup_id), info)
         os.makedirs(self.layout.backup_data_dir(backup_id))
         if keep:
             path = self.layout.old_keep_path(backup_id) if old_keep else self.layout.keep_path(backup_id)
@@ -56,7 +65,7 @@ class Catalog(object):
             with open(path, 'wb') as handle:
                 handle.write(b'x' * 10)
             entries.append((seg(n), 10, (NOW - datetime.timedelta(minutes=60 - n)).timestamp(), 'gzip'))
-        catalog.append_xlog_db(self.layout.xlog_db, entries)
+        xlogdb.append_xlog_db(self.layout.xlog_db, entries)
 
     def check(self, **params):
         return archive_check.check_archive(self.archive, dict(dict(segment_size=SEG, timeout=1), **params), False)
@@ -133,7 +142,7 @@ def test_health_takes_the_newest_backup_by_begin_time(cat):
     # Daylight saving time ended while these ran: each began after the one before, with a smaller id.
     cat.backup('20261025T023000', 2, 3, hours_ago=5)
     cat.backup('20261025T021500', 5, 6, hours_ago=2)
-    cat.backup('20261025T020000', 8, 8, hours_ago=1, status=catalog.FAILED)
+    cat.backup('20261025T020000', 8, 8, hours_ago=1, status=infofile.FAILED)
     cat.wals(2, 3, 4, 5, 6, 7, 8)
     options = dict(minimum_redundancy=1, disk_warning_percent=0, disk_critical_percent=0)
     checks = dict((c['name'], c) for c in health.check_server(cat.layout, options, None, NOW)['checks'])
@@ -156,7 +165,7 @@ def deleting(cat, backup_id, age):
 
 def test_the_check_sweeps_a_stale_half_deleted_backup_and_nothing_else(cat):
     after_retention(cat)
-    stale = deleting(cat, '20261121T010000', archive.STALE_SECONDS + 60)
+    stale = deleting(cat, '20261121T010000', wal_store.STALE_SECONDS + 60)
     young = deleting(cat, '20261119T010000', 10)
     result = cat.check()
     assert result['swept'] == [stale]
@@ -170,19 +179,19 @@ def test_the_check_sweeps_a_stale_half_deleted_backup_and_nothing_else(cat):
 
 
 def test_a_delete_in_progress_holds_the_backup_lock_and_is_left_alone(cat):
-    stale = deleting(cat, '20261121T010000', archive.STALE_SECONDS + 60)
-    with catalog.ServerLock(cat.layout, 'backup'):
+    stale = deleting(cat, '20261121T010000', wal_store.STALE_SECONDS + 60)
+    with lockfile.ServerLock(cat.layout, 'backup'):
         assert archive_check.sweep_deleted_backups(cat.layout) == []
     assert os.path.isdir(stale)
     assert archive_check.sweep_deleted_backups(cat.layout) == [stale]
 
 
 def test_the_check_in_check_mode_sweeps_nothing(cat):
-    stale = deleting(cat, '20261121T010000', archive.STALE_SECONDS + 60)
+    stale = deleting(cat, '20261121T010000', wal_store.STALE_SECONDS + 60)
     temp = os.path.join(cat.layout.incoming_dir, '.%s.abcdefgh.tmp' % seg(5))
     with open(temp, 'wb') as handle:
         handle.write(b'half')
-    os.utime(temp, (time.time() - archive.STALE_SECONDS - 60,) * 2)
+    os.utime(temp, (time.time() - wal_store.STALE_SECONDS - 60,) * 2)
     result = archive_check.check_archive(cat.archive, dict(segment_size=SEG, timeout=1), False, sweep=False)
     assert result['swept'] == [] and os.path.isdir(stale) and os.path.exists(temp)
     assert sorted(cat.check()['swept']) == sorted([temp, stale])

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, identityfile, infofile, lockfile, xlogdb
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 UTC = datetime.timezone.utc
@@ -351,7 +351,7 @@ def test_atomic_write_refuses_other_types(tmp_path):
 
 
 def test_parse_barman_sample():
-    info = catalog.parse_backup_info(BARMAN_SAMPLE)
+    info = infofile.parse_backup_info(BARMAN_SAMPLE)
     assert info['status'] == 'DONE'
     assert info['backup_name'] == 'nightly'
     assert info['begin_time'] == datetime.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -372,18 +372,18 @@ def test_parse_barman_sample():
 
 
 def test_format_reproduces_barman_sample_byte_for_byte():
-    assert catalog.format_backup_info(catalog.parse_backup_info(BARMAN_SAMPLE)) == BARMAN_SAMPLE
+    assert infofile.format_backup_info(infofile.parse_backup_info(BARMAN_SAMPLE)) == BARMAN_SAMPLE
 
 
 def test_format_minimal_matches_barman():
-    assert catalog.format_backup_info({'status': 'STARTED'}) == BARMAN_MINIMAL
-    info = catalog.parse_backup_info(BARMAN_MINIMAL)
+    assert infofile.format_backup_info({'status': 'STARTED'}) == BARMAN_MINIMAL
+    info = infofile.parse_backup_info(BARMAN_MINIMAL)
     assert info['status'] == 'STARTED'
-    assert catalog.format_backup_info(info) == BARMAN_MINIMAL
+    assert infofile.format_backup_info(info) == BARMAN_MINIMAL
 
 
 def test_field_table_is_sorted_and_complete():
-    names = [field.name for field in catalog.BACKUP_INFO_FIELDS]
+    names = [field.name for field in infofile.BACKUP_INFO_FIELDS]
     assert names == sorted(names)
     assert len(set(names)) == len(names)
     # Every line Barman writes for a minimal backup is a declared field.
@@ -392,13 +392,13 @@ def test_field_table_is_sorted_and_complete():
 
 def test_round_trip_file(tmp_path):
     info = {
-        'status': catalog.WAITING_FOR_WALS,
+        'status': infofile.WAITING_FOR_WALS,
         'begin_time': datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
         'end_time': datetime.datetime(2024, 5, 6, 7, 9, 0, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=2))),
         'begin_wal': '000000010000000000000004',
         'timeline': 1,
         'size': 0,
-        'tablespaces': [catalog.Tablespace('ts', 1, "/a path/with 'quote'")],
+        'tablespaces': [infofile.Tablespace('ts', 1, "/a path/with 'quote'")],
         'included_files': ['/x "y"'],
         'backup_label': "LABEL: it's\n",
         'copy_stats': {'copy_time': 1.5, 'serial_copy_time': 2},
@@ -409,21 +409,21 @@ def test_round_trip_file(tmp_path):
         'error': None,
     }
     path = str(tmp_path / '20240506T070809-backup.info')
-    catalog.write_backup_info(path, info)
+    infofile.write_backup_info(path, info)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    back = catalog.read_backup_info(path)
+    back = infofile.read_backup_info(path)
     for key, value in info.items():
         assert back[key] == value, key
-    assert back['xlog_segment_size'] == catalog.DEFAULT_XLOG_SEGMENT_SIZE
+    assert back['xlog_segment_size'] == infofile.DEFAULT_XLOG_SEGMENT_SIZE
     text = open(path).read()
     assert "tablespaces=[('ts', 1, \"/a path/with 'quote'\")]\n" in text
     assert 'children_backup_ids=20240506T070809,20240507T070809\n' in text
     assert 'end_time=2024-05-06 07:09:00.000005+02:00\n' in text
-    assert catalog.format_backup_info(back) == text
+    assert infofile.format_backup_info(back) == text
 
 
 def test_empty_collections_are_written_as_none():
-    text = catalog.format_backup_info(
+    text = infofile.format_backup_info(
         {'tablespaces': [], 'included_files': [], 'copy_stats': {}, 'children_backup_ids': []}
     )
     for key in ('tablespaces', 'included_files', 'copy_stats', 'children_backup_ids'):
@@ -431,39 +431,39 @@ def test_empty_collections_are_written_as_none():
 
 
 def test_tablespaces_from_dicts():
-    text = catalog.format_backup_info({'tablespaces': [{'name': 't', 'oid': 5, 'location': '/t'}]})
+    text = infofile.format_backup_info({'tablespaces': [{'name': 't', 'oid': 5, 'location': '/t'}]})
     assert "tablespaces=[('t', 5, '/t')]\n" in text
 
 
 def test_naive_times_are_local():
     naive = datetime.datetime(2024, 1, 2, 3, 4, 5)
-    info = catalog.parse_backup_info(catalog.format_backup_info({'begin_time': naive}))
+    info = infofile.parse_backup_info(infofile.format_backup_info({'begin_time': naive}))
     assert info['begin_time'].tzinfo is not None
     assert info['begin_time'] == naive.astimezone()
-    assert catalog.parse_backup_info('begin_time=2024-01-02 03:04:05\n')['begin_time'] == naive.astimezone()
+    assert infofile.parse_backup_info('begin_time=2024-01-02 03:04:05\n')['begin_time'] == naive.astimezone()
 
 
 def test_error_is_folded_onto_one_line():
-    text = catalog.format_backup_info({'status': 'FAILED', 'error': 'failure\n  copying  files\n'})
+    text = infofile.format_backup_info({'status': 'FAILED', 'error': 'failure\n  copying  files\n'})
     assert 'error=failure copying files\n' in text
 
 
 def test_unknown_keys_kept_as_strings():
-    info = catalog.parse_backup_info(BARMAN_MINIMAL + 'future_field= 12 \nfuture_none=None\n')
+    info = infofile.parse_backup_info(BARMAN_MINIMAL + 'future_field= 12 \nfuture_none=None\n')
     assert info['future_field'] == '12'
     assert info['future_none'] is None
-    text = catalog.format_backup_info(info)
+    text = infofile.format_backup_info(info)
     assert 'future_field=12\nfuture_none=None\n' in text
     assert text.index('future_field') < text.index('hba_file')  # sorted with the others
 
 
 def test_comments_and_blank_lines_skipped():
-    info = catalog.parse_backup_info('# comment\n\n  \nstatus = DONE \r\n')
+    info = infofile.parse_backup_info('# comment\n\n  \nstatus = DONE \r\n')
     assert info['status'] == 'DONE'
 
 
 def test_value_may_contain_equal_sign():
-    assert catalog.parse_backup_info('error=a=b\n')['error'] == 'a=b'
+    assert infofile.parse_backup_info('error=a=b\n')['error'] == 'a=b'
 
 
 @pytest.mark.parametrize(
@@ -489,8 +489,8 @@ def test_malformed_backup_info(tmp_path, text, line, words):
     path = str(tmp_path / '20240102T030405-backup.info')
     with open(path, 'w') as handle:
         handle.write(text)
-    with pytest.raises(catalog.MalformedBackupInfo) as info:
-        catalog.read_backup_info(path)
+    with pytest.raises(infofile.MalformedBackupInfo) as info:
+        infofile.read_backup_info(path)
     message = str(info.value)
     assert path in message
     assert 'line %d' % line in message
@@ -503,13 +503,13 @@ def test_malformed_backup_info_not_utf8(tmp_path):
     path = str(tmp_path / 'x-backup.info')
     with open(path, 'wb') as handle:
         handle.write(b'status=DONE\npgdata=/\xff\n')
-    with pytest.raises(catalog.MalformedBackupInfo, match='line 2'):
-        catalog.read_backup_info(path)
+    with pytest.raises(infofile.MalformedBackupInfo, match='line 2'):
+        infofile.read_backup_info(path)
 
 
 def test_parse_names_source():
-    with pytest.raises(catalog.MalformedBackupInfo, match='<text>'):
-        catalog.parse_backup_info('nope\n')
+    with pytest.raises(infofile.MalformedBackupInfo, match='<text>'):
+        infofile.parse_backup_info('nope\n')
 
 
 @pytest.mark.parametrize(
@@ -532,16 +532,16 @@ def test_parse_names_source():
     ],
 )
 def test_format_refuses_bad_values(info):
-    with pytest.raises(catalog.InvalidBackupInfo) as error:
-        catalog.format_backup_info(info)
+    with pytest.raises(infofile.InvalidBackupInfo) as error:
+        infofile.format_backup_info(info)
     assert isinstance(error.value, ValueError)
     assert error.value.hint
 
 
 def test_write_backup_info_refusal_leaves_nothing(tmp_path):
     path = str(tmp_path / 'x-backup.info')
-    with pytest.raises(catalog.InvalidBackupInfo):
-        catalog.write_backup_info(path, {'status': 'nope'})
+    with pytest.raises(infofile.InvalidBackupInfo):
+        infofile.write_backup_info(path, {'status': 'nope'})
     assert os.listdir(str(tmp_path)) == []
 
 
@@ -550,33 +550,32 @@ def test_write_backup_info_refusal_leaves_nothing(tmp_path):
 
 def test_xlog_db_lines_match_barman():
     assert (
-        catalog.format_xlog_db_line('000000010000000000000002', 16777216, 1704164645.123, None)
-        == (BARMAN_XLOG_LINES[0])
+        xlogdb.format_xlog_db_line('000000010000000000000002', 16777216, 1704164645.123, None) == (BARMAN_XLOG_LINES[0])
     )
-    assert catalog.format_xlog_db_line('00000002.history', 42, 1704164645, 'gzip') == BARMAN_XLOG_LINES[1]
-    assert catalog.parse_xlog_db_line(BARMAN_XLOG_LINES[0]) == (
+    assert xlogdb.format_xlog_db_line('00000002.history', 42, 1704164645, 'gzip') == BARMAN_XLOG_LINES[1]
+    assert xlogdb.parse_xlog_db_line(BARMAN_XLOG_LINES[0]) == (
         '000000010000000000000002',
         16777216,
         1704164645.123,
         None,
         None,
     )
-    entry = catalog.parse_xlog_db_line(BARMAN_XLOG_LINES[1])
+    entry = xlogdb.parse_xlog_db_line(BARMAN_XLOG_LINES[1])
     assert entry.compression == 'gzip' and entry.encryption is None and entry.time == 1704164645.0
 
 
 def test_xlog_db_old_formats_and_encryption():
-    assert catalog.parse_xlog_db_line('000000010000000000000002 10 1.5\n') == (
+    assert xlogdb.parse_xlog_db_line('000000010000000000000002 10 1.5\n') == (
         '000000010000000000000002',
         10,
         1.5,
         None,
         None,
     )
-    assert catalog.parse_xlog_db_line('000000010000000000000002\t10\t1.5\tzstd').compression == 'zstd'
-    line = catalog.format_xlog_db_line('000000010000000000000002', 10, 1.5, 'zstd', 'gpg')
+    assert xlogdb.parse_xlog_db_line('000000010000000000000002\t10\t1.5\tzstd').compression == 'zstd'
+    line = xlogdb.format_xlog_db_line('000000010000000000000002', 10, 1.5, 'zstd', 'gpg')
     assert line == '000000010000000000000002\t10\t1.5\tzstd\tgpg\n'
-    assert catalog.parse_xlog_db_line(line).encryption == 'gpg'
+    assert xlogdb.parse_xlog_db_line(line).encryption == 'gpg'
 
 
 @pytest.mark.parametrize(
@@ -591,8 +590,8 @@ def test_xlog_db_old_formats_and_encryption():
     ],
 )
 def test_parse_xlog_db_line_bad(line):
-    with pytest.raises(catalog.MalformedXlogDb):
-        catalog.parse_xlog_db_line(line)
+    with pytest.raises(xlogdb.MalformedXlogDb):
+        xlogdb.parse_xlog_db_line(line)
 
 
 @pytest.mark.parametrize(
@@ -610,28 +609,28 @@ def test_parse_xlog_db_line_bad(line):
 )
 def test_format_xlog_db_line_bad(args):
     with pytest.raises(ValueError):
-        catalog.format_xlog_db_line(*args)
+        xlogdb.format_xlog_db_line(*args)
 
 
 def test_append_and_read_xlog_db(tmp_path):
     path = str(tmp_path / 'pg-xlog.db')
-    assert catalog.read_xlog_db(path) == []
-    catalog.append_xlog_db(path, [catalog.XlogEntry('000000010000000000000001', 16777216, 10.0, 'gzip')])
-    catalog.append_xlog_db(
+    assert xlogdb.read_xlog_db(path) == []
+    xlogdb.append_xlog_db(path, [xlogdb.XlogEntry('000000010000000000000001', 16777216, 10.0, 'gzip')])
+    xlogdb.append_xlog_db(
         path,
         [
             ('000000010000000000000002', 16777216, 11.25, None),
             {'name': '00000002.history', 'size': 42, 'time': 12, 'compression': None},
         ],
     )
-    catalog.append_xlog_db(path, [])
+    xlogdb.append_xlog_db(path, [])
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert open(path).read() == (
         '000000010000000000000001\t16777216\t10.0\tgzip\tNone\n'
         '000000010000000000000002\t16777216\t11.25\tNone\tNone\n'
         '00000002.history\t42\t12.0\tNone\tNone\n'
     )
-    assert [entry.name for entry in catalog.read_xlog_db(path)] == [
+    assert [entry.name for entry in xlogdb.read_xlog_db(path)] == [
         '000000010000000000000001',
         '000000010000000000000002',
         '00000002.history',
@@ -640,26 +639,26 @@ def test_append_and_read_xlog_db(tmp_path):
 
 def test_append_xlog_db_bad_entry_writes_nothing(tmp_path):
     path = str(tmp_path / 'pg-xlog.db')
-    catalog.append_xlog_db(path, [('000000010000000000000001', 1, 1.0, None)])
+    xlogdb.append_xlog_db(path, [('000000010000000000000001', 1, 1.0, None)])
     with pytest.raises(ValueError):
-        catalog.append_xlog_db(path, [('000000010000000000000002', 1, 1.0, None), ('bad', 1, 1.0, None)])
-    assert len(catalog.read_xlog_db(path)) == 1
+        xlogdb.append_xlog_db(path, [('000000010000000000000002', 1, 1.0, None), ('bad', 1, 1.0, None)])
+    assert len(xlogdb.read_xlog_db(path)) == 1
 
 
 def test_append_xlog_db_refuses_torn_line(tmp_path):
     path = str(tmp_path / 'pg-xlog.db')
     with open(path, 'w') as handle:
         handle.write('000000010000000000000001\t16777216\t10.0\tNone\tNone\n000000010000')
-    with pytest.raises(catalog.MalformedXlogDb, match='rebuild-xlogdb'):
-        catalog.append_xlog_db(path, [('000000010000000000000002', 1, 1.0, None)])
+    with pytest.raises(xlogdb.MalformedXlogDb, match='rebuild-xlogdb'):
+        xlogdb.append_xlog_db(path, [('000000010000000000000002', 1, 1.0, None)])
 
 
 def test_read_xlog_db_names_file_and_line(tmp_path):
     path = str(tmp_path / 'pg-xlog.db')
     with open(path, 'w') as handle:
         handle.write(BARMAN_XLOG_LINES[0] + 'garbage\n')
-    with pytest.raises(catalog.MalformedXlogDb) as info:
-        catalog.read_xlog_db(path)
+    with pytest.raises(xlogdb.MalformedXlogDb) as info:
+        xlogdb.read_xlog_db(path)
     assert path in str(info.value) and 'line 2' in str(info.value)
     assert info.value.data == {'path': path, 'line': 2}
 
@@ -669,14 +668,14 @@ def test_read_xlog_db_names_file_and_line(tmp_path):
 
 def test_identity_written_like_barman(tmp_path):
     path = str(tmp_path / 'identity.json')
-    assert catalog.read_identity(path) is None
-    recorded = catalog.check_identity(path, 7319180283384717360, 160002)
+    assert identityfile.read_identity(path) is None
+    recorded = identityfile.check_identity(path, 7319180283384717360, 160002)
     assert recorded == {'systemid': '7319180283384717360', 'version': '16'}
     # Barman: json.dump(..., indent=4, sort_keys=True) followed by a newline.
     assert open(path).read() == '{\n    "systemid": "7319180283384717360",\n    "version": "16"\n}\n'
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert catalog.read_identity(path) == recorded
-    assert catalog.check_identity(path, '7319180283384717360', '16.4') == recorded
+    assert identityfile.read_identity(path) == recorded
+    assert identityfile.check_identity(path, '7319180283384717360', '16.4') == recorded
 
 
 @pytest.mark.parametrize(
@@ -684,14 +683,14 @@ def test_identity_written_like_barman(tmp_path):
 )
 def test_identity_version(tmp_path, version, major):
     path = str(tmp_path / 'identity.json')
-    assert catalog.check_identity(path, '1', version)['version'] == major
+    assert identityfile.check_identity(path, '1', version)['version'] == major
 
 
 def test_identity_mismatch(tmp_path):
     path = str(tmp_path / 'identity.json')
-    catalog.check_identity(path, '111', '16')
-    with pytest.raises(catalog.IdentityMismatch) as info:
-        catalog.check_identity(path, '222', '16')
+    identityfile.check_identity(path, '111', '16')
+    with pytest.raises(identityfile.IdentityMismatch) as info:
+        identityfile.check_identity(path, '222', '16')
     assert '222' in str(info.value) and '111' in str(info.value) and path in str(info.value)
     assert 'new server name' in str(info.value)
     assert info.value.data['recorded_systemid'] == '111'
@@ -703,13 +702,13 @@ def test_identity_malformed(tmp_path, content):
     path = str(tmp_path / 'identity.json')
     with open(path, 'w') as handle:
         handle.write(content)
-    with pytest.raises(catalog.MalformedIdentity, match='systemid'):
-        catalog.check_identity(path, '1', '16')
+    with pytest.raises(identityfile.MalformedIdentity, match='systemid'):
+        identityfile.check_identity(path, '1', '16')
 
 
 def test_identity_bad_systemid(tmp_path):
     with pytest.raises(catalog.InvalidName):
-        catalog.check_identity(str(tmp_path / 'identity.json'), 'abc', '16')
+        identityfile.check_identity(str(tmp_path / 'identity.json'), 'abc', '16')
     assert os.listdir(str(tmp_path)) == []
 
 
@@ -719,8 +718,8 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     sys.path[:0] = %r
-    from ansible_collections.barman.postgresql.plugins.module_utils import catalog
-    lock = catalog.ServerLock(sys.argv[1], 'backup')
+    from ansible_collections.barman.postgresql.plugins.module_utils import lockfile
+    lock = lockfile.ServerLock(sys.argv[1], 'backup')
     lock.acquire()
     print('locked', flush=True)
     time.sleep(60)
@@ -748,32 +747,32 @@ def holder(tmp_path):
 
 def test_lock_writes_holder_and_releases(tmp_path):
     layout = catalog.ServerLayout(str(tmp_path), 'pg')
-    with catalog.ServerLock(layout, 'backup') as lock:
+    with lockfile.ServerLock(layout, 'backup') as lock:
         assert lock.path == str(tmp_path / '.pg-backup.lock')
-        holder = catalog.read_lock_holder(lock.path)
+        holder = lockfile.read_lock_holder(lock.path)
         assert holder['pid'] == os.getpid()
         assert holder['operation'] == 'backup'
         assert holder['started']
         # Barman reads the first line as the pid.
         assert open(lock.path).readline().strip() == str(os.getpid())
         assert stat.S_IMODE(os.stat(lock.path).st_mode) == 0o600
-    with catalog.ServerLock(layout, 'backup'):
+    with lockfile.ServerLock(layout, 'backup'):
         pass
 
 
 def test_lock_busy_in_same_process(tmp_path):
     layout = catalog.ServerLayout(str(tmp_path), 'pg')
-    with catalog.ServerLock(layout, 'backup'):
-        with pytest.raises(catalog.LockBusy):
-            catalog.ServerLock(layout, 'backup').acquire()
-        with catalog.ServerLock(layout, 'xlogdb'):  # other operations are independent
+    with lockfile.ServerLock(layout, 'backup'):
+        with pytest.raises(lockfile.LockBusy):
+            lockfile.ServerLock(layout, 'backup').acquire()
+        with lockfile.ServerLock(layout, 'xlogdb'):  # other operations are independent
             pass
 
 
 def test_lock_busy_from_other_process_then_free_after_sigkill(holder):
     proc, layout = holder
-    with pytest.raises(catalog.LockBusy) as info:
-        catalog.ServerLock(layout, 'backup').acquire()
+    with pytest.raises(lockfile.LockBusy) as info:
+        lockfile.ServerLock(layout, 'backup').acquire()
     message = str(info.value)
     assert 'pid %d' % proc.pid in message or 'process %d' % proc.pid in message
     assert 'Wait' in message and 'ps -p %d' % proc.pid in message
@@ -783,21 +782,21 @@ def test_lock_busy_from_other_process_then_free_after_sigkill(holder):
 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    with catalog.ServerLock(layout, 'backup') as lock:
-        assert catalog.read_lock_holder(lock.path)['pid'] == os.getpid()
+    with lockfile.ServerLock(layout, 'backup') as lock:
+        assert lockfile.read_lock_holder(lock.path)['pid'] == os.getpid()
 
 
 def test_lock_wait_seconds_gives_up(holder):
     proc, layout = holder
     start = time.monotonic()
-    with pytest.raises(catalog.LockBusy, match='after waiting'):
-        catalog.ServerLock(layout, 'backup', wait_seconds=0.3).acquire()
+    with pytest.raises(lockfile.LockBusy, match='after waiting'):
+        lockfile.ServerLock(layout, 'backup', wait_seconds=0.3).acquire()
     assert time.monotonic() - start >= 0.3
 
 
 def test_lock_wait_seconds_gets_it_when_holder_dies(holder):
     proc, layout = holder
-    lock = catalog.ServerLock(layout, 'backup', wait_seconds=10, poll_seconds=0.05)
+    lock = lockfile.ServerLock(layout, 'backup', wait_seconds=10, poll_seconds=0.05)
     killer = subprocess.Popen(
         [sys.executable, '-c', 'import os, sys, time; time.sleep(0.3); os.kill(%d, 9)' % proc.pid]
     )
@@ -810,21 +809,21 @@ def test_lock_wait_seconds_gets_it_when_holder_dies(holder):
 
 def test_lock_with_plain_path_and_errors(tmp_path):
     path = str(tmp_path / 'my.lock')
-    with catalog.ServerLock(path, 'restore') as lock:
+    with lockfile.ServerLock(path, 'restore') as lock:
         assert lock.path == path
-        assert catalog.read_lock_holder(path)['operation'] == 'restore'
-    with pytest.raises(catalog.LockError, match='Cannot open lock file'):
-        catalog.ServerLock(str(tmp_path / 'missing' / 'x.lock'), 'backup').acquire()
+        assert lockfile.read_lock_holder(path)['operation'] == 'restore'
+    with pytest.raises(lockfile.LockError, match='Cannot open lock file'):
+        lockfile.ServerLock(str(tmp_path / 'missing' / 'x.lock'), 'backup').acquire()
     with pytest.raises(catalog.InvalidName):
-        catalog.ServerLock(path, '../x')
+        lockfile.ServerLock(path, '../x')
 
 
 def test_read_lock_holder_barman_style(tmp_path):
     path = str(tmp_path / '.pg-backup.lock')
     with open(path, 'w') as handle:
         handle.write('4242\n')
-    assert catalog.read_lock_holder(path) == {'pid': 4242, 'operation': None, 'started': None}
-    assert catalog.read_lock_holder(str(tmp_path / 'none'))['pid'] is None
+    assert lockfile.read_lock_holder(path) == {'pid': 4242, 'operation': None, 'started': None}
+    assert lockfile.read_lock_holder(str(tmp_path / 'none'))['pid'] is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -837,7 +836,7 @@ CEST = datetime.timezone(datetime.timedelta(hours=2))
 def _write_backups(layout, backups):
     catalog.ensure_directories(layout)
     for backup_id, info in backups.items():
-        catalog.write_backup_info(layout.backup_info_path(backup_id), info)
+        infofile.write_backup_info(layout.backup_info_path(backup_id), info)
 
 
 def test_backups_are_ordered_by_begin_time_when_daylight_saving_time_ends(tmp_path):
@@ -848,7 +847,7 @@ def test_backups_are_ordered_by_begin_time_when_daylight_saving_time_ends(tmp_pa
     second = dict(status='DONE', begin_time=datetime.datetime(2026, 10, 25, 2, 15, tzinfo=CET))
     earlier = dict(status='DONE', begin_time=datetime.datetime(2026, 10, 24, 2, 0, tzinfo=CEST))
     _write_backups(layout, {'20261025T023000': first, '20261025T021500': second, '20261024T020000': earlier})
-    infos = catalog.backup_infos(layout)
+    infos = infofile.backup_infos(layout)
     assert list(infos) == ['20261024T020000', '20261025T023000', '20261025T021500']
     assert sorted(infos) != list(infos), 'the pair must go backwards by id, or this tests nothing'
     assert infos['20261025T021500']['begin_time'] == second['begin_time']
@@ -861,11 +860,11 @@ def test_a_backup_without_begin_time_is_placed_by_its_id_and_a_bad_id_first():
         '20261119T010000': dict(begin_time=datetime.datetime(2026, 11, 19, 0, 0, tzinfo=UTC)),
         'not-an-id': dict(begin_time=None),
     }
-    assert catalog.ordered_backup_ids(infos) == ['not-an-id', '20261119T010000', '20261120T010000', '20261121T010000']
+    assert infofile.ordered_backup_ids(infos) == ['not-an-id', '20261119T010000', '20261120T010000', '20261121T010000']
 
 
 def test_backup_infos_of_a_server_without_meta(tmp_path):
-    assert catalog.backup_infos(catalog.ServerLayout(str(tmp_path), 'pg1')) == {}
+    assert infofile.backup_infos(catalog.ServerLayout(str(tmp_path), 'pg1')) == {}
 
 
 def _backup(day, begin, end, status='DONE'):
@@ -889,7 +888,7 @@ def test_archive_origin_is_the_oldest_backup_kept_for_point_in_time_recovery():
         '20261121T010000': _backup(21, 12, 13),
     }
     keeps = {'20261118T010000': 'standalone', '20261119T010000': 'standalone', '20261121T010000': 'standalone'}
-    assert catalog.archive_origin(infos, keeps) == dict(
+    assert infofile.archive_origin(infos, keeps) == dict(
         backup_id='20261120T010000',
         begin_wal=_wal(9),
         islands=[
@@ -899,20 +898,20 @@ def test_archive_origin_is_the_oldest_backup_kept_for_point_in_time_recovery():
     )
     # Kept full, a backup needs all WAL after it: no island.
     keeps['20261118T010000'] = 'full'
-    assert catalog.archive_origin(infos, keeps)['begin_wal'] == _wal(2)
-    assert catalog.archive_origin(infos, keeps)['islands'] == []
+    assert infofile.archive_origin(infos, keeps)['begin_wal'] == _wal(2)
+    assert infofile.archive_origin(infos, keeps)['islands'] == []
 
 
 def test_archive_origin_when_every_backup_is_standalone_or_none_is_done():
     infos = {'20261118T010000': _backup(18, 2, 3), '20261119T010000': _backup(19, 5, 6)}
     keeps = dict((b, 'standalone') for b in infos)
     # Retention keeps all WAL from the newest DONE backup on, kept or not.
-    origin = catalog.archive_origin(infos, keeps)
+    origin = infofile.archive_origin(infos, keeps)
     assert (origin['backup_id'], origin['begin_wal']) == ('20261119T010000', _wal(5))
     assert [i['backup_id'] for i in origin['islands']] == ['20261118T010000']
     failed = dict((b, dict(info, status='FAILED')) for b, info in infos.items())
-    assert catalog.archive_origin(failed, {}) == dict(backup_id=None, begin_wal=None, islands=[])
-    assert catalog.archive_origin({}, {}) == dict(backup_id=None, begin_wal=None, islands=[])
+    assert infofile.archive_origin(failed, {}) == dict(backup_id=None, begin_wal=None, islands=[])
+    assert infofile.archive_origin({}, {}) == dict(backup_id=None, begin_wal=None, islands=[])
 
 
 def test_archive_origin_ignores_backups_that_are_not_done_and_follows_begin_time():
@@ -923,6 +922,6 @@ def test_archive_origin_ignores_backups_that_are_not_done_and_follows_begin_time
         '20261119T013000': dict(_backup(19, 5, 6), begin_time=datetime.datetime(2026, 11, 19, 2, 0, tzinfo=UTC)),
     }
     keeps = {'20261119T013000': 'standalone'}
-    origin = catalog.archive_origin(infos, keeps)
+    origin = infofile.archive_origin(infos, keeps)
     assert origin['backup_id'] == '20261119T010000'
     assert origin['islands'] == [dict(backup_id='20261119T013000', begin_wal=_wal(5), end_wal=_wal(6))]

@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, recovery, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import infofile, recovery, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 UTC = datetime.timezone.utc
@@ -201,30 +201,30 @@ def backup_info(status, end_time=None, end_xlog=None):
     lines = ['status=%s' % status, 'pgdata=/var/lib/postgresql/16/main']
     lines.append('end_time=%s' % (end_time if end_time is not None else 'None'))
     lines.append('end_xlog=%s' % (end_xlog if end_xlog is not None else 'None'))
-    return catalog.parse_backup_info('\n'.join(lines) + '\n')
+    return infofile.parse_backup_info('\n'.join(lines) + '\n')
 
 
 @pytest.fixture
 def infos():
     """Oldest first, as backup_infos() returns them."""
     return {
-        '20261120T010000': backup_info(catalog.DONE, '2026-11-20 01:05:00+00:00', '0/3000100'),
-        '20261121T010000': backup_info(catalog.FAILED),
-        '20261122T010000': backup_info(catalog.DONE, '2026-11-22 01:05:00+00:00', '0/7000100'),
-        '20261123T010000': backup_info(catalog.DONE, '2026-11-23 01:05:00+00:00', '0/B000100'),
-        '20261124T010000': backup_info(catalog.STARTED),
+        '20261120T010000': backup_info(infofile.DONE, '2026-11-20 01:05:00+00:00', '0/3000100'),
+        '20261121T010000': backup_info(infofile.FAILED),
+        '20261122T010000': backup_info(infofile.DONE, '2026-11-22 01:05:00+00:00', '0/7000100'),
+        '20261123T010000': backup_info(infofile.DONE, '2026-11-23 01:05:00+00:00', '0/B000100'),
+        '20261124T010000': backup_info(infofile.STARTED),
     }
 
 
 def test_backup_info_helper_builds_what_choose_backup_reads():
-    info = backup_info(catalog.DONE, '2026-11-20 01:05:00+00:00', '0/3000100')
-    assert info['status'] == catalog.DONE
+    info = backup_info(infofile.DONE, '2026-11-20 01:05:00+00:00', '0/3000100')
+    assert info['status'] == infofile.DONE
     assert info['end_time'] == at(2026, 11, 20, 1, 5)
     assert info['end_xlog'] == '0/3000100'
 
 
 def test_choose_backup_without_any_done_backup():
-    for infos in ({}, {'20261121T010000': backup_info(catalog.FAILED), '20261124T010000': backup_info('STARTED')}):
+    for infos in ({}, {'20261121T010000': backup_info(infofile.FAILED), '20261124T010000': backup_info('STARTED')}):
         with pytest.raises(recovery.RecoveryError) as excinfo:
             recovery.choose_backup(infos, None, None)
         assert 'no DONE backup' in excinfo.value.message
@@ -300,11 +300,11 @@ def test_choose_backup_lsn_before_the_oldest_end_is_refused(infos):
 
 def test_choose_backup_skips_failed_and_started_backups():
     infos = {
-        '20261120T010000': backup_info(catalog.DONE, '2026-11-20 01:05:00+00:00', '0/3000100'),
+        '20261120T010000': backup_info(infofile.DONE, '2026-11-20 01:05:00+00:00', '0/3000100'),
         # A failed backup with an end before the target: never chosen.
-        '20261122T010000': backup_info(catalog.FAILED, '2026-11-22 01:05:00+00:00', '0/7000100'),
-        '20261123T010000': backup_info(catalog.WAITING_FOR_WALS, '2026-11-23 01:05:00+00:00', '0/B000100'),
-        '20261124T010000': backup_info(catalog.STARTED),
+        '20261122T010000': backup_info(infofile.FAILED, '2026-11-22 01:05:00+00:00', '0/7000100'),
+        '20261123T010000': backup_info(infofile.WAITING_FOR_WALS, '2026-11-23 01:05:00+00:00', '0/B000100'),
+        '20261124T010000': backup_info(infofile.STARTED),
     }
     assert recovery.choose_backup(infos, None, None)[0] == '20261120T010000'
     assert recovery.choose_backup(infos, 'target_time', at(2026, 11, 25))[0] == '20261120T010000'
@@ -687,8 +687,8 @@ def tablespace_info(pgdata='/var/lib/postgresql/16/main'):
     return dict(
         pgdata=pgdata,
         tablespaces=[
-            catalog.Tablespace('fast', 16387, '/srv/fast'),
-            catalog.Tablespace('slow', 16388, '/mnt/slow/pg'),
+            infofile.Tablespace('fast', 16387, '/srv/fast'),
+            infofile.Tablespace('slow', 16388, '/mnt/slow/pg'),
         ],
     )
 
@@ -737,7 +737,7 @@ def test_tablespace_locations_without_tablespaces():
 
 
 def test_tablespace_locations_from_a_parsed_backup_info():
-    info = catalog.parse_backup_info(
+    info = infofile.parse_backup_info(
         "pgdata=/var/lib/postgresql/16/main\ntablespaces=[('tbs1', 16387, '/srv/tbs1')]\nstatus=DONE\n"
     )
     params = default_params(destination_directory='/restore/x')

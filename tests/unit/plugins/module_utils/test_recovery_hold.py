@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, recovery_hold, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, infofile, lockfile, recovery_hold, wal
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -21,7 +21,7 @@ BEGIN = wal.segment_name(1, 2, SEG)
 def layout(tmp_path):
     layout = catalog.ServerLayout(str(tmp_path), 'pg1')
     catalog.ensure_directories(layout)
-    catalog.write_backup_info(
+    infofile.write_backup_info(
         layout.backup_info_path(BACKUP), dict(status='DONE', begin_wal=BEGIN, end_wal=BEGIN, xlog_segment_size=SEG)
     )
     return layout
@@ -77,7 +77,7 @@ def test_a_hold_expires_after_its_time_to_live(layout):
 )
 def test_take_refuses_a_backup_that_is_not_there_to_hold(layout, backup_id, begin_wal, status, message):
     if status != 'DONE':
-        catalog.write_backup_info(layout.backup_info_path(BACKUP), dict(status=status, begin_wal=BEGIN))
+        infofile.write_backup_info(layout.backup_info_path(BACKUP), dict(status=status, begin_wal=BEGIN))
     with pytest.raises(recovery_hold.HoldError, match=message) as caught:
         recovery_hold.take(layout, backup_id, begin_wal, 'pg1:/a', now=NOW)
     assert caught.value.hint
@@ -97,10 +97,10 @@ def test_a_token_that_could_name_another_file_is_refused(layout, token):
 
 
 def test_take_waits_for_a_change_in_progress_not_for_a_backup(layout):
-    with catalog.ServerLock(layout, 'backup'):  # a backup running for an hour does not delay a recovery
+    with lockfile.ServerLock(layout, 'backup'):  # a backup running for an hour does not delay a recovery
         assert recovery_hold.take(layout, BACKUP, BEGIN, 'pg1:/a', now=NOW)
-    with catalog.ServerLock(layout, recovery_hold.LOCK):  # retention or delete planning and removing
-        with pytest.raises(catalog.LockBusy, match='recovery-hold'):
+    with lockfile.ServerLock(layout, recovery_hold.LOCK):  # retention or delete planning and removing
+        with pytest.raises(lockfile.LockBusy, match='recovery-hold'):
             recovery_hold.take(layout, BACKUP, BEGIN, 'pg1:/a', now=NOW, wait_seconds=0)
 
 

@@ -1,10 +1,6 @@
 # Copyright: barman.postgresql contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Tests for module_utils/archive.py with real files: synthetic 1 MB WAL segments in tmp_path."""
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+"""Tests for module_utils/wal_store.py with real files: synthetic 1 MB WAL segments in tmp_path."""
 
 import functools
 import gzip
@@ -19,7 +15,15 @@ import struct
 
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    catalog,
+    identityfile,
+    infofile,
+    lockfile,
+    wal,
+    wal_store,
+    xlogdb,
+)
 
 SEG = 1024 * 1024  # the smallest segment size PostgreSQL allows
 SYSID = 7319180283384717360
@@ -87,7 +91,7 @@ def home(tmp_path):
 
 @pytest.fixture
 def arc(home):
-    return archive.WalArchive(home, 'pg1')
+    return wal_store.WalArchive(home, 'pg1')
 
 
 def put(arc, name, data, digest=None, size=None):
@@ -154,7 +158,7 @@ def test_first_segment_records_identity(arc):
     put(arc, seg_name(1), segment_bytes(seg_name(1)))
     with open(arc.layout.identity_file, encoding='utf-8') as handle:
         assert json.load(handle)['systemid'] == str(SYSID)
-    assert catalog.read_identity(arc.layout.identity_file)['systemid'] == str(SYSID)
+    assert identityfile.read_identity(arc.layout.identity_file)['systemid'] == str(SYSID)
 
 
 def test_identical_resend_returns_identical_and_changes_nothing(arc):
@@ -167,7 +171,7 @@ def test_identical_resend_returns_identical_and_changes_nothing(arc):
     assert listing(arc.layout.errors_dir) == []
 
 
-@pytest.mark.parametrize('compression', archive.COMPRESSIONS)
+@pytest.mark.parametrize('compression', wal_store.COMPRESSIONS)
 def test_identical_resend_after_processing_returns_identical(arc, compression):
     name = seg_name(1)
     data = segment_bytes(name)
@@ -187,7 +191,7 @@ def test_different_file_same_name_is_duplicate_kept_in_errors(arc):
     put(arc, name, first)
     archived = os.path.join(arc.layout.incoming_dir, name)
     digest = file_sha(archived)
-    with pytest.raises(archive.DuplicateWal) as info:
+    with pytest.raises(wal_store.DuplicateWal) as info:
         put(arc, name, second)
     assert name in str(info.value)
     assert file_sha(archived) == digest == sha(first)
@@ -205,7 +209,7 @@ def test_duplicate_of_a_compressed_archived_file(arc):
     arc.process_incoming('zstd')
     stored = arc.layout.wal_path(name)
     digest = file_sha(stored)
-    with pytest.raises(archive.DuplicateWal):
+    with pytest.raises(wal_store.DuplicateWal):
         put(arc, name, segment_bytes(name, seed='x'))
     assert file_sha(stored) == digest
     assert listing(arc.layout.incoming_dir) == []
@@ -227,7 +231,7 @@ class _Trickle(io.RawIOBase):
 def test_truncated_stream_is_refused_and_leaves_nothing(arc):
     name = seg_name(1)
     data = segment_bytes(name)
-    with pytest.raises(archive.ArchiveError) as info:
+    with pytest.raises(wal_store.ArchiveError) as info:
         arc.receive(name, SEG, _Trickle(data[:300000]), lambda: sha(data))
     assert 'cut short: 300000 of 1048576 bytes' in str(info.value)
     assert listing(arc.layout.incoming_dir) == []
@@ -238,7 +242,7 @@ def test_digest_mismatch_is_refused_and_leaves_nothing(arc):
     name = seg_name(1)
     data = segment_bytes(name)
     bad = sha(b'something else')
-    with pytest.raises(archive.ArchiveError) as info:
+    with pytest.raises(wal_store.ArchiveError) as info:
         put(arc, name, data, digest=bad)
     assert 'damaged' in str(info.value) and bad in str(info.value) and sha(data) in str(info.value)
     assert listing(arc.layout.incoming_dir) == []
@@ -284,7 +288,7 @@ def test_other_system_identifier_than_identity_is_refused(arc):
 
 
 def test_system_identifier_checked_against_existing_identity_file(arc):
-    catalog.check_identity(arc.layout.identity_file, OTHER_SYSID, '16')
+    identityfile.check_identity(arc.layout.identity_file, OTHER_SYSID, '16')
     with pytest.raises(wal.InvalidSegmentContent, match='system identifier %d' % SYSID):
         put(arc, seg_name(1), segment_bytes(seg_name(1)))
     assert listing(arc.layout.incoming_dir) == []
@@ -298,7 +302,7 @@ def test_not_a_long_page_header_is_refused(arc):
 
 
 def test_empty_segment_is_refused(arc):
-    with pytest.raises(archive.ArchiveError, match='is empty'):
+    with pytest.raises(wal_store.ArchiveError, match='is empty'):
         put(arc, seg_name(1), b'')
     assert listing(arc.layout.incoming_dir) == []
 
@@ -354,8 +358,8 @@ def test_history_that_is_not_utf8_is_refused(arc):
 
 
 def test_too_large_history_is_refused(arc):
-    with pytest.raises(archive.ArchiveError, match='too large for a history file'):
-        arc.receive('00000002.history', archive.MAX_TEXT_FILE_SIZE + 1, io.BytesIO(b''), lambda: '')
+    with pytest.raises(wal_store.ArchiveError, match='too large for a history file'):
+        arc.receive('00000002.history', wal_store.MAX_TEXT_FILE_SIZE + 1, io.BytesIO(b''), lambda: '')
     assert listing(arc.layout.incoming_dir) == []
 
 
@@ -365,14 +369,14 @@ def test_backup_label_file_is_accepted(arc):
 
 
 def test_archive_of_unknown_server_does_not_exist(home):
-    with pytest.raises(archive.ArchiveError, match='the archive of server nosuch does not exist'):
-        archive.WalArchive(home, 'nosuch')
+    with pytest.raises(wal_store.ArchiveError, match='the archive of server nosuch does not exist'):
+        wal_store.WalArchive(home, 'nosuch')
 
 
 # -- process_incoming -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('compression', archive.COMPRESSIONS)
+@pytest.mark.parametrize('compression', wal_store.COMPRESSIONS)
 def test_process_incoming_compresses_into_wals_and_indexes(arc, compression):
     names = [seg_name(n) for n in (1, 2, 3)]
     for name in names:
@@ -386,20 +390,20 @@ def test_process_incoming_compresses_into_wals_and_indexes(arc, compression):
         stored = read(path)
         if compression == 'none':
             assert stored == segment_bytes(name)
-            assert archive.detect_compression(path) is None
+            assert wal_store.detect_compression(path) is None
         else:
             assert stored.startswith(MAGIC[compression])
             assert len(stored) < SEG // 2
-            assert archive.detect_compression(path) == compression
+            assert wal_store.detect_compression(path) == compression
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        assert archive.content_digest(path) == sha(segment_bytes(name))
+        assert wal_store.content_digest(path) == sha(segment_bytes(name))
         assert arc.locate(name) == path
     lines = xlog_lines(arc)
     assert [line[0] for line in lines] == names
     expected = 'None' if compression == 'none' else compression
     assert [line[3] for line in lines] == [expected] * 3
     assert [line[4] for line in lines] == ['None'] * 3
-    entries = catalog.read_xlog_db(arc.layout.xlog_db)
+    entries = xlogdb.read_xlog_db(arc.layout.xlog_db)
     assert [e.compression for e in entries] == [None if compression == 'none' else compression] * 3
 
 
@@ -503,7 +507,7 @@ def test_different_file_in_incoming_goes_to_errors_archived_stays(arc):
 
 def test_unsupported_compression_is_refused(arc):
     put(arc, seg_name(1), segment_bytes(seg_name(1)))
-    with pytest.raises(archive.ArchiveError, match="compression 'bzip2' is not supported"):
+    with pytest.raises(wal_store.ArchiveError, match="compression 'bzip2' is not supported"):
         arc.process_incoming('bzip2')
     assert listing(arc.layout.incoming_dir) == [seg_name(1)]
 
@@ -511,7 +515,7 @@ def test_unsupported_compression_is_refused(arc):
 # -- send / copy_decompressed -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('compression', archive.COMPRESSIONS)
+@pytest.mark.parametrize('compression', wal_store.COMPRESSIONS)
 def test_send_round_trip(arc, tmp_path, compression):
     name = seg_name(5)
     data = segment_bytes(name)
@@ -523,7 +527,7 @@ def test_send_round_trip(arc, tmp_path, compression):
     assert out.read_bytes() == data
     out2 = tmp_path / 'out2'
     with open(str(out2), 'wb') as target:
-        archive.copy_decompressed(arc.layout.wal_path(name), target)
+        wal_store.copy_decompressed(arc.layout.wal_path(name), target)
     assert out2.read_bytes() == data
 
 
@@ -552,15 +556,15 @@ def test_copy_decompressed_reads_bzip2(tmp_path):
 
     path = tmp_path / 'x'
     path.write_bytes(bz2.compress(b'hello wal'))
-    assert archive.detect_compression(str(path)) == 'bzip2'
+    assert wal_store.detect_compression(str(path)) == 'bzip2'
     target = io.BytesIO()
-    archive.copy_decompressed(str(path), target)
+    wal_store.copy_decompressed(str(path), target)
     assert target.getvalue() == b'hello wal'
-    assert archive.content_digest(str(path)) == sha(b'hello wal')
+    assert wal_store.content_digest(str(path)) == sha(b'hello wal')
 
 
 def test_send_missing_raises_wal_not_found(arc):
-    with pytest.raises(archive.WalNotFound) as info:
+    with pytest.raises(wal_store.WalNotFound) as info:
         arc.send(seg_name(9), io.BytesIO())
     assert seg_name(9) in str(info.value) and 'pg1' in str(info.value)
 
@@ -676,7 +680,7 @@ def test_continuity_reports_a_gap_before_the_switch_on_the_old_timeline(arc):
 def test_continuity_without_the_history_file_is_an_error(arc):
     place(arc, seg_name(1, 1))
     place(arc, seg_name(2, 2))
-    with pytest.raises(archive.ArchiveError, match='00000002.history'):
+    with pytest.raises(wal_store.ArchiveError, match='00000002.history'):
         arc.continuity(SEG)
 
 
@@ -704,15 +708,15 @@ def _archive_some(arc, compression):
     return sorted(names + ['00000002.history'])
 
 
-@pytest.mark.parametrize('compression', archive.COMPRESSIONS)
+@pytest.mark.parametrize('compression', wal_store.COMPRESSIONS)
 def test_rebuild_xlog_db_gives_back_the_entries(arc, compression):
     names = _archive_some(arc, compression)
-    original = {e.name: e for e in catalog.read_xlog_db(arc.layout.xlog_db)}
+    original = {e.name: e for e in xlogdb.read_xlog_db(arc.layout.xlog_db)}
     assert sorted(original) == names
     os.unlink(arc.layout.xlog_db)
     result = arc.rebuild_xlog_db()
     assert result == dict(entries=4, added=names, removed=[])
-    rebuilt = catalog.read_xlog_db(arc.layout.xlog_db)
+    rebuilt = xlogdb.read_xlog_db(arc.layout.xlog_db)
     assert [e.name for e in rebuilt] == names
     for entry in rebuilt:
         assert entry.compression == original[entry.name].compression
@@ -731,10 +735,10 @@ def test_rebuild_xlog_db_reproduces_uncompressed_entries_exactly(arc):
 @pytest.mark.parametrize('compression', ['gzip', 'zstd', 'lz4'])
 def test_rebuild_xlog_db_reproduces_compressed_entries_exactly(arc, compression):
     _archive_some(arc, compression)
-    original = catalog.read_xlog_db(arc.layout.xlog_db)
+    original = xlogdb.read_xlog_db(arc.layout.xlog_db)
     os.unlink(arc.layout.xlog_db)
     arc.rebuild_xlog_db()
-    assert catalog.read_xlog_db(arc.layout.xlog_db) == original
+    assert xlogdb.read_xlog_db(arc.layout.xlog_db) == original
 
 
 def test_rebuild_xlog_db_dry_run_writes_nothing(arc):
@@ -773,8 +777,8 @@ def test_a_killed_receivers_temp_file_never_blocks_and_goes_after_an_hour(tmp_pa
     for path in (stale, fresh):
         with open(path, 'wb') as handle:
             handle.write(b'half a segment')
-    os.utime(stale, (time.time() - archive.STALE_SECONDS - 10,) * 2)
-    result = archive.WalArchive(home, 'pg1').process_incoming('gzip')
+    os.utime(stale, (time.time() - wal_store.STALE_SECONDS - 10,) * 2)
+    result = wal_store.WalArchive(home, 'pg1').process_incoming('gzip')
     assert result == dict(archived=[], identical=[], errors=[])
     assert not os.path.exists(stale) and os.path.exists(fresh)
 
@@ -792,7 +796,7 @@ def far_segment(name, sysid=SYSID):
 def test_a_segment_far_past_the_newest_archived_one_is_refused_and_nothing_stored(arc):
     put(arc, seg_name(1), segment_bytes(seg_name(1)))
     before = tree(arc.layout.root)
-    with pytest.raises(archive.RefusedWal) as caught:
+    with pytest.raises(wal_store.RefusedWal) as caught:
         put(arc, FAR_NAME, far_segment(FAR_NAME))
     error = caught.value
     assert FAR_NAME in error.message and 'past the newest file in the archive of pg1' in error.message
@@ -802,11 +806,11 @@ def test_a_segment_far_past_the_newest_archived_one_is_refused_and_nothing_store
 
 
 def test_the_bound_counts_bytes_of_wal_and_looks_at_wals_and_incoming(arc, monkeypatch):
-    monkeypatch.setattr(archive, 'MAX_WAL_AHEAD_BYTES', 8 * SEG)
+    monkeypatch.setattr(wal_store, 'MAX_WAL_AHEAD_BYTES', 8 * SEG)
     put(arc, seg_name(1), segment_bytes(seg_name(1)))
     arc.process_incoming('gzip')  # the newest is now in wals/
     assert put(arc, seg_name(9), segment_bytes(seg_name(9))) == 'stored'  # 8 segments ahead: at the bound
-    with pytest.raises(archive.RefusedWal, match='past the newest'):
+    with pytest.raises(wal_store.RefusedWal, match='past the newest'):
         put(arc, seg_name(18), segment_bytes(seg_name(18)))  # 9 past the newest, still in incoming/
     assert put(arc, seg_name(17), segment_bytes(seg_name(17))) == 'stored'
     assert put(arc, seg_name(4), segment_bytes(seg_name(4))) == 'stored'  # behind the newest: always fine
@@ -820,10 +824,10 @@ def test_a_backup_vouches_for_a_jump(arc):
     # Archiving was off while the server wrote far ahead: a backup read the position from PostgreSQL.
     put(arc, seg_name(1), segment_bytes(seg_name(1)))
     far = wal.segment_name(1, wal.segment_number(FAR_NAME, SEG) - 3, SEG)
-    with pytest.raises(archive.RefusedWal):
+    with pytest.raises(wal_store.RefusedWal):
         put(arc, far, far_segment(far))
-    info = dict(status=catalog.STARTED, begin_wal=wal.wal_segment_after(far, SEG), xlog_segment_size=SEG)
-    catalog.write_backup_info(arc.layout.backup_info_path('20261120T010000'), info)
+    info = dict(status=infofile.STARTED, begin_wal=wal.wal_segment_after(far, SEG), xlog_segment_size=SEG)
+    infofile.write_backup_info(arc.layout.backup_info_path('20261120T010000'), info)
     assert put(arc, far, far_segment(far)) == 'stored'
 
 
@@ -831,13 +835,13 @@ def test_a_segment_of_a_timeline_without_history_file_is_refused(arc):
     put(arc, seg_name(1), segment_bytes(seg_name(1)))
     name = seg_name(2, timeline=5)
     before = tree(arc.layout.root)
-    with pytest.raises(archive.RefusedWal) as caught:
+    with pytest.raises(wal_store.RefusedWal) as caught:
         put(arc, name, segment_bytes(name))
     assert '00000005.history' in caught.value.message and 'timeline 5' in caught.value.message
     assert 'put pg_wal/00000005.history' in caught.value.hint
     assert tree(arc.layout.root) == before
     # A .backup or .partial file of that timeline neither.
-    with pytest.raises(archive.RefusedWal, match='00000005.history'):
+    with pytest.raises(wal_store.RefusedWal, match='00000005.history'):
         put(arc, name + '.partial', segment_bytes(name))
 
 
@@ -861,14 +865,14 @@ def test_an_archive_begun_after_a_promotion_takes_the_later_timeline(arc):
 
 def test_a_backup_on_the_timeline_vouches_for_it(arc):
     put(arc, seg_name(1), segment_bytes(seg_name(1)))
-    info = dict(status=catalog.DONE, begin_wal=seg_name(2, timeline=5), end_wal=seg_name(2, timeline=5))
-    catalog.write_backup_info(arc.layout.backup_info_path('20261120T010000'), info)
+    info = dict(status=infofile.DONE, begin_wal=seg_name(2, timeline=5), end_wal=seg_name(2, timeline=5))
+    infofile.write_backup_info(arc.layout.backup_info_path('20261120T010000'), info)
     assert put(arc, seg_name(2, timeline=5), segment_bytes(seg_name(2, timeline=5))) == 'stored'
 
 
 def test_an_identical_resend_of_an_archived_file_is_never_refused(arc, monkeypatch):
     put(arc, seg_name(1), segment_bytes(seg_name(1)))
-    monkeypatch.setattr(archive, 'MAX_WAL_AHEAD_BYTES', 0)
+    monkeypatch.setattr(wal_store, 'MAX_WAL_AHEAD_BYTES', 0)
     put(arc, seg_name(1), segment_bytes(seg_name(1)))
     assert put(arc, seg_name(1), segment_bytes(seg_name(1))) == 'identical'
 
@@ -891,7 +895,7 @@ def test_a_backup_history_file_postgresql_would_not_write_is_refused(arc, data, 
 
 
 def test_a_too_large_backup_history_file_is_refused_before_it_is_read(arc):
-    with pytest.raises(archive.RefusedWal, match='too large for a backup file'):
+    with pytest.raises(wal_store.RefusedWal, match='too large for a backup file'):
         arc.receive(BACKUP_NAME, wal.MAX_BACKUP_HISTORY_SIZE + 1, io.BytesIO(b''), lambda: '')
     assert listing(arc.layout.incoming_dir) == []
 
@@ -902,7 +906,7 @@ def test_a_backup_history_file_far_ahead_is_refused(arc):
     data = BACKUP_HISTORY.replace(b'0/2', b'FFF/2').replace(b'0/3', b'FFF/3')
     data = data.replace(b'0000000100000000000000', b'0000000100000FFF000000')
     assert wal.check_backup_history(name, data).start_lsn == 0xFFF00200028
-    with pytest.raises(archive.RefusedWal, match='past the newest'):
+    with pytest.raises(wal_store.RefusedWal, match='past the newest'):
         put(arc, name, data)
 
 
@@ -911,7 +915,7 @@ def test_text_that_starts_like_a_compressed_stream_is_refused(arc):
     # with a magic number would be misread, and PostgreSQL never writes such a backup history file.
     with pytest.raises(wal.InvalidBackupHistory, match='START WAL LOCATION'):
         put(arc, BACKUP_NAME, b'BZh91AY&SY\n' + BACKUP_HISTORY)
-    assert archive.WalArchive.locate(arc, BACKUP_NAME) is None
+    assert wal_store.WalArchive.locate(arc, BACKUP_NAME) is None
 
 
 def test_a_history_file_barman_compressed_is_read_decompressed(arc):
@@ -922,7 +926,7 @@ def test_a_history_file_barman_compressed_is_read_decompressed(arc):
     target = io.BytesIO()
     arc.send('00000002.history', target)
     assert target.getvalue() == text
-    assert archive.content_digest(path) == sha(text)
+    assert wal_store.content_digest(path) == sha(text)
     assert arc.history(2)[0].switch_lsn == 0x3000000
 
 
@@ -966,7 +970,7 @@ def _leftovers(arc):
     name = seg_name(1)
     hash_dir = os.path.dirname(arc.layout.wal_path(name))
     os.makedirs(hash_dir, exist_ok=True)
-    old = archive.STALE_SECONDS + 10
+    old = wal_store.STALE_SECONDS + 10
     stale = [
         _leftover(os.path.join(hash_dir, '.%s.k3j_x9ab' % name), old),  # a killed _store_compressed
         _leftover(os.path.join(arc.layout.wals_dir, '.00000002.history.ab12cd34'), old),
@@ -992,7 +996,7 @@ def test_process_incoming_sweeps_stale_temp_files_and_leaves_young_ones(arc):
 
 def test_sweep_temp_files_reports_what_it_removed_and_waits_for_no_one(arc):
     stale, kept = _leftovers(arc)
-    with catalog.ServerLock(arc.layout, 'archive-process'):
+    with lockfile.ServerLock(arc.layout, 'archive-process'):
         assert arc.sweep_temp_files() == []  # a processing run holds the archive: it sweeps itself
     assert all(os.path.exists(p) for p in stale)
     assert sorted(arc.sweep_temp_files()) == sorted(stale)

@@ -9,22 +9,26 @@ a plan considers is the whole archive: what xlog.db indexes, and the files in wa
 delivered file waits in incoming/ until it is compressed and indexed, which may happen between a check
 run and the real one)."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import bisect
 import collections
 import datetime
 import os
 import shutil
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, recovery_hold, retention, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    catalog,
+    infofile,
+    lockfile,
+    recovery_hold,
+    retention,
+    wal,
+    xlogdb,
+)
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 SHORTCUTS = ('latest', 'last', 'oldest', 'first', 'last-failed')
 # Statuses the shortcuts other than last-failed choose from (Barman's default filter).
-_USABLE = (catalog.DONE, catalog.WAITING_FOR_WALS)
+_USABLE = (infofile.DONE, infofile.WAITING_FOR_WALS)
 _LIST_FIELDS = ('status', 'begin_wal', 'end_wal', 'begin_xlog', 'end_xlog', 'timeline', 'size', 'deduplicated_size')
 # How long a change waits for pg_recover taking a hold (a few milliseconds of work).
 HOLD_LOCK_WAIT_SECONDS = 60
@@ -76,7 +80,7 @@ def server_layout(barman_home, server):
     return layout
 
 
-class ServerCatalog(object):
+class ServerCatalog:
     """One server's backups, keep annotations and WAL index, read once."""
 
     def __init__(self, layout):
@@ -89,7 +93,7 @@ class ServerCatalog(object):
                     continue
                 path = os.path.join(layout.meta_dir, entry)
                 try:
-                    self.infos[entry[: -len('-backup.info')]] = catalog.read_backup_info(path)
+                    self.infos[entry[: -len('-backup.info')]] = infofile.read_backup_info(path)
                 except (catalog.CatalogError, OSError) as exc:
                     self.malformed.append(dict(path=path, error=str(exc)))
         self.keeps = {}
@@ -98,8 +102,8 @@ class ServerCatalog(object):
             if target:
                 self.keeps[backup_id] = target
         try:
-            self.wals = catalog.read_xlog_db(layout.xlog_db)
-        except catalog.MalformedXlogDb as exc:
+            self.wals = xlogdb.read_xlog_db(layout.xlog_db)
+        except xlogdb.MalformedXlogDb as exc:
             self.malformed.append(dict(path=layout.xlog_db, error=str(exc)))
             self.wals = []
         self.wals.sort(key=lambda e: e.name)
@@ -128,7 +132,7 @@ class ServerCatalog(object):
         return wal.validate_segment_size(sizes[-1] if sizes else wal.DEFAULT_SEGMENT_SIZE)
 
     def done_ids(self):
-        return [b for b in catalog.ordered_backup_ids(self.infos) if self.infos[b]['status'] == catalog.DONE]
+        return [b for b in infofile.ordered_backup_ids(self.infos) if self.infos[b]['status'] == infofile.DONE]
 
     def refuse_if_malformed(self, doing):
         if self.malformed:
@@ -143,8 +147,8 @@ class ServerCatalog(object):
     def resolve(self, backup_id):
         """A backup id from an id or a shortcut (latest/last, oldest/first, last-failed)."""
         if backup_id in SHORTCUTS:
-            wanted = (catalog.FAILED,) if backup_id == 'last-failed' else _USABLE
-            ids = [b for b in catalog.ordered_backup_ids(self.infos) if self.infos[b]['status'] in wanted]
+            wanted = (infofile.FAILED,) if backup_id == 'last-failed' else _USABLE
+            ids = [b for b in infofile.ordered_backup_ids(self.infos) if self.infos[b]['status'] in wanted]
             if not ids:
                 raise CatalogRefusal(
                     'Server %s has no %s backup' % (self.layout.server, backup_id),
@@ -205,7 +209,7 @@ class ServerCatalog(object):
         item['retention_status'] = (statuses or {}).get(backup_id)
         item['error'] = info.get('error')
         item['wal_size'] = item['wal_count'] = None
-        if info.get('begin_wal') and info['status'] == catalog.DONE:
+        if info.get('begin_wal') and info['status'] == infofile.DONE:
             done = self.done_ids()
             newer = done[done.index(backup_id) + 1 :]
             next_wal = self.infos[newer[0]]['begin_wal'] if newer else None
@@ -221,7 +225,7 @@ class ServerCatalog(object):
 
     def window(self, gaps=()):
         """From the oldest point a backup recovers to, to the newest archived WAL; gaps placed in time."""
-        origin = catalog.archive_origin(self.infos, self.keeps)['backup_id']
+        origin = infofile.archive_origin(self.infos, self.keeps)['backup_id']
         segments = [e for e in self.wals if wal.parse_wal_name(e.name).kind == 'segment']
         size = self.segment_size
         newest = max(segments, key=lambda e: (wal.segment_number(e.name, size), e.name)) if segments else None
@@ -271,7 +275,7 @@ class ServerCatalog(object):
         statuses = self.statuses(policy, minimum_redundancy, now)
         return dict(
             server=self.layout.server,
-            backups=[self.describe(b, statuses, now) for b in catalog.ordered_backup_ids(self.infos)],
+            backups=[self.describe(b, statuses, now) for b in infofile.ordered_backup_ids(self.infos)],
             wal_count=len(self.wals),
             wal_size=sum(e.size for e in self.wals),
             retention_policy=retention.format_policy(policy) if policy else None,
@@ -286,7 +290,7 @@ class ServerCatalog(object):
         """Annotate a DONE backup so that retention never removes it; returns True if it changed."""
         if target not in retention.KEEP_TARGETS:
             raise CatalogRefusal('Keep target %r is neither full nor standalone' % (target,), 'Use full or standalone')
-        if self.infos[backup_id]['status'] != catalog.DONE:
+        if self.infos[backup_id]['status'] != infofile.DONE:
             raise CatalogRefusal(
                 'Backup %s of %s is %s: only a DONE backup can be kept'
                 % (backup_id, self.layout.server, self.infos[backup_id]['status']),
@@ -337,14 +341,14 @@ class ServerCatalog(object):
                 backup_id=backup_id,
                 holds=holds,
             )
-        if info['status'] in (catalog.STARTED, catalog.WAITING_FOR_WALS):
+        if info['status'] in (infofile.STARTED, infofile.WAITING_FOR_WALS):
             raise CatalogRefusal(
                 'Backup %s of %s is %s: it is still being taken' % (backup_id, server, info['status']),
                 'Wait for it to end; a backup that died is marked FAILED by the next backup run',
                 backup_id=backup_id,
             )
         done = self.done_ids()
-        if info['status'] == catalog.DONE and len(done) <= max(minimum_redundancy, 1):
+        if info['status'] == infofile.DONE and len(done) <= max(minimum_redundancy, 1):
             raise CatalogRefusal(
                 'Deleting backup %s of %s would leave %d DONE backup(s), below the minimum of %d'
                 % (backup_id, server, len(done) - 1, max(minimum_redundancy, 1)),
@@ -384,7 +388,7 @@ class ServerCatalog(object):
         remaining = dict((b, info) for b, info in self.infos.items() if b not in backup_ids)
         kept_statuses = dict((b, s) for b, s in statuses.items() if b not in backup_ids)
         for backup_id in remaining:
-            if backup_id not in kept_statuses and remaining[backup_id]['status'] == catalog.DONE:
+            if backup_id not in kept_statuses and remaining[backup_id]['status'] == infofile.DONE:
                 kept_statuses[backup_id] = retention.VALID
         sizes = self.archived_wals()
         names = retention.removable_wals(
@@ -414,11 +418,11 @@ class ServerCatalog(object):
             gone = set(plan.wals)
             # The background compression must not move a planned file from incoming/ into wals/ and
             # index it again while it is being removed.
-            with catalog.ServerLock(self.layout, 'archive-process', wait_seconds=ARCHIVE_PROCESS_WAIT_SECONDS):
-                with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
-                    entries = [e for e in catalog.read_xlog_db(self.layout.xlog_db) if e.name not in gone]
+            with lockfile.ServerLock(self.layout, 'archive-process', wait_seconds=ARCHIVE_PROCESS_WAIT_SECONDS):
+                with lockfile.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
+                    entries = [e for e in xlogdb.read_xlog_db(self.layout.xlog_db) if e.name not in gone]
                     catalog.atomic_write(
-                        self.layout.xlog_db, ''.join(catalog.format_xlog_db_line(*e) for e in entries), 0o600
+                        self.layout.xlog_db, ''.join(xlogdb.format_xlog_db_line(*e) for e in entries), 0o600
                     )
                 for name in plan.wals:
                     for path in (self.layout.wal_path(name), os.path.join(self.layout.incoming_dir, name)):
@@ -447,7 +451,7 @@ def _removal_result(plan, server, now):
 def _changing(layout):
     """The locks of a change: the backup lock (no backup, no other change), then the recovery-hold lock,
     so that a recovery taking a hold meanwhile waits until the change has removed what it planned."""
-    return catalog.ServerLock(layout, 'backup'), catalog.ServerLock(
+    return lockfile.ServerLock(layout, 'backup'), lockfile.ServerLock(
         layout, recovery_hold.LOCK, wait_seconds=HOLD_LOCK_WAIT_SECONDS
     )
 

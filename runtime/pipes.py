@@ -2,10 +2,6 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Pipes that carry whole WAL segments (the sender's agent and the receiver's stream)."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import fcntl
 
 WIDE_PIPE_BYTES = 1024 * 1024

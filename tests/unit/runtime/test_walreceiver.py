@@ -1,10 +1,6 @@
 # Copyright: barman.postgresql contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Tests for module_utils/walreceiver.py: the SSH forced command, run in-process with real files."""
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+"""Tests for runtime/walreceiver.py: the SSH forced command, run in-process with real files."""
 
 import hashlib
 import io
@@ -15,7 +11,8 @@ import zlib
 
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, wal, walreceiver, walsender
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal, wal_store
+from ansible_collections.barman.postgresql.runtime import walreceiver, walsender
 
 SEG = 1024 * 1024
 SYSID = 7319180283384717360
@@ -242,12 +239,12 @@ def test_get_from_incoming(home):
     assert run(home, 'get %s' % name) == (0, data, '')
 
 
-@pytest.mark.parametrize('compression', archive.COMPRESSIONS)
+@pytest.mark.parametrize('compression', wal_store.COMPRESSIONS)
 def test_get_after_processing(home, tmp_path, compression):
     name = seg_name(1)
     data = segment_bytes(name)
     put(home, name, data)
-    archive.WalArchive(home, 'pg1').process_incoming(compression)
+    wal_store.WalArchive(home, 'pg1').process_incoming(compression)
     out_path = tmp_path / 'restored'
     with open(str(out_path), 'wb') as out:  # a real file, like sshd's stdout: zstd and lz4 write to its fd
         code, _out, err = run(home, 'get %s' % name, stdout=out)
@@ -281,7 +278,7 @@ def test_get_of_a_damaged_file_is_temporary_never_not_archived(home, tmp_path, c
     the sender must not report the file absent, and must drop what was written before the error."""
     name = seg_name(1)
     put(home, name, segment_bytes(name))
-    wal_archive = archive.WalArchive(home, 'pg1')
+    wal_archive = wal_store.WalArchive(home, 'pg1')
     wal_archive.process_incoming(compression)
     _damage(wal_archive.locate(name), how)
     with open(str(tmp_path / 'restored'), 'wb') as out:

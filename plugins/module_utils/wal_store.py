@@ -7,10 +7,6 @@ that PostgreSQL can recycle the segment; compressing it into ``wals/`` and index
 happens after the acknowledgement (``process_incoming``), exactly as Barman's archiver does.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import bz2
 import datetime
 import gzip
@@ -23,7 +19,15 @@ import tempfile
 import time
 from stat import S_ISREG
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, checksum, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    catalog,
+    checksum,
+    identityfile,
+    infofile,
+    lockfile,
+    wal,
+    xlogdb,
+)
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 COMPRESSIONS = ('gzip', 'zstd', 'lz4', 'none')
@@ -123,7 +127,7 @@ def content_digest(path):
     return digest.hexdigest()
 
 
-class _DigestSink(object):
+class _DigestSink:
     """A file-like sink that only hashes what is written."""
 
     def __init__(self, digest):
@@ -163,7 +167,7 @@ def _fsync_file(handle):
     os.fsync(handle.fileno())
 
 
-class WalArchive(object):
+class WalArchive:
     """The WAL archive of one server under ``barman_home``."""
 
     def __init__(self, barman_home, server):
@@ -278,15 +282,15 @@ class WalArchive(object):
             raise RefusedWal('%s is empty' % parsed.name, 'Nothing was stored', wal=parsed.name)
         with open(path, 'rb') as handle:
             header = wal.parse_segment_header(handle.read(wal.LONG_PAGE_HEADER_SIZE), parsed.name)
-        identity = catalog.read_identity(self.layout.identity_file)
+        identity = identityfile.read_identity(self.layout.identity_file)
         wal.check_segment_content(parsed.name, header, size, identity and identity['systemid'])
         if identity is None:
-            catalog.check_identity(self.layout.identity_file, header.systemid)
+            identityfile.check_identity(self.layout.identity_file, header.systemid)
         return header.page_address, header.segment_size
 
     def _commit(self, name, tmp, position=None):
         """Publish a received file under its name, unless that name is taken or the file is implausible."""
-        with catalog.ServerLock(self.layout, 'archive', wait_seconds=30):
+        with lockfile.ServerLock(self.layout, 'archive', wait_seconds=30):
             existing = self.locate(name)
             if existing is not None:
                 if content_digest(existing) == content_digest(tmp):
@@ -382,7 +386,7 @@ class WalArchive(object):
         """(the furthest WAL start LSN, the timelines) the server's backups recorded; nothing when the
         catalog cannot be read (a refusal then stands)."""
         try:
-            infos = catalog.backup_infos(self.layout)
+            infos = infofile.backup_infos(self.layout)
         except (catalog.CatalogError, OSError):
             return None, set()
         starts, timelines = [], set()
@@ -423,7 +427,7 @@ class WalArchive(object):
                 'compression %r is not supported' % compression, 'Use one of %s' % ', '.join(COMPRESSIONS)
             )
         result = dict(archived=[], identical=[], errors=[])
-        with catalog.ServerLock(self.layout, 'archive-process', wait_seconds=wait_seconds):
+        with lockfile.ServerLock(self.layout, 'archive-process', wait_seconds=wait_seconds):
             if not dry_run:
                 self._sweep_temp_files()
             for entry in sorted(os.listdir(self.layout.incoming_dir)):
@@ -440,9 +444,9 @@ class WalArchive(object):
         """Remove the temporary files killed processes left in incoming/ and wals/ (see _sweep_temp_files);
         returns their paths. Skipped, returning [], while a processing run holds the archive: it sweeps."""
         try:
-            with catalog.ServerLock(self.layout, 'archive-process'):
+            with lockfile.ServerLock(self.layout, 'archive-process'):
                 return self._sweep_temp_files()
-        except catalog.LockBusy:
+        except lockfile.LockBusy:
             return []
 
     def _sweep_temp_files(self):
@@ -495,8 +499,8 @@ class WalArchive(object):
             catalog.fsync_dir(self.layout.wals_dir)
         stored_as = self._store_compressed(path, target, compression, wal.parse_wal_name(name).kind)
         stat = os.stat(target)  # xlog.db records the stored file, as Barman does
-        with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
-            catalog.append_xlog_db(self.layout.xlog_db, [(name, stat.st_size, stat.st_mtime, stored_as)])
+        with lockfile.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
+            xlogdb.append_xlog_db(self.layout.xlog_db, [(name, stat.st_size, stat.st_mtime, stored_as)])
         os.unlink(path)
         catalog.fsync_dir(self.layout.incoming_dir)
         result['archived'].append(name)
@@ -526,10 +530,10 @@ class WalArchive(object):
         return compression
 
     def _index_if_missing(self, name, path):
-        with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
-            if any(entry.name == name for entry in catalog.read_xlog_db(self.layout.xlog_db)):
+        with lockfile.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
+            if any(entry.name == name for entry in xlogdb.read_xlog_db(self.layout.xlog_db)):
                 return
-            catalog.append_xlog_db(
+            xlogdb.append_xlog_db(
                 self.layout.xlog_db,
                 [(name, os.stat(path).st_size, os.stat(path).st_mtime, detect_compression(path))],
             )
@@ -544,15 +548,13 @@ class WalArchive(object):
                 path = os.path.join(directory, entry)
                 if wal.is_wal_name(entry) and os.path.isfile(path):
                     stat = os.stat(path)
-                    entries.append(
-                        catalog.XlogEntry(entry, stat.st_size, stat.st_mtime, detect_compression(path), None)
-                    )
+                    entries.append(xlogdb.XlogEntry(entry, stat.st_size, stat.st_mtime, detect_compression(path), None))
         entries.sort(key=lambda e: e.name)
-        with catalog.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
-            before = set(e.name for e in catalog.read_xlog_db(self.layout.xlog_db))
+        with lockfile.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
+            before = set(e.name for e in xlogdb.read_xlog_db(self.layout.xlog_db))
             after = set(e.name for e in entries)
             if not dry_run:
-                text = ''.join(catalog.format_xlog_db_line(*entry) for entry in entries)
+                text = ''.join(xlogdb.format_xlog_db_line(*entry) for entry in entries)
                 catalog.atomic_write(self.layout.xlog_db, text, 0o600)
         return dict(entries=len(entries), added=sorted(after - before), removed=sorted(before - after))
 
@@ -642,7 +644,7 @@ class WalArchive(object):
         return sorted(e for e in os.listdir(self.layout.incoming_dir) if not e.startswith('.'))
 
 
-class _Collector(object):
+class _Collector:
     """A file-like sink that keeps what is written (small files only)."""
 
     def __init__(self):

@@ -20,10 +20,6 @@ one the receiver answered as durable. While an agent runs, a put waits for its n
 deliver is sent by the put itself, which reports why it failed.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import argparse
 import fcntl
 import os
@@ -33,8 +29,9 @@ import sys
 import threading
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import checksum, pipes, ssh, wal
-from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool, stat_key
+from ansible_collections.barman.postgresql.plugins.module_utils import checksum, ssh, wal
+from ansible_collections.barman.postgresql.runtime import pipes
+from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_ARCHIVED,
     EXIT_NOT_FOUND,

@@ -6,10 +6,6 @@ A delivery note holds the file's stat_key: the sender's shell launcher (roles/co
 wal-sender.sh.j2) reads it to answer archive_command for a delivered file without starting Python.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import os
 import time
 
@@ -22,7 +18,7 @@ def stat_key(stat):
     return '%d %d.%09d' % (stat.st_size, seconds, nanoseconds)
 
 
-class Spool(object):
+class Spool:
     """Claims and delivery notes of one server's files, beside its key (<key>.spool/, 0700)."""
 
     def __init__(self, identity_file):

@@ -15,10 +15,6 @@ request is in SSH_ORIGINAL_COMMAND and only these are honoured, for the one serv
 Exit codes stay below 126 so that PostgreSQL counts a failure and retries (see EXIT_*).
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import argparse
 import collections
 import os
@@ -28,7 +24,8 @@ import sys
 import threading
 import time
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, checksum, pipes, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import checksum, lockfile, wal, wal_store
+from ansible_collections.barman.postgresql.runtime import pipes
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_ARCHIVED,
     EXIT_OK,
@@ -99,7 +96,7 @@ def _process_in_background(wal_archive, compression):
     os.nice(19)
     try:
         wal_archive.process_incoming(compression, wait_seconds=0)
-    except catalog.LockBusy:
+    except lockfile.LockBusy:
         pass  # another processor runs: it takes this file too, or the next delivery's will
     except Exception as error:  # nobody is listening any more: leave a trace for check to report
         with open(wal_archive.layout.process_log, 'a') as log:
@@ -141,7 +138,7 @@ def serve_stream(wal_archive, stdin, stdout, on_batch=None):
                 if isinstance(taken, Exception):
                     raise taken
                 answer('ok %s %s' % (name, wal_archive.store(*taken)))
-            except (ValueError, RequestError, archive.DuplicateWal) as error:
+            except (ValueError, RequestError, wal_store.DuplicateWal) as error:
                 answer('refused %s %s' % (name, _one_line(error)))
             except (BarmanError, OSError) as error:
                 answer('error %s %s' % (name, _one_line(error)))
@@ -189,12 +186,12 @@ def serve_get(wal_archive, name, stdout, stderr):
     try:
         try:
             wal_archive.send(name, stdout)
-        except archive.WalNotFound:
+        except wal_store.WalNotFound:
             # locate() looks in wals/ then incoming/: a file compressed into wals/ between the two looks
             # was in neither. A second look finds it in wals/.
             wal_archive.send(name, stdout)
         stdout.flush()
-    except archive.WalNotFound as error:
+    except wal_store.WalNotFound as error:
         stderr.write('barman-wal-receiver: %s\n' % error)
         return EXIT_NOT_ARCHIVED
     except Exception as error:  # anything else (I/O, a damaged file, a bug) must not look like "not archived"
@@ -211,11 +208,11 @@ def main(argv=None, environ=None, stdin=None, stdout=None, stderr=None):
     parser = argparse.ArgumentParser(prog='barman-wal-receiver', description=__doc__)
     parser.add_argument('--barman-home', required=True)
     parser.add_argument('--server', required=True)
-    parser.add_argument('--compression', default='gzip', choices=archive.COMPRESSIONS)
+    parser.add_argument('--compression', default='gzip', choices=wal_store.COMPRESSIONS)
     parser.add_argument('--no-background', action='store_true', help='do not process incoming/ after a put')
     args = parser.parse_args(argv)
     try:
-        wal_archive = archive.WalArchive(args.barman_home, args.server)
+        wal_archive = wal_store.WalArchive(args.barman_home, args.server)
         request = parse_request(environ.get('SSH_ORIGINAL_COMMAND'))
         if request.verb == 'stream':
             background = None if args.no_background else lambda: _process_in_background(wal_archive, args.compression)
@@ -226,7 +223,7 @@ def main(argv=None, environ=None, stdin=None, stdout=None, stderr=None):
         if request.verb == 'get':
             return serve_get(wal_archive, request.name, stdout, stderr)
         wal_archive.receive(request.name, request.size, stdin, _read_digest_line(stdin), request.checksum)
-    except (ValueError, RequestError, archive.DuplicateWal) as error:
+    except (ValueError, RequestError, wal_store.DuplicateWal) as error:
         stderr.write('barman-wal-receiver: %s\n' % error)
         return EXIT_REFUSED
     except (BarmanError, OSError) as error:

@@ -17,11 +17,12 @@ import time
 import jinja2
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import archive, catalog, wal, walsender
-from ansible_collections.barman.postgresql.plugins.module_utils.spool import Spool, stat_key
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal, wal_store
+from ansible_collections.barman.postgresql.runtime import walsender
+from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key
 
 NAME = '000000010000000000000005'
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 @pytest.fixture
@@ -322,12 +323,12 @@ if os.path.exists(answer):
     sys.stdout.buffer.write(data)
     sys.exit(int(code))
 os.environ['SSH_ORIGINAL_COMMAND'] = sys.argv[-1]
-from ansible_collections.barman.postgresql.plugins.module_utils import walreceiver
+from ansible_collections.barman.postgresql.runtime import walreceiver
 sys.exit(walreceiver.main(['--barman-home', os.path.join(state, 'home'), '--server', 'pg1', '--no-background']))
 '''
 
 
-class FakeBackupServer(object):
+class FakeBackupServer:
     """The backup server as the sender sees it through ``ssh`` on PATH: the real receiver, or an outage,
     or a canned answer (the subprocess's exit code and output are the sender's only input)."""
 
@@ -346,7 +347,7 @@ class FakeBackupServer(object):
 
     def archive(self, name, data, compression='gzip'):
         digest = hashlib.sha256(data).hexdigest()
-        wal_archive = archive.WalArchive(self.home, 'pg1')
+        wal_archive = wal_store.WalArchive(self.home, 'pg1')
         assert wal_archive.receive(name, len(data), io.BytesIO(data), lambda: digest) == 'stored'
         wal_archive.process_incoming(compression)
         return wal_archive.locate(name)
@@ -472,7 +473,7 @@ def test_get_killed_by_postgresql_dies_of_sigterm_and_leaves_nothing(server, key
     server.down(-1)
     target = tmp_path / 'RECOVERYXLOG'
     argv = ['--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'get', NAME, str(target)]
-    code = 'from ansible_collections.barman.postgresql.plugins.module_utils import walsender; walsender.main(%r)'
+    code = 'from ansible_collections.barman.postgresql.runtime import walsender; walsender.main(%r)'
     proc = subprocess.Popen([sys.executable, '-c', code % argv], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while len(server.calls()) < 2 and time.monotonic() < deadline:

@@ -9,14 +9,17 @@ import threading
 import pytest
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
-    archive,
-    backup_catalog,
     catalog,
     health,
+    infofile,
+    lockfile,
     recovery,
     recovery_hold,
     retention,
+    server_catalog,
     wal,
+    wal_store,
+    xlogdb,
 )
 
 UTC = datetime.timezone.utc
@@ -28,7 +31,7 @@ def seg(n, tli=1):
     return wal.segment_name(tli, n, SEG)
 
 
-class Lab(object):
+class Lab:
     """A server catalog on disk: backups (info + a data file) and WAL files indexed in xlog.db."""
 
     def __init__(self, home, server='pg1'):
@@ -50,7 +53,7 @@ class Lab(object):
         )
         if status == 'FAILED':
             info['error'] = 'rsync died'
-        catalog.write_backup_info(self.layout.backup_info_path(backup_id), info)
+        infofile.write_backup_info(self.layout.backup_info_path(backup_id), info)
         os.makedirs(self.layout.backup_data_dir(backup_id))
         with open(os.path.join(self.layout.backup_data_dir(backup_id), 'PG_VERSION'), 'w') as handle:
             handle.write('15\n')
@@ -67,7 +70,7 @@ class Lab(object):
             entries.append(
                 (name, 10, (NOW - datetime.timedelta(minutes=60 - n if isinstance(n, int) else 0)).timestamp(), 'gzip')
             )
-        catalog.append_xlog_db(self.layout.xlog_db, entries)
+        xlogdb.append_xlog_db(self.layout.xlog_db, entries)
 
     def delivered(self, *numbers):
         """WAL files the receiver put in incoming/, not yet compressed into wals/ nor indexed."""
@@ -92,7 +95,7 @@ def test_list_describes_backups_with_wal_between_them(lab):
     lab.backup('20261121T010000', 5, 6, status='FAILED')
     lab.backup('20261122T010000', 7, 8)
     lab.wals(1, 2, 3, 4, 5, 6, 7, 8, 9)
-    summary = backup_catalog.ServerCatalog(lab.layout).summary(retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    summary = server_catalog.ServerCatalog(lab.layout).summary(retention.parse_policy('REDUNDANCY 1'), 1, NOW)
     first, failed, last = summary['backups']
     assert (first['backup_id'], first['status'], first['retention_status']) == ('20261120T010000', 'DONE', 'OBSOLETE')
     assert (first['wal_count'], first['wal_size']) == (5, 50)  # segments 2..6, up to the next DONE begin
@@ -117,37 +120,37 @@ def test_resolve_shortcuts(lab, shortcut, expected):
     lab.backup('20261120T010000', 2)
     lab.backup('20261121T010000', 5, status='FAILED')
     lab.backup('20261122T010000', 7)
-    assert backup_catalog.ServerCatalog(lab.layout).resolve(shortcut) == expected
+    assert server_catalog.ServerCatalog(lab.layout).resolve(shortcut) == expected
 
 
 @pytest.mark.parametrize('text', ['20261123T010000', 'newest', '../x', ''])
 def test_resolve_refuses_unknown_ids(lab, text):
     lab.backup('20261120T010000', 2)
-    with pytest.raises((backup_catalog.CatalogRefusal, catalog.InvalidName)) as caught:
-        backup_catalog.ServerCatalog(lab.layout).resolve(text)
+    with pytest.raises((server_catalog.CatalogRefusal, catalog.InvalidName)) as caught:
+        server_catalog.ServerCatalog(lab.layout).resolve(text)
     assert caught.value.hint
 
 
 def test_unknown_server_is_refused_naming_the_known_ones(lab):
-    with pytest.raises(backup_catalog.CatalogRefusal) as caught:
-        backup_catalog.server_layout(lab.layout.barman_home, 'pg9')
+    with pytest.raises(server_catalog.CatalogRefusal) as caught:
+        server_catalog.server_layout(lab.layout.barman_home, 'pg9')
     assert 'pg1' in str(caught.value)
 
 
 def test_keep_and_release_write_barmans_annotation(lab):
     lab.backup('20261120T010000', 2)
-    server = backup_catalog.ServerCatalog(lab.layout)
+    server = server_catalog.ServerCatalog(lab.layout)
     assert server.keep('20261120T010000', 'standalone', dry_run=True)
     assert not os.path.exists(lab.layout.keep_path('20261120T010000'))
-    server = backup_catalog.ServerCatalog(lab.layout)
+    server = server_catalog.ServerCatalog(lab.layout)
     assert server.keep('20261120T010000', 'standalone')
     assert open(lab.layout.keep_path('20261120T010000')).read() == 'standalone'
     assert oct(os.stat(lab.layout.keep_path('20261120T010000')).st_mode & 0o777) == '0o600'
-    assert not backup_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'standalone')
-    assert backup_catalog.ServerCatalog(lab.layout).keeps == {'20261120T010000': 'standalone'}
-    assert backup_catalog.ServerCatalog(lab.layout).release('20261120T010000')
+    assert not server_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'standalone')
+    assert server_catalog.ServerCatalog(lab.layout).keeps == {'20261120T010000': 'standalone'}
+    assert server_catalog.ServerCatalog(lab.layout).release('20261120T010000')
     assert not os.path.exists(lab.layout.keep_path('20261120T010000'))
-    assert not backup_catalog.ServerCatalog(lab.layout).release('20261120T010000')
+    assert not server_catalog.ServerCatalog(lab.layout).release('20261120T010000')
 
 
 def test_the_old_keep_location_is_read(lab):
@@ -155,13 +158,13 @@ def test_the_old_keep_location_is_read(lab):
     os.makedirs(os.path.dirname(lab.layout.old_keep_path('20261120T010000')))
     with open(lab.layout.old_keep_path('20261120T010000'), 'w') as handle:
         handle.write('full')
-    assert backup_catalog.ServerCatalog(lab.layout).keeps == {'20261120T010000': 'full'}
+    assert server_catalog.ServerCatalog(lab.layout).keeps == {'20261120T010000': 'full'}
 
 
 def test_only_done_backups_are_kept(lab):
     lab.backup('20261120T010000', 2, status='FAILED')
-    with pytest.raises(backup_catalog.CatalogRefusal, match='only a DONE backup'):
-        backup_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'full')
+    with pytest.raises(server_catalog.CatalogRefusal, match='only a DONE backup'):
+        server_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'full')
 
 
 def test_delete_removes_the_backup_and_only_the_wal_it_alone_needed(lab):
@@ -169,14 +172,14 @@ def test_delete_removes_the_backup_and_only_the_wal_it_alone_needed(lab):
     lab.backup('20261122T010000', 5)
     lab.wals(1, 2, 3, 4, 5, 6, '00000001.history')
     before = lab.files()
-    dry = backup_catalog.delete_backup(lab.layout, 'oldest', 1, dry_run=True)
+    dry = server_catalog.delete_backup(lab.layout, 'oldest', 1, dry_run=True)
     assert lab.files() == before
     assert dry['removed_backups'] == ['20261120T010000'] and dry['removed_wals'] == 4
-    result = backup_catalog.delete_backup(lab.layout, 'oldest', 1)
+    result = server_catalog.delete_backup(lab.layout, 'oldest', 1)
     assert result == dict(dry, backup_id='20261120T010000')
     assert not os.path.exists(lab.layout.backup_dir('20261120T010000'))
     assert not os.path.exists(lab.layout.backup_info_path('20261120T010000'))
-    assert [e.name for e in catalog.read_xlog_db(lab.layout.xlog_db)] == [seg(5), seg(6), '00000001.history']
+    assert [e.name for e in xlogdb.read_xlog_db(lab.layout.xlog_db)] == [seg(5), seg(6), '00000001.history']
     assert os.path.exists(lab.layout.wal_path('00000001.history'))
     assert not os.path.exists(lab.layout.wal_path(seg(4)))
     assert not [f for f in os.listdir(lab.layout.base_dir) if f.startswith('.')]
@@ -187,21 +190,21 @@ def test_delete_refuses_what_must_stay(lab):
     lab.backup('20261121T010000', 4)
     lab.backup('20261122T010000', 6, status='STARTED')
     lab.wals(1, 2, 3, 4, 5, 6)
-    backup_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'full')
+    server_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'full')
     before = lab.files()
-    with pytest.raises(backup_catalog.CatalogRefusal, match='is kept'):
-        backup_catalog.delete_backup(lab.layout, '20261120T010000', 1)
-    with pytest.raises(backup_catalog.CatalogRefusal, match='still being taken'):
-        backup_catalog.delete_backup(lab.layout, '20261122T010000', 1)
-    with pytest.raises(backup_catalog.CatalogRefusal, match='below the minimum of 2'):
-        backup_catalog.delete_backup(lab.layout, '20261121T010000', 2)
+    with pytest.raises(server_catalog.CatalogRefusal, match='is kept'):
+        server_catalog.delete_backup(lab.layout, '20261120T010000', 1)
+    with pytest.raises(server_catalog.CatalogRefusal, match='still being taken'):
+        server_catalog.delete_backup(lab.layout, '20261122T010000', 1)
+    with pytest.raises(server_catalog.CatalogRefusal, match='below the minimum of 2'):
+        server_catalog.delete_backup(lab.layout, '20261121T010000', 2)
     assert lab.files() == before
 
 
 def test_the_last_done_backup_is_never_deleted_even_with_minimum_zero(lab):
     lab.backup('20261120T010000', 2)
-    with pytest.raises(backup_catalog.CatalogRefusal, match='never deleted'):
-        backup_catalog.delete_backup(lab.layout, 'latest', 0)
+    with pytest.raises(server_catalog.CatalogRefusal, match='never deleted'):
+        server_catalog.delete_backup(lab.layout, 'latest', 0)
     assert os.path.exists(lab.layout.backup_data_dir('20261120T010000'))
 
 
@@ -209,16 +212,16 @@ def test_a_failed_backup_can_be_deleted(lab):
     lab.backup('20261120T010000', 2)
     lab.backup('20261121T010000', 4, status='FAILED')
     lab.wals(2, 3, 4)
-    result = backup_catalog.delete_backup(lab.layout, 'last-failed', 1)
+    result = server_catalog.delete_backup(lab.layout, 'last-failed', 1)
     assert result['removed_backups'] == ['20261121T010000'] and result['removed_wals'] == 0
 
 
 def test_a_running_backup_blocks_changes(lab):
     lab.backup('20261120T010000', 2)
     lab.backup('20261121T010000', 4)
-    with catalog.ServerLock(lab.layout, 'backup'):
-        with pytest.raises(catalog.LockBusy):
-            backup_catalog.delete_backup(lab.layout, 'oldest', 1)
+    with lockfile.ServerLock(lab.layout, 'backup'):
+        with pytest.raises(lockfile.LockBusy):
+            server_catalog.delete_backup(lab.layout, 'oldest', 1)
     assert os.path.exists(lab.layout.backup_info_path('20261120T010000'))
 
 
@@ -231,18 +234,18 @@ def test_retention_removes_obsolete_and_old_failed_backups_and_their_wal(lab):
     lab.wals(1, 2, 3, 4, 5, 6, 7, 8, 9)
     policy = retention.parse_policy('REDUNDANCY 2')
     before = lab.files()
-    dry = backup_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    dry = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
     assert lab.files() == before
     assert dry['removed_backups'] == ['20261118T010000', '20261119T010000']
     assert (dry['removed_wals'], dry['first_removed_wal'], dry['last_removed_wal']) == (3, seg(1), seg(3))
-    result = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    result = server_catalog.apply_retention(lab.layout, policy, 1, NOW)
     assert result == dry
-    assert sorted(backup_catalog.ServerCatalog(lab.layout).infos) == [
+    assert sorted(server_catalog.ServerCatalog(lab.layout).infos) == [
         '20261120T010000',
         '20261121T010000',
         '20261122T010000',
     ]
-    again = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    again = server_catalog.apply_retention(lab.layout, policy, 1, NOW)
     assert again['removed_backups'] == [] and again['removed_wals'] == 0
 
 
@@ -253,11 +256,11 @@ def test_retention_refuses_on_a_malformed_backup_info_and_changes_nothing(lab):
         handle.write('status=DONE\nthis line is broken\n')
     lab.wals(1, 2, 6)
     before = lab.files()
-    with pytest.raises(backup_catalog.CatalogRefusal) as caught:
-        backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    with pytest.raises(server_catalog.CatalogRefusal) as caught:
+        server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
     assert '20261119T010000-backup.info' in str(caught.value) and 'line 2' in str(caught.value)
     assert lab.files() == before
-    summary = backup_catalog.ServerCatalog(lab.layout).summary()
+    summary = server_catalog.ServerCatalog(lab.layout).summary()
     assert [m['path'] for m in summary['malformed']] == [lab.layout.backup_info_path('20261119T010000')]
 
 
@@ -326,14 +329,14 @@ def test_server_names_lists_only_server_directories(lab, tmp_path):
     os.mkdir(str(tmp_path / '.hidden'))
     os.mkdir(str(tmp_path / 'not-a-server'))
     Lab(tmp_path, 'pg2')
-    assert backup_catalog.server_names(str(tmp_path)) == ['pg1', 'pg2']
+    assert server_catalog.server_names(str(tmp_path)) == ['pg1', 'pg2']
 
 
 def test_a_standalone_backup_recovers_to_its_end_past_a_gap_that_retention_left(lab):
     lab.backup('20261120T010000', 2, 3)
     lab.wals(2, 3, 7, 8)
-    info = backup_catalog.ServerCatalog(lab.layout).infos['20261120T010000']
-    wal_archive = archive.WalArchive(lab.layout.barman_home, 'pg1')
+    info = server_catalog.ServerCatalog(lab.layout).infos['20261120T010000']
+    wal_archive = wal_store.WalArchive(lab.layout.barman_home, 'pg1')
     continuity, _needed_until = recovery.check_archive(wal_archive, info, 'target_immediate', True)
     assert continuity['missing'] == [[seg(4), seg(6)]]
     with pytest.raises(recovery.RecoveryError, match='missing from the archive'):
@@ -342,11 +345,11 @@ def test_a_standalone_backup_recovers_to_its_end_past_a_gap_that_retention_left(
 
 def test_an_archive_begun_on_a_later_timeline_needs_no_history_file_until_it_crosses_one(lab):
     lab.wals(*[seg(n, 2) for n in (5, 6, 7)])
-    wal_archive = archive.WalArchive(lab.layout.barman_home, 'pg1')
+    wal_archive = wal_store.WalArchive(lab.layout.barman_home, 'pg1')
     continuity = wal_archive.continuity(SEG)
     assert (continuity['ok'], continuity['first'], continuity['last']) == (True, seg(5, 2), seg(7, 2))
     lab.wals(seg(4, 1))
-    with pytest.raises(archive.ArchiveError, match='00000002.history'):
+    with pytest.raises(wal_store.ArchiveError, match='00000002.history'):
         wal_archive.continuity(SEG)
 
 
@@ -371,18 +374,18 @@ def test_the_dry_run_plans_the_wal_still_in_incoming_that_the_real_run_removes(l
     lab.delivered(4, 6, 9)
     policy = retention.parse_policy('REDUNDANCY 1')
     before = lab.files()
-    dry = backup_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    dry = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
     assert lab.files() == before
     assert dry['removed_wal_names'] == [seg(1), seg(2), seg(3), seg(4), seg(6)]
     assert (dry['removed_wals'], dry['removed_wal_size']) == (5, 50)
     # The background compression runs between the two runs, as it does on a live server.
-    processed = archive.WalArchive(lab.layout.barman_home, 'pg1').process_incoming('gzip')
+    processed = wal_store.WalArchive(lab.layout.barman_home, 'pg1').process_incoming('gzip')
     assert processed['archived'] == [seg(4), seg(6), seg(9)]
     before = lab.files()
-    real = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    real = server_catalog.apply_retention(lab.layout, policy, 1, NOW)
     assert real['removed_wal_names'] == dry['removed_wal_names'] and real['removed_backups'] == dry['removed_backups']
     assert removed_files(before, lab.files()) == (real['removed_backups'], real['removed_wal_names'])
-    assert [e.name for e in catalog.read_xlog_db(lab.layout.xlog_db)] == [seg(8), seg(9)]
+    assert [e.name for e in xlogdb.read_xlog_db(lab.layout.xlog_db)] == [seg(8), seg(9)]
 
 
 def test_wal_left_in_incoming_is_removed_from_there_and_counted(lab):
@@ -391,8 +394,8 @@ def test_wal_left_in_incoming_is_removed_from_there_and_counted(lab):
     lab.wals(2, 8)
     lab.delivered(3, 9)
     before = lab.files()
-    dry = backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW, dry_run=True)
-    real = backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    dry = server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW, dry_run=True)
+    real = server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
     assert real == dry and real['removed_wal_names'] == [seg(2), seg(3)] and real['removed_wal_size'] == 20
     assert removed_files(before, lab.files()) == (['20261120T010000'], [seg(2), seg(3)])
     assert os.listdir(lab.layout.incoming_dir) == [seg(9)]
@@ -402,8 +405,8 @@ def test_the_real_run_removes_its_plan_and_nothing_that_arrived_after_it(lab):
     lab.backup('20261120T010000', 3, hours_ago=30)
     lab.backup('20261122T010000', 8, hours_ago=1)
     lab.wals(3, 4, 8)
-    server = backup_catalog.ServerCatalog(lab.layout)
-    _statuses, plan = backup_catalog.plan_retention(server, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    server = server_catalog.ServerCatalog(lab.layout)
+    _statuses, plan = server_catalog.plan_retention(server, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
     assert plan.backups == ['20261120T010000'] and plan.wals == [seg(3), seg(4)]
     lab.delivered(1, 5)  # old names arriving after the plan was made: not in it, so they stay
     before = lab.files()
@@ -418,9 +421,9 @@ def test_delete_plans_wal_in_incoming_too_and_check_mode_returns_that_plan(lab):
     lab.wals(2, 5)
     lab.delivered(3, 4)
     before = lab.files()
-    dry = backup_catalog.delete_backup(lab.layout, 'oldest', 1, dry_run=True)
+    dry = server_catalog.delete_backup(lab.layout, 'oldest', 1, dry_run=True)
     assert lab.files() == before
-    real = backup_catalog.delete_backup(lab.layout, 'oldest', 1)
+    real = server_catalog.delete_backup(lab.layout, 'oldest', 1)
     assert real == dry and real['removed_wal_names'] == [seg(2), seg(3), seg(4)]
     assert removed_files(before, lab.files()) == (['20261120T010000'], real['removed_wal_names'])
 
@@ -439,21 +442,21 @@ def test_retention_keeps_a_held_backup_and_its_wal_then_removes_them_once_releas
     lab.wals(1, 2, 3, 4, 5, 6, 7, 8, 9)
     token = hold_on(lab, '20261120T010000', 2)
     policy = retention.parse_policy('REDUNDANCY 1')
-    listed = backup_catalog.ServerCatalog(lab.layout).summary(policy, 1, NOW)
+    listed = server_catalog.ServerCatalog(lab.layout).summary(policy, 1, NOW)
     assert listed['backups'][0]['holds'] == [token] and listed['backups'][0]['retention_status'] == 'HELD'
     assert [(h['token'], h['stale']) for h in listed['holds']] == [(token, False)]
     before = lab.files()
-    dry = backup_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
-    result = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    dry = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    result = server_catalog.apply_retention(lab.layout, policy, 1, NOW)
     assert result == dry
     assert result['retention_status']['20261120T010000'] == 'HELD' and result['removed_backups'] == ['20261121T010000']
     assert result['removed_wal_names'] == [seg(1)] and [h['token'] for h in result['holds']] == [token]
     assert removed_files(before, lab.files()) == (['20261121T010000'], [seg(1)])
     assert recovery_hold.release(lab.layout, token)
-    result = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    result = server_catalog.apply_retention(lab.layout, policy, 1, NOW)
     assert result['removed_backups'] == ['20261120T010000']
     assert result['removed_wal_names'] == [seg(n) for n in range(2, 8)]
-    assert sorted(backup_catalog.ServerCatalog(lab.layout).infos) == ['20261122T010000']
+    assert sorted(server_catalog.ServerCatalog(lab.layout).infos) == ['20261122T010000']
 
 
 def test_delete_refuses_a_held_backup_saying_what_holds_it_and_how_to_release(lab):
@@ -462,15 +465,15 @@ def test_delete_refuses_a_held_backup_saying_what_holds_it_and_how_to_release(la
     lab.wals(2, 3, 4, 5)
     token = hold_on(lab, '20261120T010000', 2)
     before = lab.files()
-    with pytest.raises(backup_catalog.CatalogRefusal) as caught:
-        backup_catalog.delete_backup(lab.layout, '20261120T010000', 1, now=NOW)
+    with pytest.raises(server_catalog.CatalogRefusal) as caught:
+        server_catalog.delete_backup(lab.layout, '20261120T010000', 1, now=NOW)
     text = str(caught.value)
     for part in ('held by a recovery to pg1:/srv/copy', 'since ' + NOW.isoformat(), token, 'action=release-hold'):
         assert part in text, text
     assert lab.files() == before
     # Deleting another backup keeps the WAL the held one's recovery still fetches.
     lab.backup('20261123T010000', 7)
-    result = backup_catalog.delete_backup(lab.layout, '20261122T010000', 1, now=NOW)
+    result = server_catalog.delete_backup(lab.layout, '20261122T010000', 1, now=NOW)
     assert result['removed_wal_names'] == []
 
 
@@ -478,9 +481,9 @@ def test_a_held_backup_keeps_its_wal_even_when_kept_standalone(lab):
     lab.backup('20261120T010000', 2, 3, hours_ago=30)
     lab.backup('20261122T010000', 8, hours_ago=1)
     lab.wals(1, 2, 3, 4, 5, 8)
-    backup_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'standalone')
+    server_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'standalone')
     hold_on(lab, '20261120T010000', 2)
-    result = backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    result = server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
     assert result['removed_wal_names'] == [seg(1)]
 
 
@@ -491,12 +494,12 @@ def test_an_expired_hold_protects_nothing_is_reported_and_retention_removes_it(l
     token = hold_on(lab, '20261120T010000', 2, now=NOW - datetime.timedelta(hours=25))
     assert recovery_hold.active(lab.layout, NOW) == []
     assert [h['token'] for h in recovery_hold.survey(lab.layout, NOW)['stale']] == [token]
-    listed = backup_catalog.ServerCatalog(lab.layout).summary(None, 1, NOW)
+    listed = server_catalog.ServerCatalog(lab.layout).summary(None, 1, NOW)
     assert [(h['token'], h['stale']) for h in listed['holds']] == [(token, True)]
     policy = retention.parse_policy('REDUNDANCY 1')
-    dry = backup_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    dry = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
     assert dry['removed_stale_holds'] == [token] and os.path.exists(recovery_hold.hold_path(lab.layout, token))
-    result = backup_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    result = server_catalog.apply_retention(lab.layout, policy, 1, NOW)
     assert result == dry and result['removed_backups'] == ['20261120T010000']
     assert not os.path.exists(recovery_hold.hold_path(lab.layout, token))
 
@@ -510,21 +513,21 @@ def test_a_damaged_hold_stops_retention_and_delete_and_is_reported(lab):
     with open(bad, 'w') as handle:
         handle.write('{"backup_id": "20261120T010000"')
     before = lab.files()
-    with pytest.raises(backup_catalog.CatalogRefusal, match='recovery hold .* cannot be read'):
-        backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
-    with pytest.raises(backup_catalog.CatalogRefusal, match=bad):
-        backup_catalog.delete_backup(lab.layout, 'oldest', 1)
+    with pytest.raises(server_catalog.CatalogRefusal, match='recovery hold .* cannot be read'):
+        server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    with pytest.raises(server_catalog.CatalogRefusal, match=bad):
+        server_catalog.delete_backup(lab.layout, 'oldest', 1)
     assert lab.files() == before
-    assert [m['path'] for m in backup_catalog.ServerCatalog(lab.layout).summary()['malformed']] == [bad]
+    assert [m['path'] for m in server_catalog.ServerCatalog(lab.layout).summary()['malformed']] == [bad]
 
 
 def test_release_hold_in_check_mode_changes_nothing(lab):
     lab.backup('20261120T010000', 2)
     token = hold_on(lab, '20261120T010000', 2)
-    assert backup_catalog.release_hold(lab.layout, token, dry_run=True) == dict(hold=token, released=True)
+    assert server_catalog.release_hold(lab.layout, token, dry_run=True) == dict(hold=token, released=True)
     assert os.path.exists(recovery_hold.hold_path(lab.layout, token))
-    assert backup_catalog.release_hold(lab.layout, token) == dict(hold=token, released=True)
-    assert backup_catalog.release_hold(lab.layout, token) == dict(hold=token, released=False)
+    assert server_catalog.release_hold(lab.layout, token) == dict(hold=token, released=True)
+    assert server_catalog.release_hold(lab.layout, token) == dict(hold=token, released=False)
 
 
 def test_a_change_holds_the_hold_lock_so_a_recovery_taking_a_hold_meanwhile_waits_and_sees_the_outcome(lab):
@@ -542,11 +545,11 @@ def test_a_change_holds_the_hold_lock_so_a_recovery_taking_a_hold_meanwhile_wait
 
     thread = threading.Thread(target=recovery)
     thread.start()
-    backup_lock, hold_lock = backup_catalog._changing(lab.layout)
+    backup_lock, hold_lock = server_catalog._changing(lab.layout)
     with backup_lock, hold_lock:
         locked.set()
-        server = backup_catalog.ServerCatalog(lab.layout)
-        _statuses, plan = backup_catalog.plan_retention(server, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+        server = server_catalog.ServerCatalog(lab.layout)
+        _statuses, plan = server_catalog.plan_retention(server, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
         thread.join(0.5)
         assert thread.is_alive(), 'the hold was taken while retention was between its plan and its removal'
         server.remove(plan)
@@ -561,10 +564,10 @@ def test_a_hold_taken_first_is_seen_by_the_retention_that_waited_for_it(lab, mon
     lab.backup('20261120T010000', 2, hours_ago=30)
     lab.backup('20261122T010000', 8, hours_ago=1)
     lab.wals(2, 8)
-    with catalog.ServerLock(lab.layout, recovery_hold.LOCK):
-        monkeypatch.setattr(backup_catalog, 'HOLD_LOCK_WAIT_SECONDS', 0)
-        with pytest.raises(catalog.LockBusy):
-            backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    with lockfile.ServerLock(lab.layout, recovery_hold.LOCK):
+        monkeypatch.setattr(server_catalog, 'HOLD_LOCK_WAIT_SECONDS', 0)
+        with pytest.raises(lockfile.LockBusy):
+            server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
     hold_on(lab, '20261120T010000', 2)
-    result = backup_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    result = server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
     assert result['removed_backups'] == [] and os.path.isdir(lab.layout.backup_dir('20261120T010000'))

@@ -1,0 +1,141 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The lock files Barman itself uses, ``<barman_home>/.<server>-<operation>.lock`` (for example
+``backup``, ``xlogdb``, ``archive-wal``), taken with ``flock`` so that Barman and this collection exclude
+each other; the first line is the holder's pid, as Barman expects."""
+
+import datetime
+import errno
+import fcntl
+import os
+import time
+
+from ansible_collections.barman.postgresql.plugins.module_utils.catalog import (
+    CatalogError,
+    ServerLayout,
+    validate_operation,
+)
+
+
+class LockBusy(CatalogError):
+    """Another process holds the lock."""
+
+
+class LockError(CatalogError):
+    """The lock file cannot be opened."""
+
+
+# Locks
+
+
+def read_lock_holder(path):
+    """What the lock file says about its last holder: dict(pid, operation, started), values may be None."""
+    holder = {'pid': None, 'operation': None, 'started': None}
+    try:
+        with open(path, 'r', encoding='utf-8', errors='replace') as handle:
+            lines = handle.read(4096).splitlines()
+    except OSError:
+        return holder
+    if lines and lines[0].strip().isdigit():
+        holder['pid'] = int(lines[0])
+    if len(lines) > 1:
+        holder['operation'] = lines[1].strip() or None
+    if len(lines) > 2:
+        holder['started'] = lines[2].strip() or None
+    return holder
+
+
+class ServerLock:
+    """Exclusive ``flock`` on a per-server, per-operation lock file, as a context manager.
+
+    ``layout_or_path`` is a ServerLayout (the file is ``layout.lock_path(operation)``, the one
+    Barman uses) or the lock file path. The kernel drops the lock when the holder exits, however
+    it dies. The file keeps the holder's pid (first line, as Barman writes it), the operation and
+    the start time. A busy lock raises LockBusy, after retrying for ``wait_seconds``.
+    """
+
+    def __init__(self, layout_or_path, operation, wait_seconds=0, poll_seconds=0.1):
+        self.operation = validate_operation(operation)
+        if isinstance(layout_or_path, ServerLayout):
+            self.path = layout_or_path.lock_path(operation)
+        else:
+            self.path = os.path.abspath(layout_or_path)
+        self.wait_seconds = wait_seconds
+        self.poll_seconds = poll_seconds
+        self.fd = None
+
+    def _open(self):
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise LockError(
+                'Cannot open lock file %s: %s' % (self.path, exc.strerror),
+                'Check that its directory exists and that this user can write there',
+                lock_path=self.path,
+            ) from None
+
+    def _try_lock(self, fd):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                return False
+            raise
+        return True
+
+    def _busy(self):
+        holder = read_lock_holder(self.path)
+        who = 'process %s' % holder['pid'] if holder['pid'] else 'another process'
+        details = ', '.join('%s %s' % (key, holder[key]) for key in ('operation', 'started') if holder[key] is not None)
+        waited = ' after waiting %ss' % self.wait_seconds if self.wait_seconds else ''
+        hint = 'Wait for it to finish and retry'
+        if holder['pid']:
+            hint += ', or check what pid %s is (ps -p %s): the lock is released as soon as that process exits' % (
+                holder['pid'],
+                holder['pid'],
+            )
+        return LockBusy(
+            'The %s lock of %s is held by %s%s%s'
+            % (self.operation, self.path, who, ' (%s)' % details if details else '', waited),
+            hint,
+            lock_path=self.path,
+            operation=self.operation,
+            holder_pid=holder['pid'],
+            holder_operation=holder['operation'],
+            holder_started=holder['started'],
+        )
+
+    def acquire(self):
+        if self.fd is not None:
+            return self
+        fd = self._open()
+        try:
+            deadline = time.monotonic() + (self.wait_seconds or 0)
+            while not self._try_lock(fd):
+                if time.monotonic() >= deadline:
+                    raise self._busy()
+                time.sleep(self.poll_seconds)
+            started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+            content = ('%d\n%s\n%s\n' % (os.getpid(), self.operation, started)).encode('utf-8')
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, content, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, exc_type, exc, traceback):
+        self.release()
