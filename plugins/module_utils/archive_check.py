@@ -87,7 +87,7 @@ def check_archive(wal_archive, params, switch=True, sweep=True):
         result['swept'] = wal_archive.sweep_temp_files() + sweep_deleted_backups(wal_archive.layout)
     segment_size = params.get('segment_size')
     if params.get('pg_host'):
-        conn = postgres.connect(**dict((k, v) for k, v in params.items() if k.startswith('pg_')))
+        conn = postgres.connect_with(params)
         try:
             segment_size = postgres.wal_segment_size(conn)
             result['archiver'] = postgres.archiver_stats(conn)

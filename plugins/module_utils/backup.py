@@ -58,10 +58,6 @@ def backup_argument_spec():
     )
 
 
-def _now_utc():
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
 class Progress:
     """Lines in <server>/backup.log, so a long copy can be followed with tail -f."""
 
@@ -70,19 +66,16 @@ class Progress:
 
     def __call__(self, message):
         with open(self.path, 'a') as log:
-            log.write('%s %s\n' % (_now_utc().strftime('%Y-%m-%dT%H:%M:%SZ'), message))
+            log.write('%s %s\n' % (catalog.now_utc().strftime('%Y-%m-%dT%H:%M:%SZ'), message))
 
 
 # -- the catalog side ----------------------------------------------------------------------------
 
 
 def newest_done_backup(layout):
-    done = [
-        (backup_id, info)
-        for backup_id, info in infofile.backup_infos(layout).items()
-        if info['status'] == infofile.DONE
-    ]
-    return done[-1] if done else (None, None)
+    infos = infofile.backup_infos(layout)
+    done = infofile.done_backup_ids(infos)
+    return (done[-1], infos[done[-1]]) if done else (None, None)
 
 
 def settle_unfinished_backups(layout, wal_archive):
@@ -418,7 +411,7 @@ def take_backup(params, check_mode=False):
     with lockfile.ServerLock(layout, 'backup'), ssh.operation_control_path(layout.root) as control_path:
         copier = Copier(params, progress, control_path)
         settled = settle_unfinished_backups(layout, wal_archive)
-        conn = postgres.connect(**dict((k, v) for k, v in params.items() if k.startswith('pg_')))
+        conn = postgres.connect_with(params)
         try:
             facts = preflight(params, layout, conn, copier)
             if check_mode:

@@ -36,8 +36,8 @@ class InvalidName(CatalogError, ValueError):
 
 
 def now_utc():
-    """The current time, aware, in UTC, to the second (what backup.info and the reports write)."""
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    """The current time, aware, in UTC: what the catalog's records and reports compare and write."""
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 # Names

@@ -7,6 +7,7 @@ import os
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     archive_check,
+    catalog,
     infofile,
     postgres,
     server_catalog,
@@ -56,7 +57,7 @@ class _Checks:
 def _backup_checks(checks, server, options, now):
     # In the order they began: ids are local time, which goes back when daylight saving time ends.
     order = infofile.ordered_backup_ids(server.infos)
-    done = [b for b in order if server.infos[b]['status'] == infofile.DONE]
+    done = infofile.done_backup_ids(server.infos)
     minimum = options.get('minimum_redundancy') or 0
     if not done:
         checks.add('backups', CRITICAL, 'no DONE backup: nothing can be recovered; run playbooks/backup.yml')
@@ -157,7 +158,7 @@ def _ranges(ranges):
 def _archiver_check(checks, server, options):
     """What PostgreSQL says about its archive_command (pg_stat_archiver)."""
     try:
-        conn = postgres.connect(**dict((k, v) for k, v in options.items() if k.startswith('pg_')))
+        conn = postgres.connect_with(options)
     except BarmanError as exc:
         checks.add('archiver', CRITICAL, 'cannot ask PostgreSQL: %s' % exc)
         return None
@@ -215,7 +216,7 @@ def check_server(layout, options, policy=None, now=None):
     ``options``: minimum_redundancy, last_backup_maximum_age and wal_maximum_age (seconds or None),
     disk_warning_percent, disk_critical_percent, and pg_* to ask PostgreSQL (pg_host None: skipped).
     """
-    now = now or server_catalog.now_utc()
+    now = now or catalog.now_utc()
     server = server_catalog.ServerCatalog(layout)
     checks = _Checks()
     if server.malformed:

@@ -333,9 +333,30 @@ def backup_order_key(backup_id, info):
         return (float('-inf'), backup_id)
 
 
-def ordered_backup_ids(infos):
-    """The ids of ``infos`` ({backup_id: info}), oldest first by begin time (see backup_order_key)."""
-    return sorted(infos, key=lambda backup_id: backup_order_key(backup_id, infos[backup_id]))
+def ordered_backup_ids(infos, statuses=None):
+    """The ids of ``infos`` ({backup_id: info}), oldest first by begin time (see backup_order_key); only
+    those with one of ``statuses`` when given."""
+    ids = [b for b in infos if statuses is None or infos[b]['status'] in statuses]
+    return sorted(ids, key=lambda backup_id: backup_order_key(backup_id, infos[backup_id]))
+
+
+def done_backup_ids(infos):
+    """The ids of the DONE backups, the only ones a recovery may use, oldest first."""
+    return ordered_backup_ids(infos, (DONE,))
+
+
+# Barman's backup id shortcuts, and the statuses they choose from (last-failed aside).
+SHORTCUTS = ('latest', 'last', 'oldest', 'first', 'last-failed')
+SHORTCUT_STATUSES = (DONE, WAITING_FOR_WALS)
+
+
+def shortcut_backup_id(infos, shortcut, statuses=SHORTCUT_STATUSES):
+    """The id a shortcut names (latest/last and oldest/first among ``statuses``, last-failed), None when
+    there is no such backup."""
+    ids = ordered_backup_ids(infos, (FAILED,) if shortcut == 'last-failed' else statuses)
+    if not ids:
+        return None
+    return ids[0] if shortcut in ('oldest', 'first') else ids[-1]
 
 
 def backup_infos(layout):
@@ -360,7 +381,7 @@ def archive_origin(infos, keeps):
     that is an island. Returns dict(backup_id, begin_wal, islands=[dict(backup_id, begin_wal, end_wal)]),
     backup_id and begin_wal None without a DONE backup.
     """
-    done = [b for b in ordered_backup_ids(infos) if infos[b]['status'] == DONE and infos[b].get('begin_wal')]
+    done = [b for b in done_backup_ids(infos) if infos[b].get('begin_wal')]
     full = [b for b in done if keeps.get(b) != 'standalone'] or done[-1:]
     if not full:
         return dict(backup_id=None, begin_wal=None, islands=[])

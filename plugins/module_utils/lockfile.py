@@ -4,7 +4,6 @@
 ``backup``, ``xlogdb``, ``archive-wal``), taken with ``flock`` so that Barman and this collection exclude
 each other; the first line is the holder's pid, as Barman expects."""
 
-import datetime
 import errno
 import fcntl
 import os
@@ -13,6 +12,7 @@ import time
 from ansible_collections.barman.postgresql.plugins.module_utils.catalog import (
     CatalogError,
     ServerLayout,
+    now_utc,
     validate_operation,
 )
 
@@ -115,7 +115,7 @@ class ServerLock:
                 if time.monotonic() >= deadline:
                     raise self._busy()
                 time.sleep(self.poll_seconds)
-            started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+            started = now_utc().replace(microsecond=0).isoformat()
             content = ('%d\n%s\n%s\n' % (os.getpid(), self.operation, started)).encode('utf-8')
             os.ftruncate(fd, 0)
             os.pwrite(fd, content, 0)

@@ -67,6 +67,11 @@ def connect(pg_host, pg_port=5432, pg_user='barman', pg_password=None, pg_databa
     return conn
 
 
+def connect_with(params):
+    """connect() with the pg_* options of a module's parameters (see connection_argument_spec)."""
+    return connect(**{k: v for k, v in params.items() if k in connection_argument_spec()})
+
+
 def query_one(conn, sql, params=None):
     """The first row of a query as a dict."""
     try:

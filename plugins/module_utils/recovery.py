@@ -148,7 +148,7 @@ def the_target(params):
 
 def choose_backup(infos, kind, value, backup_id=None):
     """The backup to restore: the given one, or the newest DONE one that ends before the target."""
-    done = [(i, info) for i, info in infos.items() if info['status'] == infofile.DONE]
+    done = [(i, infos[i]) for i in infofile.done_backup_ids(infos)]
     if not done:
         raise RecoveryError('there is no DONE backup of this server', 'Take one first (playbooks/backup.yml)')
     if backup_id in (None, '', 'latest', 'last'):
@@ -161,12 +161,12 @@ def choose_backup(infos, kind, value, backup_id=None):
             oldest = done[0][1]
             raise RecoveryError(
                 'the target %s is before the end of the oldest backup (%s ended at %s, LSN %s)'
-                % (_shown(kind, value), done[0][0], oldest['end_time'], oldest['end_xlog']),
+                % (_target_shown(kind, value), done[0][0], oldest['end_time'], oldest['end_xlog']),
                 'A backup can only be recovered to a point after its end: choose a later target',
             )
         return candidates[-1]
-    if backup_id in ('oldest', 'first'):
-        backup_id = done[0][0]
+    if backup_id in infofile.SHORTCUTS:
+        backup_id = infofile.shortcut_backup_id(infos, backup_id, statuses=(infofile.DONE,)) or backup_id
     if backup_id not in infos:
         raise RecoveryError(
             'there is no backup %s of this server' % backup_id,
@@ -180,7 +180,8 @@ def choose_backup(infos, kind, value, backup_id=None):
         )
     if kind == 'target_time' and value <= info['end_time']:
         raise RecoveryError(
-            'the target %s is before the end of backup %s (%s)' % (_shown(kind, value), backup_id, info['end_time']),
+            'the target %s is before the end of backup %s (%s)'
+            % (_target_shown(kind, value), backup_id, info['end_time']),
             'Choose a later target or an older backup',
         )
     if kind == 'target_lsn' and value < wal.parse_lsn(info['end_xlog']):
@@ -192,14 +193,15 @@ def choose_backup(infos, kind, value, backup_id=None):
     return backup_id, info
 
 
-def _shown(kind, value):
+def _target_shown(kind, value):
     if kind == 'target_lsn':
         return 'LSN %s' % wal.format_lsn(value)
     return '%s %s' % (kind.replace('target_', ''), value)
 
 
-def check_archive(wal_archive, info, kind, value):
-    """The WAL from the backup's begin_wal up to the target (or the newest) is all there."""
+def wal_needed_for_target(wal_archive, info, kind, value):
+    """Check that the WAL from the backup's begin_wal up to the target (or the newest) is all archived;
+    the archive's continuity and the last segment number recovery needs."""
     segment_size = info['xlog_segment_size']
     continuity = wal_archive.continuity(segment_size, info['begin_wal'])
     newest = continuity['last']
@@ -543,7 +545,7 @@ def plan_recovery(params, layout, wal_archive, control_path, check_mode=False):
     destination's checks are left to the real run. Returns (plan, destination or None, private parts)."""
     kind, value = the_target(params)
     backup_id, info = choose_backup(infofile.backup_infos(layout), kind, value, params.get('backup_id'))
-    continuity, needed_until = check_archive(wal_archive, info, kind, value)
+    continuity, needed_until = wal_needed_for_target(wal_archive, info, kind, value)
     directory = destination_directory(params, info, check_mode)
     locations = tablespace_locations(info, params, directory) if directory else {}
     files = configuration_files(layout.backup_data_dir(backup_id), params, backup_id, locations, kind, value)
@@ -615,7 +617,7 @@ def recover(params, check_mode=False):
             )
             try:
                 # A retention that ran between the plan and the hold may have removed WAL: look again.
-                check_archive(wal_archive, parts['info'], parts['kind'], parts['value'])
+                wal_needed_for_target(wal_archive, parts['info'], parts['kind'], parts['value'])
                 _copy(params, layout, wal_archive, destination, plan['backup_id'], parts)
             except BaseException:
                 recovery_hold.release(layout, plan['hold'])

@@ -38,10 +38,6 @@ class HoldError(BarmanError):
     """A hold that cannot be taken, released or read."""
 
 
-def now_utc():
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
 def holds_dir(layout):
     return os.path.join(layout.root, HOLDS_DIR)
 
@@ -109,7 +105,7 @@ def take(layout, backup_id, begin_wal, destination, ttl_seconds=DEFAULT_TTL_SECO
                 'Hold the DONE backup the recovery copies, with the begin_wal of its backup.info',
                 backup_id=backup_id,
             )
-        started = now or now_utc()
+        started = now or catalog.now_utc()
         token = '%s-%s' % (backup_id, secrets.token_hex(8))
         hold = dict(
             token=token,
@@ -184,7 +180,7 @@ def is_stale(hold, now):
 
 def survey(layout, now=None):
     """dict(active, stale, damaged): the holds that protect, the expired ones (ignored), the unreadable."""
-    now = now or now_utc()
+    now = now or catalog.now_utc()
     holds, damaged = read_all(layout)
     return dict(
         active=[h for h in holds if not is_stale(h, now)],

@@ -161,7 +161,7 @@ def removable_wals(names, infos, statuses, segment_size, needed_from=()):
     ``infos``). Timeline history files are never removed. Without a DONE backup left, nothing is
     removed: the WAL is then all there is.
     """
-    done = [b for b in infofile.ordered_backup_ids(infos) if infos[b]['status'] == infofile.DONE]
+    done = infofile.done_backup_ids(infos)
     if not done:
         return []
     full_from = []

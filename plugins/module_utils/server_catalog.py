@@ -26,9 +26,6 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
 )
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
-SHORTCUTS = ('latest', 'last', 'oldest', 'first', 'last-failed')
-# Statuses the shortcuts other than last-failed choose from (Barman's default filter).
-_USABLE = (infofile.DONE, infofile.WAITING_FOR_WALS)
 _LIST_FIELDS = ('status', 'begin_wal', 'end_wal', 'begin_xlog', 'end_xlog', 'timeline', 'size', 'deduplicated_size')
 # How long a change waits for pg_recover taking a hold (a few milliseconds of work).
 HOLD_LOCK_WAIT_SECONDS = 60
@@ -42,10 +39,6 @@ RemovalPlan = collections.namedtuple('RemovalPlan', 'backups wals wal_sizes stal
 
 class CatalogRefusal(BarmanError):
     """A change to the catalog that would lose recoverability, or asks for what is not there."""
-
-
-def now_utc():
-    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _iso(value):
@@ -132,7 +125,7 @@ class ServerCatalog:
         return wal.validate_segment_size(sizes[-1] if sizes else wal.DEFAULT_SEGMENT_SIZE)
 
     def done_ids(self):
-        return [b for b in infofile.ordered_backup_ids(self.infos) if self.infos[b]['status'] == infofile.DONE]
+        return infofile.done_backup_ids(self.infos)
 
     def refuse_if_malformed(self, doing):
         if self.malformed:
@@ -146,16 +139,15 @@ class ServerCatalog:
 
     def resolve(self, backup_id):
         """A backup id from an id or a shortcut (latest/last, oldest/first, last-failed)."""
-        if backup_id in SHORTCUTS:
-            wanted = (infofile.FAILED,) if backup_id == 'last-failed' else _USABLE
-            ids = [b for b in infofile.ordered_backup_ids(self.infos) if self.infos[b]['status'] in wanted]
-            if not ids:
+        if backup_id in infofile.SHORTCUTS:
+            found = infofile.shortcut_backup_id(self.infos, backup_id)
+            if found is None:
                 raise CatalogRefusal(
                     'Server %s has no %s backup' % (self.layout.server, backup_id),
                     'List the backups (action list) to see what there is',
                     server=self.layout.server,
                 )
-            return ids[0] if backup_id in ('oldest', 'first') else ids[-1]
+            return found
         catalog.validate_backup_id(backup_id)
         if backup_id not in self.infos:
             raise CatalogRefusal(
@@ -205,7 +197,7 @@ class ServerCatalog:
         item['begin_time'] = _iso(info.get('begin_time'))
         item['end_time'] = _iso(info.get('end_time'))
         item['keep'] = self.keeps.get(backup_id)
-        item['holds'] = [h['token'] for h in self.active_holds(now or now_utc()) if h['backup_id'] == backup_id]
+        item['holds'] = [h['token'] for h in self.active_holds(now or catalog.now_utc()) if h['backup_id'] == backup_id]
         item['retention_status'] = (statuses or {}).get(backup_id)
         item['error'] = info.get('error')
         item['wal_size'] = item['wal_count'] = None
@@ -271,7 +263,7 @@ class ServerCatalog:
         ]
 
     def summary(self, policy=None, minimum_redundancy=1, now=None):
-        now = now or now_utc()
+        now = now or catalog.now_utc()
         statuses = self.statuses(policy, minimum_redundancy, now)
         return dict(
             server=self.layout.server,
@@ -466,7 +458,7 @@ def plan_delete(server, backup_id, minimum_redundancy, now):
 
 def delete_backup(layout, backup_id, minimum_redundancy, dry_run=False, now=None):
     """Delete one backup and the WAL only it needed. Returns the removal result (with backup_id)."""
-    now = now or now_utc()
+    now = now or catalog.now_utc()
     backup_lock, hold_lock = _changing(layout)
     with backup_lock, hold_lock:
         server = ServerCatalog(layout)
@@ -491,7 +483,7 @@ def plan_retention(server, policy, minimum_redundancy, now):
 def apply_retention(layout, policy, minimum_redundancy, now=None, dry_run=False):
     """Apply the policy: plan, then (unless dry_run) remove exactly the plan. Returns the statuses and the
     removal result."""
-    now = now or now_utc()
+    now = now or catalog.now_utc()
     backup_lock, hold_lock = _changing(layout)
     with backup_lock, hold_lock:
         server = ServerCatalog(layout)

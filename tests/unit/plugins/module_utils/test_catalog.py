@@ -925,3 +925,53 @@ def test_archive_origin_ignores_backups_that_are_not_done_and_follows_begin_time
     origin = infofile.archive_origin(infos, keeps)
     assert origin['backup_id'] == '20261119T010000'
     assert origin['islands'] == [dict(backup_id='20261119T013000', begin_wal=_wal(5), end_wal=_wal(6))]
+
+
+# --- the DONE backups and the id shortcuts, answered in one place ----------------------------
+
+
+def _by_status(**statuses):
+    """{backup_id: info} with begin times in the order of the ids."""
+    return {
+        backup_id: dict(
+            status=status, begin_time=datetime.datetime(2026, 1, int(backup_id[6:8]), tzinfo=datetime.timezone.utc)
+        )
+        for backup_id, status in statuses.items()
+    }
+
+
+INFOS = _by_status(
+    **{
+        '20260103T000000': infofile.DONE,
+        '20260101T000000': infofile.FAILED,
+        '20260102T000000': infofile.DONE,
+        '20260104T000000': infofile.WAITING_FOR_WALS,
+        '20260105T000000': infofile.FAILED,
+    }
+)
+
+
+def test_done_backup_ids_are_the_done_ones_oldest_first():
+    assert infofile.done_backup_ids(INFOS) == ['20260102T000000', '20260103T000000']
+    assert infofile.done_backup_ids({}) == []
+
+
+@pytest.mark.parametrize(
+    'shortcut, statuses, expected',
+    [
+        ('latest', infofile.SHORTCUT_STATUSES, '20260104T000000'),
+        ('last', infofile.SHORTCUT_STATUSES, '20260104T000000'),
+        ('oldest', infofile.SHORTCUT_STATUSES, '20260102T000000'),
+        ('first', infofile.SHORTCUT_STATUSES, '20260102T000000'),
+        ('last-failed', infofile.SHORTCUT_STATUSES, '20260105T000000'),
+        ('latest', (infofile.DONE,), '20260103T000000'),
+        ('oldest', (infofile.DONE,), '20260102T000000'),
+    ],
+)
+def test_a_shortcut_names_one_backup(shortcut, statuses, expected):
+    assert infofile.shortcut_backup_id(INFOS, shortcut, statuses) == expected
+
+
+def test_a_shortcut_with_no_such_backup_names_none():
+    assert infofile.shortcut_backup_id(_by_status(**{'20260101T000000': infofile.DONE}), 'last-failed') is None
+    assert infofile.shortcut_backup_id({}, 'latest') is None

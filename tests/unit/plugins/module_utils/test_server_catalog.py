@@ -337,10 +337,10 @@ def test_a_standalone_backup_recovers_to_its_end_past_a_gap_that_retention_left(
     lab.wals(2, 3, 7, 8)
     info = server_catalog.ServerCatalog(lab.layout).infos['20261120T010000']
     wal_archive = wal_store.WalArchive(lab.layout.barman_home, 'pg1')
-    continuity, _needed_until = recovery.check_archive(wal_archive, info, 'target_immediate', True)
+    continuity, _needed_until = recovery.wal_needed_for_target(wal_archive, info, 'target_immediate', True)
     assert continuity['missing'] == [[seg(4), seg(6)]]
     with pytest.raises(recovery.RecoveryError, match='missing from the archive'):
-        recovery.check_archive(wal_archive, info, None, None)
+        recovery.wal_needed_for_target(wal_archive, info, None, None)
 
 
 def test_an_archive_begun_on_a_later_timeline_needs_no_history_file_until_it_crosses_one(lab):
