@@ -45,6 +45,8 @@ PROCESS_EVERY = 64
 class RequestError(BarmanError):
     """The client asked for something this key does not allow."""
 
+    code = 'REQUEST_REFUSED'
+
 
 Request = collections.namedtuple('Request', 'verb name size checksum')
 

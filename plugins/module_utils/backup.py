@@ -12,7 +12,6 @@ import ctypes
 import datetime
 import os
 import shutil
-import subprocess
 import threading
 import time
 
@@ -23,6 +22,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     lockfile,
     pgdata_layout,
     postgres,
+    remote,
     rsync,
     ssh,
     wal,
@@ -40,10 +40,15 @@ PROGRESS_LOG = 'backup.log'
 class BackupError(BarmanError):
     """The backup could not be taken; the backup itself (if started) is FAILED."""
 
+    code = 'BARMAN_ERROR'  # several refusals: each raise names its code
 
-def backup_argument_spec():
-    """Options of pg_basebackup_rsync beyond the catalog and connection ones."""
-    return dict(
+
+def module_spec() -> dict:
+    """pg_basebackup_rsync's AnsibleModule keyword arguments: the catalog, the connection (pg_host required:
+    it is what is backed up) and the copy."""
+    spec = dict(catalog.catalog_argument_spec(), **postgres.connection_argument_spec())
+    spec['pg_host'] = dict(spec['pg_host'], required=True)
+    spec.update(
         ssh_host=dict(type='str'),
         ssh_user=dict(type='str', default='postgres'),
         ssh_port=dict(type='int'),
@@ -56,6 +61,7 @@ def backup_argument_spec():
         wal_timeout=dict(type='int', default=120),
         label=dict(type='str'),
     )
+    return dict(argument_spec=spec)
 
 
 class Progress:
@@ -166,68 +172,39 @@ class Copier:
         self.params = params
         self.progress = progress
         host = params['ssh_host'] or params['pg_host']
-        self.target = ssh.validate_ssh_target(params['ssh_user'], host, params['ssh_port'])
+        target = ssh.validate_ssh_target(params['ssh_user'], host, params['ssh_port'])
         # One SSH connection for every rsync and command of the backup (ControlMaster), not one each.
-        self.ssh_options = dict(known_hosts_file=params.get('ssh_known_hosts'), control_path=control_path)
-        self.rsh = ssh.rsync_rsh(port=self.target.port, **self.ssh_options)
+        self.host = remote.Remote(target, control_path, known_hosts_file=params.get('ssh_known_hosts'))
         self.stats = dict(transferred_bytes=0, files=0, copy_seconds=0.0)
 
     def remote(self, path):
-        return ssh.remote_path(self.target, path)
+        """``path`` on the PostgreSQL host, as an rsync source."""
+        return self.host.path(path)
 
     def close(self):
-        """End the shared SSH connection (it would otherwise linger for ControlPersist seconds)."""
-        argv = ssh.control_exit_argv(self.target, **self.ssh_options)
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        self.host.close()
 
     def ssh_run(self, remote_argv):
         """Run a command on the PostgreSQL host as the SSH user; its stdout."""
-        argv = ssh.ssh_argv(self.target, remote_argv, **self.ssh_options)
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-        if proc.returncode != 0:
-            raise BackupError(
-                'ssh to %s@%s failed (exit %d): %s'
-                % (
-                    self.target.user,
-                    self.target.host,
-                    proc.returncode,
-                    proc.stderr.decode(errors='replace').strip(),
-                ),
-                'Check that the setup playbook ran (key exchange) and that the host is up',
-            )
-        return proc.stdout.decode('utf-8', errors='surrogateescape')
+        return self.host.check_output(remote_argv, errors='surrogateescape')
 
     def rsync(self, source, destination, what, **kwargs):
-        argv = rsync.rsync_argv(
+        """One rsync of the backup, counted in its statistics and its progress log; rsync's statistics."""
+        stats, seconds = self.host.rsync(
             source,
             destination,
-            rsh=self.rsh,
+            what,
+            vanished_ok=True,  # PostgreSQL drops and creates files during the copy; WAL replay repairs that
             bandwidth_limit_kbps=self.params['bandwidth_limit'],
             compress=self.params['network_compression'],
             **kwargs,
         )
-        started = time.time()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, LC_ALL='C'))
-        out, err = proc.communicate()
-        result = rsync.interpret_rsync_exit(proc.returncode, vanished_ok=True)
-        if not result.ok:
-            raise BackupError(
-                'rsync of %s failed (exit %d, %s): %s'
-                % (what, proc.returncode, result.meaning, err.decode(errors='replace').strip()[-2000:]),
-                result.hint or 'See the rsync message above',
-            )
-        stats = rsync.parse_rsync_stats(out.decode(errors='replace'))
         self.stats['transferred_bytes'] += stats.get('total_transferred_file_size') or 0
         self.stats['files'] += stats.get('regular_files_transferred') or 0
-        self.stats['copy_seconds'] += time.time() - started
+        self.stats['copy_seconds'] += seconds
         self.progress(
             'copied %s: %s files, %s bytes transferred, %.1f s'
-            % (
-                what,
-                stats.get('regular_files_transferred'),
-                stats.get('total_transferred_file_size'),
-                time.time() - started,
-            )
+            % (what, stats.get('regular_files_transferred'), stats.get('total_transferred_file_size'), seconds)
         )
         return stats
 
@@ -263,7 +240,8 @@ class Copier:
             excludes=tuple(excludes),
             extra=['--include=*/', '--exclude=*'],
         )
-        files = self.list_files(source, destination_dir, excludes)
+        # Workers get lists already filtered: rsync refuses an excluded name in --files-from.
+        files = self.host.list_files(source, excludes)
         buckets = [[0, []] for _count in range(jobs)]
         for size, _mtime, name in sorted(files, reverse=True):
             bucket = min(buckets, key=lambda b: b[0])
@@ -298,36 +276,6 @@ class Copier:
         if errors:
             raise errors[0]
 
-    def list_files(self, source, destination_dir, excludes):
-        """[(size, mtime, path)] of the files and symlinks rsync would copy, its excludes applied.
-
-        Workers get lists already filtered: rsync refuses an excluded name in --files-from.
-        """
-        argv = rsync.rsync_argv(
-            source,
-            destination_dir + '/',
-            rsh=self.rsh,
-            excludes=excludes,
-            extra=['--list-only', '--recursive'],
-        )
-        proc = subprocess.run(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(os.environ, LC_ALL='C'),
-            check=False,
-        )
-        if not rsync.interpret_rsync_exit(proc.returncode).ok:
-            raise BackupError('listing %s failed: %s' % (source, proc.stderr.decode(errors='replace').strip()))
-        files = []
-        for line in proc.stdout.decode('utf-8', errors='surrogateescape').splitlines():
-            fields = line.split(None, 4)
-            if len(fields) == 5 and fields[0][0] in '-l':
-                name = fields[4].split(' -> ', 1)[0] if fields[0][0] == 'l' else fields[4]
-                mtime = time.mktime(time.strptime(fields[2] + ' ' + fields[3], '%Y/%m/%d %H:%M:%S'))
-                files.append((int(fields[1].replace(',', '')), mtime, name))
-        return files
-
     def recheck_recent(self, source_dir, destination_dir, reference_begin, what, excludes):
         """Compare by checksum every file changed since the reference backup began (minus a second).
 
@@ -336,7 +284,7 @@ class Copier:
         """
         since = reference_begin.timestamp() - MTIME_GRANULARITY
         source = self.remote(source_dir.rstrip('/') + '/')
-        names = [name for size, mtime, name in self.list_files(source, destination_dir, excludes) if mtime >= since]
+        names = [name for _size, mtime, name in self.host.list_files(source, excludes) if mtime >= since]
         if not names:
             return
         list_path = destination_dir.rstrip('/') + '.recent'
@@ -366,12 +314,13 @@ def preflight(params, layout, conn, copier):
     """What a backup needs, checked before anything is written; returns the server facts."""
     facts = postgres.server_facts(conn)
     if facts['in_recovery']:
-        raise BackupError('%s is a standby' % params['pg_host'], 'Back up the primary')
+        raise BackupError('%s is a standby' % params['pg_host'], 'Back up the primary', code='SERVER_IS_STANDBY')
     missing = postgres.missing_backup_privileges(conn)
     if missing:
         raise BackupError(
             'the PostgreSQL role %s may not take a backup: it lacks %s' % (params['pg_user'], ', '.join(missing)),
             'Run the setup playbook (wal_archiving role) to grant them',
+            code='MISSING_PRIVILEGES',
         )
     settings = postgres.query_one(
         conn, "SELECT current_setting('archive_mode') AS mode, current_setting('archive_command') AS command"
@@ -381,6 +330,7 @@ def preflight(params, layout, conn, copier):
             'WAL archiving is off on %s (archive_mode=%s): a backup without its WAL cannot be restored'
             % (params['pg_host'], settings['mode']),
             'Run the setup playbook (wal_archiving role) for this server',
+            code='ARCHIVING_OFF',
         )
     identityfile.check_identity(layout.identity_file, facts['systemid'], facts['version'])
     copier.ssh_run(['test', '-r', os.path.join(facts['data_directory'], 'PG_VERSION')])
@@ -394,6 +344,7 @@ def preflight(params, layout, conn, copier):
             'not enough space under %s: %d bytes free, the databases take %d'
             % (layout.root, free, database_size['size']),
             'Free space (apply a retention policy, delete old backups) or add disk',
+            code='NOT_ENOUGH_SPACE',
         )
     facts['wal_segment_size'] = postgres.wal_segment_size(conn)
     facts['tablespaces'] = postgres.tablespaces(conn)
@@ -403,7 +354,9 @@ def preflight(params, layout, conn, copier):
 def take_backup(params, check_mode=False):
     """Take one backup; returns a result dict (backup_id, status, sizes, times ...)."""
     if not params.get('pg_host'):
-        raise BackupError('pg_host is required: the address of the PostgreSQL server to back up')
+        raise BackupError(
+            'pg_host is required: the address of the PostgreSQL server to back up', code='INVALID_ARGUMENT'
+        )
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     wal_archive = WalArchive(params['barman_home'], params['server'])
     progress = Progress(layout)
@@ -477,6 +430,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
             raise BackupError(
                 'the copy could not be made durable (syncfs of %s): %s' % (layout.backup_dir(backup_id), error),
                 "A write to the backup server's disk failed: check its kernel log and the disk",
+                code='DISK_WRITE_FAILED',
             ) from None
         sync_seconds = time.time() - sync_started
         progress('backup %s synced to disk in %.1f s' % (backup_id, sync_seconds))
@@ -536,6 +490,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
             'backup %s is copied but WAL %s did not reach the archive within %d s: it stays WAITING_FOR_WALS '
             'and is not usable until it arrives' % (backup_id, info['end_wal'], params['wal_timeout']),
             'Check archiving (pg_wal_archive check); the next backup run marks it DONE once the WAL is there',
+            code='WAITING_FOR_WALS',
             **result,
         )
     return result

@@ -30,9 +30,13 @@ BACKUP_ID_HINT = 'A backup id is a local timestamp YYYYMMDDTHHMMSS, for example 
 class CatalogError(BarmanError):
     """Something wrong with the server catalog on disk."""
 
+    code = 'CATALOG_DAMAGED'
+
 
 class InvalidName(CatalogError, ValueError):
     """A server name, backup id, WAL name or lock operation that is not acceptable."""
+
+    code = 'INVALID_NAME'
 
 
 def now_utc():
@@ -80,7 +84,12 @@ def new_backup_id(dt):
     Barman uses the local wall-clock time; an aware datetime is converted to local time first.
     """
     if not isinstance(dt, datetime.datetime):
-        raise InvalidName('Cannot make a backup id from %s: a datetime is needed' % shown(dt), BACKUP_ID_HINT, value=dt)
+        raise InvalidName(
+            'Cannot make a backup id from %s: a datetime is needed' % shown(dt),
+            BACKUP_ID_HINT,
+            code='INVALID_ARGUMENT',
+            value=dt,
+        )
     if dt.tzinfo is not None:
         dt = dt.astimezone().replace(tzinfo=None)
     return dt.strftime(BACKUP_ID_FORMAT)
@@ -126,7 +135,7 @@ def validate_operation(operation):
 # Paths
 
 
-def catalog_argument_spec():
+def catalog_argument_spec() -> dict:
     """The options every module that works on a server's catalog takes (doc fragment: catalog)."""
     return dict(
         server=dict(type='str', required=True),
@@ -142,6 +151,7 @@ class ServerLayout:
             raise InvalidName(
                 'Barman home %s is not an absolute path' % shown(barman_home),
                 'Give the full path of the Barman home directory, for example /var/lib/barman',
+                code='INVALID_ARGUMENT',
                 barman_home=barman_home,
             )
         self.barman_home = os.path.normpath(barman_home)
@@ -183,6 +193,7 @@ class ServerLayout:
             raise InvalidName(
                 'Tablespace oid %s is not a positive integer' % shown(oid),
                 'Use the oid from pg_tablespace',
+                code='INVALID_ARGUMENT',
                 oid=oid,
             )
         return os.path.join(self.backup_dir(backup_id), str(oid))

@@ -16,18 +16,94 @@ EXIT_NOT_ARCHIVED = 66
 # 128+signal look-alike: the startup process raises FATAL instead of ending recovery early.
 EXIT_STOP_RECOVERY = 200
 
+# The one table of error codes: what each refusal means for the user. A code is stable (playbooks and AWX
+# workflows react to it, never to the message, which may be reworded); the doc fragment error_codes shows
+# this table in ansible-doc. A new refusal takes the code of what happened, and a new code goes here.
+ERROR_CODES = {
+    # Generic
+    'BARMAN_ERROR': 'a failure without a code of its own, such as a bug: the message says what happened; '
+    'please report it',
+    'INVALID_ARGUMENT': 'an option or value given to the module cannot be used (the message names it)',
+    'INVALID_NAME': 'a server name, backup id, lock operation or hold token is not valid',
+    'MISSING_DEPENDENCY': 'a library the module needs is not installed on the host that runs it',
+    # The catalog on the backup server
+    'LOCK_BUSY': 'another process holds the lock of this server and operation (another backup, retention run or '
+    'hold of the same server is running): wait for it to end and retry',
+    'LOCK_FAILED': 'the lock file cannot be opened (its directory is missing, or this user may not write there)',
+    'IDENTITY_MISMATCH': 'the PostgreSQL cluster (its system identifier) is not the one whose backups and WAL this '
+    'server name holds',
+    'NO_SUCH_SERVER': 'the server has no catalog or archive under barman_home (a wrong name, or setup.yml not run)',
+    'NO_SUCH_BACKUP': 'the backup named is not, or no longer, in the catalog',
+    'BACKUP_NOT_DONE': 'the backup named is not DONE, so it cannot be kept, held or recovered',
+    'BACKUP_IN_PROGRESS': 'the backup is still being taken (STARTED or WAITING_FOR_WALS), so it is not deleted',
+    'BACKUP_KEPT': 'the backup is kept (action keep), so it is not deleted until released',
+    'BACKUP_HELD': 'a recovery holds the backup (it still reads the backup and its WAL), so it is not deleted',
+    'MINIMUM_REDUNDANCY': 'deleting would leave fewer DONE backups than minimum_redundancy (and never none)',
+    'INVALID_POLICY': 'a retention policy, minimum redundancy or age does not parse',
+    'CATALOG_DAMAGED': 'a file of the catalog cannot be read or is in the way, so nothing was changed: repair or '
+    'move away the file named',
+    'MALFORMED_BACKUP_INFO': 'a backup.info file cannot be read back',
+    'MALFORMED_XLOG_DB': 'the WAL index (<server>-xlog.db) has a line that cannot be read back',
+    'MALFORMED_IDENTITY': 'identity.json (the system identifier of the server directory) cannot be read back',
+    # Reaching the hosts
+    'SSH_FAILED': 'an ssh command to a host failed, or the host is unreachable',
+    'RSYNC_FAILED': "an rsync copy failed (the message gives rsync's exit code and what it means)",
+    'POSTGRES_UNREACHABLE': 'PostgreSQL cannot be connected to (not running, wrong address, pg_hba.conf or password)',
+    'POSTGRES_REFUSED': 'PostgreSQL refused a query or function that the operation needs',
+    # Backup
+    'SERVER_IS_STANDBY': 'the PostgreSQL server is a standby: back up the primary',
+    'MISSING_PRIVILEGES': 'the PostgreSQL role lacks a privilege that a backup needs (setup.yml grants them)',
+    'ARCHIVING_OFF': 'WAL archiving is off on the PostgreSQL server, so a backup could not be restored '
+    '(setup.yml turns it on)',
+    'INVALID_PGDATA': 'the data directory on the PostgreSQL host is not laid out as PostgreSQL needs it',
+    'NOT_ENOUGH_SPACE': 'a filesystem (of the backup server, or of the recovery destination) has less free space '
+    'than the copy needs; nothing was copied',
+    'DISK_WRITE_FAILED': 'a write or sync to the disk of the backup server failed',
+    'WAITING_FOR_WALS': 'the backup is copied but its last WAL did not reach the archive in time: it stays '
+    'WAITING_FOR_WALS, not usable until that WAL arrives (the next backup run then marks it DONE)',
+    # Recovery
+    'INVALID_TARGET': 'the recovery target is not valid (several given, a time without a time zone, an LSN or a '
+    'transaction id that does not parse)',
+    'NO_DONE_BACKUP': 'the server has no DONE backup to recover from',
+    'TARGET_BEFORE_BACKUP': 'the recovery target is before the end of the backup (the oldest one, or the one named): '
+    'choose a later target or an older backup',
+    'TARGET_AFTER_ARCHIVE': 'the recovery target is past the newest archived WAL',
+    'ARCHIVE_GAP': 'WAL needed between the backup and the target is missing from the archive (a gap, the end of '
+    'the backup, or a timeline history file)',
+    'DESTINATION_NOT_EMPTY': 'the recovery directory is not empty, and recovery never overwrites data',
+    'DESTINATION_IN_USE': 'a PostgreSQL server runs in the recovery directory (postmaster.pid is there)',
+    # The WAL archive
+    'INVALID_WAL_NAME': 'a WAL file name, timeline or segment number that PostgreSQL would not produce',
+    'INVALID_WAL_CONTENT': 'the content of a file is not the WAL segment, timeline history or backup history that '
+    'its name says',
+    'WAL_REFUSED': 'the archive refused a delivered file that cannot be the next file of this server (empty, too '
+    'large, unknown timeline, too far ahead); sending it again does not help',
+    'WAL_DUPLICATE': 'a different file arrived under the name of one already archived (the new one is kept in errors/)',
+    'WAL_DAMAGED': 'a WAL file arrived damaged or cut short: nothing was stored, and PostgreSQL sends it again',
+    'WAL_NOT_FOUND': 'the archive does not hold the requested WAL file',
+    'COMPRESSION_FAILED': 'a compression program failed, or is not installed on the backup server',
+    'REQUEST_REFUSED': 'the WAL receiver refused a request that its key does not allow',
+}
+
 
 class BarmanError(Exception):
-    """A refusal with what went wrong, how to fix it, and the data behind it.
+    """A refusal with what went wrong, how to fix it, its code, and the data behind it.
 
     module_utils never call fail_json: they raise this (or a subclass) and the module reports
-    ``msg`` (message plus hint) and ``data`` as they are.
+    ``msg`` (message plus hint), ``error_code`` and ``data`` as they are. ``code`` is a key of
+    ERROR_CODES: a subclass that means one thing declares it as its default; a subclass that covers
+    several refusals keeps the generic default, and each of its raises names the code of what happened.
     """
 
-    def __init__(self, message, hint=None, **data):
+    code = 'BARMAN_ERROR'
+
+    def __init__(self, message, hint=None, code=None, **data):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.code = code or type(self).code
+        if self.code not in ERROR_CODES:
+            raise ValueError('%s is not an error code of errors.ERROR_CODES' % shown(self.code))
         self.data = data
 
     def __str__(self):
@@ -37,7 +113,7 @@ class BarmanError(Exception):
 
     def fail_json_kwargs(self):
         """Keyword arguments for AnsibleModule.fail_json()."""
-        result = dict(msg=str(self))
+        result = dict(msg=str(self), error_code=self.code)
         if self.hint:
             result['hint'] = self.hint
         result.update(self.data)

@@ -6,7 +6,7 @@ import datetime
 import os
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
-    archive_check,
+    archive_actions,
     catalog,
     infofile,
     postgres,
@@ -98,7 +98,7 @@ def _wal_checks(checks, server, options, now):
         wal_archive = wal_store.WalArchive(server.layout.barman_home, server.layout.server)
         origin = infofile.archive_origin(server.infos, server.keeps)
         continuity = wal_archive.continuity(server.segment_size, origin['begin_wal'])
-        islands = archive_check.island_reports(wal_archive, origin['islands'], server.segment_size)
+        islands = archive_actions.island_reports(wal_archive, origin['islands'], server.segment_size)
     except BarmanError as exc:
         checks.add('wal_archive', CRITICAL, str(exc))
         return server.window()

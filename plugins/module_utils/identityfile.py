@@ -12,9 +12,13 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import is
 class MalformedIdentity(CatalogError, ValueError):
     """An identity.json file that cannot be read back."""
 
+    code = 'MALFORMED_IDENTITY'
+
 
 class IdentityMismatch(CatalogError):
     """The PostgreSQL cluster is not the one whose backups this server directory holds."""
+
+    code = 'IDENTITY_MISMATCH'
 
 
 # identity.json
@@ -63,6 +67,7 @@ def check_identity(path, systemid, version=None):
         raise InvalidName(
             'PostgreSQL system identifier %s is not a number' % shown(systemid),
             'Take it from pg_control_system() or IDENTIFY_SYSTEM',
+            code='INVALID_ARGUMENT',
             systemid=systemid,
         )
     recorded = read_identity(path)

@@ -41,9 +41,13 @@ Tablespace = collections.namedtuple('Tablespace', ['name', 'oid', 'location'])
 class InvalidBackupInfo(CatalogError, ValueError):
     """A backup.info value that cannot be written in Barman's format."""
 
+    code = 'INVALID_ARGUMENT'
+
 
 class MalformedBackupInfo(CatalogError, ValueError):
     """A backup.info file that cannot be read back."""
+
+    code = 'MALFORMED_BACKUP_INFO'
 
 
 # ---------------------------------------------------------------------------------------------

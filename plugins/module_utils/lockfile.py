@@ -20,9 +20,13 @@ from ansible_collections.barman.postgresql.plugins.module_utils.catalog import (
 class LockBusy(CatalogError):
     """Another process holds the lock."""
 
+    code = 'LOCK_BUSY'
+
 
 class LockError(CatalogError):
     """The lock file cannot be opened."""
+
+    code = 'LOCK_FAILED'
 
 
 # Locks

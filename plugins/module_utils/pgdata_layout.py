@@ -36,6 +36,8 @@ _PROBE_SCRIPT = (
 class PgdataLayoutError(BarmanError):
     """The original's layout cannot be read or recorded."""
 
+    code = 'BARMAN_ERROR'  # several refusals: each raise names its code
+
 
 def layout_path(layout, backup_id):
     """``base/<backup_id>/pgdata_layout.json`` of a catalog.ServerLayout."""
@@ -58,6 +60,7 @@ def parse_probe(output, pgdata):
     raise PgdataLayoutError(
         '%s on the PostgreSQL host is neither a directory nor a symlink (the check answered %r)' % (path, output),
         'Check the data directory: PostgreSQL cannot run without its pg_wal',
+        code='INVALID_PGDATA',
         path=path,
     )
 
@@ -84,10 +87,15 @@ def read_layout(layout, backup_id):
         return None
     except (OSError, ValueError) as exc:
         raise PgdataLayoutError(
-            'cannot read %s: %s' % (path, exc), "Restore the file from the backup server's backups", path=path
+            'cannot read %s: %s' % (path, exc),
+            "Restore the file from the backup server's backups",
+            code='CATALOG_DAMAGED',
+            path=path,
         ) from None
     if not isinstance(recorded, dict) or recorded.get('pg_wal', {}).get('kind') not in (DIRECTORY, SYMLINK):
-        raise PgdataLayoutError('%s does not describe pg_wal' % path, 'Restore the file', path=path)
+        raise PgdataLayoutError(
+            '%s does not describe pg_wal' % path, 'Restore the file', code='CATALOG_DAMAGED', path=path
+        )
     return recorded
 
 
@@ -104,6 +112,7 @@ def make_empty_pg_wal(data_dir):
             raise PgdataLayoutError(
                 '%s already exists in the copy: pg_wal must be made empty by the backup itself' % path,
                 'This is a bug: pg_wal is excluded from the copy (rsync.PG_WAL_EXCLUDE)',
+                code='BARMAN_ERROR',
                 path=path,
             ) from None
         os.chmod(path, 0o700)  # mkdir's mode is masked by the umask

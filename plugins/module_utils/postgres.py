@@ -16,7 +16,7 @@ except ImportError as error:  # reported by the module, which knows how to say i
 APPLICATION_NAME = 'barman.postgresql'
 
 
-def connection_argument_spec():
+def connection_argument_spec() -> dict:
     """The connection options every module that talks to PostgreSQL takes (doc fragment: postgres)."""
     return dict(
         pg_host=dict(type='str'),
@@ -31,6 +31,8 @@ def connection_argument_spec():
 class PostgresError(BarmanError):
     """PostgreSQL refused or could not be reached."""
 
+    code = 'BARMAN_ERROR'  # several refusals: each raise names its code
+
 
 def connect(pg_host, pg_port=5432, pg_user='barman', pg_password=None, pg_database='postgres', pg_connect_timeout=10):
     """An autocommit session with TCP keepalives, so that a firewall does not drop a long backup's session."""
@@ -38,6 +40,7 @@ def connect(pg_host, pg_port=5432, pg_user='barman', pg_password=None, pg_databa
         raise PostgresError(
             'psycopg2 is not installed for %s' % 'the Python that runs this module',
             'Install python3-psycopg2 (Debian) or psycopg2-binary (pip) on the backup server',
+            code='MISSING_DEPENDENCY',
         )
     params = dict(
         host=pg_host,
@@ -60,6 +63,7 @@ def connect(pg_host, pg_port=5432, pg_user='barman', pg_password=None, pg_databa
             'cannot connect to PostgreSQL at %s:%s as %s: %s' % (pg_host, pg_port, pg_user, str(error).strip()),
             'Check that the server runs, listens on that address, that pg_hba.conf admits this host '
             "for that user, and the password in the barman user's ~/.pgpass",
+            code='POSTGRES_UNREACHABLE',
             pg_host=pg_host,
             pg_port=pg_port,
         ) from None
@@ -79,7 +83,9 @@ def query_one(conn, sql, params=None):
             cur.execute(sql, params)
             row = cur.fetchone()
     except psycopg2.Error as error:
-        raise PostgresError('PostgreSQL refused %s: %s' % (sql.split()[1], str(error).strip()), sql=sql) from None
+        raise PostgresError(
+            'PostgreSQL refused %s: %s' % (sql.split()[1], str(error).strip()), code='POSTGRES_REFUSED', sql=sql
+        ) from None
     return dict(row) if row is not None else None
 
 

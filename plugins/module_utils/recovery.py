@@ -11,7 +11,6 @@ import datetime
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 
@@ -20,7 +19,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     infofile,
     pgdata_layout,
     recovery_hold,
-    rsync,
+    remote,
     ssh,
     wal,
 )
@@ -64,9 +63,20 @@ SETTINGS_POINTING_AT_THE_ORIGINAL = (
 class RecoveryError(BarmanError):
     """The recovery was refused or failed; the message says why and what is possible."""
 
+    code = 'BARMAN_ERROR'  # several refusals: each raise names its code
 
-def recovery_argument_spec():
-    return dict(
+
+def module_spec() -> dict:
+    """pg_recover's AnsibleModule keyword arguments: the catalog, the target, the destination and how WAL
+    gets there, and the rules between them.
+
+    Ansible counts an option as given when its key is there, even with a null value, for mutually_exclusive,
+    required_together and required_if (required_by alone looks at the value). recover.yml passes every
+    target and destination option, null when not chosen, so the rules on those stay here, in the_target,
+    which treats null and blank as not given.
+    """
+    spec = catalog.catalog_argument_spec()
+    spec.update(
         backup_id=dict(type='str'),
         target_time=dict(type='str'),
         target_xid=dict(type='str'),
@@ -89,6 +99,13 @@ def recovery_argument_spec():
         wal_sender=dict(type='list', elements='str'),
         archive=dict(type='bool', default=False),
         hold_hours=dict(type='int', default=24),
+    )
+    return dict(
+        argument_spec=spec,
+        # recovery_settings refuses get_wal without wal_sender too (restore_command is planned in check mode as well).
+        required_if=[('get_wal', True, ['wal_sender'])],
+        # Without destination_host the copy is local: an SSH port would be silently ignored.
+        required_by=dict(destination_port=('destination_host',)),
     )
 
 
@@ -113,11 +130,13 @@ def parse_target_time(text):
         raise RecoveryError(
             'target_time %r is not a time' % text,
             "Write it as 'YYYY-MM-DD HH:MM:SS+00' (ISO 8601 with a time zone), for example '2026-11-24 03:12:00+00'",
+            code='INVALID_TARGET',
         ) from None
     if parsed.tzinfo is None:
         raise RecoveryError(
             "target_time %r has no time zone: PostgreSQL would read it in the server's time zone" % text,
             "Add the zone, for example '%s+00' for UTC" % text,
+            code='INVALID_TARGET',
         )
     return parsed
 
@@ -129,6 +148,7 @@ def the_target(params):
         raise RecoveryError(
             'several recovery targets given: %s' % ', '.join(given),
             'PostgreSQL takes one: keep one of target_time, target_xid, target_name, target_lsn, target_immediate',
+            code='INVALID_TARGET',
         )
     if not given:
         return None, None
@@ -140,9 +160,15 @@ def the_target(params):
         try:
             return kind, wal.parse_lsn(value)
         except ValueError as error:
-            raise RecoveryError(str(error), 'Write an LSN as PostgreSQL prints it, for example 0/5000028') from None
+            raise RecoveryError(
+                str(error), 'Write an LSN as PostgreSQL prints it, for example 0/5000028', code='INVALID_TARGET'
+            ) from None
     if kind == 'target_xid' and not re.match(r'[0-9]+\Z', str(value)):
-        raise RecoveryError('target_xid %r is not a transaction id' % value, 'Use a number, as txid_current() returns')
+        raise RecoveryError(
+            'target_xid %r is not a transaction id' % value,
+            'Use a number, as txid_current() returns',
+            code='INVALID_TARGET',
+        )
     return kind, value
 
 
@@ -150,7 +176,9 @@ def choose_backup(infos, kind, value, backup_id=None):
     """The backup to restore: the given one, or the newest DONE one that ends before the target."""
     done = [(i, infos[i]) for i in infofile.done_backup_ids(infos)]
     if not done:
-        raise RecoveryError('there is no DONE backup of this server', 'Take one first (playbooks/backup.yml)')
+        raise RecoveryError(
+            'there is no DONE backup of this server', 'Take one first (playbooks/backup.yml)', code='NO_DONE_BACKUP'
+        )
     if backup_id in (None, '', 'latest', 'last'):
         candidates = done
         if kind == 'target_time':
@@ -163,6 +191,7 @@ def choose_backup(infos, kind, value, backup_id=None):
                 'the target %s is before the end of the oldest backup (%s ended at %s, LSN %s)'
                 % (_target_shown(kind, value), done[0][0], oldest['end_time'], oldest['end_xlog']),
                 'A backup can only be recovered to a point after its end: choose a later target',
+                code='TARGET_BEFORE_BACKUP',
             )
         return candidates[-1]
     if backup_id in infofile.SHORTCUTS:
@@ -171,24 +200,28 @@ def choose_backup(infos, kind, value, backup_id=None):
         raise RecoveryError(
             'there is no backup %s of this server' % backup_id,
             'Known backups: %s' % ', '.join('%s (%s)' % (i, info['status']) for i, info in infos.items()),
+            code='NO_SUCH_BACKUP',
         )
     info = infos[backup_id]
     if info['status'] != infofile.DONE:
         raise RecoveryError(
             'backup %s is %s, not DONE: it cannot be recovered' % (backup_id, info['status']),
             'Choose a DONE backup, or none to take the newest that fits the target',
+            code='BACKUP_NOT_DONE',
         )
     if kind == 'target_time' and value <= info['end_time']:
         raise RecoveryError(
             'the target %s is before the end of backup %s (%s)'
             % (_target_shown(kind, value), backup_id, info['end_time']),
             'Choose a later target or an older backup',
+            code='TARGET_BEFORE_BACKUP',
         )
     if kind == 'target_lsn' and value < wal.parse_lsn(info['end_xlog']):
         raise RecoveryError(
             'the target LSN %s is before the end of backup %s (LSN %s)'
             % (wal.format_lsn(value), backup_id, info['end_xlog']),
             'Choose a later target or an older backup',
+            code='TARGET_BEFORE_BACKUP',
         )
     return backup_id, info
 
@@ -209,6 +242,7 @@ def wal_needed_for_target(wal_archive, info, kind, value):
         raise RecoveryError(
             'the archive does not reach the end of the backup (%s); it ends at %s' % (info['end_wal'], newest),
             'Check archiving (pg_wal_archive check): the backup is not usable until its WAL is archived',
+            code='ARCHIVE_GAP',
         )
     needed_until = wal.segment_number(newest, segment_size)
     if kind == 'target_immediate':  # consistent at the backup's end: a kept standalone backup needs no more
@@ -221,6 +255,7 @@ def wal_needed_for_target(wal_archive, info, kind, value):
                 'the target LSN %s is past the newest archived WAL (%s ends at LSN %s)'
                 % (wal.format_lsn(value), newest, wal.format_lsn(newest_end)),
                 'Recover to an earlier LSN, or archive the current WAL first (pg_wal_archive check switches it)',
+                code='TARGET_AFTER_ARCHIVE',
             )
     if kind == 'target_time':
         newest_time = _archived_time(wal_archive, newest)
@@ -229,6 +264,7 @@ def wal_needed_for_target(wal_archive, info, kind, value):
                 'the target time %s is past the newest archived WAL (%s, archived at %s)'
                 % (value, newest, datetime.datetime.fromtimestamp(newest_time, datetime.timezone.utc)),
                 'Recover to an earlier time, or archive the current WAL first (pg_wal_archive check switches it)',
+                code='TARGET_AFTER_ARCHIVE',
             )
     gaps = [r for r in continuity['missing'] if wal.segment_number(r[0], segment_size) <= needed_until]
     if gaps:
@@ -236,6 +272,7 @@ def wal_needed_for_target(wal_archive, info, kind, value):
             'WAL is missing from the archive between the backup and the target: %s'
             % ', '.join('%s..%s' % tuple(r) for r in gaps),
             'Recovery would stop at the gap: choose a target before %s, or restore the missing files' % gaps[0][0],
+            code='ARCHIVE_GAP',
         )
     return continuity, needed_until
 
@@ -263,6 +300,8 @@ def _archived_time(wal_archive, name):
 FETCHED_WAL_ALLOWANCE = 1024 * 1024 * 1024
 # For each path: the filesystem it is on (its nearest existing parent), as df prints it.
 _DF_SCRIPT = 'for p do while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done; df -P -B1 -- "$p" | tail -n 1; done'
+# How a recovery words a failed copy (remote.RSYNC_FAILURE is how a backup does).
+_COPY_FAILURE = 'copying %(what)s failed (rsync exit %(code)d, %(meaning)s): %(stderr)s'
 
 
 class Destination:
@@ -270,50 +309,35 @@ class Destination:
 
     def __init__(self, params, directory, control_path):
         self.directory = os.path.normpath(directory)
-        self.target = None
-        self.ssh_options = {}
+        target = None
         if params.get('destination_host'):
-            self.target = ssh.validate_ssh_target(
+            target = ssh.validate_ssh_target(
                 params['destination_user'], params['destination_host'], params.get('destination_port')
             )
-            self.ssh_options = dict(control_path=control_path)
+        self.host = remote.Remote(target, control_path)
 
     def run(self, argv):
         """Run argv there; (exit code, stdout)."""
-        if self.target is not None:
-            argv = ssh.ssh_argv(self.target, argv, **self.ssh_options)
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-        if proc.returncode == 255 and self.target is not None:
-            raise RecoveryError(
-                'cannot reach %s@%s over SSH: %s'
-                % (self.target.user, self.target.host, proc.stderr.decode(errors='replace').strip()),
-                'Check that the host is up and that the setup playbook exchanged the keys',
-            )
-        return proc.returncode, proc.stdout.decode('utf-8', errors='replace')
-
-    def path(self, path):
-        return ssh.remote_path(self.target, path) if self.target is not None else path
+        code, out, _err = self.host.run(argv)
+        return code, out
 
     def rsync(self, source, destination, what, **kwargs):
-        rsh = ssh.rsync_rsh(port=self.target.port, **self.ssh_options) if self.target is not None else None
-        argv = rsync.rsync_argv(source, self.path(destination), rsh=rsh, **kwargs)
-        proc = subprocess.run(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, env=dict(os.environ, LC_ALL='C')
+        """Copy a local source to ``destination`` there; rsync's statistics. Every file must arrive."""
+        stats, _seconds = self.host.rsync(
+            source,
+            self.host.path(destination),
+            '%s to %s' % (what, destination),
+            vanished_ok=False,
+            failure=_COPY_FAILURE,
+            **kwargs,
         )
-        result = rsync.interpret_rsync_exit(proc.returncode, vanished_ok=False)
-        if not result.ok:
-            raise RecoveryError(
-                'copying %s to %s failed (rsync exit %d, %s): %s'
-                % (what, destination, proc.returncode, result.meaning, proc.stderr.decode(errors='replace')[-2000:]),
-                result.hint or 'See the rsync message',
-            )
-        return rsync.parse_rsync_stats(proc.stdout.decode(errors='replace'))
+        return stats
 
     def first_entry(self, directory):
         """The first entry of directory, '' when it is empty or absent."""
         code, out = self.run(['sh', '-c', 'if [ -e "$1" ]; then ls -A -- "$1" | head -n 1; fi', 'sh', directory])
         if code != 0:
-            raise RecoveryError('cannot look into %s on the destination' % directory)
+            raise RecoveryError('cannot look into %s on the destination' % directory, code='SSH_FAILED')
         return out.strip()
 
     def filesystems(self, paths):
@@ -324,6 +348,7 @@ class Destination:
             raise RecoveryError(
                 'cannot read the free space of %s on the destination (df exit %d)' % (', '.join(paths), code),
                 'Check that df (coreutils) works there for the PostgreSQL OS user',
+                code='SSH_FAILED',
             )
         found = {}
         for path, line in zip(paths, lines):
@@ -337,12 +362,10 @@ class Destination:
         link = os.path.join(self.directory, 'pg_wal')
         code, _out = self.run(['sh', '-c', 'if [ -L "$1" ]; then rm -f -- "$1"; fi', 'sh', link])
         if code != 0:
-            raise RecoveryError('cannot remove the link %s on the destination' % link)
+            raise RecoveryError('cannot remove the link %s on the destination' % link, code='SSH_FAILED')
 
     def close(self):
-        if self.target is not None:
-            argv = ssh.control_exit_argv(self.target, **self.ssh_options)
-            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        self.host.close()
 
 
 def destination_directory(params, info, check_mode=False):
@@ -356,6 +379,7 @@ def destination_directory(params, info, check_mode=False):
     raise RecoveryError(
         'no destination_directory given',
         'Name the directory to recover into, or set in_place to recover into the original PGDATA',
+        code='INVALID_ARGUMENT',
     )
 
 
@@ -383,12 +407,14 @@ def check_destination(destination, params, locations):
                 '%s is not empty (it holds %s): recovery never overwrites data' % (directory, entry),
                 'Recover into a new directory, set delta to copy only what differs into this one, or recover in '
                 'place (recover.yml -e recover_in_place=true), which moves the old directory aside',
+                code='DESTINATION_NOT_EMPTY',
             )
     code, _out = destination.run(['test', '-e', os.path.join(destination.directory, 'postmaster.pid')])
     if code == 0:
         raise RecoveryError(
             'a PostgreSQL server uses %s (postmaster.pid is there)' % destination.directory,
             'Stop it first; recover.yml does so with recover_in_place=true',
+            code='DESTINATION_IN_USE',
         )
 
 
@@ -417,6 +443,7 @@ def check_free_space(filesystems, needs, original_pgdata, in_place):
                 '(the backup plus the WAL recovery holds)' % (mount, free >> 20, ', '.join(sorted(paths)), need >> 20),
                 'Free space there, or recover into a directory on a larger filesystem (recover_dir, '
                 'recover_tablespaces); nothing was copied',
+                code='NOT_ENOUGH_SPACE',
                 needed_bytes=need,
                 free_bytes=free,
             )
@@ -437,7 +464,7 @@ def pg_conf_value(value):
     """A value for postgresql.conf, single-quoted."""
     text = str(value)
     if '\n' in text or '\r' in text:
-        raise RecoveryError('a setting value contains a line break: %r' % text)
+        raise RecoveryError('a setting value contains a line break: %r' % text, code='INVALID_ARGUMENT')
     return "'%s'" % text.replace('\\', '\\\\').replace("'", "''")
 
 
@@ -463,6 +490,7 @@ def recovery_settings(params, backup_id, kind, value):
             raise RecoveryError(
                 'get_wal needs wal_sender, the WAL sender command on the destination',
                 'Give wal_sender, or set get_wal to false to copy the WAL along; nothing was copied',
+                code='INVALID_ARGUMENT',
             )
         restore_command = ssh.shell_join(params['wal_sender'] + ['get', '%f', '%p'])
     else:

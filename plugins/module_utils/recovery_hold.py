@@ -37,6 +37,8 @@ _SUFFIX = '.json'
 class HoldError(BarmanError):
     """A hold that cannot be taken, released or read."""
 
+    code = 'BARMAN_ERROR'  # several refusals: each raise names its code
+
 
 def holds_dir(layout):
     return os.path.join(layout.root, HOLDS_DIR)
@@ -48,6 +50,7 @@ def validate_token(token):
             'Hold token %r is not one pg_recover gives' % (token,),
             'A token is the backup id, "-" and 16 hex digits, for example 20261124T031200-0123456789abcdef; '
             'list the holds (pg_backup_catalog action list, key holds) to see them',
+            code='INVALID_NAME',
             hold=token,
         )
     return token
@@ -81,10 +84,15 @@ def take(layout, backup_id, begin_wal, destination, ttl_seconds=DEFAULT_TTL_SECO
         raise HoldError(
             'A hold of %r seconds is not a duration' % (ttl_seconds,),
             'Give a positive number of seconds (default %d, a day)' % DEFAULT_TTL_SECONDS,
+            code='INVALID_ARGUMENT',
             ttl_seconds=ttl_seconds,
         )
     if not isinstance(destination, str) or not destination.strip():
-        raise HoldError('A hold needs the destination of the recovery (host and directory)', destination=destination)
+        raise HoldError(
+            'A hold needs the destination of the recovery (host and directory)',
+            code='INVALID_ARGUMENT',
+            destination=destination,
+        )
     wait = DEFAULT_WAIT_SECONDS if wait_seconds is None else wait_seconds
     with lockfile.ServerLock(layout, LOCK, wait_seconds=wait):
         path = layout.backup_info_path(backup_id)
@@ -96,6 +104,7 @@ def take(layout, backup_id, begin_wal, destination, ttl_seconds=DEFAULT_TTL_SECO
                 % (backup_id, layout.server),
                 'Retention or delete removed it before the recovery started; run the recovery again to choose '
                 'a backup that is there',
+                code='NO_SUCH_BACKUP',
                 backup_id=backup_id,
             ) from None
         if info['status'] != infofile.DONE or info.get('begin_wal') != begin_wal:
@@ -103,6 +112,7 @@ def take(layout, backup_id, begin_wal, destination, ttl_seconds=DEFAULT_TTL_SECO
                 'Backup %s of %s is %s and begins at %s, not a DONE backup beginning at %s: it is not held'
                 % (backup_id, layout.server, info['status'], info.get('begin_wal'), begin_wal),
                 'Hold the DONE backup the recovery copies, with the begin_wal of its backup.info',
+                code='BACKUP_NOT_DONE',
                 backup_id=backup_id,
             )
         started = now or catalog.now_utc()

@@ -42,6 +42,8 @@ Policy = collections.namedtuple('Policy', 'kind value unit')
 class InvalidPolicy(BarmanError, ValueError):
     """A retention policy, minimum redundancy or age that does not parse."""
 
+    code = 'INVALID_POLICY'
+
 
 def parse_policy(text):
     """Policy('redundancy', n, None) or Policy('window', n, 'DAYS'|'WEEKS'|'MONTHS') from Barman's syntax."""

@@ -138,9 +138,13 @@ _REFUSED_EXTRA_OPTIONS = (
 class InvalidRsyncArgument(BarmanError, ValueError):
     """An rsync argument was refused."""
 
+    code = 'INVALID_ARGUMENT'
+
 
 class RsyncFailed(BarmanError):
     """rsync exited with a code that means the copy is not complete."""
+
+    code = 'RSYNC_FAILED'
 
 
 def _no_control_chars(name, value):
@@ -273,7 +277,7 @@ def interpret_rsync_exit(code, vanished_ok=True):
     saying rsync was killed by that signal.
     """
     if isinstance(code, bool) or not isinstance(code, int):
-        raise InvalidRsyncArgument('The rsync exit code must be an integer', code=code)
+        raise InvalidRsyncArgument('The rsync exit code must be an integer', rc=code)
     if code < 0:
         return RsyncResult(False, 'rsync was killed by signal %d' % -code, None)
     if code in _EXIT_CODES:

@@ -40,6 +40,8 @@ RemovalPlan = collections.namedtuple('RemovalPlan', 'backups wals wal_sizes stal
 class CatalogRefusal(BarmanError):
     """A change to the catalog that would lose recoverability, or asks for what is not there."""
 
+    code = 'BARMAN_ERROR'  # several refusals: each raise names its code
+
 
 def _iso(value):
     return value.isoformat() if value is not None else None
@@ -68,6 +70,7 @@ def server_layout(barman_home, server):
             'Server %s has no catalog under %s (servers there: %s)'
             % (server, barman_home, ', '.join(server_names(barman_home)) or 'none'),
             'Check the name, or run playbooks/setup.yml for that server',
+            code='NO_SUCH_SERVER',
             server=server,
         )
     return layout
@@ -134,6 +137,7 @@ class ServerCatalog:
                 % (doing, self.layout.server, '; '.join(m['error'] for m in self.malformed)),
                 'Repair or move away the file named (nothing was changed); a catalog that cannot be read '
                 'completely cannot tell what is safe to remove',
+                code='CATALOG_DAMAGED',
                 malformed=self.malformed,
             )
 
@@ -145,6 +149,7 @@ class ServerCatalog:
                 raise CatalogRefusal(
                     'Server %s has no %s backup' % (self.layout.server, backup_id),
                     'List the backups (action list) to see what there is',
+                    code='NO_SUCH_BACKUP',
                     server=self.layout.server,
                 )
             return found
@@ -154,6 +159,7 @@ class ServerCatalog:
                 'Server %s has no backup %s (backups: %s)'
                 % (self.layout.server, backup_id, ', '.join(sorted(self.infos)) or 'none'),
                 'Use an id from the list (action list) or latest, oldest, last-failed',
+                code='NO_SUCH_BACKUP',
                 server=self.layout.server,
                 backup_id=backup_id,
             )
@@ -281,12 +287,17 @@ class ServerCatalog:
     def keep(self, backup_id, target, dry_run=False):
         """Annotate a DONE backup so that retention never removes it; returns True if it changed."""
         if target not in retention.KEEP_TARGETS:
-            raise CatalogRefusal('Keep target %r is neither full nor standalone' % (target,), 'Use full or standalone')
+            raise CatalogRefusal(
+                'Keep target %r is neither full nor standalone' % (target,),
+                'Use full or standalone',
+                code='INVALID_ARGUMENT',
+            )
         if self.infos[backup_id]['status'] != infofile.DONE:
             raise CatalogRefusal(
                 'Backup %s of %s is %s: only a DONE backup can be kept'
                 % (backup_id, self.layout.server, self.infos[backup_id]['status']),
                 'Keep a DONE backup (action list shows the statuses)',
+                code='BACKUP_NOT_DONE',
                 backup_id=backup_id,
             )
         if self.keeps.get(backup_id) == target:
@@ -322,6 +333,7 @@ class ServerCatalog:
             raise CatalogRefusal(
                 'Backup %s of %s is kept (%s): it is not deleted' % (backup_id, server, self.keeps[backup_id]),
                 'Release it first (action release) if it really has to go',
+                code='BACKUP_KEPT',
                 backup_id=backup_id,
             )
         holds = [h for h in self.active_holds(now) if h['backup_id'] == backup_id]
@@ -330,6 +342,7 @@ class ServerCatalog:
                 'Backup %s of %s is held by %s: it is not deleted, a recovery still reads it and its WAL'
                 % (backup_id, server, '; '.join(recovery_hold.describe(h) for h in holds)),
                 recovery_hold.release_hint(self.layout, holds[0]),
+                code='BACKUP_HELD',
                 backup_id=backup_id,
                 holds=holds,
             )
@@ -337,6 +350,7 @@ class ServerCatalog:
             raise CatalogRefusal(
                 'Backup %s of %s is %s: it is still being taken' % (backup_id, server, info['status']),
                 'Wait for it to end; a backup that died is marked FAILED by the next backup run',
+                code='BACKUP_IN_PROGRESS',
                 backup_id=backup_id,
             )
         done = self.done_ids()
@@ -345,6 +359,7 @@ class ServerCatalog:
                 'Deleting backup %s of %s would leave %d DONE backup(s), below the minimum of %d'
                 % (backup_id, server, len(done) - 1, max(minimum_redundancy, 1)),
                 'Take a new backup first; the last good backup of a server is never deleted',
+                code='MINIMUM_REDUNDANCY',
                 backup_id=backup_id,
                 minimum_redundancy=minimum_redundancy,
             )

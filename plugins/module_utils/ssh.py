@@ -72,13 +72,19 @@ _CONTROL_CHARS = re.compile(r'[\x00-\x1f\x7f]')
 class InvalidSshTarget(BarmanError, ValueError):
     """The user, host or port cannot be used safely on an ssh command line."""
 
+    code = 'INVALID_ARGUMENT'
+
 
 class InvalidSshArgument(BarmanError, ValueError):
     """An ssh option, remote command, path or key line was refused."""
 
+    code = 'INVALID_ARGUMENT'
+
 
 class InvalidPublicKey(BarmanError, ValueError):
     """A public key is not one well-formed ``<type> <base64> [comment]`` line."""
+
+    code = 'INVALID_ARGUMENT'
 
 
 # --------------------------------------------------------------------------- quoting

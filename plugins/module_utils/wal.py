@@ -53,17 +53,25 @@ HistoryEntry = collections.namedtuple('HistoryEntry', ['parent_timeline', 'switc
 class InvalidWalName(BarmanError, ValueError):
     """A WAL file name, timeline or segment number that PostgreSQL would not produce."""
 
+    code = 'INVALID_WAL_NAME'
+
 
 class InvalidLsn(BarmanError, ValueError):
     """A log sequence number that is not ``X/X`` or is out of the 64-bit range."""
+
+    code = 'INVALID_ARGUMENT'
 
 
 class InvalidSegmentSize(BarmanError, ValueError):
     """A WAL segment size PostgreSQL does not support."""
 
+    code = 'INVALID_ARGUMENT'
+
 
 class InvalidHistory(BarmanError, ValueError):
     """A timeline history file whose content PostgreSQL would refuse."""
+
+    code = 'INVALID_WAL_CONTENT'
 
 
 def validate_segment_size(size):
@@ -370,6 +378,8 @@ SegmentHeader = collections.namedtuple(
 class InvalidSegmentContent(BarmanError, ValueError):
     """A file whose content is not the WAL segment its name says it is."""
 
+    code = 'INVALID_WAL_CONTENT'
+
 
 def parse_segment_header(data, name='the file', byteorder='little'):
     """The long page header at the start of a WAL segment, from its first LONG_PAGE_HEADER_SIZE bytes."""
@@ -415,6 +425,7 @@ def check_segment_content(name, header, size, systemid=None):
         raise InvalidSegmentContent(
             '%s comes from the cluster with system identifier %d, not %s' % (name, header.systemid, systemid),
             'Another cluster is archiving under this server name: give it a server name of its own',
+            code='IDENTITY_MISMATCH',
             wal=name,
         )
     return header
@@ -433,6 +444,8 @@ BackupHistory = collections.namedtuple('BackupHistory', ['start_lsn', 'stop_lsn'
 
 class InvalidBackupHistory(BarmanError, ValueError):
     """A backup history file (.backup) whose content is not what PostgreSQL writes for its name."""
+
+    code = 'INVALID_WAL_CONTENT'
 
 
 def check_backup_history(name, data):

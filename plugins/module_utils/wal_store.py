@@ -60,17 +60,25 @@ _PROGRAMS = {
 class ArchiveError(BarmanError):
     """The archive refused a file or could not serve one."""
 
+    code = 'BARMAN_ERROR'  # several refusals: each raise names its code
+
 
 class RefusedWal(ArchiveError, ValueError):
     """A delivery that is not a valid file of this server: sending it again will not help."""
+
+    code = 'WAL_REFUSED'
 
 
 class DuplicateWal(ArchiveError):
     """A different file arrived under the name of one already archived."""
 
+    code = 'WAL_DUPLICATE'
+
 
 class WalNotFound(ArchiveError):
     """The archive does not hold the requested file."""
+
+    code = 'WAL_NOT_FOUND'
 
 
 def detect_compression(path):
@@ -91,6 +99,7 @@ def _stream_through(argv, source, target):
         raise ArchiveError(
             '%s failed with exit code %d: %s' % (argv[0], proc.returncode, err.decode(errors='replace').strip()),
             'Install %s on the backup server, or choose another compression' % argv[0],
+            code='COMPRESSION_FAILED',
         )
 
 
@@ -121,7 +130,7 @@ def content_digest(path):
         for block in iter(lambda: proc.stdout.read(CHUNK), b''):
             digest.update(block)
         if proc.wait() != 0:
-            raise ArchiveError('cannot decompress %s with %s' % (path, compression))
+            raise ArchiveError('cannot decompress %s with %s' % (path, compression), code='COMPRESSION_FAILED')
     else:
         copy_decompressed(path, _DigestSink(digest))
     return digest.hexdigest()
@@ -176,6 +185,7 @@ class WalArchive:
             raise ArchiveError(
                 'the archive of server %s does not exist under %s' % (server, self.layout.barman_home),
                 'Check the server name, or run the setup playbook (playbooks/setup.yml) for this server',
+                code='NO_SUCH_SERVER',
                 server=server,
             )
 
@@ -234,6 +244,7 @@ class WalArchive:
                 raise ArchiveError(
                     '%s arrived damaged: %s %s, the sender computed %s' % (name, checksum_name, digest, sent_digest),
                     'Nothing was stored; PostgreSQL will send it again',
+                    code='WAL_DAMAGED',
                     wal=name,
                 )
         except BaseException:
@@ -261,6 +272,7 @@ class WalArchive:
                 raise ArchiveError(
                     '%s was cut short: %d of %d bytes arrived' % (name, size - remaining, size),
                     'Nothing was stored; PostgreSQL will send it again',
+                    code='WAL_DAMAGED',
                     wal=name,
                 )
             running.update(block)
@@ -424,7 +436,9 @@ class WalArchive:
         """
         if compression not in COMPRESSIONS:
             raise ArchiveError(
-                'compression %r is not supported' % compression, 'Use one of %s' % ', '.join(COMPRESSIONS)
+                'compression %r is not supported' % compression,
+                'Use one of %s' % ', '.join(COMPRESSIONS),
+                code='INVALID_ARGUMENT',
             )
         result = dict(archived=[], identical=[], errors=[])
         with lockfile.ServerLock(self.layout, 'archive-process', wait_seconds=wait_seconds):
@@ -571,6 +585,7 @@ class WalArchive:
                 'the history file %s of timeline %d is not in the archive' % (name, timeline),
                 'Without it the archive cannot be followed across the timeline switch; '
                 'copy it from the pg_wal directory of the server',
+                code='ARCHIVE_GAP',
                 wal=name,
             )
         sink = _Collector()

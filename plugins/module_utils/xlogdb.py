@@ -26,6 +26,8 @@ XlogEntry.__new__.__defaults__ = (None, None)
 class MalformedXlogDb(CatalogError, ValueError):
     """An xlog.db line that cannot be read back."""
 
+    code = 'MALFORMED_XLOG_DB'
+
 
 # xlog.db
 
@@ -40,6 +42,7 @@ def _check_token(what, value):
         raise InvalidName(
             'xlog.db %s %s is not a single word' % (what, shown(value)),
             'Use None or a name such as gzip, lz4 or zstd',
+            code='INVALID_ARGUMENT',
             value=value,
         )
     return value
@@ -49,11 +52,14 @@ def format_xlog_db_line(name, size, time, compression=None, encryption=None):
     """One xlog.db line, as Barman writes it: ``name\\tsize\\ttime\\tcompression\\tencryption\\n``."""
     parse_wal_name(name)
     if not is_int(size) or size < 0:
-        raise InvalidName('xlog.db size %s is not a byte count' % shown(size), 'Use the file size', size=size)
+        raise InvalidName(
+            'xlog.db size %s is not a byte count' % shown(size), 'Use the file size', code='INVALID_ARGUMENT', size=size
+        )
     if isinstance(time, bool) or not isinstance(time, (int, float)) or math.isnan(time):
         raise InvalidName(
             'xlog.db time %s is not a number' % shown(time),
             'Use the mtime in seconds since epoch',
+            code='INVALID_ARGUMENT',
             time=time,
         )
     return '%s\t%d\t%r\t%s\t%s\n' % (

@@ -36,6 +36,7 @@ version_added: 1.0.0
 author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
   - barman.postgresql.postgres
+  - barman.postgresql.error_codes
 options:
   action:
     description: What to do.
@@ -44,7 +45,8 @@ options:
     default: list
   server:
     description:
-      - The server's name in the catalog. Without it, V(list) and V(check) cover every server.
+      - The server's name in the catalog. Without it, V(list) and V(check) cover every server; every other
+        action, and O(pg_host), need it.
     type: str
   barman_home:
     description: The catalog's root directory.
@@ -52,7 +54,7 @@ options:
     default: /var/lib/barman
   backup_id:
     description:
-      - The backup for V(show), V(keep), V(release) and V(delete); an id (C(YYYYMMDDTHHMMSS)) or
+      - The backup for V(show), V(keep), V(release) and V(delete), which need it; an id (C(YYYYMMDDTHHMMSS)) or
         V(latest), V(last), V(oldest), V(first), V(last-failed).
     type: str
   target:
@@ -62,8 +64,9 @@ options:
     default: full
   hold:
     description:
-      - The token of the recovery hold V(release-hold) removes, as pg_recover returned it and V(list) shows
-        it, for example C(20261124T031200-0123456789abcdef). Releasing a hold that is not there changes nothing.
+      - The token of the recovery hold V(release-hold) removes (it needs one), as pg_recover returned it and
+        V(list) shows it, for example C(20261124T031200-0123456789abcdef). Releasing a hold that is not there
+        changes nothing.
     type: str
   retention_policy:
     description:
@@ -166,6 +169,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+error_code:
+  description:
+    - The stable code of the refusal, one of those listed in the notes (C(msg) says the same in words, which may
+      change); playbooks and AWX workflows react to this code.
+    - Not returned when V(check) fails for a critical check (O(fail_on_critical)); RV(status) and RV(nagios) say why.
+  returned: on failure
+  type: str
+  sample: MINIMUM_REDUNDANCY
 servers:
   description: One entry per server (V(list), V(check)).
   returned: with list and check
@@ -299,7 +310,7 @@ query_result:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.barman.postgresql.plugins.module_utils import health, postgres, retention, server_catalog
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog_actions
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 try:
@@ -311,111 +322,23 @@ else:
     JMESPATH_IMPORT_ERROR = None
 
 
-def run(module):
-    params = module.params
-    action = params['action']
-    home = params['barman_home']
-    policy = retention.parse_policy(params['retention_policy']) if params['retention_policy'] else None
-    minimum = retention.validate_minimum_redundancy(params['minimum_redundancy'])
-    names = [params['server']] if params['server'] else server_catalog.server_names(home)
-    layouts = [server_catalog.server_layout(home, name) for name in names]
-    if action == 'list':
-        return dict(
-            changed=False, servers=[server_catalog.ServerCatalog(lay).summary(policy, minimum) for lay in layouts]
-        )
-    if action == 'check':
-        options = dict((k, v) for k, v in params.items() if k.startswith(('pg_', 'disk_')))
-        options['minimum_redundancy'] = minimum
-        for name in ('last_backup_maximum_age', 'wal_maximum_age'):
-            options[name] = retention.parse_period(params[name]) if params[name] else None
-        servers = [health.check_server(lay, options, policy) for lay in layouts]
-        status = health.worst(s['status'] for s in servers)
-        return dict(changed=False, servers=servers, status=status, nagios='\n'.join(s['nagios'] for s in servers))
-    layout = layouts[0]
-    if action == 'release-hold':
-        result = server_catalog.release_hold(layout, params['hold'], dry_run=module.check_mode)
-        held = 'hold %s\n' % params['hold'] if result['released'] else ''
-        return dict(result, changed=result['released'], diff=dict(before=held, after=''))
-    if action == 'retention':
-        if policy is None:
-            raise retention.InvalidPolicy('action retention needs retention_policy', retention.POLICY_HINT)
-        before = sorted(server_catalog.ServerCatalog(layout).infos)
-        result = server_catalog.apply_retention(layout, policy, minimum, dry_run=module.check_mode)
-    elif action == 'delete':
-        before = sorted(server_catalog.ServerCatalog(layout).infos)
-        result = server_catalog.delete_backup(layout, params['backup_id'], minimum, dry_run=module.check_mode)
-    else:
-        server = server_catalog.ServerCatalog(layout)
-        backup_id = server.resolve(params['backup_id'])
-        if action == 'show':
-            return dict(changed=False, backup_id=backup_id, backup=server.details(backup_id))
-        before = '%s keep=%s\n' % (backup_id, server.keeps.get(backup_id))
-        if action == 'keep':
-            changed = server.keep(backup_id, params['target'], dry_run=module.check_mode)
-        else:
-            changed = server.release(backup_id, dry_run=module.check_mode)
-        after = '%s keep=%s\n' % (backup_id, server.keeps.get(backup_id))
-        return dict(
-            changed=changed,
-            backup_id=backup_id,
-            keep=server.keeps.get(backup_id),
-            diff=dict(before=before, after=after),
-        )
-    after = [b for b in before if b not in result['removed_backups']]
-    result['changed'] = bool(result['removed_backups'] or result['removed_wals'] or result.get('removed_stale_holds'))
-    result['diff'] = dict(before='\n'.join(before) + '\n', after='\n'.join(after) + '\n')
-    return result
-
-
 def main():
-    spec = dict(
-        action=dict(
-            type='str',
-            choices=['list', 'show', 'check', 'keep', 'release', 'delete', 'retention', 'release-hold'],
-            default='list',
-        ),
-        server=dict(type='str'),
-        barman_home=dict(type='path', default='/var/lib/barman'),
-        backup_id=dict(type='str'),
-        target=dict(type='str', choices=['full', 'standalone'], default='full'),
-        hold=dict(type='str'),
-        retention_policy=dict(type='str'),
-        minimum_redundancy=dict(type='int', default=1),
-        last_backup_maximum_age=dict(type='str'),
-        wal_maximum_age=dict(type='str'),
-        disk_warning_percent=dict(type='int', default=10),
-        disk_critical_percent=dict(type='int', default=5),
-        query=dict(type='str'),
-        fail_on_critical=dict(type='bool', default=False),
-    )
-    spec.update(postgres.connection_argument_spec())
-    module = AnsibleModule(
-        argument_spec=spec,
-        supports_check_mode=True,
-        required_if=[
-            ('action', 'show', ['server', 'backup_id']),
-            ('action', 'keep', ['server', 'backup_id']),
-            ('action', 'release', ['server', 'backup_id']),
-            ('action', 'delete', ['server', 'backup_id']),
-            ('action', 'retention', ['server', 'retention_policy']),
-            ('action', 'release-hold', ['server', 'hold']),
-        ],
-        required_by=dict(pg_host=('server',)),
-    )
-    if module.params['query'] and jmespath is None:
+    module = AnsibleModule(**catalog_actions.module_spec(), supports_check_mode=True)
+    params = module.params
+    if params['query'] and jmespath is None:
         module.fail_json(msg=missing_required_lib('jmespath'), exception=JMESPATH_IMPORT_ERROR)
     try:
-        result = run(module)
+        result = catalog_actions.run_action(params, check_mode=module.check_mode)
     except BarmanError as error:
         module.fail_json(**error.fail_json_kwargs())
     if not module._diff:
         result.pop('diff', None)
-    if module.params['query']:
+    if params['query']:
         try:
-            result['query_result'] = jmespath.search(module.params['query'], result)
+            result['query_result'] = jmespath.search(params['query'], result)
         except jmespath.exceptions.JMESPathError as exc:
-            module.fail_json(msg='The query %r is not valid JMESPath: %s' % (module.params['query'], exc))
-    if module.params['action'] == 'check' and module.params['fail_on_critical'] and result['status'] == 'critical':
+            module.fail_json(msg='The query %r is not valid JMESPath: %s' % (params['query'], exc))
+    if params['action'] == 'check' and params['fail_on_critical'] and result['status'] == 'critical':
         module.fail_json(msg=result['nagios'], **result)
     module.exit_json(**result)
 

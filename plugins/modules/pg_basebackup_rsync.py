@@ -40,7 +40,13 @@ author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
   - barman.postgresql.catalog
   - barman.postgresql.postgres
+  - barman.postgresql.error_codes
 options:
+  pg_host:
+    description:
+      - Address of the PostgreSQL server to back up, as the backup server reaches it.
+    type: str
+    required: true
   ssh_host:
     description:
       - Address of the PostgreSQL host for SSH. Defaults to O(pg_host).
@@ -125,6 +131,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+error_code:
+  description:
+    - The stable code of the refusal, one of those listed in the notes (C(msg) says the same in words, which may
+      change); playbooks and AWX workflows react to this code.
+  returned: on failure
+  type: str
+  sample: LOCK_BUSY
 backup_id:
   description: Id of the backup (its start time).
   returned: when a backup was taken
@@ -193,15 +206,12 @@ settled:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.barman.postgresql.plugins.module_utils import backup, catalog, postgres
+from ansible_collections.barman.postgresql.plugins.module_utils import backup
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 
 def main():
-    spec = backup.backup_argument_spec()
-    spec.update(catalog.catalog_argument_spec())
-    spec.update(postgres.connection_argument_spec())
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = AnsibleModule(**backup.module_spec(), supports_check_mode=True)
     try:
         result = backup.take_backup(module.params, check_mode=module.check_mode)
     except BarmanError as error:

@@ -14,6 +14,10 @@ description:
     before copying anything when the target is before that backup's end, before the oldest backup, past
     the newest archived WAL, or when WAL is missing between the backup and the target.
   - >-
+    At most one target: O(target_time), O(target_xid), O(target_name), O(target_lsn) or O(target_immediate);
+    several are refused. A null or blank target counts as not given. Without one, recovery replays every
+    archived WAL.
+  - >-
     Writes C(recovery.signal) and the recovery settings into C(postgresql.auto.conf) of the copy:
     C(restore_command) (the WAL sender's C(get), or C(cp) from C(barman_wal/) with O(get_wal=false)),
     the target, C(recovery_target_action), C(recovery_target_timeline), the port, and C(archive_mode=off)
@@ -28,6 +32,7 @@ version_added: 1.0.0
 author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
   - barman.postgresql.catalog
+  - barman.postgresql.error_codes
 options:
   backup_id:
     description:
@@ -70,11 +75,13 @@ options:
     description: Address of the host to recover to, reached over SSH as O(destination_user).
     type: str
   destination_user:
-    description: OS user that will own the copy (the one that runs PostgreSQL there).
+    description:
+      - OS user that will own the copy (the one that runs PostgreSQL there), the SSH user on O(destination_host).
+        Not used for a local copy.
     type: str
     default: postgres
   destination_port:
-    description: SSH port of the destination host.
+    description: SSH port of the destination host. Only with O(destination_host).
     type: int
   destination_directory:
     description:
@@ -107,14 +114,14 @@ options:
     type: str
   get_wal:
     description:
-      - Fetch WAL during recovery with the WAL sender (O(wal_sender)) on the destination. With V(false),
-        the needed WAL is copied into C(barman_wal/) of the copy and fetched from there.
+      - Fetch WAL during recovery with the WAL sender (O(wal_sender)) on the destination, which is then
+        required. With V(false), the needed WAL is copied into C(barman_wal/) of the copy and fetched from there.
     type: bool
     default: true
   wal_sender:
     description:
       - The WAL sender command on the destination with its options (without C(get %f %p)), for
-        C(restore_command).
+        C(restore_command). Required when O(get_wal=true), the default.
     type: list
     elements: str
   archive:
@@ -143,19 +150,160 @@ attributes:
 """
 
 EXAMPLES = r"""
-- name: Recover pg1 as it was at 03:12 UTC into a new directory, on port 5433
+# pg1 runs at 10.0.0.11, the backup server at 10.0.0.21; pg_recover runs on the backup server as barman.
+
+- name: Recover pg1 as it was at 03:12 UTC into a new directory on another host, on port 5433
   barman.postgresql.pg_recover:
     server: pg1
     target_time: '2026-11-24 03:12:00+00'
-    destination_host: 10.0.0.11
+    destination_host: 10.0.0.12
+    destination_user: postgres
     destination_directory: /var/lib/postgresql/15/pg1-recovered
     port: 5433
-    get_wal: false
+    listen_addresses: localhost
+    get_wal: false  # that host has no key to the WAL receiver: the WAL needed goes along with the copy
   become: true
   become_user: barman
+
+- name: Show the plan first (backup chosen, WAL needed, space), copying nothing
+  barman.postgresql.pg_recover:
+    server: pg1
+    target_time: '2026-11-24 03:12:00+00'
+    destination_host: 10.0.0.12
+    destination_directory: /var/lib/postgresql/15/pg1-recovered
+    get_wal: false
+  check_mode: true
+  register: plan
+
+- name: Say what it would do
+  ansible.builtin.debug:
+    msg: >-
+      backup {{ plan.backup_id }} (ended {{ plan.backup_end_time }}), WAL up to {{ plan.newest_wal }},
+      {{ plan.space_needed }} bytes to {{ plan.destination }}
+
+- name: Stop just before a bad transaction, and pause there to look before going on
+  barman.postgresql.pg_recover:
+    server: pg1
+    target_xid: '734213'
+    target_inclusive: false
+    target_action: pause  # then SELECT pg_wal_replay_resume() to promote, or recover again elsewhere
+    destination_host: 10.0.0.11
+    destination_directory: /var/lib/postgresql/15/pg1-before-734213
+    port: 6432
+    get_wal: false
+
+- name: Recover to a restore point made with pg_create_restore_point('before_upgrade')
+  barman.postgresql.pg_recover:
+    server: pg1
+    target_name: before_upgrade
+    destination_host: 10.0.0.11
+    destination_directory: /var/lib/postgresql/15/pg1-before-upgrade
+    port: 6432
+    get_wal: false
+
+- name: Recover up to an LSN and shut down there, for a copy to be started later
+  barman.postgresql.pg_recover:
+    server: pg1
+    target_lsn: 16/B374D848
+    target_action: shutdown
+    destination_host: 10.0.0.11
+    destination_directory: /srv/copies/pg1-16-B374D848
+    get_wal: false
+
+- name: The oldest backup, only to its end (the first consistent point), on its own timeline
+  barman.postgresql.pg_recover:
+    server: pg1
+    backup_id: oldest
+    target_immediate: true
+    destination_host: 10.0.0.12
+    destination_directory: /srv/copies/pg1-oldest
+    get_wal: false
+
+- name: A given backup, replaying every archived WAL after it
+  barman.postgresql.pg_recover:
+    server: pg1
+    backup_id: 20261124T010000
+    destination_host: 10.0.0.12
+    destination_directory: /srv/copies/pg1-latest
+    get_wal: false
+
+- name: Put the tablespaces elsewhere (by name or oid); by default they go beside the new PGDATA
+  barman.postgresql.pg_recover:
+    server: pg1
+    target_time: '2026-11-24 03:12:00+00'
+    destination_host: 10.0.0.12
+    destination_directory: /srv/copies/pg1
+    tablespace_map:
+      fast_ts: /srv/ssd/pg1-fast_ts
+      '16390': /srv/hdd/pg1-archive_ts
+    get_wal: false
+
+- name: Refresh an earlier copy, sending only the files that differ
+  barman.postgresql.pg_recover:
+    server: pg1
+    destination_host: 10.0.0.12
+    destination_directory: /srv/copies/pg1-latest
+    delta: true
+    get_wal: false
+
+- name: Keep the backup and its WAL from retention for three days while the copy is examined
+  barman.postgresql.pg_recover:
+    server: pg1
+    target_name: before_upgrade
+    destination_host: 10.0.0.12
+    destination_directory: /srv/copies/pg1-before-upgrade
+    get_wal: false
+    hold_hours: 72
+  register: recovered
+
+- name: Release that hold once done with the copy
+  barman.postgresql.pg_backup_catalog:
+    server: pg1
+    action: release-hold
+    hold: "{{ recovered.hold }}"
+
+# In place replaces pg1 itself. playbooks/recover.yml does these steps (recover_in_place=true) and asks
+# for the confirmation below; by hand, stop pg1 and move its PGDATA and tablespaces aside between them.
+- name: Refuse unless the operator named the server and its host
+  ansible.builtin.assert:
+    that: recover_in_place_confirm | default('') == 'pg1@10.0.0.11'
+    fail_msg: >-
+      Recovering pg1 in place stops it and moves its data aside: confirm with recover_in_place_confirm=pg1@10.0.0.11
+
+- name: Plan the in-place recovery (the target, the WAL, the free space) before stopping anything
+  barman.postgresql.pg_recover:
+    server: pg1
+    target_time: '2026-11-24 03:12:00+00'
+    in_place: true
+    destination_host: 10.0.0.11
+    wal_sender: &wal_sender
+      - /usr/local/lib/barman-postgresql/bin/barman-wal-sender
+      - --ssh
+      - barman@10.0.0.21
+      - --identity-file
+      - /var/lib/postgresql/.ssh/barman_pg1
+      - --known-hosts
+      - /var/lib/postgresql/.ssh/barman_known_hosts
+  check_mode: true
+
+- name: Recover into the original PGDATA, fetching WAL with pg1's own WAL sender; the copy archives again
+  barman.postgresql.pg_recover:
+    server: pg1
+    target_time: '2026-11-24 03:12:00+00'
+    in_place: true
+    archive: true
+    destination_host: 10.0.0.11
+    wal_sender: *wal_sender
 """
 
 RETURN = r"""
+error_code:
+  description:
+    - The stable code of the refusal, one of those listed in the notes (C(msg) says the same in words, which may
+      change); playbooks and AWX workflows react to this code.
+  returned: on failure
+  type: str
+  sample: TARGET_BEFORE_BACKUP
 backup_id:
   description: The backup recovered.
   returned: always
@@ -219,14 +367,12 @@ duration:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, recovery
+from ansible_collections.barman.postgresql.plugins.module_utils import recovery
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 
 def main():
-    spec = recovery.recovery_argument_spec()
-    spec.update(catalog.catalog_argument_spec())
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = AnsibleModule(**recovery.module_spec(), supports_check_mode=True)
     try:
         result = recovery.recover(module.params, check_mode=module.check_mode)
     except BarmanError as error:

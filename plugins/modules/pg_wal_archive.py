@@ -32,6 +32,7 @@ author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
   - barman.postgresql.catalog
   - barman.postgresql.postgres
+  - barman.postgresql.error_codes
 options:
   action:
     description:
@@ -115,6 +116,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+error_code:
+  description:
+    - The stable code of the refusal, one of those listed in the notes (C(msg) says the same in words, which may
+      change); playbooks and AWX workflows react to this code.
+    - Not returned when V(check) fails for the problems it found (O(fail_on_problem)); RV(problems) lists them.
+  returned: on failure
+  type: str
+  sample: NO_SUCH_SERVER
 switched_wal:
   description: The segment closed by the WAL switch (V(check)).
   returned: when a switch was made
@@ -219,42 +228,18 @@ removed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.barman.postgresql.plugins.module_utils import archive_check, catalog, postgres
-from ansible_collections.barman.postgresql.plugins.module_utils.wal_store import WalArchive
+from ansible_collections.barman.postgresql.plugins.module_utils import archive_actions
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 
 def main():
-    spec = dict(
-        action=dict(type='str', choices=['check', 'process', 'rebuild'], default='check'),
-        compression=dict(type='str', choices=['gzip', 'zstd', 'lz4', 'none'], default='gzip'),
-        switch_wal=dict(type='bool', default=True),
-        timeout=dict(type='int', default=60),
-        segment_size=dict(type='int'),
-        first_wal=dict(type='str'),
-        fail_on_problem=dict(type='bool', default=True),
-    )
-    spec.update(catalog.catalog_argument_spec())
-    spec.update(postgres.connection_argument_spec())
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
-    params = module.params
+    module = AnsibleModule(**archive_actions.module_spec(), supports_check_mode=True)
     try:
-        wal_archive = WalArchive(params['barman_home'], params['server'])
-        if params['action'] == 'process':
-            result = wal_archive.process_incoming(params['compression'], dry_run=module.check_mode)
-            result['changed'] = bool(result['archived'] or result['identical'] or result['errors'])
-        elif params['action'] == 'rebuild':
-            result = wal_archive.rebuild_xlog_db(dry_run=module.check_mode)
-            result['changed'] = bool(result['added'] or result['removed'])
-        else:
-            result = archive_check.check_archive(
-                wal_archive, params, switch=params['switch_wal'] and not module.check_mode, sweep=not module.check_mode
-            )
-            result['changed'] = bool(result['swept'])
-            if result['problems'] and params['fail_on_problem']:
-                module.fail_json(msg=' '.join(result['problems']), **result)
+        result = archive_actions.run_action(module.params, module.check_mode)
     except BarmanError as error:
         module.fail_json(**error.fail_json_kwargs())
+    if result.get('problems') and module.params['fail_on_problem']:
+        module.fail_json(msg=' '.join(result['problems']), **result)
     module.exit_json(**result)
 
 

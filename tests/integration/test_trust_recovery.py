@@ -98,6 +98,7 @@ def test_a_destination_without_room_is_refused_with_the_figures(pg1_backup, tiny
     succeeded, result = recover_module(dict(destination_directory=destination, get_wal=False), *options)
     assert not succeeded, result
     assert 'the filesystem %s on the destination has 16 MiB free' % tiny_filesystem in result['msg'], result
+    assert result['error_code'] == 'NOT_ENOUGH_SPACE', result
     assert result['needed_bytes'] > result['free_bytes'] == 16 * 1024 * 1024
     assert os.listdir(tiny_filesystem) == []
 
@@ -201,6 +202,7 @@ def test_a_recovery_holds_its_backup_against_delete_until_released(pg1_backup):
     hold = result['hold']
     refused_ok, refused = module('pg_backup_catalog', dict(server='pg1', action='delete', backup_id=pg1_backup))
     assert not refused_ok and hold in refused['msg'], refused
+    assert refused['error_code'] == 'BACKUP_HELD', refused
     assert os.path.isdir('/var/lib/barman/pg1/base/%s' % pg1_backup)
     catalog(dict(server='pg1', action='release-hold', hold=hold))
     catalog(dict(server='pg1', action='delete', backup_id=pg1_backup))

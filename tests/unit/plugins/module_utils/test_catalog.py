@@ -694,6 +694,7 @@ def test_identity_mismatch(tmp_path):
     assert '222' in str(info.value) and '111' in str(info.value) and path in str(info.value)
     assert 'new server name' in str(info.value)
     assert info.value.data['recorded_systemid'] == '111'
+    assert info.value.code == 'IDENTITY_MISMATCH'
     assert json.load(open(path))['systemid'] == '111'
 
 
@@ -779,6 +780,7 @@ def test_lock_busy_from_other_process_then_free_after_sigkill(holder):
     assert info.value.data['holder_pid'] == proc.pid
     assert info.value.data['holder_operation'] == 'backup'
     assert isinstance(info.value, BarmanError)
+    assert info.value.fail_json_kwargs()['error_code'] == 'LOCK_BUSY'
 
     proc.send_signal(signal.SIGKILL)
     proc.wait()

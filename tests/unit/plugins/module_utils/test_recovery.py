@@ -22,7 +22,7 @@ def at(*args, tz=UTC):
 
 def default_params(**overrides):
     """Module parameters as AnsibleModule would hand them over: the spec's defaults, then the case's values."""
-    spec = recovery.recovery_argument_spec()
+    spec = recovery.module_spec()['argument_spec']
     params = dict((k, v.get('default')) for k, v in spec.items())
     params.update(destination_directory='/var/lib/postgresql/16/copy', wal_sender=['/usr/bin/barman-wal-sender'])
     params.update(overrides)
@@ -228,6 +228,7 @@ def test_choose_backup_without_any_done_backup():
         with pytest.raises(recovery.RecoveryError) as excinfo:
             recovery.choose_backup(infos, None, None)
         assert 'no DONE backup' in excinfo.value.message
+        assert excinfo.value.code == 'NO_DONE_BACKUP'
 
 
 @pytest.mark.parametrize('backup_id', [None, '', 'latest', 'last'])
@@ -343,6 +344,7 @@ def test_choose_backup_given_with_time_before_its_end_is_refused(infos, target):
     assert '20261122T010000' in excinfo.value.message
     assert '2026-11-22 01:05:00+00:00' in excinfo.value.message
     assert 'older backup' in excinfo.value.hint
+    assert excinfo.value.fail_json_kwargs()['error_code'] == 'TARGET_BEFORE_BACKUP'
 
 
 def test_choose_backup_given_with_lsn_before_its_end_is_refused(infos):
@@ -351,6 +353,7 @@ def test_choose_backup_given_with_lsn_before_its_end_is_refused(infos):
     assert 'LSN 0/70000FF' in excinfo.value.message
     assert '20261122T010000' in excinfo.value.message
     assert '0/7000100' in excinfo.value.message
+    assert excinfo.value.code == 'TARGET_BEFORE_BACKUP'
 
 
 @pytest.mark.parametrize('backup_id', ['oldest', 'first'])

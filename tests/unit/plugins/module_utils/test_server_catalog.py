@@ -192,12 +192,17 @@ def test_delete_refuses_what_must_stay(lab):
     lab.wals(1, 2, 3, 4, 5, 6)
     server_catalog.ServerCatalog(lab.layout).keep('20261120T010000', 'full')
     before = lab.files()
-    with pytest.raises(server_catalog.CatalogRefusal, match='is kept'):
+    with pytest.raises(server_catalog.CatalogRefusal, match='is kept') as kept:
         server_catalog.delete_backup(lab.layout, '20261120T010000', 1)
-    with pytest.raises(server_catalog.CatalogRefusal, match='still being taken'):
+    with pytest.raises(server_catalog.CatalogRefusal, match='still being taken') as taken:
         server_catalog.delete_backup(lab.layout, '20261122T010000', 1)
-    with pytest.raises(server_catalog.CatalogRefusal, match='below the minimum of 2'):
+    with pytest.raises(server_catalog.CatalogRefusal, match='below the minimum of 2') as minimum:
         server_catalog.delete_backup(lab.layout, '20261121T010000', 2)
+    assert [kept.value.code, taken.value.code, minimum.value.code] == [
+        'BACKUP_KEPT',
+        'BACKUP_IN_PROGRESS',
+        'MINIMUM_REDUNDANCY',
+    ]
     assert lab.files() == before
 
 
@@ -339,8 +344,9 @@ def test_a_standalone_backup_recovers_to_its_end_past_a_gap_that_retention_left(
     wal_archive = wal_store.WalArchive(lab.layout.barman_home, 'pg1')
     continuity, _needed_until = recovery.wal_needed_for_target(wal_archive, info, 'target_immediate', True)
     assert continuity['missing'] == [[seg(4), seg(6)]]
-    with pytest.raises(recovery.RecoveryError, match='missing from the archive'):
+    with pytest.raises(recovery.RecoveryError, match='missing from the archive') as excinfo:
         recovery.wal_needed_for_target(wal_archive, info, None, None)
+    assert excinfo.value.code == 'ARCHIVE_GAP'
 
 
 def test_an_archive_begun_on_a_later_timeline_needs_no_history_file_until_it_crosses_one(lab):

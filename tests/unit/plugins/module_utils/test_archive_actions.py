@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
-    archive_check,
+    archive_actions,
     catalog,
     health,
     infofile,
@@ -68,7 +68,7 @@ class Catalog:
         xlogdb.append_xlog_db(self.layout.xlog_db, entries)
 
     def check(self, **params):
-        return archive_check.check_archive(self.archive, dict(dict(segment_size=SEG, timeout=1), **params), False)
+        return archive_actions.check_archive(self.archive, dict(dict(segment_size=SEG, timeout=1), **params), False)
 
 
 @pytest.fixture
@@ -181,9 +181,9 @@ def test_the_check_sweeps_a_stale_half_deleted_backup_and_nothing_else(cat):
 def test_a_delete_in_progress_holds_the_backup_lock_and_is_left_alone(cat):
     stale = deleting(cat, '20261121T010000', wal_store.STALE_SECONDS + 60)
     with lockfile.ServerLock(cat.layout, 'backup'):
-        assert archive_check.sweep_deleted_backups(cat.layout) == []
+        assert archive_actions.sweep_deleted_backups(cat.layout) == []
     assert os.path.isdir(stale)
-    assert archive_check.sweep_deleted_backups(cat.layout) == [stale]
+    assert archive_actions.sweep_deleted_backups(cat.layout) == [stale]
 
 
 def test_the_check_in_check_mode_sweeps_nothing(cat):
@@ -192,6 +192,6 @@ def test_the_check_in_check_mode_sweeps_nothing(cat):
     with open(temp, 'wb') as handle:
         handle.write(b'half')
     os.utime(temp, (time.time() - wal_store.STALE_SECONDS - 60,) * 2)
-    result = archive_check.check_archive(cat.archive, dict(segment_size=SEG, timeout=1), False, sweep=False)
+    result = archive_actions.check_archive(cat.archive, dict(segment_size=SEG, timeout=1), False, sweep=False)
     assert result['swept'] == [] and os.path.isdir(stale) and os.path.exists(temp)
     assert sorted(cat.check()['swept']) == sorted([temp, stale])

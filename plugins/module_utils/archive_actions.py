@@ -1,11 +1,13 @@
 # Copyright: barman.postgresql contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Is a server's WAL archive working and complete? The pg_wal_archive check, outside the module."""
+"""pg_wal_archive's options and actions: check (is a server's WAL archive working and complete?), process
+(compress and index what was delivered) and rebuild (xlog.db from the files), outside the module."""
 
 import os
 import re
 import shutil
 import time
+from typing import Any, Dict, Mapping
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
@@ -161,3 +163,38 @@ def island_reports(wal_archive, islands, segment_size):
     return [
         dict(island, segments=r['segments'], missing=r['missing'], ok=r['ok']) for island, r in zip(islands, reports)
     ]
+
+
+def module_spec() -> Dict[str, Any]:
+    """pg_wal_archive's AnsibleModule keyword arguments: the catalog, the connection (optional: without it
+    only the disk is checked), the action."""
+    spec = dict(
+        action=dict(type='str', choices=['check', 'process', 'rebuild'], default='check'),
+        compression=dict(type='str', choices=list(wal_store.COMPRESSIONS), default='gzip'),
+        switch_wal=dict(type='bool', default=True),
+        timeout=dict(type='int', default=60),
+        segment_size=dict(type='int'),
+        first_wal=dict(type='str'),
+        fail_on_problem=dict(type='bool', default=True),
+    )
+    spec.update(catalog.catalog_argument_spec())
+    spec.update(postgres.connection_argument_spec())
+    return dict(argument_spec=spec)
+
+
+def run_action(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    """The result of ``params['action']`` with ``changed``; in check mode nothing changes on disk and no WAL
+    switch is asked of PostgreSQL."""
+    wal_archive = wal_store.WalArchive(params['barman_home'], params['server'])
+    if params['action'] == 'process':
+        result = wal_archive.process_incoming(params['compression'], dry_run=check_mode)
+        result['changed'] = bool(result['archived'] or result['identical'] or result['errors'])
+    elif params['action'] == 'rebuild':
+        result = wal_archive.rebuild_xlog_db(dry_run=check_mode)
+        result['changed'] = bool(result['added'] or result['removed'])
+    else:
+        result = check_archive(
+            wal_archive, params, switch=params['switch_wal'] and not check_mode, sweep=not check_mode
+        )
+        result['changed'] = bool(result['swept'])
+    return result
