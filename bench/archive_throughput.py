@@ -281,14 +281,14 @@ def generate_wal(count):
 
 def extract_segments(names):
     """Decompress the segments from the lab archive into SEGMENTS_DIR (readable by postgres)."""
-    from ansible_collections.barman.postgresql.plugins.module_utils import archive  # noqa: PLC0415
+    from ansible_collections.barman.postgresql.plugins.module_utils import wal_store  # noqa: PLC0415
 
     make_dir(SEGMENTS_DIR, 'postgres')
     paths = []
     for name in names:
         target = os.path.join(SEGMENTS_DIR, name)
         with open(target, 'wb') as handle:
-            archive.copy_decompressed(os.path.join(LAB_ARCHIVE, 'wals', name[:16], name), handle)
+            wal_store.copy_decompressed(os.path.join(LAB_ARCHIVE, 'wals', name[:16], name), handle)
         if os.path.getsize(target) != SEGMENT_BYTES:
             raise RuntimeError('%s is not a 16 MB segment' % name)
         os.chown(target, pwd.getpwnam('postgres').pw_uid, pwd.getpwnam('postgres').pw_gid)

@@ -236,10 +236,8 @@ def method_rsync(name, previous=None):
 OUR_CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.barman.postgresql.plugins.module_utils import backup, catalog, postgres
-spec = backup.backup_argument_spec()
-spec.update(catalog.catalog_argument_spec())
-spec.update(postgres.connection_argument_spec())
+from ansible_collections.barman.postgresql.plugins.module_utils import backup
+spec = backup.module_spec()['argument_spec']
 params = dict((key, option.get('default')) for key, option in spec.items())
 params.update(json.loads(sys.argv[2]))
 start = time.perf_counter()

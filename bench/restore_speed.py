@@ -153,10 +153,8 @@ def tail(path, size=800):
 OUR_BACKUP_CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.barman.postgresql.plugins.module_utils import backup, catalog, postgres
-spec = backup.backup_argument_spec()
-spec.update(catalog.catalog_argument_spec())
-spec.update(postgres.connection_argument_spec())
+from ansible_collections.barman.postgresql.plugins.module_utils import backup
+spec = backup.module_spec()['argument_spec']
 params = dict((key, option.get('default')) for key, option in spec.items())
 params.update(json.loads(sys.argv[2]))
 print(json.dumps(backup.take_backup(params), default=str))
@@ -238,9 +236,8 @@ def method_limit(data):
 OUR_RECOVER_CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, recovery
-spec = recovery.recovery_argument_spec()
-spec.update(catalog.catalog_argument_spec())
+from ansible_collections.barman.postgresql.plugins.module_utils import recovery
+spec = recovery.module_spec()['argument_spec']
 params = dict((key, option.get('default')) for key, option in spec.items())
 params.update(json.loads(sys.argv[2]))
 steps = []  # where the time goes: each rsync of the module and the staging of WAL, timed around the call
