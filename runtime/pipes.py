@@ -3,11 +3,12 @@
 """Pipes that carry whole WAL segments (the sender's agent and the receiver's stream)."""
 
 import fcntl
+from typing import Any
 
 WIDE_PIPE_BYTES = 1024 * 1024
 
 
-def widen(stream, size=WIDE_PIPE_BYTES):
+def widen(stream: Any, size: int = WIDE_PIPE_BYTES) -> None:
     """A 1 MiB pipe instead of 64 KiB: 16 times fewer wake-ups for each 16 MiB segment streamed."""
     try:
         fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, size)

@@ -8,11 +8,12 @@ wal-sender.sh.j2) reads it to answer archive_command for a delivered file withou
 
 import os
 import time
+from typing import Container, Optional
 
 STALE_SECONDS = 86400
 
 
-def stat_key(stat):
+def stat_key(stat: os.stat_result) -> str:
     """Size and modification time, as ``stat -c '%s %.9Y'`` prints them (the launcher compares)."""
     seconds, nanoseconds = divmod(stat.st_mtime_ns, 1000000000)
     return '%d %d.%09d' % (stat.st_size, seconds, nanoseconds)
@@ -21,14 +22,14 @@ def stat_key(stat):
 class Spool:
     """Claims and delivery notes of one server's files, beside its key (<key>.spool/, 0700)."""
 
-    def __init__(self, identity_file):
+    def __init__(self, identity_file: str) -> None:
         self.path = identity_file + '.spool'
         os.makedirs(self.path, mode=0o700, exist_ok=True)
 
     def _file(self, name, kind):
         return os.path.join(self.path, '%s.%s' % (name, kind))
 
-    def claim(self, name):
+    def claim(self, name: str) -> bool:
         """True if this process may send ``name`` now; False while a live process sends it."""
         path = self._file(name, 'claim')
         for _attempt in range(2):
@@ -44,7 +45,7 @@ class Spool:
             return True
         return False
 
-    def claimed(self, name):
+    def claimed(self, name: str) -> bool:
         """True while a live process holds the claim of ``name``."""
         return self._holder_alive(self._file(name, 'claim'))
 
@@ -59,18 +60,18 @@ class Spool:
             return False
         return True
 
-    def release(self, name):
+    def release(self, name: str) -> None:
         self._unlink(self._file(name, 'claim'))
 
-    def note_delivered(self, name, stat_key):
+    def note_delivered(self, name: str, stat_key: str) -> None:
         self._note(name, 'done', stat_key)
 
-    def note_given_up(self, name):
+    def note_given_up(self, name: str) -> None:
         """The agent could not deliver ``name`` (refused, or an error): it leaves the file to
         archive_command, which sends it itself and reports why, and does not send it again."""
         self._note(name, 'failed', '')
 
-    def given_up(self, name):
+    def given_up(self, name: str) -> bool:
         return os.path.exists(self._file(name, 'failed'))
 
     def _note(self, name, kind, text):
@@ -79,7 +80,7 @@ class Spool:
             handle.write(text)
         os.rename(tmp, self._file(name, kind))
 
-    def was_delivered(self, name, path):
+    def was_delivered(self, name: str, path: str) -> bool:
         """True if ``name`` was delivered as the file at ``path`` is now.
 
         The note stays while PostgreSQL still lists the file as ready (until it renames .ready to
@@ -96,10 +97,10 @@ class Spool:
         self._unlink(note)  # about another file of that name
         return False
 
-    def delivered(self, name):
+    def delivered(self, name: str) -> bool:
         return os.path.exists(self._file(name, 'done'))
 
-    def forget_old(self, still_ready=None):
+    def forget_old(self, still_ready: Optional[Container[str]] = None) -> None:
         """Drop the claims of dead processes, and the notes of files no longer in ``still_ready``
         (names; None: notes older than a day). Delivery notes and given-up notes alike."""
         for entry in os.listdir(self.path):

@@ -23,6 +23,7 @@ import shlex
 import sys
 import threading
 import time
+from typing import BinaryIO, Callable, Mapping, Optional, Sequence, TextIO
 
 from ansible_collections.barman.postgresql.plugins.module_utils import checksum, lockfile, wal, wal_store
 from ansible_collections.barman.postgresql.runtime import pipes
@@ -51,7 +52,7 @@ class RequestError(BarmanError):
 Request = collections.namedtuple('Request', 'verb name size checksum')
 
 
-def parse_request(command):
+def parse_request(command: Optional[str]) -> Request:
     """A Request from SSH_ORIGINAL_COMMAND, or RequestError."""
     try:
         words = shlex.split(command or '')
@@ -110,7 +111,12 @@ def _one_line(error):
     return ' '.join(str(error).split())
 
 
-def serve_stream(wal_archive, stdin, stdout, on_batch=None):
+def serve_stream(
+    wal_archive: wal_store.WalArchive,
+    stdin: BinaryIO,
+    stdout: BinaryIO,
+    on_batch: Optional[Callable[[], None]] = None,
+) -> int:
     """Receive puts one after another on one connection, answering each once it is durable.
 
     Reading the next file overlaps making the previous one durable (a second thread fsyncs,
@@ -183,7 +189,7 @@ def serve_stream(wal_archive, stdin, stdout, on_batch=None):
     return code
 
 
-def serve_get(wal_archive, name, stdout, stderr):
+def serve_get(wal_archive: wal_store.WalArchive, name: str, stdout: BinaryIO, stderr: TextIO) -> int:
     """Write an archived file to ``stdout``; the exit code tells the sender whether it may say "not found"."""
     try:
         try:
@@ -202,7 +208,13 @@ def serve_get(wal_archive, name, stdout, stderr):
     return EXIT_OK
 
 
-def main(argv=None, environ=None, stdin=None, stdout=None, stderr=None):
+def main(
+    argv: Optional[Sequence[str]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    stdin: Optional[BinaryIO] = None,
+    stdout: Optional[BinaryIO] = None,
+    stderr: Optional[TextIO] = None,
+) -> int:
     environ = os.environ if environ is None else environ
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import List, Optional, Sequence, TextIO, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import checksum, ssh, wal
 from ansible_collections.barman.postgresql.runtime import pipes
@@ -93,7 +94,7 @@ def _send_file(source, name, stream):
     _copy_with_checksum(source, stream)
 
 
-def put(args, stderr):
+def put(args: argparse.Namespace, stderr: TextIO) -> int:
     name = os.path.basename(args.path)
     wal.parse_wal_name(name)
     spool = Spool(args.identity_file)
@@ -191,7 +192,7 @@ def _agent_runs(args, spool, pg_wal):
         os.close(lock)
 
 
-def ready_names(pg_wal):
+def ready_names(pg_wal: str) -> List[str]:
     """What PostgreSQL waits to archive, in the order it archives: history files first."""
     names = []
     status = os.path.join(pg_wal, 'archive_status')
@@ -201,7 +202,7 @@ def ready_names(pg_wal):
     return sorted(names, key=lambda n: (not n.endswith('.history'), n))
 
 
-def agent(args, stderr):
+def agent(args: argparse.Namespace, stderr: TextIO) -> int:
     """Send every ready file over one stream until none has been ready for AGENT_IDLE_SECONDS."""
     spool = Spool(args.identity_file)
     lock = args.lock_fd if args.lock_fd is not None else _agent_lock(spool)
@@ -278,7 +279,7 @@ def _stream(args, spool, stderr):
             spool.release(name)
 
 
-def answer_of_get(name, code, receiver_stderr, size, head):
+def answer_of_get(name: str, code: int, receiver_stderr: str, size: int, head: bytes) -> Tuple[str, Optional[str]]:
     """What one fetch of ``name`` says: ('fetched'|'not archived'|'refused'|'failed', why).
 
     From what came back: ssh's exit code (the receiver's, 255 for ssh's own failure, negative for a
@@ -328,7 +329,7 @@ def _terminated(_signum, _frame):
     raise _Terminated()
 
 
-def get(args, stderr):
+def get(args: argparse.Namespace, stderr: TextIO) -> int:
     """restore_command: 0 with the file at PATH; EXIT_NOT_FOUND when the archive does not hold it;
     for any other outcome, after retrying for --retry-seconds, EXIT_STOP_RECOVERY."""
     previous = signal.signal(signal.SIGTERM, _terminated)
@@ -433,7 +434,7 @@ def _seconds(text):
     return value
 
 
-def main(argv=None, stderr=None):
+def main(argv: Optional[Sequence[str]] = None, stderr: Optional[TextIO] = None) -> int:
     stderr = stderr or sys.stderr
     parser = argparse.ArgumentParser(prog='barman-wal-sender', description=__doc__)
     parser.add_argument('--ssh', required=True, help='user@host of the backup server')

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
@@ -24,14 +24,14 @@ POLL_SECONDS = 0.2
 _DELETING_RE = re.compile(r'\.[0-9]{8}T[0-9]{6}\.deleting\Z')
 
 
-def continuity_origin(layout):
+def continuity_origin(layout: catalog.ServerLayout) -> Dict[str, Any]:
     """Where the archive must be continuous from, and the islands before it (infofile.archive_origin),
     from the server's backups and their keep annotations as pg_backup_catalog reads them."""
     server = server_catalog.ServerCatalog(layout)
     return infofile.archive_origin(server.infos, server.keeps)
 
 
-def sweep_deleted_backups(layout):
+def sweep_deleted_backups(layout: catalog.ServerLayout) -> List[str]:
     """Remove the base/.<id>.deleting directories a killed delete left; returns their paths.
 
     Only under the backup lock, which a delete holds throughout (skipped when busy: a backup or a
@@ -69,7 +69,7 @@ def _stale_deleting(layout):
     return stale
 
 
-def wait_for_wal(wal_archive, name, timeout):
+def wait_for_wal(wal_archive: wal_store.WalArchive, name: str, timeout: float) -> Optional[float]:
     """Seconds it took ``name`` to arrive, or None after ``timeout`` seconds."""
     started = time.time()
     while True:
@@ -80,7 +80,9 @@ def wait_for_wal(wal_archive, name, timeout):
         time.sleep(POLL_SECONDS)
 
 
-def check_archive(wal_archive, params, switch=True, sweep=True):
+def check_archive(
+    wal_archive: wal_store.WalArchive, params: Mapping[str, Any], switch: bool = True, sweep: bool = True
+) -> Dict[str, Any]:
     """Switch WAL and wait for it (when connected), then check continuity from the oldest backup kept for
     point-in-time recovery, and the islands of older standalone backups; problems are sentences. With
     ``sweep``, first remove what killed processes left (stale temporary files, half-deleted backups)."""
@@ -156,7 +158,9 @@ def check_archive(wal_archive, params, switch=True, sweep=True):
     return result
 
 
-def island_reports(wal_archive, islands, segment_size):
+def island_reports(
+    wal_archive: wal_store.WalArchive, islands: Sequence[Mapping[str, Any]], segment_size: int
+) -> List[Dict[str, Any]]:
     """Each island (infofile.archive_origin) with whether its WAL is all there: dict(backup_id, begin_wal,
     end_wal, segments, missing=[[first, last]...], ok)."""
     reports = wal_archive.islands([(i['begin_wal'], i['end_wal']) for i in islands], segment_size)

@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
@@ -67,10 +68,10 @@ def module_spec() -> dict:
 class Progress:
     """Lines in <server>/backup.log, so a long copy can be followed with tail -f."""
 
-    def __init__(self, layout):
+    def __init__(self, layout: catalog.ServerLayout) -> None:
         self.path = os.path.join(layout.root, PROGRESS_LOG)
 
-    def __call__(self, message):
+    def __call__(self, message: str) -> None:
         with open(self.path, 'a') as log:
             log.write('%s %s\n' % (catalog.now_utc().strftime('%Y-%m-%dT%H:%M:%SZ'), message))
 
@@ -78,13 +79,13 @@ class Progress:
 # -- the catalog side ----------------------------------------------------------------------------
 
 
-def newest_done_backup(layout):
+def newest_done_backup(layout: catalog.ServerLayout) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
     infos = infofile.backup_infos(layout)
     done = infofile.done_backup_ids(infos)
     return (done[-1], infos[done[-1]]) if done else (None, None)
 
 
-def settle_unfinished_backups(layout, wal_archive):
+def settle_unfinished_backups(layout: catalog.ServerLayout, wal_archive: WalArchive) -> List[Dict[str, str]]:
     """Called with the backup lock held: no other backup runs, so a STARTED one lost its owner.
 
     STARTED becomes FAILED; WAITING_FOR_WALS becomes DONE once its WAL arrived.
@@ -103,13 +104,13 @@ def settle_unfinished_backups(layout, wal_archive):
     return settled
 
 
-def wals_complete(wal_archive, info):
+def wals_complete(wal_archive: WalArchive, info: Mapping[str, Any]) -> bool:
     """Every segment from the backup's begin_wal to its end_wal is archived."""
     names = wal.segments_between(info['begin_wal'], info['end_wal'], info['xlog_segment_size'])
     return all(wal_archive.locate(name) for name in names)
 
 
-def new_backup_id(layout):
+def new_backup_id(layout: catalog.ServerLayout) -> str:
     """A start-time id not taken yet (two backups in one second wait for the next)."""
     while True:
         backup_id = catalog.new_backup_id(datetime.datetime.now())
@@ -118,7 +119,7 @@ def new_backup_id(layout):
         time.sleep(0.2)
 
 
-def disk_usage(path):
+def disk_usage(path: str) -> Tuple[int, int]:
     """(size of every file, size of the files not shared with another backup) in bytes."""
     size = deduplicated = 0
     for directory, _dirs, files in os.walk(path):
@@ -130,7 +131,7 @@ def disk_usage(path):
     return size, deduplicated
 
 
-def sync_filesystem(path):
+def sync_filesystem(path: str) -> None:
     """Make everything written to the filesystem holding ``path`` durable, with one syncfs(2).
 
     Files, the directories that name them and hard links in one call: cheaper than rsync --fsync,
@@ -168,7 +169,7 @@ def _fsync_tree(path):
 class Copier:
     """rsync from the PostgreSQL host into the backup directory, reusing the reference backup."""
 
-    def __init__(self, params, progress, control_path):
+    def __init__(self, params: Mapping[str, Any], progress: Callable[[str], None], control_path: Optional[str]) -> None:
         self.params = params
         self.progress = progress
         host = params['ssh_host'] or params['pg_host']
@@ -176,19 +177,20 @@ class Copier:
         # One SSH connection for every rsync and command of the backup (ControlMaster), not one each.
         self.host = remote.Remote(target, control_path, known_hosts_file=params.get('ssh_known_hosts'))
         self.stats = dict(transferred_bytes=0, files=0, copy_seconds=0.0)
+        self._stats_lock = threading.Lock()  # parallel workers add to the same totals
 
-    def remote(self, path):
+    def remote(self, path: str) -> str:
         """``path`` on the PostgreSQL host, as an rsync source."""
         return self.host.path(path)
 
-    def close(self):
+    def close(self) -> None:
         self.host.close()
 
-    def ssh_run(self, remote_argv):
+    def ssh_run(self, remote_argv: Sequence[str]) -> str:
         """Run a command on the PostgreSQL host as the SSH user; its stdout."""
         return self.host.check_output(remote_argv, errors='surrogateescape')
 
-    def rsync(self, source, destination, what, **kwargs):
+    def rsync(self, source: str, destination: str, what: str, **kwargs: Any) -> Dict[str, Optional[int]]:
         """One rsync of the backup, counted in its statistics and its progress log; rsync's statistics."""
         stats, seconds = self.host.rsync(
             source,
@@ -199,16 +201,25 @@ class Copier:
             compress=self.params['network_compression'],
             **kwargs,
         )
-        self.stats['transferred_bytes'] += stats.get('total_transferred_file_size') or 0
-        self.stats['files'] += stats.get('regular_files_transferred') or 0
-        self.stats['copy_seconds'] += seconds
+        with self._stats_lock:
+            self.stats['transferred_bytes'] += stats.get('total_transferred_file_size') or 0
+            self.stats['files'] += stats.get('regular_files_transferred') or 0
+            self.stats['copy_seconds'] += seconds
         self.progress(
             'copied %s: %s files, %s bytes transferred, %.1f s'
             % (what, stats.get('regular_files_transferred'), stats.get('total_transferred_file_size'), seconds)
         )
         return stats
 
-    def copy_directory(self, source_dir, destination_dir, reference_dir, reference_begin, what, excludes=()):
+    def copy_directory(
+        self,
+        source_dir: str,
+        destination_dir: str,
+        reference_dir: Optional[str],
+        reference_begin: Optional[datetime.datetime],
+        what: str,
+        excludes: Sequence[str] = (),
+    ) -> None:
         """Copy one directory tree: a pass trusting size+mtime, then checksums for recent files."""
         os.makedirs(destination_dir, mode=0o700, exist_ok=True)
         reuse = self.params['reuse']
@@ -230,7 +241,16 @@ class Copier:
         if reference_begin is not None and reuse != 'off':
             self.recheck_recent(source_dir, destination_dir, reference_begin, what, excludes)
 
-    def parallel_copy(self, source_dir, destination_dir, what, excludes, link_dest, extra, jobs):
+    def parallel_copy(
+        self,
+        source_dir: str,
+        destination_dir: str,
+        what: str,
+        excludes: Sequence[str],
+        link_dest: Optional[str],
+        extra: Sequence[str],
+        jobs: int,
+    ) -> None:
         """The directory tree first, then files split over ``jobs`` rsync workers, largest first."""
         source = self.remote(source_dir.rstrip('/') + '/')
         self.rsync(
@@ -276,7 +296,14 @@ class Copier:
         if errors:
             raise errors[0]
 
-    def recheck_recent(self, source_dir, destination_dir, reference_begin, what, excludes):
+    def recheck_recent(
+        self,
+        source_dir: str,
+        destination_dir: str,
+        reference_begin: datetime.datetime,
+        what: str,
+        excludes: Sequence[str],
+    ) -> None:
         """Compare by checksum every file changed since the reference backup began (minus a second).
 
         rsync's quick check trusts size and a one-second mtime: a page rewritten in place within the
@@ -310,7 +337,7 @@ def _under(path, directory):
     return os.path.abspath(path).startswith(os.path.abspath(directory).rstrip('/') + '/')
 
 
-def preflight(params, layout, conn, copier):
+def preflight(params: Mapping[str, Any], layout: catalog.ServerLayout, conn: Any, copier: Copier) -> Dict[str, Any]:
     """What a backup needs, checked before anything is written; returns the server facts."""
     facts = postgres.server_facts(conn)
     if facts['in_recovery']:
@@ -351,7 +378,7 @@ def preflight(params, layout, conn, copier):
     return facts
 
 
-def take_backup(params, check_mode=False):
+def take_backup(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     """Take one backup; returns a result dict (backup_id, status, sizes, times ...)."""
     if not params.get('pg_host'):
         raise BackupError(

@@ -12,6 +12,7 @@ import datetime
 import os
 import re
 import tempfile
+from typing import List, Union
 
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError, is_int, shown
 from ansible_collections.barman.postgresql.plugins.module_utils.wal import parse_wal_name
@@ -39,7 +40,7 @@ class InvalidName(CatalogError, ValueError):
     code = 'INVALID_NAME'
 
 
-def now_utc():
+def now_utc() -> datetime.datetime:
     """The current time, aware, in UTC: what the catalog's records and reports compare and write."""
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -52,7 +53,7 @@ _BACKUP_ID_RE = re.compile(r'[0-9]{8}T[0-9]{6}\Z')
 _OPERATION_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z')
 
 
-def validate_server_name(name):
+def validate_server_name(name: str) -> str:
     """Return ``name`` if it is a usable server name, else raise InvalidName."""
 
     def refuse(why):
@@ -78,7 +79,7 @@ def validate_server_name(name):
     return name
 
 
-def new_backup_id(dt):
+def new_backup_id(dt: datetime.datetime) -> str:
     """Backup id for a datetime: ``YYYYMMDDTHHMMSS``.
 
     Barman uses the local wall-clock time; an aware datetime is converted to local time first.
@@ -95,7 +96,7 @@ def new_backup_id(dt):
     return dt.strftime(BACKUP_ID_FORMAT)
 
 
-def validate_backup_id(text):
+def validate_backup_id(text: str) -> str:
     """Return ``text`` if it is a backup id (``YYYYMMDDTHHMMSS``, a real date), else raise InvalidName."""
 
     def refuse(why):
@@ -116,12 +117,12 @@ def validate_backup_id(text):
     return text
 
 
-def backup_id_time(backup_id):
+def backup_id_time(backup_id: str) -> datetime.datetime:
     """The naive (local) datetime a backup id stands for."""
     return datetime.datetime.strptime(validate_backup_id(backup_id), BACKUP_ID_FORMAT)
 
 
-def validate_operation(operation):
+def validate_operation(operation: str) -> str:
     """Return ``operation`` if it can name a lock file, else raise InvalidName."""
     if not isinstance(operation, str) or not _OPERATION_RE.match(operation):
         raise InvalidName(
@@ -146,7 +147,7 @@ def catalog_argument_spec() -> dict:
 class ServerLayout:
     """Paths of one server's directory under the Barman home, as Barman lays them out."""
 
-    def __init__(self, barman_home, server):
+    def __init__(self, barman_home: str, server: str) -> None:
         if not isinstance(barman_home, str) or not os.path.isabs(barman_home):
             raise InvalidName(
                 'Barman home %s is not an absolute path' % shown(barman_home),
@@ -168,27 +169,27 @@ class ServerLayout:
         # Ours, not Barman's: failures of the background WAL processing, for check to report.
         self.process_log = os.path.join(self.root, 'archive-process.log')
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return 'ServerLayout(%r, %r)' % (self.barman_home, self.server)
 
-    def backup_info_path(self, backup_id):
+    def backup_info_path(self, backup_id: str) -> str:
         return os.path.join(self.meta_dir, '%s-backup.info' % validate_backup_id(backup_id))
 
-    def backup_dir(self, backup_id):
+    def backup_dir(self, backup_id: str) -> str:
         return os.path.join(self.base_dir, validate_backup_id(backup_id))
 
-    def keep_path(self, backup_id):
+    def keep_path(self, backup_id: str) -> str:
         """Barman's (3.13.3+) keep annotation of a backup: ``meta/<backup_id>-keep``, 'full' or 'standalone'."""
         return os.path.join(self.meta_dir, '%s-keep' % validate_backup_id(backup_id))
 
-    def old_keep_path(self, backup_id):
+    def old_keep_path(self, backup_id: str) -> str:
         """Where Barman before 3.13.3 wrote the keep annotation; still read."""
         return os.path.join(self.backup_dir(backup_id), 'annotations', 'keep')
 
-    def backup_data_dir(self, backup_id):
+    def backup_data_dir(self, backup_id: str) -> str:
         return os.path.join(self.backup_dir(backup_id), 'data')
 
-    def backup_tablespace_dir(self, backup_id, oid):
+    def backup_tablespace_dir(self, backup_id: str, oid: int) -> str:
         if not is_int(oid) or oid <= 0:
             raise InvalidName(
                 'Tablespace oid %s is not a positive integer' % shown(oid),
@@ -198,7 +199,7 @@ class ServerLayout:
             )
         return os.path.join(self.backup_dir(backup_id), str(oid))
 
-    def wal_path(self, wal_name):
+    def wal_path(self, wal_name: str) -> str:
         """Where Barman keeps an archived WAL file: ``wals/<timeline+log id>/<name>``.
 
         Timeline history files have no log id and sit directly in ``wals/``.
@@ -208,11 +209,11 @@ class ServerLayout:
             return os.path.join(self.wals_dir, wal_name)
         return os.path.join(self.wals_dir, wal_name[:16], wal_name)
 
-    def lock_path(self, operation):
+    def lock_path(self, operation: str) -> str:
         """Barman's lock file for one operation on this server: ``<home>/.<server>-<operation>.lock``."""
         return os.path.join(self.barman_home, '.%s-%s.lock' % (self.server, validate_operation(operation)))
 
-    def directories(self):
+    def directories(self) -> List[str]:
         """The directories a server needs, parents first; create them with mode 0700."""
         return [
             self.root,
@@ -225,7 +226,7 @@ class ServerLayout:
         ]
 
 
-def ensure_directories(layout, mode=0o700):
+def ensure_directories(layout: ServerLayout, mode: int = 0o700) -> List[str]:
     """Create the missing directories of ``layout`` with ``mode``; return the ones created."""
     created = []
     for path in layout.directories():
@@ -247,7 +248,7 @@ def ensure_directories(layout, mode=0o700):
 # Atomic writes
 
 
-def fsync_dir(path):
+def fsync_dir(path: str) -> None:
     """fsync a directory so a rename or a new entry in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -256,7 +257,7 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write(path, data, mode=0o600):
+def atomic_write(path: str, data: Union[bytes, str], mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` (bytes or str, str is UTF-8) so readers see old or new, never half.
 
     Writes a temporary file in the same directory, fsyncs it, sets ``mode``, renames it over

@@ -11,6 +11,7 @@ costs less than half of a sha256 per segment. sha256 stays accepted: it is what 
 
 import hashlib
 import zlib
+from typing import Any
 
 CHECKSUMS = ('crc32', 'sha256')
 SENT = 'crc32'
@@ -28,7 +29,7 @@ class _Crc32:
         return '%08x' % self.value
 
 
-def new(name):
+def new(name: str) -> Any:
     """A running checksum (update(bytes), hexdigest()) of the kind ``name``."""
     if name == 'crc32':
         return _Crc32()

@@ -2,6 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The one error type that module_utils raise; modules turn it into fail_json."""
 
+from typing import Any, Dict, Optional
+
 # Exit codes of the WAL receiver and sender. PostgreSQL reads a restore_command's code: 1 to 125 is "not in
 # the archive" (recovery ends there and, with no target, promotes); above 125 is fatal (the server stops,
 # and recovery resumes at its next start). For archive_command any non-zero code means "retry".
@@ -97,7 +99,7 @@ class BarmanError(Exception):
 
     code = 'BARMAN_ERROR'
 
-    def __init__(self, message, hint=None, code=None, **data):
+    def __init__(self, message: str, hint: Optional[str] = None, code: Optional[str] = None, **data: Any) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -106,12 +108,12 @@ class BarmanError(Exception):
             raise ValueError('%s is not an error code of errors.ERROR_CODES' % shown(self.code))
         self.data = data
 
-    def __str__(self):
+    def __str__(self) -> str:
         if self.hint:
             return '%s. %s' % (self.message.rstrip('.'), self.hint)
         return self.message
 
-    def fail_json_kwargs(self):
+    def fail_json_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for AnsibleModule.fail_json()."""
         result = dict(msg=str(self), error_code=self.code)
         if self.hint:
@@ -120,13 +122,13 @@ class BarmanError(Exception):
         return result
 
 
-def shown(value):
+def shown(value: Any) -> str:
     """A value for an error message: names come from user input and directory listings, so a hostile
     value must not flood the message."""
     text = repr(value)
     return text if len(text) <= 100 else text[:97] + '...'
 
 
-def is_int(value):
+def is_int(value: Any) -> bool:
     """An int, and not a bool (which Python counts as one)."""
     return isinstance(value, int) and not isinstance(value, bool)

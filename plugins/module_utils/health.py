@@ -4,6 +4,7 @@
 
 import datetime
 import os
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     archive_actions,
@@ -22,7 +23,7 @@ _RANK = {OK: 0, WARNING: 1, CRITICAL: 2}
 INCOMING_BACKLOG_WARNING = 64
 
 
-def worst(statuses):
+def worst(statuses: Iterable[str]) -> str:
     return max(statuses, key=_RANK.get, default=OK)
 
 
@@ -40,7 +41,7 @@ def _parse_pg_time(text):
     return datetime.datetime.fromisoformat(text.replace(' ', 'T', 1)) if text else None
 
 
-def nagios_line(server, status, checks):
+def nagios_line(server: str, status: str, checks: Sequence[Mapping[str, Any]]) -> str:
     problems = ['%s: %s' % (c['name'], c['message']) for c in checks if c['status'] != OK]
     detail = '; '.join(problems) if problems else '%d checks ok' % len(checks)
     return 'BARMAN %s - %s: %s' % (status.upper(), server, detail)
@@ -210,7 +211,12 @@ def _disk_check(checks, path, options):
         checks.add('disk_space', OK, message)
 
 
-def check_server(layout, options, policy=None, now=None):
+def check_server(
+    layout: catalog.ServerLayout,
+    options: Mapping[str, Any],
+    policy: Any = None,
+    now: Optional[datetime.datetime] = None,
+) -> Dict[str, Any]:
     """Every check of one server, with its catalog summary and recoverable window.
 
     ``options``: minimum_redundancy, last_backup_maximum_age and wal_maximum_age (seconds or None),

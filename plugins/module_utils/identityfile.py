@@ -4,6 +4,7 @@
 backups of another cluster."""
 
 import json
+from typing import Any, Dict, Optional, Union
 
 from ansible_collections.barman.postgresql.plugins.module_utils.catalog import CatalogError, InvalidName, atomic_write
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import is_int, shown
@@ -36,7 +37,7 @@ def _major_version(version):
     return '.'.join(parts[:1] if parts[0].isdigit() and int(parts[0]) >= 10 else parts[:2])
 
 
-def read_identity(path):
+def read_identity(path: str) -> Optional[Dict[str, Any]]:
     """The dict in identity.json at ``path``, or None if the file does not exist."""
     try:
         with open(path, 'r', encoding='utf-8') as handle:
@@ -56,7 +57,7 @@ def read_identity(path):
     return identity
 
 
-def check_identity(path, systemid, version=None):
+def check_identity(path: str, systemid: Union[int, str], version: Union[int, str, None] = None) -> Dict[str, Any]:
     """Check that ``systemid`` is the one recorded in identity.json; record it if there is none.
 
     ``version`` is the PostgreSQL major version ('16', or 160002 from server_version_num).

@@ -10,6 +10,7 @@ import datetime
 
 import os
 import re
+from typing import Any, Container, Dict, List, Mapping, Optional, Tuple
 
 
 from ansible_collections.barman.postgresql.plugins.module_utils.catalog import (
@@ -251,7 +252,7 @@ def _malformed(source, number, line, why):
     )
 
 
-def parse_backup_info(text, source='<text>'):
+def parse_backup_info(text: str, source: str = '<text>') -> Dict[str, Any]:
     """Parse backup.info text into a dict holding every declared field (defaults for missing ones).
 
     Keys Barman 3.19 does not declare are kept, as strings. Blank lines and ``#`` comments are
@@ -285,7 +286,7 @@ def parse_backup_info(text, source='<text>'):
     return info
 
 
-def format_backup_info(info):
+def format_backup_info(info: Mapping[str, Any]) -> str:
     """backup.info text for a dict, in Barman's format: sorted ``key=value`` lines, None as ``None``.
 
     Declared fields missing from ``info`` are written with their default. Undeclared keys (read
@@ -321,7 +322,7 @@ def format_backup_info(info):
     return ''.join(lines[key] for key in sorted(lines))
 
 
-def backup_order_key(backup_id, info):
+def backup_order_key(backup_id: str, info: Mapping[str, Any]) -> Tuple[float, str]:
     """Sort key that puts backups in the order they began.
 
     Backup ids are local wall-clock time, which goes back an hour when daylight saving time ends: the
@@ -337,14 +338,14 @@ def backup_order_key(backup_id, info):
         return (float('-inf'), backup_id)
 
 
-def ordered_backup_ids(infos, statuses=None):
+def ordered_backup_ids(infos: Mapping[str, Mapping[str, Any]], statuses: Optional[Container[str]] = None) -> List[str]:
     """The ids of ``infos`` ({backup_id: info}), oldest first by begin time (see backup_order_key); only
     those with one of ``statuses`` when given."""
     ids = [b for b in infos if statuses is None or infos[b]['status'] in statuses]
     return sorted(ids, key=lambda backup_id: backup_order_key(backup_id, infos[backup_id]))
 
 
-def done_backup_ids(infos):
+def done_backup_ids(infos: Mapping[str, Mapping[str, Any]]) -> List[str]:
     """The ids of the DONE backups, the only ones a recovery may use, oldest first."""
     return ordered_backup_ids(infos, (DONE,))
 
@@ -354,7 +355,9 @@ SHORTCUTS = ('latest', 'last', 'oldest', 'first', 'last-failed')
 SHORTCUT_STATUSES = (DONE, WAITING_FOR_WALS)
 
 
-def shortcut_backup_id(infos, shortcut, statuses=SHORTCUT_STATUSES):
+def shortcut_backup_id(
+    infos: Mapping[str, Mapping[str, Any]], shortcut: str, statuses: Container[str] = SHORTCUT_STATUSES
+) -> Optional[str]:
     """The id a shortcut names (latest/last and oldest/first among ``statuses``, last-failed), None when
     there is no such backup."""
     ids = ordered_backup_ids(infos, (FAILED,) if shortcut == 'last-failed' else statuses)
@@ -363,7 +366,7 @@ def shortcut_backup_id(infos, shortcut, statuses=SHORTCUT_STATUSES):
     return ids[0] if shortcut in ('oldest', 'first') else ids[-1]
 
 
-def backup_infos(layout):
+def backup_infos(layout: Any) -> Dict[str, Dict[str, Any]]:
     """{backup_id: info} of every backup of a server, an OrderedDict oldest first by begin time.
     A malformed file raises."""
     infos = {}
@@ -375,7 +378,7 @@ def backup_infos(layout):
     return collections.OrderedDict((backup_id, infos[backup_id]) for backup_id in ordered_backup_ids(infos))
 
 
-def archive_origin(infos, keeps):
+def archive_origin(infos: Mapping[str, Mapping[str, Any]], keeps: Mapping[str, str]) -> Dict[str, Any]:
     """Where a server's WAL archive must be continuous from, and the islands before that point.
 
     ``infos`` maps backup ids to backup.info dicts, ``keeps`` backup ids to their keep annotation. As in
@@ -397,7 +400,7 @@ def archive_origin(infos, keeps):
     return dict(backup_id=origin, begin_wal=infos[origin]['begin_wal'], islands=islands)
 
 
-def read_backup_info(path):
+def read_backup_info(path: str) -> Dict[str, Any]:
     """Parse the backup.info at ``path``; raises MalformedBackupInfo, or OSError if unreadable."""
     with open(path, 'rb') as handle:
         data = handle.read()
@@ -409,6 +412,6 @@ def read_backup_info(path):
     return parse_backup_info(text, source=path)
 
 
-def write_backup_info(path, info):
+def write_backup_info(path: str, info: Mapping[str, Any]) -> None:
     """Write ``info`` to ``path`` atomically (mode 0600)."""
     atomic_write(path, format_backup_info(info), 0o600)

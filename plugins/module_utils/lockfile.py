@@ -8,6 +8,7 @@ import errno
 import fcntl
 import os
 import time
+from typing import Any, Dict, Optional, Union
 
 from ansible_collections.barman.postgresql.plugins.module_utils.catalog import (
     CatalogError,
@@ -32,7 +33,7 @@ class LockError(CatalogError):
 # Locks
 
 
-def read_lock_holder(path):
+def read_lock_holder(path: str) -> Dict[str, Any]:
     """What the lock file says about its last holder: dict(pid, operation, started), values may be None."""
     holder = {'pid': None, 'operation': None, 'started': None}
     try:
@@ -58,7 +59,13 @@ class ServerLock:
     the start time. A busy lock raises LockBusy, after retrying for ``wait_seconds``.
     """
 
-    def __init__(self, layout_or_path, operation, wait_seconds=0, poll_seconds=0.1):
+    def __init__(
+        self,
+        layout_or_path: Union[ServerLayout, str],
+        operation: str,
+        wait_seconds: Optional[float] = 0,
+        poll_seconds: float = 0.1,
+    ) -> None:
         self.operation = validate_operation(operation)
         if isinstance(layout_or_path, ServerLayout):
             self.path = layout_or_path.lock_path(operation)
@@ -109,7 +116,7 @@ class ServerLock:
             holder_started=holder['started'],
         )
 
-    def acquire(self):
+    def acquire(self) -> 'ServerLock':
         if self.fd is not None:
             return self
         fd = self._open()
@@ -129,7 +136,7 @@ class ServerLock:
         self.fd = fd
         return self
 
-    def release(self):
+    def release(self) -> None:
         if self.fd is None:
             return
         fd, self.fd = self.fd, None
@@ -138,8 +145,8 @@ class ServerLock:
         finally:
             os.close(fd)
 
-    def __enter__(self):
+    def __enter__(self) -> 'ServerLock':
         return self.acquire()
 
-    def __exit__(self, exc_type, exc, traceback):
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
         self.release()

@@ -18,6 +18,7 @@ before this file existed has none: its layout is unknown (read_layout returns No
 
 import json
 import os
+from typing import Any, Dict, List, Mapping, Optional
 
 from ansible_collections.barman.postgresql.plugins.module_utils import catalog, rsync
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -39,17 +40,17 @@ class PgdataLayoutError(BarmanError):
     code = 'BARMAN_ERROR'  # several refusals: each raise names its code
 
 
-def layout_path(layout, backup_id):
+def layout_path(layout: catalog.ServerLayout, backup_id: str) -> str:
     """``base/<backup_id>/pgdata_layout.json`` of a catalog.ServerLayout."""
     return os.path.join(layout.backup_dir(backup_id), LAYOUT_FILE)
 
 
-def probe_argv(pgdata):
+def probe_argv(pgdata: str) -> List[str]:
     """The argv that tells, on the PostgreSQL host, what ``<pgdata>/pg_wal`` is (for ssh_argv)."""
     return ['sh', '-c', _PROBE_SCRIPT, 'sh', os.path.join(pgdata, rsync.PG_WAL)]
 
 
-def parse_probe(output, pgdata):
+def parse_probe(output: str, pgdata: str) -> Dict[str, Dict[str, str]]:
     """The layout dict from probe_argv's output; raises PgdataLayoutError when pg_wal is neither."""
     lines = output.split('\n')
     path = os.path.join(pgdata, rsync.PG_WAL)
@@ -65,7 +66,7 @@ def parse_probe(output, pgdata):
     )
 
 
-def describe(pgdata_layout):
+def describe(pgdata_layout: Mapping[str, Any]) -> str:
     """One line for logs and results: 'pg_wal is a directory' or 'pg_wal is a symlink to ...'."""
     pg_wal = pgdata_layout['pg_wal']
     if pg_wal['kind'] == SYMLINK:
@@ -73,11 +74,11 @@ def describe(pgdata_layout):
     return 'pg_wal is a directory'
 
 
-def write_layout(layout, backup_id, pgdata_layout):
+def write_layout(layout: catalog.ServerLayout, backup_id: str, pgdata_layout: Mapping[str, Any]) -> None:
     catalog.atomic_write(layout_path(layout, backup_id), json.dumps(pgdata_layout, sort_keys=True) + '\n', 0o600)
 
 
-def read_layout(layout, backup_id):
+def read_layout(layout: catalog.ServerLayout, backup_id: str) -> Optional[Dict[str, Any]]:
     """The recorded layout dict, or None for a backup taken before layouts were recorded."""
     path = layout_path(layout, backup_id)
     try:
@@ -99,7 +100,7 @@ def read_layout(layout, backup_id):
     return recorded
 
 
-def make_empty_pg_wal(data_dir):
+def make_empty_pg_wal(data_dir: str) -> None:
     """``pg_wal/`` and ``pg_wal/archive_status/`` in a copy of PGDATA: real, empty, 0700.
 
     Refuses a copy that already holds a pg_wal (a link would be followed, contents would go along).

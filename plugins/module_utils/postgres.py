@@ -2,6 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The libpq side: one psycopg2 session to a PostgreSQL server and the few questions we ask it."""
 
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 try:
@@ -34,7 +36,14 @@ class PostgresError(BarmanError):
     code = 'BARMAN_ERROR'  # several refusals: each raise names its code
 
 
-def connect(pg_host, pg_port=5432, pg_user='barman', pg_password=None, pg_database='postgres', pg_connect_timeout=10):
+def connect(
+    pg_host: Optional[str],
+    pg_port: int = 5432,
+    pg_user: str = 'barman',
+    pg_password: Optional[str] = None,
+    pg_database: str = 'postgres',
+    pg_connect_timeout: int = 10,
+) -> Any:
     """An autocommit session with TCP keepalives, so that a firewall does not drop a long backup's session."""
     if psycopg2 is None:
         raise PostgresError(
@@ -71,12 +80,12 @@ def connect(pg_host, pg_port=5432, pg_user='barman', pg_password=None, pg_databa
     return conn
 
 
-def connect_with(params):
+def connect_with(params: Mapping[str, Any]) -> Any:
     """connect() with the pg_* options of a module's parameters (see connection_argument_spec)."""
     return connect(**{k: v for k, v in params.items() if k in connection_argument_spec()})
 
 
-def query_one(conn, sql, params=None):
+def query_one(conn: Any, sql: str, params: Optional[Sequence[Any]] = None) -> Optional[Dict[str, Any]]:
     """The first row of a query as a dict."""
     try:
         with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
@@ -89,7 +98,7 @@ def query_one(conn, sql, params=None):
     return dict(row) if row is not None else None
 
 
-def server_facts(conn):
+def server_facts(conn: Any) -> Dict[str, Any]:
     """What a backup needs to know about the server, discovered rather than configured."""
     row = query_one(
         conn,
@@ -105,7 +114,7 @@ def server_facts(conn):
     return row
 
 
-def wal_segment_size(conn):
+def wal_segment_size(conn: Any) -> int:
     """wal_segment_size in bytes (SHOW prints it with a unit)."""
     row = query_one(
         conn,
@@ -115,7 +124,7 @@ def wal_segment_size(conn):
     return int(row['size'])
 
 
-def switch_wal(conn):
+def switch_wal(conn: Any) -> str:
     """Close the current segment and return its name, even on an idle server.
 
     pg_switch_wal() does nothing when no WAL was written since the last switch, which is why backups
@@ -126,7 +135,7 @@ def switch_wal(conn):
     return row['name']
 
 
-def archiver_stats(conn):
+def archiver_stats(conn: Any) -> Dict[str, Any]:
     """pg_stat_archiver as a dict (times as ISO strings)."""
     row = query_one(
         conn,
@@ -136,7 +145,7 @@ def archiver_stats(conn):
     return row
 
 
-def tablespaces(conn):
+def tablespaces(conn: Any) -> List[Tuple[str, int, str]]:
     """[(name, oid, location)] of the user tablespaces (pg_default and pg_global live in PGDATA)."""
     with conn.cursor() as cur:
         cur.execute(
@@ -146,7 +155,7 @@ def tablespaces(conn):
         return [(name, int(oid), location) for name, oid, location in cur.fetchall()]
 
 
-def missing_backup_privileges(conn):
+def missing_backup_privileges(conn: Any) -> List[str]:
     """What the connected role lacks to take a non-exclusive backup; [] when it can."""
     row = query_one(
         conn,
@@ -164,7 +173,7 @@ def missing_backup_privileges(conn):
     return [names[key] for key, granted in sorted(row.items()) if not granted]
 
 
-def backup_start(conn, label, fast):
+def backup_start(conn: Any, label: str, fast: bool) -> Dict[str, Any]:
     """pg_backup_start() on this session: the start LSN, its timeline and the server time."""
     row = query_one(
         conn,
@@ -176,7 +185,7 @@ def backup_start(conn, label, fast):
     return row
 
 
-def backup_stop(conn):
+def backup_stop(conn: Any) -> Dict[str, Any]:
     """pg_backup_stop() on the same session: end LSN, backup_label and tablespace_map contents, time.
 
     wait_for_archive is false: the caller waits for the end WAL in the catalog itself.

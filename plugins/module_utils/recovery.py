@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 import time
+from typing import Any, Container, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
@@ -114,7 +115,7 @@ def module_spec() -> dict:
 _TZ_RE = re.compile(r'(Z|[+-]\d{2}(:?\d{2})?|\s[A-Za-z][A-Za-z_/+-]*)$')
 
 
-def parse_target_time(text):
+def parse_target_time(text: Optional[str]) -> datetime.datetime:
     """An aware datetime from 'YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]' (a time zone is required)."""
     text = (text or '').strip()
     value = text.replace('T', ' ', 1)
@@ -141,7 +142,7 @@ def parse_target_time(text):
     return parsed
 
 
-def the_target(params):
+def the_target(params: Mapping[str, Any]) -> Tuple[Optional[str], Any]:
     """(kind, value) of the one target given, or (None, None) for the end of the archive."""
     given = [k for k in TARGET_KINDS if params.get(k) not in (None, False, '')]
     if len(given) > 1:
@@ -172,7 +173,9 @@ def the_target(params):
     return kind, value
 
 
-def choose_backup(infos, kind, value, backup_id=None):
+def choose_backup(
+    infos: Mapping[str, Dict[str, Any]], kind: Optional[str], value: Any, backup_id: Optional[str] = None
+) -> Tuple[str, Dict[str, Any]]:
     """The backup to restore: the given one, or the newest DONE one that ends before the target."""
     done = [(i, infos[i]) for i in infofile.done_backup_ids(infos)]
     if not done:
@@ -232,7 +235,9 @@ def _target_shown(kind, value):
     return '%s %s' % (kind.replace('target_', ''), value)
 
 
-def wal_needed_for_target(wal_archive, info, kind, value):
+def wal_needed_for_target(
+    wal_archive: WalArchive, info: Mapping[str, Any], kind: Optional[str], value: Any
+) -> Tuple[Dict[str, Any], int]:
     """Check that the WAL from the backup's begin_wal up to the target (or the newest) is all archived;
     the archive's continuity and the last segment number recovery needs."""
     segment_size = info['xlog_segment_size']
@@ -277,7 +282,9 @@ def wal_needed_for_target(wal_archive, info, kind, value):
     return continuity, needed_until
 
 
-def minimum_end_lsn(info, kind, value, newest, inclusive=True):
+def minimum_end_lsn(
+    info: Mapping[str, Any], kind: Optional[str], value: Any, newest: str, inclusive: bool = True
+) -> int:
     """The LSN recovery must at least reach before the copy may be called recovered: into the newest
     archived segment with no target (a fetch that failed must not pass for the archive's end), an
     inclusive target LSN (an exclusive one stops at the end of the record before it, padding short),
@@ -307,7 +314,7 @@ _COPY_FAILURE = 'copying %(what)s failed (rsync exit %(code)d, %(meaning)s): %(s
 class Destination:
     """The host and directory to recover into: over SSH as the PostgreSQL OS user, or local."""
 
-    def __init__(self, params, directory, control_path):
+    def __init__(self, params: Mapping[str, Any], directory: str, control_path: Optional[str]) -> None:
         self.directory = os.path.normpath(directory)
         target = None
         if params.get('destination_host'):
@@ -316,12 +323,12 @@ class Destination:
             )
         self.host = remote.Remote(target, control_path)
 
-    def run(self, argv):
+    def run(self, argv: Sequence[str]) -> Tuple[int, str]:
         """Run argv there; (exit code, stdout)."""
         code, out, _err = self.host.run(argv)
         return code, out
 
-    def rsync(self, source, destination, what, **kwargs):
+    def rsync(self, source: str, destination: str, what: str, **kwargs: Any) -> Dict[str, Optional[int]]:
         """Copy a local source to ``destination`` there; rsync's statistics. Every file must arrive."""
         stats, _seconds = self.host.rsync(
             source,
@@ -333,14 +340,14 @@ class Destination:
         )
         return stats
 
-    def first_entry(self, directory):
+    def first_entry(self, directory: str) -> str:
         """The first entry of directory, '' when it is empty or absent."""
         code, out = self.run(['sh', '-c', 'if [ -e "$1" ]; then ls -A -- "$1" | head -n 1; fi', 'sh', directory])
         if code != 0:
             raise RecoveryError('cannot look into %s on the destination' % directory, code='SSH_FAILED')
         return out.strip()
 
-    def filesystems(self, paths):
+    def filesystems(self, paths: Sequence[str]) -> Dict[str, Tuple[str, int]]:
         """{path: (mount point, free bytes)} of the filesystem each path is (or would be) on."""
         code, out = self.run(['sh', '-c', _DF_SCRIPT, 'sh'] + list(paths))
         lines = out.splitlines()
@@ -356,7 +363,7 @@ class Destination:
             found[path] = (fields[5], int(fields[3]))
         return found
 
-    def unlink_pg_wal_link(self):
+    def unlink_pg_wal_link(self) -> None:
         """Remove the link (never what it points at) where an existing directory's pg_wal is one: the
         copy gets a pg_wal of its own, and a delta copy must not reach through the link."""
         link = os.path.join(self.directory, 'pg_wal')
@@ -364,11 +371,13 @@ class Destination:
         if code != 0:
             raise RecoveryError('cannot remove the link %s on the destination' % link, code='SSH_FAILED')
 
-    def close(self):
+    def close(self) -> None:
         self.host.close()
 
 
-def destination_directory(params, info, check_mode=False):
+def destination_directory(
+    params: Mapping[str, Any], info: Mapping[str, Any], check_mode: bool = False
+) -> Optional[str]:
     """The PGDATA to create: the original's in place, else the one given (None when only planning)."""
     if params.get('in_place'):
         return os.path.normpath(info['pgdata'])
@@ -383,7 +392,9 @@ def destination_directory(params, info, check_mode=False):
     )
 
 
-def tablespace_locations(info, params, directory=None):
+def tablespace_locations(
+    info: Mapping[str, Any], params: Mapping[str, Any], directory: Optional[str] = None
+) -> Dict[int, Tuple[str, str]]:
     """{oid: (name, new location)}: tablespace_map by name or oid, else the original location when the
     destination is the original PGDATA, else a directory beside the destination."""
     directory = os.path.normpath(directory or params['destination_directory'])
@@ -398,7 +409,9 @@ def tablespace_locations(info, params, directory=None):
     return locations
 
 
-def check_destination(destination, params, locations):
+def check_destination(
+    destination: Destination, params: Mapping[str, Any], locations: Mapping[int, Tuple[str, str]]
+) -> None:
     """Refuse to recover over anything: a non-empty directory without delta, a running server."""
     for directory in [destination.directory] + [loc for _name, loc in locations.values()]:
         entry = destination.first_entry(directory)
@@ -418,7 +431,13 @@ def check_destination(destination, params, locations):
         )
 
 
-def space_needed(layout, backup_id, locations, directory, wal_bytes):
+def space_needed(
+    layout: catalog.ServerLayout,
+    backup_id: str,
+    locations: Mapping[int, Tuple[str, str]],
+    directory: str,
+    wal_bytes: int,
+) -> Dict[str, int]:
     """{destination path: bytes it receives}: the backup's data directory plus the WAL recovery will
     hold there, and each tablespace."""
     needs = {directory: disk_usage(layout.backup_data_dir(backup_id))[0] + wal_bytes}
@@ -427,7 +446,9 @@ def space_needed(layout, backup_id, locations, directory, wal_bytes):
     return needs
 
 
-def check_free_space(filesystems, needs, original_pgdata, in_place):
+def check_free_space(
+    filesystems: Mapping[str, Tuple[str, int]], needs: Mapping[str, int], original_pgdata: str, in_place: bool
+) -> List[str]:
     """Refuse when a destination filesystem cannot hold what goes there; warnings for a copy that would
     share the live server's filesystem. ``filesystems`` maps each path (and the original PGDATA) to
     (mount point, free bytes)."""
@@ -460,7 +481,7 @@ def check_free_space(filesystems, needs, original_pgdata, in_place):
 # -- the configuration of the recovered copy ---------------------------------------------------------
 
 
-def pg_conf_value(value):
+def pg_conf_value(value: Any) -> str:
     """A value for postgresql.conf, single-quoted."""
     text = str(value)
     if '\n' in text or '\r' in text:
@@ -471,7 +492,7 @@ def pg_conf_value(value):
 _SETTING_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(=|\s|'|$)")
 
 
-def neutralised_config(text, keep=()):
+def neutralised_config(text: str, keep: Container[str] = ()) -> str:
     """postgresql.conf text with the settings that point at the original cluster commented out."""
     lines = []
     for line in text.split('\n'):  # PostgreSQL ends a line at \n only
@@ -483,7 +504,7 @@ def neutralised_config(text, keep=()):
     return text if text.endswith('\n') else text + '\n'
 
 
-def recovery_settings(params, backup_id, kind, value):
+def recovery_settings(params: Mapping[str, Any], backup_id: str, kind: Optional[str], value: Any) -> str:
     """The lines appended to postgresql.auto.conf of the recovered copy (later lines win)."""
     if params['get_wal']:
         if not params.get('wal_sender'):
@@ -527,7 +548,14 @@ def recovery_settings(params, backup_id, kind, value):
     return '\n'.join(lines) + '\n'
 
 
-def configuration_files(data, params, backup_id, locations, kind, value):
+def configuration_files(
+    data: str,
+    params: Mapping[str, Any],
+    backup_id: str,
+    locations: Mapping[int, Tuple[str, str]],
+    kind: Optional[str],
+    value: Any,
+) -> Dict[str, str]:
     """{name: text} of the files written into the copy after its data: the neutralised configuration,
     the recovery settings, tablespace_map and recovery.signal."""
 
@@ -566,7 +594,13 @@ def _write_files(staging, files):
 # -- the recovery --------------------------------------------------------------------------------------
 
 
-def plan_recovery(params, layout, wal_archive, control_path, check_mode=False):
+def plan_recovery(
+    params: Mapping[str, Any],
+    layout: catalog.ServerLayout,
+    wal_archive: WalArchive,
+    control_path: Optional[str],
+    check_mode: bool = False,
+) -> Tuple[Dict[str, Any], Optional[Destination], Dict[str, Any]]:
     """Everything decided and checked before a byte moves, as one value: the target, the backup, the
     WAL it needs, the destination (empty, not running, enough free space) and the files to write.
     Check mode returns it; a real run carries it out. Without a destination (check mode only) the
@@ -624,7 +658,7 @@ def plan_recovery(params, layout, wal_archive, control_path, check_mode=False):
     return plan, destination, parts
 
 
-def recover(params, check_mode=False):
+def recover(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     wal_archive = WalArchive(params['barman_home'], params['server'])
     # A connection of its own: a backup of this server running meanwhile must not share (and end) it.

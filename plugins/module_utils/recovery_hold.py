@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import catalog, infofile, lockfile, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -40,11 +41,11 @@ class HoldError(BarmanError):
     code = 'BARMAN_ERROR'  # several refusals: each raise names its code
 
 
-def holds_dir(layout):
+def holds_dir(layout: catalog.ServerLayout) -> str:
     return os.path.join(layout.root, HOLDS_DIR)
 
 
-def validate_token(token):
+def validate_token(token: str) -> str:
     if not isinstance(token, str) or not _TOKEN_RE.match(token):
         raise HoldError(
             'Hold token %r is not one pg_recover gives' % (token,),
@@ -56,7 +57,7 @@ def validate_token(token):
     return token
 
 
-def hold_path(layout, token):
+def hold_path(layout: catalog.ServerLayout, token: str) -> str:
     return os.path.join(holds_dir(layout), validate_token(token) + _SUFFIX)
 
 
@@ -71,7 +72,15 @@ def _parse_time(text):
     return value
 
 
-def take(layout, backup_id, begin_wal, destination, ttl_seconds=DEFAULT_TTL_SECONDS, now=None, wait_seconds=None):
+def take(
+    layout: catalog.ServerLayout,
+    backup_id: str,
+    begin_wal: str,
+    destination: str,
+    ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    now: Optional[datetime.datetime] = None,
+    wait_seconds: Optional[float] = None,
+) -> str:
     """Hold ``backup_id`` (which starts at ``begin_wal``) for a recovery into ``destination`` (text naming
     the host and directory, for people) for ``ttl_seconds``; returns the hold's token.
 
@@ -134,7 +143,7 @@ def take(layout, backup_id, begin_wal, destination, ttl_seconds=DEFAULT_TTL_SECO
     return token
 
 
-def release(layout, token):
+def release(layout: catalog.ServerLayout, token: str) -> bool:
     """Remove a hold; returns True if it existed. No lock: removing a hold only lets retention do more
     on its next run, never less."""
     path = hold_path(layout, token)
@@ -162,7 +171,7 @@ def _load(path, token):
     return hold
 
 
-def read_all(layout):
+def read_all(layout: catalog.ServerLayout) -> Tuple[List[Dict[str, Any]], List[Dict[str, str]]]:
     """(holds, damaged): every hold file's content (token, backup_id, begin_wal, destination, started,
     expires), and dict(path, error) for each file that cannot be read, which callers must not ignore."""
     directory = holds_dir(layout)
@@ -184,11 +193,11 @@ def read_all(layout):
     return holds, damaged
 
 
-def is_stale(hold, now):
+def is_stale(hold: Mapping[str, Any], now: datetime.datetime) -> bool:
     return _parse_time(hold['expires']) <= now
 
 
-def survey(layout, now=None):
+def survey(layout: catalog.ServerLayout, now: Optional[datetime.datetime] = None) -> Dict[str, List[Dict[str, Any]]]:
     """dict(active, stale, damaged): the holds that protect, the expired ones (ignored), the unreadable."""
     now = now or catalog.now_utc()
     holds, damaged = read_all(layout)
@@ -199,12 +208,12 @@ def survey(layout, now=None):
     )
 
 
-def active(layout, now=None):
+def active(layout: catalog.ServerLayout, now: Optional[datetime.datetime] = None) -> List[Dict[str, Any]]:
     """The holds that have not expired at ``now`` (an aware datetime, default the current time)."""
     return survey(layout, now)['active']
 
 
-def describe(hold):
+def describe(hold: Mapping[str, Any]) -> str:
     """One line for people: what holds the backup, since when, until when."""
     return 'a recovery to %s since %s (hold %s, expires %s)' % (
         hold['destination'],
@@ -214,7 +223,7 @@ def describe(hold):
     )
 
 
-def release_hint(layout, hold):
+def release_hint(layout: catalog.ServerLayout, hold: Mapping[str, Any]) -> str:
     return (
         'Wait for the recovery to reach its target (recover.yml then releases the hold); if no recovery runs '
         'any more, release it: pg_backup_catalog action=release-hold server=%s hold=%s' % (layout.server, hold['token'])

@@ -9,6 +9,7 @@ The classification follows Barman's, so that both tools agree on what a policy k
 import collections
 import datetime
 import re
+from typing import Any, Dict, Iterable, List, Mapping
 
 from ansible_collections.barman.postgresql.plugins.module_utils import infofile, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -45,7 +46,7 @@ class InvalidPolicy(BarmanError, ValueError):
     code = 'INVALID_POLICY'
 
 
-def parse_policy(text):
+def parse_policy(text: str) -> Policy:
     """Policy('redundancy', n, None) or Policy('window', n, 'DAYS'|'WEEKS'|'MONTHS') from Barman's syntax."""
     if not isinstance(text, str):
         raise InvalidPolicy('The retention policy %r is not text' % (text,), POLICY_HINT, policy=text)
@@ -68,13 +69,13 @@ def parse_policy(text):
     raise InvalidPolicy('The retention policy %r is not one Barman understands' % text, POLICY_HINT, policy=text)
 
 
-def format_policy(policy):
+def format_policy(policy: Policy) -> str:
     if policy.kind == 'redundancy':
         return 'REDUNDANCY %d' % policy.value
     return 'RECOVERY WINDOW OF %d %s' % (policy.value, policy.unit)
 
 
-def parse_period(text):
+def parse_period(text: str) -> int:
     """Seconds in a period such as '26 HOURS' or '1 WEEKS' (Barman's last_backup_maximum_age syntax)."""
     match = _PERIOD_RE.match(text) if isinstance(text, str) else None
     if not match:
@@ -82,7 +83,7 @@ def parse_period(text):
     return int(match.group(1)) * _PERIOD_UNITS[match.group(2).upper()]
 
 
-def validate_minimum_redundancy(value):
+def validate_minimum_redundancy(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidPolicy(
             'minimum_redundancy %r is not a count of backups' % (value,),
@@ -92,12 +93,19 @@ def validate_minimum_redundancy(value):
     return value
 
 
-def point_of_recoverability(policy, now):
+def point_of_recoverability(policy: Policy, now: datetime.datetime) -> datetime.datetime:
     """The oldest time a window policy promises to recover to."""
     return now - datetime.timedelta(days=policy.value * _UNIT_DAYS[policy.unit[:-1]])
 
 
-def classify(infos, keeps, policy, minimum_redundancy, now, held=()):
+def classify(
+    infos: Mapping[str, Mapping[str, Any]],
+    keeps: Mapping[str, str],
+    policy: Policy,
+    minimum_redundancy: int,
+    now: datetime.datetime,
+    held: Iterable[str] = (),
+) -> Dict[str, str]:
     """Barman's retention status of every backup: {backup_id: status}.
 
     ``infos`` maps backup ids to backup.info dicts, ``keeps`` backup ids to 'full'/'standalone'.
@@ -138,7 +146,7 @@ def classify(infos, keeps, policy, minimum_redundancy, now, held=()):
     return report
 
 
-def obsolete_failures(infos, statuses):
+def obsolete_failures(infos: Mapping[str, Mapping[str, Any]], statuses: Mapping[str, str]) -> List[str]:
     """FAILED backups older than the oldest backup the policy keeps: outside what the catalog keeps,
     they go with it. Newer ones stay, with their error, until then."""
     kept = [b for b, status in statuses.items() if status not in (OBSOLETE, NONE)]
@@ -153,7 +161,13 @@ def _segno(name, segment_size):
     return wal.segment_number(name[:24], segment_size)
 
 
-def removable_wals(names, infos, statuses, segment_size, needed_from=()):
+def removable_wals(
+    names: Iterable[str],
+    infos: Mapping[str, Mapping[str, Any]],
+    statuses: Mapping[str, str],
+    segment_size: int,
+    needed_from: Iterable[str] = (),
+) -> List[str]:
     """The archived WAL names that no backup left after retention needs, in the order of ``names``.
 
     A full backup (VALID, POTENTIALLY_OBSOLETE, KEEP_FULL, HELD, any backup still in progress, and

@@ -7,6 +7,7 @@ Pure functions returning plain values; nothing runs rsync.
 
 import re
 from collections import namedtuple
+from typing import Dict, Iterable, List, Optional
 
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
@@ -181,20 +182,20 @@ def _extra_option(option):
 
 
 def rsync_argv(
-    source,
-    destination,
-    rsh=None,
-    excludes=(),
-    link_dest=None,
-    checksum=False,
-    files_from=None,
-    bandwidth_limit_kbps=None,
-    compress=False,
-    delete=False,
-    dry_run=False,
-    extra=(),
-    protect_args=True,
-):
+    source: str,
+    destination: str,
+    rsh: Optional[str] = None,
+    excludes: Iterable[str] = (),
+    link_dest: Optional[str] = None,
+    checksum: bool = False,
+    files_from: Optional[str] = None,
+    bandwidth_limit_kbps: Optional[int] = None,
+    compress: bool = False,
+    delete: bool = False,
+    dry_run: bool = False,
+    extra: Iterable[str] = (),
+    protect_args: bool = True,
+) -> List[str]:
     """Return the argv for one rsync run, ending with ``'--', source, destination``.
 
     Always ``--archive --numeric-ids --stats`` (and ``--protect-args`` unless
@@ -268,7 +269,7 @@ def rsync_argv(
     return argv + ['--', source, destination]
 
 
-def interpret_rsync_exit(code, vanished_ok=True):
+def interpret_rsync_exit(code: int, vanished_ok: bool = True) -> RsyncResult:
     """Return ``RsyncResult(ok, meaning, hint)`` for rsync's exit status ``code``.
 
     0 is ok. 24 (source files vanished) is ok when ``vanished_ok``: PostgreSQL drops and
@@ -288,7 +289,7 @@ def interpret_rsync_exit(code, vanished_ok=True):
     return RsyncResult(ok, meaning, hint)
 
 
-def check_rsync_exit(code, vanished_ok=True, stderr=None):
+def check_rsync_exit(code: int, vanished_ok: bool = True, stderr: Optional[str] = None) -> RsyncResult:
     """Return the :class:`RsyncResult` when ok, else raise :class:`RsyncFailed` with its hint."""
     result = interpret_rsync_exit(code, vanished_ok=vanished_ok)
     if result.ok:
@@ -305,7 +306,7 @@ def _stat_number(text):
     return int(digits)
 
 
-def parse_rsync_stats(output):
+def parse_rsync_stats(output: str) -> Dict[str, Optional[int]]:
     """Return the numbers of ``rsync --stats`` output as a dict of int (None when absent).
 
     Keys: number_of_files, regular_files_transferred, total_file_size,

@@ -14,6 +14,7 @@ import collections
 import datetime
 import os
 import shutil
+from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
@@ -47,7 +48,7 @@ def _iso(value):
     return value.isoformat() if value is not None else None
 
 
-def server_names(barman_home):
+def server_names(barman_home: str) -> List[str]:
     """The servers that have a directory in the catalog."""
     if not os.path.isdir(barman_home):
         return []
@@ -62,7 +63,7 @@ def server_names(barman_home):
     return names
 
 
-def server_layout(barman_home, server):
+def server_layout(barman_home: str, server: str) -> catalog.ServerLayout:
     """The layout of a server that exists in the catalog; refuses an unknown one, naming the known ones."""
     layout = catalog.ServerLayout(barman_home, server)
     if not os.path.isdir(layout.root):
@@ -79,7 +80,7 @@ def server_layout(barman_home, server):
 class ServerCatalog:
     """One server's backups, keep annotations and WAL index, read once."""
 
-    def __init__(self, layout):
+    def __init__(self, layout: catalog.ServerLayout) -> None:
         self.layout = layout
         self.infos = {}
         self.malformed = []
@@ -123,14 +124,14 @@ class ServerCatalog:
         return None
 
     @property
-    def segment_size(self):
+    def segment_size(self) -> int:
         sizes = [i['xlog_segment_size'] for i in self.infos.values() if i.get('xlog_segment_size')]
         return wal.validate_segment_size(sizes[-1] if sizes else wal.DEFAULT_SEGMENT_SIZE)
 
-    def done_ids(self):
+    def done_ids(self) -> List[str]:
         return infofile.done_backup_ids(self.infos)
 
-    def refuse_if_malformed(self, doing):
+    def refuse_if_malformed(self, doing: str) -> None:
         if self.malformed:
             raise CatalogRefusal(
                 'Cannot %s for server %s: %s'
@@ -141,7 +142,7 @@ class ServerCatalog:
                 malformed=self.malformed,
             )
 
-    def resolve(self, backup_id):
+    def resolve(self, backup_id: str) -> str:
         """A backup id from an id or a shortcut (latest/last, oldest/first, last-failed)."""
         if backup_id in infofile.SHORTCUTS:
             found = infofile.shortcut_backup_id(self.infos, backup_id)
@@ -181,7 +182,7 @@ class ServerCatalog:
             self._sizes = ([segno for segno, _nbytes in numbered], totals)
         return self._sizes
 
-    def wal_sizes_between(self, first_wal, next_wal):
+    def wal_sizes_between(self, first_wal: str, next_wal: Optional[str]) -> Tuple[int, int]:
         """Bytes and count of archived WAL from segment ``first_wal`` up to (not including) ``next_wal``."""
         segnos, totals = self._segment_sizes()
         size = self.segment_size
@@ -190,13 +191,18 @@ class ServerCatalog:
         high = max(high, low)
         return totals[high] - totals[low], high - low
 
-    def active_holds(self, now):
+    def active_holds(self, now: datetime.datetime) -> List[Dict[str, Any]]:
         return [h for h in self.holds if not recovery_hold.is_stale(h, now)]
 
-    def held_ids(self, now):
+    def held_ids(self, now: datetime.datetime) -> List[str]:
         return sorted(set(h['backup_id'] for h in self.active_holds(now)))
 
-    def describe(self, backup_id, statuses=None, now=None):
+    def describe(
+        self,
+        backup_id: str,
+        statuses: Optional[Mapping[str, str]] = None,
+        now: Optional[datetime.datetime] = None,
+    ) -> Dict[str, Any]:
         info = self.infos[backup_id]
         item = dict(backup_id=backup_id)
         item.update((key, info.get(key)) for key in _LIST_FIELDS)
@@ -214,14 +220,19 @@ class ServerCatalog:
             item['wal_size'], item['wal_count'] = self.wal_sizes_between(info['begin_wal'], next_wal)
         return item
 
-    def details(self, backup_id, statuses=None, now=None):
+    def details(
+        self,
+        backup_id: str,
+        statuses: Optional[Mapping[str, str]] = None,
+        now: Optional[datetime.datetime] = None,
+    ) -> Dict[str, Any]:
         """Every backup.info field (times as text), plus what describe() derives."""
         item = dict((k, _iso(v) if isinstance(v, datetime.datetime) else v) for k, v in self.infos[backup_id].items())
         item.update(self.describe(backup_id, statuses, now))
         item['path'] = self.layout.backup_dir(backup_id)
         return item
 
-    def window(self, gaps=()):
+    def window(self, gaps: Iterable[Sequence[str]] = ()) -> Dict[str, Any]:
         """From the oldest point a backup recovers to, to the newest archived WAL; gaps placed in time."""
         origin = infofile.archive_origin(self.infos, self.keeps)['backup_id']
         segments = [e for e in self.wals if wal.parse_wal_name(e.name).kind == 'segment']
@@ -256,19 +267,26 @@ class ServerCatalog:
             gaps=placed,
         )
 
-    def statuses(self, policy, minimum_redundancy, now):
+    def statuses(
+        self, policy: Optional[retention.Policy], minimum_redundancy: int, now: datetime.datetime
+    ) -> Dict[str, str]:
         if not policy:
             return {}
         return retention.classify(self.infos, self.keeps, policy, minimum_redundancy, now, self.held_ids(now))
 
-    def holds_report(self, now):
+    def holds_report(self, now: datetime.datetime) -> List[Dict[str, Any]]:
         """Every recovery hold, oldest first, with stale=True for an expired one (it protects nothing)."""
         return [
             dict(hold, stale=recovery_hold.is_stale(hold, now))
             for hold in sorted(self.holds, key=lambda h: (h['started'], h['token']))
         ]
 
-    def summary(self, policy=None, minimum_redundancy=1, now=None):
+    def summary(
+        self,
+        policy: Optional[retention.Policy] = None,
+        minimum_redundancy: int = 1,
+        now: Optional[datetime.datetime] = None,
+    ) -> Dict[str, Any]:
         now = now or catalog.now_utc()
         statuses = self.statuses(policy, minimum_redundancy, now)
         return dict(
@@ -284,7 +302,7 @@ class ServerCatalog:
 
     # -- changing ----------------------------------------------------------------------------------
 
-    def keep(self, backup_id, target, dry_run=False):
+    def keep(self, backup_id: str, target: str, dry_run: bool = False) -> bool:
         """Annotate a DONE backup so that retention never removes it; returns True if it changed."""
         if target not in retention.KEEP_TARGETS:
             raise CatalogRefusal(
@@ -308,7 +326,7 @@ class ServerCatalog:
         self.keeps[backup_id] = target
         return True
 
-    def release(self, backup_id, dry_run=False):
+    def release(self, backup_id: str, dry_run: bool = False) -> bool:
         """Remove a keep annotation; returns True if there was one."""
         if backup_id not in self.keeps:
             return False
@@ -325,7 +343,7 @@ class ServerCatalog:
         if os.path.exists(path):
             os.unlink(path)
 
-    def check_deletable(self, backup_id, minimum_redundancy, now):
+    def check_deletable(self, backup_id: str, minimum_redundancy: int, now: datetime.datetime) -> None:
         """Raise CatalogRefusal unless deleting this one backup loses nothing that must stay."""
         info = self.infos[backup_id]
         server = self.layout.server
@@ -364,7 +382,7 @@ class ServerCatalog:
                 minimum_redundancy=minimum_redundancy,
             )
 
-    def archived_wals(self):
+    def archived_wals(self) -> Dict[str, int]:
         """{name: bytes} of every WAL file the archive holds: indexed in xlog.db, or a file in wals/ or
         incoming/ (not yet compressed and indexed). Each is the archive, whatever stage it is at."""
         sizes = dict((e.name, e.size) for e in self.wals)
@@ -389,7 +407,9 @@ class ServerCatalog:
                     continue  # moved from incoming/ to wals/ meanwhile: found there or in xlog.db
         return sizes
 
-    def plan_removal(self, backup_ids, statuses, now):
+    def plan_removal(
+        self, backup_ids: Collection[str], statuses: Mapping[str, str], now: datetime.datetime
+    ) -> RemovalPlan:
         """The one plan of delete and retention: ``backup_ids``, the WAL no backup left and no recovery
         hold needs once they are gone, and the expired holds. Check mode shows it, a real run removes it."""
         remaining = dict((b, info) for b, info in self.infos.items() if b not in backup_ids)
@@ -408,7 +428,7 @@ class ServerCatalog:
         stale = sorted(h['token'] for h in self.holds if recovery_hold.is_stale(h, now))
         return RemovalPlan(sorted(backup_ids), names, [sizes[n] for n in names], stale)
 
-    def remove(self, plan):
+    def remove(self, plan: RemovalPlan) -> None:
         """Remove exactly ``plan``: backups (catalog entry first, then files), WAL files (index first,
         then files, wherever they are), then expired holds."""
         for backup_id in plan.backups:
@@ -463,7 +483,7 @@ def _changing(layout):
     )
 
 
-def plan_delete(server, backup_id, minimum_redundancy, now):
+def plan_delete(server: ServerCatalog, backup_id: str, minimum_redundancy: int, now: datetime.datetime) -> RemovalPlan:
     """The plan of deleting one backup: refuses what must stay, else the backup and the WAL only it needed."""
     server.refuse_if_malformed('delete a backup')
     backup_id = server.resolve(backup_id)
@@ -471,7 +491,13 @@ def plan_delete(server, backup_id, minimum_redundancy, now):
     return server.plan_removal([backup_id], {}, now)
 
 
-def delete_backup(layout, backup_id, minimum_redundancy, dry_run=False, now=None):
+def delete_backup(
+    layout: catalog.ServerLayout,
+    backup_id: str,
+    minimum_redundancy: int,
+    dry_run: bool = False,
+    now: Optional[datetime.datetime] = None,
+) -> Dict[str, Any]:
     """Delete one backup and the WAL only it needed. Returns the removal result (with backup_id)."""
     now = now or catalog.now_utc()
     backup_lock, hold_lock = _changing(layout)
@@ -485,7 +511,9 @@ def delete_backup(layout, backup_id, minimum_redundancy, dry_run=False, now=None
     return result
 
 
-def plan_retention(server, policy, minimum_redundancy, now):
+def plan_retention(
+    server: ServerCatalog, policy: retention.Policy, minimum_redundancy: int, now: datetime.datetime
+) -> Tuple[Dict[str, str], RemovalPlan]:
     """(statuses, plan): the backups the policy makes OBSOLETE (a held one is HELD instead), FAILED backups
     older than the oldest one it keeps, and the WAL nothing left needs."""
     server.refuse_if_malformed('apply the retention policy')
@@ -495,7 +523,13 @@ def plan_retention(server, policy, minimum_redundancy, now):
     return statuses, server.plan_removal(doomed, statuses, now)
 
 
-def apply_retention(layout, policy, minimum_redundancy, now=None, dry_run=False):
+def apply_retention(
+    layout: catalog.ServerLayout,
+    policy: retention.Policy,
+    minimum_redundancy: int,
+    now: Optional[datetime.datetime] = None,
+    dry_run: bool = False,
+) -> Dict[str, Any]:
     """Apply the policy: plan, then (unless dry_run) remove exactly the plan. Returns the statuses and the
     removal result."""
     now = now or catalog.now_utc()
@@ -510,7 +544,7 @@ def apply_retention(layout, policy, minimum_redundancy, now=None, dry_run=False)
     return result
 
 
-def release_hold(layout, token, dry_run=False):
+def release_hold(layout: catalog.ServerLayout, token: str, dry_run: bool = False) -> Dict[str, Any]:
     """Remove a recovery hold; returns dict(hold=token, released=whether it existed)."""
     path = recovery_hold.hold_path(layout, token)
     existed = os.path.exists(path)

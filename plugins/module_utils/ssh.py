@@ -31,6 +31,7 @@ import shutil
 import struct
 import tempfile
 from collections import namedtuple
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
@@ -90,7 +91,7 @@ class InvalidPublicKey(BarmanError, ValueError):
 # --------------------------------------------------------------------------- quoting
 
 
-def shell_join(argv):
+def shell_join(argv: Iterable[str]) -> str:
     """Return ``argv`` as one POSIX shell string, each element quoted with ``shlex.quote``.
 
     This is the only place in the collection where a string meant for a shell is built.
@@ -155,7 +156,7 @@ def _validated_port(port):
     return port
 
 
-def validate_ssh_target(user, host, port=None):
+def validate_ssh_target(user: str, host: str, port: Union[int, str, None] = None) -> SshTarget:
     """Return an :class:`SshTarget` after checking each part, or raise :class:`InvalidSshTarget`.
 
     ``host`` may be a hostname, an IPv4 address or an IPv6 address (brackets optional; stored
@@ -175,7 +176,7 @@ def _host_for_uri(host):
     return '[%s]' % host if ':' in host else host
 
 
-def remote_path(target, path):
+def remote_path(target: SshTarget, path: str) -> str:
     """Return ``user@host:path`` for rsync (``user@[v6addr]:path`` for IPv6).
 
     The port cannot be written here: pass it to :func:`rsync_rsh` (``port=target.port``).
@@ -223,13 +224,13 @@ BULK_CIPHERS = 'Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com'
 
 
 def ssh_options(
-    known_hosts_file=None,
-    identity_file=None,
-    port=None,
-    connect_timeout=10,
-    server_alive_interval=15,
-    control_path=None,
-):
+    known_hosts_file: Optional[str] = None,
+    identity_file: Optional[str] = None,
+    port: Union[int, str, None] = None,
+    connect_timeout: Optional[int] = 10,
+    server_alive_interval: Optional[int] = 15,
+    control_path: Optional[str] = None,
+) -> List[str]:
     """Return the ssh options every connection uses, as a list of arguments.
 
     Always ``BatchMode=yes`` and ``StrictHostKeyChecking=yes``: an unknown or changed host key
@@ -280,7 +281,7 @@ def ssh_options(
     return options
 
 
-def ssh_argv(target, remote_argv, **ssh_option_kwargs):
+def ssh_argv(target: SshTarget, remote_argv: Sequence[str], **ssh_option_kwargs: Any) -> List[str]:
     """Return the argv that runs ``remote_argv`` on ``target`` over ssh.
 
     ``['ssh', <ssh_options()>, ['-p', port], 'user@host', '--', '<remote command>']``.
@@ -305,7 +306,7 @@ def ssh_argv(target, remote_argv, **ssh_option_kwargs):
     return ['ssh'] + ssh_options(**ssh_option_kwargs) + ['%s@%s' % (target.user, target.host), '--', remote_command]
 
 
-def control_exit_argv(target, **ssh_option_kwargs):
+def control_exit_argv(target: SshTarget, **ssh_option_kwargs: Any) -> List[str]:
     """The argv that ends the shared connection (ControlMaster) of ``target``, which would otherwise
     linger for ControlPersist seconds."""
     argv = ssh_argv(target, ['true'], **ssh_option_kwargs)
@@ -323,7 +324,7 @@ _CONTROL_DIR_NAME_LENGTH = len(_CONTROL_DIR_PREFIX) + 8  # tempfile.mkdtemp adds
 FALLBACK_CONTROL_PARENT = '/tmp'
 
 
-def control_dir_parent(base_dir):
+def control_dir_parent(base_dir: str) -> str:
     """Where one operation's control directory goes: ``base_dir``, or /tmp when a socket under it would
     not fit a unix socket path (or ssh could not take the path as an option value)."""
     expanded = (
@@ -340,7 +341,7 @@ def control_dir_parent(base_dir):
 
 
 @contextlib.contextmanager
-def operation_control_path(base_dir):
+def operation_control_path(base_dir: str) -> Iterator[str]:
     """A ControlPath for one operation (a backup, a recovery), yielded as ``<directory>/%C``.
 
     A ControlPath shared by two operations on the same host is one connection: the first to end
@@ -357,7 +358,7 @@ def operation_control_path(base_dir):
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def rsync_rsh(**ssh_option_kwargs):
+def rsync_rsh(**ssh_option_kwargs: Any) -> str:
     """Return the value for rsync's ``--rsh``/``-e``: ``ssh`` plus :func:`ssh_options`, quoted.
 
     rsync splits this string itself (on spaces, honouring single and double quotes), so it is
@@ -399,7 +400,7 @@ def _validated_comment(comment):
     return comment.strip() or None
 
 
-def parse_public_key(public_key):
+def parse_public_key(public_key: str) -> Tuple[str, str, Optional[str]]:
     """Split an OpenSSH public key line into ``(key_type, key_base64, comment_or_None)``.
 
     Refuses anything but ``<known type> <base64> [comment]`` on one line, in particular a line
@@ -423,7 +424,7 @@ def parse_public_key(public_key):
     return key_type, key_base64, comment
 
 
-def authorized_keys_line(public_key, forced_command_argv, comment=None):
+def authorized_keys_line(public_key: str, forced_command_argv: Sequence[str], comment: Optional[str] = None) -> str:
     """Return ``restrict,command="<command>" <type> <base64> [comment]`` for authorized_keys.
 
     ``restrict`` (OpenSSH >= 7.2) turns off forwarding, pty and user rc; ``command`` forces
@@ -441,7 +442,7 @@ def authorized_keys_line(public_key, forced_command_argv, comment=None):
     return line
 
 
-def known_hosts_line(host, port, key_type, key_base64):
+def known_hosts_line(host: str, port: Union[int, str, None], key_type: str, key_base64: str) -> str:
     """Return one known_hosts line: ``host type key`` or ``[host]:port type key``.
 
     The bracketed form is used whenever ``port`` is set and is not 22, as ssh looks it up.

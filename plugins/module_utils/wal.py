@@ -9,6 +9,7 @@ Pure functions: no I/O. Everything that takes a segment size wants bytes (Postgr
 import bisect
 import collections
 import re
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError, is_int, shown
 
@@ -74,7 +75,7 @@ class InvalidHistory(BarmanError, ValueError):
     code = 'INVALID_WAL_CONTENT'
 
 
-def validate_segment_size(size):
+def validate_segment_size(size: int) -> int:
     """Return ``size`` if it is a valid WAL segment size in bytes, else raise InvalidSegmentSize."""
     valid = is_int(size) and MIN_SEGMENT_SIZE <= size <= MAX_SEGMENT_SIZE and size & (size - 1) == 0
     if not valid:
@@ -86,7 +87,7 @@ def validate_segment_size(size):
     return size
 
 
-def segments_per_log_id(segment_size):
+def segments_per_log_id(segment_size: int) -> int:
     """How many segments one log id (the middle 8 hex digits of a name) holds."""
     return LOG_ID_BYTES // validate_segment_size(segment_size)
 
@@ -105,7 +106,7 @@ def _check_timeline(timeline):
     return timeline
 
 
-def parse_wal_name(name):
+def parse_wal_name(name: str) -> WalFile:
     """Split a WAL file name into a WalFile, or raise InvalidWalName.
 
     Accepts a segment, ``<segment>.partial``, ``<segment>.<offset>.backup`` and ``<timeline>.history``.
@@ -136,7 +137,7 @@ def parse_wal_name(name):
     return WalFile(name, kind, timeline, int(match.group('log'), 16), seg, offset)
 
 
-def is_wal_name(name):
+def is_wal_name(name: str) -> bool:
     """True if ``name`` is any WAL file name parse_wal_name accepts."""
     try:
         parse_wal_name(name)
@@ -145,7 +146,7 @@ def is_wal_name(name):
     return True
 
 
-def is_segment_name(name):
+def is_segment_name(name: str) -> bool:
     """True if ``name`` is a plain 24-digit WAL segment name (not partial, backup or history)."""
     try:
         return parse_wal_name(name).kind == 'segment'
@@ -153,12 +154,12 @@ def is_segment_name(name):
         return False
 
 
-def timeline_of(name):
+def timeline_of(name: str) -> int:
     """The timeline of any WAL file name."""
     return parse_wal_name(name).timeline
 
 
-def validate_segment_name(name, segment_size):
+def validate_segment_name(name: str, segment_size: int) -> WalFile:
     """Parse a segment, partial or backup name and check its segment field fits ``segment_size``.
 
     Returns the WalFile. History names are refused: they have no segment.
@@ -181,18 +182,18 @@ def validate_segment_name(name, segment_size):
     return wal_file
 
 
-def segment_number(name, segment_size):
+def segment_number(name: str, segment_size: int) -> int:
     """The absolute segment number (PostgreSQL's XLogSegNo) of a segment, partial or backup name."""
     wal_file = validate_segment_name(name, segment_size)
     return wal_file.log * segments_per_log_id(segment_size) + wal_file.seg
 
 
-def split_walfile_name(name, segment_size):
+def split_walfile_name(name: str, segment_size: int) -> Tuple[int, int]:
     """``(segment_number, timeline)`` of a name, like PostgreSQL 16's pg_split_walfile_name()."""
     return segment_number(name, segment_size), timeline_of(name)
 
 
-def segment_name(timeline, segno, segment_size):
+def segment_name(timeline: int, segno: int, segment_size: int) -> str:
     """The WAL segment name for ``segno`` on ``timeline`` (PostgreSQL's XLogFileName)."""
     per_log_id = segments_per_log_id(segment_size)
     _check_timeline(timeline)
@@ -206,12 +207,12 @@ def segment_name(timeline, segno, segment_size):
     return '%08X%08X%08X' % (timeline, segno // per_log_id, segno % per_log_id)
 
 
-def segment_start_lsn(name, segment_size):
+def segment_start_lsn(name: str, segment_size: int) -> int:
     """The LSN of the first byte of a segment."""
     return segment_number(name, segment_size) * segment_size
 
 
-def wal_segment_after(name, segment_size):
+def wal_segment_after(name: str, segment_size: int) -> str:
     """The name of the segment following ``name`` on the same timeline."""
     segno = segment_number(name, segment_size)
     if segno == _last_segment_number(segment_size):
@@ -219,7 +220,7 @@ def wal_segment_after(name, segment_size):
     return segment_name(timeline_of(name), segno + 1, segment_size)
 
 
-def wal_segment_before(name, segment_size):
+def wal_segment_before(name: str, segment_size: int) -> str:
     """The name of the segment preceding ``name`` on the same timeline."""
     segno = segment_number(name, segment_size)
     if segno == 0:
@@ -227,7 +228,7 @@ def wal_segment_before(name, segment_size):
     return segment_name(timeline_of(name), segno - 1, segment_size)
 
 
-def segments_between(first_name, last_name, segment_size):
+def segments_between(first_name: str, last_name: str, segment_size: int) -> List[str]:
     """Names of the segments from ``first_name`` to ``last_name`` inclusive, on one timeline."""
     first = segment_number(first_name, segment_size)
     last = segment_number(last_name, segment_size)
@@ -249,7 +250,7 @@ def segments_between(first_name, last_name, segment_size):
     return [segment_name(timeline, segno, segment_size) for segno in range(first, last + 1)]
 
 
-def parse_lsn(text):
+def parse_lsn(text: str) -> int:
     """``'16/B374D848'`` -> int. Accepts what PostgreSQL's pg_lsn input accepts."""
     match = _LSN_RE.fullmatch(text) if isinstance(text, str) else None
     if not match:
@@ -269,19 +270,19 @@ def _lsn_value(lsn):
     return lsn
 
 
-def format_lsn(lsn):
+def format_lsn(lsn: Union[int, str]) -> str:
     """int -> ``'16/B374D848'`` (PostgreSQL's ``%X/%X``: upper case, no zero padding)."""
     lsn = _lsn_value(lsn)
     return '%X/%X' % (lsn >> 32, lsn & 0xFFFFFFFF)
 
 
-def lsn_segment_name(lsn, timeline, segment_size):
+def lsn_segment_name(lsn: Union[int, str], timeline: int, segment_size: int) -> str:
     """The segment holding the byte at ``lsn`` (PostgreSQL's XLByteToSeg)."""
     validate_segment_size(segment_size)
     return segment_name(timeline, _lsn_value(lsn) // segment_size, segment_size)
 
 
-def walfile_name_offset(lsn, timeline, segment_size):
+def walfile_name_offset(lsn: Union[int, str], timeline: int, segment_size: int) -> Tuple[str, int]:
     """``(name, offset)`` exactly as PostgreSQL 15's pg_walfile_name_offset() returns them.
 
     The name is the segment holding the byte *before* ``lsn`` (XLByteToPrevSeg), because an end or
@@ -296,7 +297,9 @@ def walfile_name_offset(lsn, timeline, segment_size):
     return segment_name(timeline, segno, segment_size), lsn % segment_size
 
 
-def segments_between_lsns(begin_lsn, end_lsn, timeline, segment_size):
+def segments_between_lsns(
+    begin_lsn: Union[int, str], end_lsn: Union[int, str], timeline: int, segment_size: int
+) -> List[str]:
     """Names of the segments holding the bytes from ``begin_lsn`` up to, not including, ``end_lsn``.
 
     The last name is the one pg_walfile_name(end_lsn) gives, as for a backup's start and stop LSNs.
@@ -319,7 +322,7 @@ def segments_between_lsns(begin_lsn, end_lsn, timeline, segment_size):
     return segments_between(first, last, segment_size)
 
 
-def history_file_name(timeline):
+def history_file_name(timeline: int) -> str:
     """``2`` -> ``'00000002.history'``."""
     return '%08X.history' % _check_timeline(timeline)
 
@@ -333,7 +336,7 @@ def _history_error(line_number, line, problem):
     )
 
 
-def parse_timeline_history(text, timeline=None):
+def parse_timeline_history(text: str, timeline: Optional[int] = None) -> List[HistoryEntry]:
     """Entries of a ``.history`` file's content, oldest first.
 
     ``timeline``, if given, is the timeline the file belongs to: every parent must be below it.
@@ -381,7 +384,7 @@ class InvalidSegmentContent(BarmanError, ValueError):
     code = 'INVALID_WAL_CONTENT'
 
 
-def parse_segment_header(data, name='the file', byteorder='little'):
+def parse_segment_header(data: bytes, name: str = 'the file', byteorder: str = 'little') -> SegmentHeader:
     """The long page header at the start of a WAL segment, from its first LONG_PAGE_HEADER_SIZE bytes."""
     if len(data) < LONG_PAGE_HEADER_SIZE:
         raise InvalidSegmentContent(
@@ -400,7 +403,9 @@ def parse_segment_header(data, name='the file', byteorder='little'):
     return SegmentHeader(field(0, 2), field(4, 4), field(8, 8), field(24, 8), field(32, 4))
 
 
-def check_segment_content(name, header, size, systemid=None):
+def check_segment_content(
+    name: str, header: SegmentHeader, size: int, systemid: Union[int, str, None] = None
+) -> SegmentHeader:
     """Refuse a segment whose header does not match its name, its size or the expected cluster.
 
     The header's timeline is not compared: the first segment of a new timeline begins with pages
@@ -448,7 +453,7 @@ class InvalidBackupHistory(BarmanError, ValueError):
     code = 'INVALID_WAL_CONTENT'
 
 
-def check_backup_history(name, data):
+def check_backup_history(name: str, data: bytes) -> BackupHistory:
     """Check a ``.backup`` file's content (bytes) against its name, as PostgreSQL writes both.
 
     Returns BackupHistory(start LSN, stop LSN, the segment size that makes name and content agree).
@@ -498,7 +503,7 @@ def check_backup_history(name, data):
     )
 
 
-def timeline_path(timeline, history_entries):
+def timeline_path(timeline: int, history_entries: Iterable[HistoryEntry]) -> List[Tuple[int, int]]:
     """[(timeline, first LSN on it)] from timeline 1 to ``timeline``, following its history file."""
     path = []
     start = 0
@@ -512,7 +517,9 @@ def timeline_path(timeline, history_entries):
 SegmentSpan = collections.namedtuple('SegmentSpan', ['timeline', 'first', 'last'])
 
 
-def recovery_spans(first_segno, last_segno, path, segment_size):
+def recovery_spans(
+    first_segno: int, last_segno: int, path: Iterable[Tuple[int, int]], segment_size: int
+) -> List[SegmentSpan]:
     """The segments recovery reads for segment numbers first..last along ``path``, as SegmentSpans
     (segment numbers, both ends included), in order: one span per timeline, never a list of names.
 
@@ -529,7 +536,7 @@ def recovery_spans(first_segno, last_segno, path, segment_size):
     return spans
 
 
-def segment_runs(segnos):
+def segment_runs(segnos: Iterable[int]) -> List[Tuple[int, int]]:
     """[(first, last)] runs of consecutive numbers, from sorted distinct segment numbers."""
     runs = []
     for segno in segnos:
@@ -540,7 +547,7 @@ def segment_runs(segnos):
     return runs
 
 
-def uncovered(span, runs):
+def uncovered(span: SegmentSpan, runs: Sequence[Tuple[int, int]]) -> List[SegmentSpan]:
     """The parts of ``span`` that ``runs`` (sorted, disjoint (first, last) on its timeline) leave out."""
     holes = []
     low = span.first
@@ -559,5 +566,5 @@ def uncovered(span, runs):
     return holes
 
 
-def span_length(span):
+def span_length(span: SegmentSpan) -> int:
     return span.last - span.first + 1

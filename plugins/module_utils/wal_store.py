@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from stat import S_ISREG
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
@@ -81,7 +82,7 @@ class WalNotFound(ArchiveError):
     code = 'WAL_NOT_FOUND'
 
 
-def detect_compression(path):
+def detect_compression(path: str) -> Optional[str]:
     """The compression of a stored file from its first bytes (xlog.db is an index, not the truth)."""
     with open(path, 'rb') as handle:
         head = handle.read(4)
@@ -103,7 +104,7 @@ def _stream_through(argv, source, target):
         )
 
 
-def copy_decompressed(path, target):
+def copy_decompressed(path: str, target: Any) -> None:
     """Write the original content of a stored file to the binary file object ``target``.
 
     The compression comes from the file's first bytes: ours, or Barman's (which compresses history
@@ -121,7 +122,7 @@ def copy_decompressed(path, target):
         shutil.copyfileobj(source, target, CHUNK)
 
 
-def content_digest(path):
+def content_digest(path: str) -> str:
     """sha256 of a stored file's original (decompressed) content."""
     digest = hashlib.sha256()
     compression = detect_compression(path)
@@ -179,7 +180,7 @@ def _fsync_file(handle):
 class WalArchive:
     """The WAL archive of one server under ``barman_home``."""
 
-    def __init__(self, barman_home, server):
+    def __init__(self, barman_home: str, server: str) -> None:
         self.layout = catalog.ServerLayout(barman_home, server)
         if not os.path.isdir(self.layout.incoming_dir):
             raise ArchiveError(
@@ -191,14 +192,14 @@ class WalArchive:
 
     # -- where files are ---------------------------------------------------------------------
 
-    def locate(self, name):
+    def locate(self, name: str) -> Optional[str]:
         """Path of an archived file (compressed in wals/ or still in incoming/), or None."""
         for path in (self.layout.wal_path(name), os.path.join(self.layout.incoming_dir, name)):
             if os.path.isfile(path):
                 return path
         return None
 
-    def archived_names(self):
+    def archived_names(self) -> List[str]:
         """Every WAL file name held (wals/ and incoming/), sorted in WAL order."""
         names = set()
         for directory in [self.layout.wals_dir, self.layout.incoming_dir] + self._hash_dirs():
@@ -218,7 +219,14 @@ class WalArchive:
 
     # -- receiving -----------------------------------------------------------------------------
 
-    def receive(self, name, size, source, digest_line_reader, checksum_name=checksum.WHEN_UNNAMED):
+    def receive(
+        self,
+        name: str,
+        size: int,
+        source: BinaryIO,
+        digest_line_reader: Callable[[], str],
+        checksum_name: str = checksum.WHEN_UNNAMED,
+    ) -> str:
         """Store one delivery: ``size`` bytes from ``source``, then their checksum (of the kind
         ``checksum_name``, in hex) from ``digest_line_reader()``.
 
@@ -227,7 +235,14 @@ class WalArchive:
         """
         return self.store(*self.take(name, size, source, digest_line_reader, checksum_name))
 
-    def take(self, name, size, source, digest_line_reader, checksum_name=checksum.WHEN_UNNAMED):
+    def take(
+        self,
+        name: str,
+        size: int,
+        source: BinaryIO,
+        digest_line_reader: Callable[[], str],
+        checksum_name: str = checksum.WHEN_UNNAMED,
+    ) -> Tuple[str, str]:
         """First half of receive: read a delivery into a temporary file of incoming/, checking its
         checksum; returns (name, temporary path) for store(). Nothing is durable yet."""
         parsed = wal.parse_wal_name(name)
@@ -252,7 +267,7 @@ class WalArchive:
             raise
         return name, tmp
 
-    def store(self, name, tmp):
+    def store(self, name: str, tmp: str) -> str:
         """Second half of receive: make the file durable, validate it and publish it in incoming/."""
         try:
             with open(tmp, 'rb+') as handle:
@@ -418,7 +433,7 @@ class WalArchive:
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def send(self, name, target):
+    def send(self, name: str, target: BinaryIO) -> None:
         """Write the original content of an archived file to ``target`` (a binary file object)."""
         wal.parse_wal_name(name)
         path = self.locate(name)
@@ -428,7 +443,9 @@ class WalArchive:
 
     # -- processing incoming/ into wals/ -------------------------------------------------------------
 
-    def process_incoming(self, compression='gzip', dry_run=False, wait_seconds=60):
+    def process_incoming(
+        self, compression: str = 'gzip', dry_run: bool = False, wait_seconds: Optional[float] = 60
+    ) -> Dict[str, List[Any]]:
         """Move every delivered file from incoming/ into wals/, compressed, and index it in xlog.db.
 
         Returns dict(archived=[names], identical=[names], errors=[dict(name, kept, reason)]). A file
@@ -454,7 +471,7 @@ class WalArchive:
                 self._process_one(entry, path, compression, result)
         return result
 
-    def sweep_temp_files(self):
+    def sweep_temp_files(self) -> List[str]:
         """Remove the temporary files killed processes left in incoming/ and wals/ (see _sweep_temp_files);
         returns their paths. Skipped, returning [], while a processing run holds the archive: it sweeps."""
         try:
@@ -554,7 +571,7 @@ class WalArchive:
 
     # -- the index ------------------------------------------------------------------------------------
 
-    def rebuild_xlog_db(self, dry_run=False):
+    def rebuild_xlog_db(self, dry_run: bool = False) -> Dict[str, Any]:
         """Rewrite xlog.db from the files in wals/; return dict(entries, added, removed)."""
         entries = []
         for directory in [self.layout.wals_dir] + self._hash_dirs():
@@ -574,7 +591,7 @@ class WalArchive:
 
     # -- continuity ----------------------------------------------------------------------------------
 
-    def history(self, timeline):
+    def history(self, timeline: int) -> List[wal.HistoryEntry]:
         """The entries of ``timeline``'s history file ([] for timeline 1 or when it is missing)."""
         if timeline == 1:
             return []
@@ -612,7 +629,7 @@ class WalArchive:
             ok=not holes,
         )
 
-    def continuity(self, segment_size, first_name=None):
+    def continuity(self, segment_size: int, first_name: Optional[str] = None) -> Dict[str, Any]:
         """Check that every segment from ``first_name`` (default: the oldest archived) to the newest
         archived one is there, following timeline switches. Works on ranges of segment numbers, so a
         file named far ahead costs no more than any other.
@@ -641,7 +658,7 @@ class WalArchive:
         report['timeline'] = newest_timeline
         return report
 
-    def islands(self, ranges, segment_size):
+    def islands(self, ranges: Iterable[Tuple[str, str]], segment_size: int) -> List[Dict[str, Any]]:
         """Whether each (begin_wal, end_wal) of ``ranges`` (a backup's own WAL, on its timeline) is all there.
 
         Returns one dict(first, last, segments, missing=[[first, last]...], ok) per range, in order.
@@ -654,7 +671,7 @@ class WalArchive:
             reports.append(self._report(spans, runs, begin_wal, end_wal, segment_size))
         return reports
 
-    def incoming_backlog(self):
+    def incoming_backlog(self) -> List[str]:
         """Names delivered but not yet compressed into wals/."""
         return sorted(e for e in os.listdir(self.layout.incoming_dir) if not e.startswith('.'))
 

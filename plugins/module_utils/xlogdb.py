@@ -8,6 +8,7 @@ import collections
 import math
 import os
 import re
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
 
 from ansible_collections.barman.postgresql.plugins.module_utils.catalog import CatalogError, InvalidName, fsync_dir
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import is_int, shown
@@ -48,7 +49,9 @@ def _check_token(what, value):
     return value
 
 
-def format_xlog_db_line(name, size, time, compression=None, encryption=None):
+def format_xlog_db_line(
+    name: str, size: int, time: float, compression: Optional[str] = None, encryption: Optional[str] = None
+) -> str:
     """One xlog.db line, as Barman writes it: ``name\\tsize\\ttime\\tcompression\\tencryption\\n``."""
     parse_wal_name(name)
     if not is_int(size) or size < 0:
@@ -77,7 +80,7 @@ def _entry_line(entry):
     return format_xlog_db_line(*entry)
 
 
-def parse_xlog_db_line(line):
+def parse_xlog_db_line(line: str) -> XlogEntry:
     """An XlogEntry from one xlog.db line; lines with 3 or 4 fields (older Barman) are accepted.
 
     Raises ValueError (MalformedXlogDb) with the reason.
@@ -106,7 +109,7 @@ def parse_xlog_db_line(line):
     )
 
 
-def read_xlog_db(path):
+def read_xlog_db(path: str) -> List[XlogEntry]:
     """All entries of the xlog.db at ``path`` (an empty list if it does not exist)."""
     try:
         handle = open(path, 'r', encoding='utf-8')
@@ -126,7 +129,7 @@ def read_xlog_db(path):
     return entries
 
 
-def append_xlog_db(path, entries):
+def append_xlog_db(path: str, entries: Iterable[Union[Sequence[Any], Mapping[str, Any]]]) -> None:
     """Append entries (XlogEntry, tuples or dicts) to the xlog.db at ``path`` and fsync it.
 
     The caller holds ``ServerLock(layout, 'xlogdb')``, the lock Barman takes for this file.
