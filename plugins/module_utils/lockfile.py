@@ -4,6 +4,7 @@
 ``backup``, ``xlogdb``, ``archive-wal``), taken with ``flock`` so that Barman and this collection exclude
 each other; the first line is the holder's pid, as Barman expects."""
 
+import datetime
 import errno
 import fcntl
 import os
@@ -48,6 +49,18 @@ def read_lock_holder(path: str) -> Dict[str, Any]:
     if len(lines) > 2:
         holder['started'] = lines[2].strip() or None
     return holder
+
+
+def _age_seconds(started: Optional[str]) -> Optional[int]:
+    """Seconds since a holder's start time (as acquire writes it), None when it cannot be read: a playbook
+    tells a run in progress from a lock held for too long by it."""
+    try:
+        then = datetime.datetime.fromisoformat(started or '')
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        return None
+    return max(0, int((now_utc() - then).total_seconds()))
 
 
 class ServerLock:
@@ -114,6 +127,7 @@ class ServerLock:
             holder_pid=holder['pid'],
             holder_operation=holder['operation'],
             holder_started=holder['started'],
+            holder_age_seconds=_age_seconds(holder['started']),
         )
 
     def acquire(self) -> 'ServerLock':

@@ -173,6 +173,8 @@ error_code:
   description:
     - The stable code of the refusal, one of those listed in the notes (C(msg) says the same in words, which may
       change); playbooks and AWX workflows react to this code.
+    - Not returned when Ansible itself refuses the options before the module runs (a missing required option,
+      a wrong type or choice); C(msg) says which.
     - Not returned when V(check) fails for a critical check (O(fail_on_critical)); RV(status) and RV(nagios) say why.
   returned: on failure
   type: str

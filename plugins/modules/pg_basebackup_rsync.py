@@ -135,6 +135,8 @@ error_code:
   description:
     - The stable code of the refusal, one of those listed in the notes (C(msg) says the same in words, which may
       change); playbooks and AWX workflows react to this code.
+    - Not returned when Ansible itself refuses the options before the module runs (a missing required option,
+      a wrong type or choice); C(msg) says which.
   returned: on failure
   type: str
   sample: LOCK_BUSY

@@ -1,8 +1,10 @@
 """Base backups on the lab: backup.yml under write load, then each backup restored by hand, started and
 compared with what the source had committed at the backup's end."""
 
+import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -342,6 +344,29 @@ def test_a_second_concurrent_backup_is_refused(archiving):
     finally:
         out = first.communicate(timeout=300)[0]
     assert first.returncode == 0, out[-3000:]
+
+
+def test_a_backup_lock_held_for_too_long_fails_the_play(archiving):
+    """A hung run's lock must not turn every nightly run green: past barman_backup_busy_max_hours it is a failure."""
+    path = os.path.join(BARMAN_HOME, '.pg1-backup.lock')
+    started = (catalog.now_utc() - datetime.timedelta(hours=13)).isoformat()
+    if not os.path.exists(path):  # the backups before made it; barman must be able to open it
+        with open(path, 'w'):
+            pass
+        shutil.chown(path, 'barman', 'barman')
+        os.chmod(path, 0o600)
+    holder = subprocess.Popen(['flock', path, 'sleep', '600'])
+    try:
+        wait_for(lambda: subprocess.run(['flock', '-n', path, 'true'], check=False).returncode != 0, what='the lock')
+        with open(path, 'w') as handle:  # what a run stuck since 13 hours wrote (the first line is its pid)
+            handle.write('%d\nbackup\n%s\n' % (holder.pid, started))
+        result = playbook('backup.yml', '--limit', 'pg1', check=False)
+        assert result.returncode != 0, result.stdout[-2000:]
+        assert 'pg1: FAILED (LOCK_BUSY)' in result.stdout, result.stdout[-2000:]
+        assert started in result.stdout, result.stdout[-2000:]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def module(args, check=False):

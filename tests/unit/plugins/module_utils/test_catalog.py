@@ -779,6 +779,7 @@ def test_lock_busy_from_other_process_then_free_after_sigkill(holder):
     assert 'Wait' in message and 'ps -p %d' % proc.pid in message
     assert info.value.data['holder_pid'] == proc.pid
     assert info.value.data['holder_operation'] == 'backup'
+    assert 0 <= info.value.data['holder_age_seconds'] < 3600  # started just now, by the holder
     assert isinstance(info.value, BarmanError)
     assert info.value.fail_json_kwargs()['error_code'] == 'LOCK_BUSY'
 
@@ -977,3 +978,20 @@ def test_a_shortcut_names_one_backup(shortcut, statuses, expected):
 def test_a_shortcut_with_no_such_backup_names_none():
     assert infofile.shortcut_backup_id(_by_status(**{'20260101T000000': infofile.DONE}), 'last-failed') is None
     assert infofile.shortcut_backup_id({}, 'latest') is None
+
+
+def test_a_lock_held_for_long_says_since_when_and_an_unreadable_start_says_nothing(tmp_path):
+    layout = catalog.ServerLayout(str(tmp_path), 'pg')
+    with lockfile.ServerLock(layout, 'backup') as lock:
+        with open(lock.path, 'w') as handle:  # what a holder stuck since a day ago wrote
+            handle.write(
+                '%d\nbackup\n%s\n' % (os.getpid(), (catalog.now_utc() - datetime.timedelta(days=1)).isoformat())
+            )
+        with pytest.raises(lockfile.LockBusy) as info:
+            lockfile.ServerLock(layout, 'backup').acquire()
+        assert 86400 <= info.value.data['holder_age_seconds'] < 86400 + 3600
+        with open(lock.path, 'w') as handle:
+            handle.write('%d\nbackup\nyesterday\n' % os.getpid())
+        with pytest.raises(lockfile.LockBusy) as info:
+            lockfile.ServerLock(layout, 'backup').acquire()
+        assert info.value.data['holder_age_seconds'] is None
