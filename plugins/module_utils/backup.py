@@ -85,10 +85,13 @@ def newest_done_backup(layout: catalog.ServerLayout) -> Tuple[Optional[str], Opt
     return (done[-1], infos[done[-1]]) if done else (None, None)
 
 
-def settle_unfinished_backups(layout: catalog.ServerLayout, wal_archive: WalArchive) -> List[Dict[str, str]]:
+def settle_unfinished_backups(
+    layout: catalog.ServerLayout, wal_archive: WalArchive, dry_run: bool = False
+) -> List[Dict[str, str]]:
     """Called with the backup lock held: no other backup runs, so a STARTED one lost its owner.
 
-    STARTED becomes FAILED; WAITING_FOR_WALS becomes DONE once its WAL arrived.
+    STARTED becomes FAILED; WAITING_FOR_WALS becomes DONE once its WAL arrived. With ``dry_run`` (check
+    mode) the answer is the same and nothing is written.
     """
     settled = []
     for backup_id, info in infofile.backup_infos(layout).items():
@@ -99,7 +102,8 @@ def settle_unfinished_backups(layout: catalog.ServerLayout, wal_archive: WalArch
             info['status'] = infofile.DONE
         else:
             continue
-        infofile.write_backup_info(layout.backup_info_path(backup_id), info)
+        if not dry_run:
+            infofile.write_backup_info(layout.backup_info_path(backup_id), info)
         settled.append(dict(backup_id=backup_id, status=info['status']))
     return settled
 
@@ -390,7 +394,7 @@ def take_backup(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str
     # A connection of its own: a recovery of this server running meanwhile must not share (and end) it.
     with lockfile.ServerLock(layout, 'backup'), ssh.operation_control_path(layout.root) as control_path:
         copier = Copier(params, progress, control_path)
-        settled = settle_unfinished_backups(layout, wal_archive)
+        settled = settle_unfinished_backups(layout, wal_archive, dry_run=check_mode)
         conn = postgres.connect_with(params)
         try:
             facts = preflight(params, layout, conn, copier)
