@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -355,7 +356,9 @@ def test_a_backup_lock_held_for_too_long_fails_the_play(archiving):
             pass
         shutil.chown(path, 'barman', 'barman')
         os.chmod(path, 0o600)
-    holder = subprocess.Popen(['flock', path, 'sleep', '600'])
+    # One process holds it (flock(1) would leave its child holding the lock after a kill).
+    hold = 'import fcntl, sys, time; f = open(sys.argv[1], "r+"); fcntl.flock(f, fcntl.LOCK_EX); time.sleep(600)'
+    holder = subprocess.Popen([sys.executable, '-c', hold, path])
     try:
         wait_for(lambda: subprocess.run(['flock', '-n', path, 'true'], check=False).returncode != 0, what='the lock')
         with open(path, 'w') as handle:  # what a run stuck since 13 hours wrote (the first line is its pid)
@@ -367,6 +370,8 @@ def test_a_backup_lock_held_for_too_long_fails_the_play(archiving):
     finally:
         holder.kill()
         holder.wait()
+    # Released with its holder: the next backups of the suite take it.
+    assert subprocess.run(['flock', '-n', path, 'true'], check=False).returncode == 0
 
 
 def module(args, check=False):
