@@ -11,6 +11,7 @@ run and the real one)."""
 
 import bisect
 import collections
+import contextlib
 import datetime
 import os
 import shutil
@@ -431,6 +432,17 @@ class ServerCatalog:
     def remove(self, plan: RemovalPlan) -> None:
         """Remove exactly ``plan``: backups (catalog entry first, then files), WAL files (index first,
         then files, wherever they are), then expired holds."""
+        with contextlib.ExitStack() as archive_lock:
+            if plan.wals:
+                # The background compression must not move a planned file from incoming/ into wals/ and
+                # index it again while it is being removed. Taken before anything is removed, so that a
+                # busy lock refuses the whole plan, never the WAL half of it.
+                archive_lock.enter_context(
+                    lockfile.ServerLock(self.layout, 'archive-process', wait_seconds=ARCHIVE_PROCESS_WAIT_SECONDS)
+                )
+            self._remove_locked(plan)
+
+    def _remove_locked(self, plan: RemovalPlan) -> None:
         for backup_id in plan.backups:
             self.release(backup_id)
             os.unlink(self.layout.backup_info_path(backup_id))
@@ -443,18 +455,15 @@ class ServerCatalog:
             del self.infos[backup_id]
         if plan.wals:
             gone = set(plan.wals)
-            # The background compression must not move a planned file from incoming/ into wals/ and
-            # index it again while it is being removed.
-            with lockfile.ServerLock(self.layout, 'archive-process', wait_seconds=ARCHIVE_PROCESS_WAIT_SECONDS):
-                with lockfile.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
-                    entries = [e for e in xlogdb.read_xlog_db(self.layout.xlog_db) if e.name not in gone]
-                    catalog.atomic_write(
-                        self.layout.xlog_db, ''.join(xlogdb.format_xlog_db_line(*e) for e in entries), 0o600
-                    )
-                for name in plan.wals:
-                    for path in (self.layout.wal_path(name), os.path.join(self.layout.incoming_dir, name)):
-                        if os.path.exists(path):
-                            os.unlink(path)
+            with lockfile.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
+                entries = [e for e in xlogdb.read_xlog_db(self.layout.xlog_db) if e.name not in gone]
+                catalog.atomic_write(
+                    self.layout.xlog_db, ''.join(xlogdb.format_xlog_db_line(*e) for e in entries), 0o600
+                )
+            for name in plan.wals:
+                for path in (self.layout.wal_path(name), os.path.join(self.layout.incoming_dir, name)):
+                    if os.path.exists(path):
+                        os.unlink(path)
             self.wals = [e for e in self.wals if e.name not in gone]
             self._sizes = None
         for token in plan.stale_holds:

@@ -577,3 +577,24 @@ def test_a_hold_taken_first_is_seen_by_the_retention_that_waited_for_it(lab, mon
     hold_on(lab, '20261120T010000', 2)
     result = server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
     assert result['removed_backups'] == [] and os.path.isdir(lab.layout.backup_dir('20261120T010000'))
+
+
+def test_a_busy_archive_process_refuses_the_whole_plan_before_anything_is_removed(lab, monkeypatch):
+    lab.backup('20261120T010000', 2, hours_ago=30)
+    lab.backup('20261122T010000', 8, hours_ago=1)
+    lab.wals(2, 8)
+    policy = retention.parse_policy('REDUNDANCY 1')
+    planned = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    assert planned['removed_backups'] == ['20261120T010000'] and planned['removed_wals'] > 0
+    wals_before = sorted(os.listdir(lab.layout.wals_dir))
+    monkeypatch.setattr(server_catalog, 'ARCHIVE_PROCESS_WAIT_SECONDS', 0)
+    with lockfile.ServerLock(lab.layout, 'archive-process'):  # a background compression runs
+        with pytest.raises(lockfile.LockBusy):
+            server_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    # Nothing removed: not the backup (catalog entry and files), not a WAL.
+    assert os.path.exists(lab.layout.backup_info_path('20261120T010000'))
+    assert os.path.isdir(lab.layout.backup_dir('20261120T010000'))
+    assert sorted(os.listdir(lab.layout.wals_dir)) == wals_before
+    result = server_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    assert result['removed_backups'] == planned['removed_backups']
+    assert result['removed_wals'] == planned['removed_wals']
