@@ -21,6 +21,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     identityfile,
     infofile,
     lockfile,
+    manifest,
     pgdata_layout,
     postgres,
     remote,
@@ -453,6 +454,12 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
         copy_seconds = time.time() - copy_started
         stop = postgres.backup_stop(conn)
         _write_labels(layout, backup_id, stop)
+        # PostgreSQL's own manifest, so that pg_verifybackup can check the copy where it lies (verify.yml).
+        written = manifest.write_manifest(layout, backup_id, info, stop['lsn'], reference_id)
+        progress(
+            'backup %s: backup_manifest of %d files written in %.1f s'
+            % (backup_id, written['files'], written['seconds'])
+        )
         # Durable before WAITING_FOR_WALS, from which a later run may mark it DONE without looking.
         sync_started = time.time()
         try:
@@ -482,6 +489,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
             copy_stats=dict(
                 copy_time=round(copy_seconds, 3),
                 sync_time=round(sync_seconds, 3),
+                manifest_time=written['seconds'],
                 total_time=round(time.time() - started, 3),
                 number_of_workers=max(1, params['jobs']),
                 transferred_bytes=copier.stats['transferred_bytes'],

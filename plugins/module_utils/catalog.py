@@ -189,6 +189,14 @@ class ServerLayout:
     def backup_data_dir(self, backup_id: str) -> str:
         return os.path.join(self.backup_dir(backup_id), 'data')
 
+    def manifest_path(self, backup_id: str) -> str:
+        """The backup's ``backup_manifest`` (PostgreSQL's format), where pg_basebackup puts it: in the data."""
+        return os.path.join(self.backup_data_dir(backup_id), 'backup_manifest')
+
+    def verification_path(self, backup_id: str) -> str:
+        """Ours, not Barman's (which ignores it): the outcome of the backup's last verification."""
+        return os.path.join(self.meta_dir, '%s-verification.json' % validate_backup_id(backup_id))
+
     def backup_tablespace_dir(self, backup_id: str, oid: int) -> str:
         if not is_int(oid) or oid <= 0:
             raise InvalidName(
