@@ -85,6 +85,32 @@ def _status(value):
     return text if text in ('ok', 'warning', 'critical') else 'unknown'
 
 
+def _verified(value):
+    """A backup's verification result, '-' when it was never verified."""
+    return _text(_dict(value).get('result'))
+
+
+def _verified_class(text):
+    return {'PASSED': 'ok', 'FAILED': 'critical'}.get(text, 'unknown')
+
+
+def _last_verified_text(server):
+    """When the newest backup that passed a verification was verified, or never; a FAILED newest backup too.
+    None for a server list without verification fields (not 'never': unknown)."""
+    if 'last_verified' not in server:
+        return None
+    last, latest = _dict(server.get('last_verified')), _dict(server.get('latest_verification'))
+    text = 'last verified never'
+    if last:
+        text = 'last verified %s UTC (%s PASSED)' % (
+            _when(last.get('verified_at'), '?'),
+            _text(last.get('backup_id'), '?'),
+        )
+    if latest.get('result') == 'FAILED':
+        text += ', newest backup %s FAILED verification' % _text(latest.get('backup_id'), '?')
+    return text
+
+
 # Backup columns: header, key, formatter, whether the text table shows it too (the HTML page shows all).
 FIELDS = (
     ('backup id', 'backup_id', _text, True),
@@ -97,9 +123,13 @@ FIELDS = (
     ('new', 'deduplicated_size', _size, True),
     ('WAL', 'wal_size', _size, True),
     ('keep', 'keep', _text, True),
+    ('verified', 'verification', _verified, True),
     ('retention', 'retention_status', _text, True),
     ('error', 'error', _text, False),
+    ('verified at (UTC)', 'verification', lambda v: _when(_dict(v).get('verified_at')), False),
+    ('verification failure', 'verification', lambda v: _text(_dict(v).get('first_failure')), False),
 )
+VERIFIED_COLUMN = [field[0] for field in FIELDS].index('verified')
 TEXT_FIELDS = [field for field in FIELDS if field[3]]
 
 
@@ -146,7 +176,8 @@ def status_table(servers):
     lines = []
     for server, backups in zip(servers, rows):
         status = _text(server.get('status'), 'unknown').upper()
-        lines += ['', '%s  %s  %s' % (_text(server.get('server'), '?'), status, _window_text(server))]
+        head = [_text(server.get('server'), '?'), status, _window_text(server), _last_verified_text(server)]
+        lines += ['', '  '.join(part for part in head if part)]
         lines += [line(row) for row in [headers] + backups] if backups else ['  no backups']
         lines += ['  ' + _gap_text(gap) for gap in _items(server.get('window'), 'gaps')]
         for check in _items(server, 'checks'):
@@ -201,9 +232,11 @@ def _svg(server):
         moment = _time(backup.get('end_time')) or _time(backup.get('begin_time'))
         if not moment:
             continue
-        row, cx = _row(backup, FIELDS), x(moment)
-        kind = {'DONE': 'done', 'FAILED': 'failed'}.get(row[1], 'other')
-        title = '%s %s, ended %s UTC, keep %s, retention %s' % (row[0], row[1], row[3], row[9], row[10])
+        cell, cx = dict(zip([field[0] for field in FIELDS], _row(backup, FIELDS))), x(moment)
+        kind = {'DONE': 'done', 'FAILED': 'failed'}.get(cell['status'], 'other')
+        title = '%s %s, ended %s UTC, keep %s, retention %s, verified %s' % tuple(
+            cell[name] for name in ('backup id', 'status', 'end (UTC)', 'keep', 'retention', 'verified')
+        )
         shape = {
             'done': '<circle cx="%s" cy="60" r="6"/>' % cx,
             'failed': '<path d="M%s 54l12 12m0 -12l-12 12"/>' % (cx - 6),
@@ -265,17 +298,22 @@ def status_html(servers, generated_at=None):
         name, nagios = escape(_text(server.get('server'), '?')), escape(_text(server.get('nagios'), ''))
         link, code = _Html('<a href="#server-%d">%s</a>' % (index, name)), _Html('<code>%s</code>' % nagios)
         count = str(len(_items(server, 'backups')))
-        summary.append([link, _status(server.get('status')).upper(), count, _window_text(server), code])
-    headers = ['server', 'status', 'backups', 'recoverable window', 'nagios']
+        verified = _last_verified_text(server) or '-'
+        summary.append([link, _status(server.get('status')).upper(), count, _window_text(server), verified, code])
+    headers = ['server', 'status', 'backups', 'recoverable window', 'verification', 'nagios']
     parts.append(_table(headers, summary, {1: str.lower}) if servers else '<p>No servers.</p>')
     parts.append(LEGEND if servers else '')
     for index, server in enumerate(servers):
         status, backups, checks = _status(server.get('status')), _items(server, 'backups'), _items(server, 'checks')
         name, gaps = escape(_text(server.get('server'), '?')), _items(server.get('window'), 'gaps')
         parts.append('<section id="server-%d"><h2>%s <small class="%s">%s</small></h2>' % (index, name, status, status))
-        parts.append('<p>Recoverable %s</p>%s<h3>Backups</h3>' % (escape(_window_text(server)), _svg(server)))
+        verified = _last_verified_text(server)
+        parts.append('<p>Recoverable %s</p>' % escape(_window_text(server)))
+        parts.append('<p>%s</p>' % escape(verified[0].upper() + verified[1:]) if verified else '')
+        parts.append('%s<h3>Backups</h3>' % _svg(server))
         rows = [_row(b, FIELDS) for b in backups]
-        parts.append(_table([f[0] for f in FIELDS], rows, {1: _backup_class}) if rows else '<p>No backups.</p>')
+        classes = {1: _backup_class, VERIFIED_COLUMN: _verified_class}
+        parts.append(_table([f[0] for f in FIELDS], rows, classes) if rows else '<p>No backups.</p>')
         if gaps:
             parts.append('<h3>WAL gaps</h3><ul>%s</ul>' % ''.join('<li>%s</li>' % escape(_gap_text(g)) for g in gaps))
         rows = [

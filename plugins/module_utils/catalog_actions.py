@@ -32,6 +32,7 @@ def module_spec() -> Dict[str, Any]:
         minimum_redundancy=dict(type='int', default=1),
         last_backup_maximum_age=dict(type='str'),
         wal_maximum_age=dict(type='str'),
+        verify_max_age=dict(type='str', default='8 DAYS'),
         disk_warning_percent=dict(type='int', default=10),
         disk_critical_percent=dict(type='int', default=5),
         query=dict(type='str'),
@@ -84,7 +85,7 @@ def run_action(
 def _check(params, layouts, policy, minimum, now):
     options = dict((k, v) for k, v in params.items() if k.startswith(('pg_', 'disk_')))
     options['minimum_redundancy'] = minimum
-    for name in ('last_backup_maximum_age', 'wal_maximum_age'):
+    for name in ('last_backup_maximum_age', 'wal_maximum_age', 'verify_max_age'):
         options[name] = retention.parse_period(params[name]) if params[name] else None
     servers = [health.check_server(layout, options, policy, now) for layout in layouts]
     return dict(

@@ -47,6 +47,9 @@ ERROR_CODES = {
     'MALFORMED_BACKUP_INFO': 'a backup.info file cannot be read back',
     'MALFORMED_XLOG_DB': 'the WAL index (<server>-xlog.db) has a line that cannot be read back',
     'MALFORMED_IDENTITY': 'identity.json (the system identifier of the server directory) cannot be read back',
+    'MALFORMED_MANIFEST': "a backup's backup_manifest is not PostgreSQL's manifest format, or its own checksum "
+    'does not match its content',
+    'MALFORMED_VERIFICATION': 'a verification record (meta/<backup_id>-verification.json) cannot be read back',
     # Reaching the hosts
     'SSH_FAILED': 'an ssh command to a host failed, or the host is unreachable',
     'RSYNC_FAILED': "an rsync copy failed (the message gives rsync's exit code and what it means)",
@@ -85,6 +88,11 @@ ERROR_CODES = {
     'WAL_NOT_FOUND': 'the archive does not hold the requested WAL file',
     'COMPRESSION_FAILED': 'a compression program failed, or is not installed on the backup server',
     'REQUEST_REFUSED': 'the WAL receiver refused a request that its key does not allow',
+    # Verification
+    'VERIFICATION_FAILED': 'the backup failed its verification (a file, a WAL, a page, an index or a check of '
+    'verify_queries): the result names what failed; the backup itself was not changed',
+    'VERIFY_HOST_UNSUITABLE': 'the verification host lacks the PostgreSQL binaries of the backup\'s major version, '
+    'or its scratch directory or port is the original server\'s',
 }
 
 

@@ -12,6 +12,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     infofile,
     postgres,
     server_catalog,
+    verifyfile,
     wal_store,
 )
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -90,6 +91,39 @@ def _backup_checks(checks, server, options, now):
         )
     else:
         checks.add('failed_backups', OK, 'no failure since the last good backup')
+
+
+def _verification_check(checks, server, options, now):
+    """The newest backup must not have failed its verification, and some backup must have passed one lately:
+    a backup nobody restored is a hope, not a backup."""
+    done = server.done_ids()
+    if not done:
+        return  # the backups check is already critical
+    newest = server.verification(done[-1])
+    if newest and newest['result'] == verifyfile.FAILED:
+        checks.add(
+            'verification',
+            CRITICAL,
+            'newest backup %s FAILED its verification at %s: %s'
+            % (done[-1], newest['verified_at'], newest['first_failure'] or 'no failure recorded'),
+        )
+        return
+    limit = options.get('verify_max_age')
+    passed = server.last_verified_id()
+    if passed:
+        moment = verifyfile.verified_at(server.verifications[passed])
+        what = 'backup %s PASSED its verification %s ago' % (passed, _age((now - moment).total_seconds()))
+    else:
+        # Never verified: the clock runs from the oldest backup, so that a new server gets time for a first run.
+        ends = [server.infos[b]['end_time'] for b in done if server.infos[b]['end_time']]
+        moment = min(ends) if ends else now
+        what = 'no backup has PASSED a verification; the oldest ended %s ago' % _age((now - moment).total_seconds())
+    if limit is not None and (now - moment).total_seconds() > limit:
+        checks.add(
+            'verification', WARNING, '%s, more than the maximum of %s; run playbooks/verify.yml' % (what, _age(limit))
+        )
+    else:
+        checks.add('verification', OK, what)
 
 
 def _wal_checks(checks, server, options, now):
@@ -219,7 +253,7 @@ def check_server(
 ) -> Dict[str, Any]:
     """Every check of one server, with its catalog summary and recoverable window.
 
-    ``options``: minimum_redundancy, last_backup_maximum_age and wal_maximum_age (seconds or None),
+    ``options``: minimum_redundancy, last_backup_maximum_age, wal_maximum_age and verify_max_age (seconds or None),
     disk_warning_percent, disk_critical_percent, and pg_* to ask PostgreSQL (pg_host None: skipped).
     """
     now = now or catalog.now_utc()
@@ -232,6 +266,7 @@ def check_server(
             'cannot read %s' % '; '.join('%s (%s)' % (m['path'], m['error']) for m in server.malformed),
         )
     _backup_checks(checks, server, options, now)
+    _verification_check(checks, server, options, now)
     window = _wal_checks(checks, server, options, now)
     result = server.summary(policy, options.get('minimum_redundancy') or 0, now)
     if options.get('pg_host'):

@@ -96,6 +96,7 @@ def module_spec() -> dict:
         delta=dict(type='bool', default=False),
         port=dict(type='int'),
         listen_addresses=dict(type='str'),
+        settings=dict(type='dict', default={}),
         get_wal=dict(type='bool', default=True),
         wal_sender=dict(type='list', elements='str'),
         archive=dict(type='bool', default=False),
@@ -542,6 +543,7 @@ def recovery_settings(params: Mapping[str, Any], backup_id: str, kind: Optional[
         settings.append(('port', str(params['port'])))
     if params.get('listen_addresses'):
         settings.append(('listen_addresses', params['listen_addresses']))
+    settings += sorted((params.get('settings') or {}).items())
     stamp = time.strftime('%Y-%m-%d %H:%M:%S %z')
     lines = ['', '# Recovery of backup %s by barman.postgresql, %s' % (backup_id, stamp)]
     lines += ['%s = %s' % (name, pg_conf_value(setting)) for name, setting in settings]
@@ -658,12 +660,17 @@ def plan_recovery(
     return plan, destination, parts
 
 
-def recover(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+def recover(
+    params: Mapping[str, Any], check_mode: bool = False, extra_files: Optional[Mapping[str, str]] = None
+) -> Dict[str, Any]:
+    """Plan the recovery and, unless ``check_mode``, carry it out; ``extra_files`` ({name: text}) go into
+    the copy's PGDATA with the recovery settings."""
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     wal_archive = WalArchive(params['barman_home'], params['server'])
     # A connection of its own: a backup of this server running meanwhile must not share (and end) it.
     with ssh.operation_control_path(layout.root) as control_path:
         plan, destination, parts = plan_recovery(params, layout, wal_archive, control_path, check_mode)
+        parts['files'].update(extra_files or {})
         try:
             if check_mode:
                 return dict(plan, changed=False)

@@ -9,7 +9,7 @@ The classification follows Barman's, so that both tools agree on what a policy k
 import collections
 import datetime
 import re
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ansible_collections.barman.postgresql.plugins.module_utils import infofile, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -23,6 +23,9 @@ KEEP_STANDALONE = 'KEEP_STANDALONE'
 NONE = 'NONE'
 # Ours, not Barman's: a backup the policy makes obsolete while a recovery holds it (recovery_hold.py).
 HELD = 'HELD'
+# Ours too: the newest backup whose verification PASSED, which the policy makes obsolete while the newer
+# ones are unverified or FAILED; it stays until a newer one passes (verifyfile.py).
+LAST_VERIFIED = 'LAST_VERIFIED'
 
 KEEP_TARGETS = ('full', 'standalone')
 POLICY_HINT = (
@@ -105,6 +108,7 @@ def classify(
     minimum_redundancy: int,
     now: datetime.datetime,
     held: Iterable[str] = (),
+    last_verified: Optional[str] = None,
 ) -> Dict[str, str]:
     """Barman's retention status of every backup: {backup_id: status}.
 
@@ -113,7 +117,8 @@ def classify(
     Kept backups never become OBSOLETE. Whatever the policy says, the ``minimum_redundancy``
     newest DONE backups stay, and so does the newest one. A backup in ``held`` (a recovery is using it)
     that would be OBSOLETE is HELD instead; it does not count towards the policy, so that the hold
-    changes nothing else.
+    changes nothing else. So is ``last_verified`` (the newest DONE backup whose verification PASSED, so
+    every newer one is unverified or FAILED): LAST_VERIFIED instead of OBSOLETE, the last proven one stays.
     """
     report = {}
     valid = 0
@@ -143,6 +148,8 @@ def classify(
     for backup_id in held:
         if report.get(backup_id) == OBSOLETE:
             report[backup_id] = HELD
+    if report.get(last_verified) == OBSOLETE:
+        report[last_verified] = LAST_VERIFIED
     return report
 
 
@@ -170,7 +177,7 @@ def removable_wals(
 ) -> List[str]:
     """The archived WAL names that no backup left after retention needs, in the order of ``names``.
 
-    A full backup (VALID, POTENTIALLY_OBSOLETE, KEEP_FULL, HELD, any backup still in progress, and
+    A full backup (VALID, POTENTIALLY_OBSOLETE, KEEP_FULL, HELD, LAST_VERIFIED, any backup still in progress, and
     always the newest DONE one) needs every segment from its begin_wal on, on any timeline; a
     KEEP_STANDALONE backup needs only begin_wal..end_wal. Every segment from each WAL name in
     ``needed_from`` on is needed too (a running recovery fetches them, even of a backup gone from

@@ -23,6 +23,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     lockfile,
     recovery_hold,
     retention,
+    verifyfile,
     wal,
     xlogdb,
 )
@@ -108,6 +109,15 @@ class ServerCatalog:
         self._sizes = None
         self.holds, damaged = recovery_hold.read_all(layout)
         self.malformed += damaged
+        self.verifications = {}
+        for backup_id in self.infos:
+            try:
+                record = verifyfile.read_verification(layout, backup_id)
+            except (catalog.CatalogError, OSError) as exc:
+                self.malformed.append(dict(path=layout.verification_path(backup_id), error=str(exc)))
+                continue
+            if record is not None:
+                self.verifications[backup_id] = record
 
     def _read_keep(self, backup_id):
         for path in (self.layout.keep_path(backup_id), self.layout.old_keep_path(backup_id)):
@@ -131,6 +141,25 @@ class ServerCatalog:
 
     def done_ids(self) -> List[str]:
         return infofile.done_backup_ids(self.infos)
+
+    def last_verified_id(self) -> Optional[str]:
+        """The newest DONE backup whose last verification PASSED: every newer DONE one is unverified or FAILED."""
+        return verifyfile.newest_passed(self.verifications, self.done_ids())
+
+    def verification(self, backup_id: str) -> Optional[Dict[str, Any]]:
+        """A backup's last verification in brief (None: never verified): result, when, how long, and the
+        number of failures with the first one's message."""
+        record = self.verifications.get(backup_id)
+        if record is None:
+            return None
+        failures = verifyfile.failure_texts(record)
+        return dict(
+            result=record['result'],
+            verified_at=record['verified_at'],
+            duration=record.get('duration'),
+            failure_count=len(failures),
+            first_failure=failures[0] if failures else None,
+        )
 
     def refuse_if_malformed(self, doing: str) -> None:
         if self.malformed:
@@ -213,6 +242,7 @@ class ServerCatalog:
         item['holds'] = [h['token'] for h in self.active_holds(now or catalog.now_utc()) if h['backup_id'] == backup_id]
         item['retention_status'] = (statuses or {}).get(backup_id)
         item['error'] = info.get('error')
+        item['verification'] = self.verification(backup_id)
         item['wal_size'] = item['wal_count'] = None
         if info.get('begin_wal') and info['status'] == infofile.DONE:
             done = self.done_ids()
@@ -227,10 +257,14 @@ class ServerCatalog:
         statuses: Optional[Mapping[str, str]] = None,
         now: Optional[datetime.datetime] = None,
     ) -> Dict[str, Any]:
-        """Every backup.info field (times as text), plus what describe() derives."""
+        """Every backup.info field (times as text), plus what describe() derives; the verification in full
+        (its host, replay, steps and failures too)."""
         item = dict((k, _iso(v) if isinstance(v, datetime.datetime) else v) for k, v in self.infos[backup_id].items())
         item.update(self.describe(backup_id, statuses, now))
         item['path'] = self.layout.backup_dir(backup_id)
+        if item['verification']:
+            record = self.verifications[backup_id]
+            item['verification'].update((key, record.get(key)) for key in ('host', 'replay', 'steps', 'failures'))
         return item
 
     def window(self, gaps: Iterable[Sequence[str]] = ()) -> Dict[str, Any]:
@@ -273,7 +307,9 @@ class ServerCatalog:
     ) -> Dict[str, str]:
         if not policy:
             return {}
-        return retention.classify(self.infos, self.keeps, policy, minimum_redundancy, now, self.held_ids(now))
+        return retention.classify(
+            self.infos, self.keeps, policy, minimum_redundancy, now, self.held_ids(now), self.last_verified_id()
+        )
 
     def holds_report(self, now: datetime.datetime) -> List[Dict[str, Any]]:
         """Every recovery hold, oldest first, with stale=True for an expired one (it protects nothing)."""
@@ -299,7 +335,20 @@ class ServerCatalog:
             minimum_redundancy=minimum_redundancy,
             holds=self.holds_report(now),
             malformed=self.malformed,
+            **self.verification_report(),
         )
+
+    def verification_report(self) -> Dict[str, Any]:
+        """last_verified: the newest DONE backup whose verification PASSED, and when (None: none has);
+        latest_verification: the newest DONE backup and its verification's result (None: never verified)."""
+        passed, done = self.last_verified_id(), self.done_ids()
+        last = dict(backup_id=passed, verified_at=self.verifications[passed]['verified_at']) if passed else None
+        latest = None
+        if done:
+            brief = self.verification(done[-1]) or {}
+            latest = dict((key, brief.get(key)) for key in ('result', 'verified_at', 'first_failure'))
+            latest['backup_id'] = done[-1]
+        return dict(last_verified=last, latest_verification=latest)
 
     # -- changing ----------------------------------------------------------------------------------
 
@@ -447,6 +496,9 @@ class ServerCatalog:
             self.release(backup_id)
             os.unlink(self.layout.backup_info_path(backup_id))
             catalog.fsync_dir(self.layout.meta_dir)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.layout.verification_path(backup_id))  # it would outlive what it speaks of
+            self.verifications.pop(backup_id, None)
             directory = self.layout.backup_dir(backup_id)
             if os.path.isdir(directory):
                 doomed = os.path.join(self.layout.base_dir, '.%s.deleting' % backup_id)
@@ -523,8 +575,8 @@ def delete_backup(
 def plan_retention(
     server: ServerCatalog, policy: retention.Policy, minimum_redundancy: int, now: datetime.datetime
 ) -> Tuple[Dict[str, str], RemovalPlan]:
-    """(statuses, plan): the backups the policy makes OBSOLETE (a held one is HELD instead), FAILED backups
-    older than the oldest one it keeps, and the WAL nothing left needs."""
+    """(statuses, plan): the backups the policy makes OBSOLETE (a held one is HELD instead, the last verified
+    one LAST_VERIFIED), FAILED backups older than the oldest one it keeps, and the WAL nothing left needs."""
     server.refuse_if_malformed('apply the retention policy')
     statuses = server.statuses(policy, minimum_redundancy, now)
     doomed = [b for b, s in statuses.items() if s == retention.OBSOLETE]

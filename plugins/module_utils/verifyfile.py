@@ -10,7 +10,7 @@ ignores the file; a backup without one was never verified.
 
 import datetime
 import json
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ansible_collections.barman.postgresql.plugins.module_utils.catalog import CatalogError, ServerLayout, atomic_write
 
@@ -74,3 +74,15 @@ def newest_passed(records: Mapping[str, Mapping[str, Any]], ordered_ids: Iterabl
     """The newest backup (of ``ordered_ids``, oldest first) whose last verification PASSED."""
     passed = [b for b in ordered_ids if records.get(b, {}).get('result') == PASSED]
     return passed[-1] if passed else None
+
+
+def failure_texts(record: Mapping[str, Any]) -> List[str]:
+    """Each failure of ``record`` as 'step: message', in order; tolerant of odd entries, as reports must not fail."""
+    failures = record.get('failures')
+    texts = []
+    for failure in failures if isinstance(failures, list) else []:
+        if isinstance(failure, Mapping):
+            texts.append('%s: %s' % (failure.get('step', '?'), failure.get('message', '?')))
+        else:
+            texts.append(str(failure))
+    return texts

@@ -10,7 +10,7 @@ description:
   - Runs on the backup server, as the user that owns the catalog (C(barman)). The catalog is the one
     Barman lays out, so Barman and this module read each other's backups.
   - V(list) the backups of one server or of all, with their status, times, WAL range, sizes, the WAL
-    archived since each, keep annotation and, given O(retention_policy), retention status.
+    archived since each, keep annotation, last verification and, given O(retention_policy), retention status.
   - V(show) one backup, by id or by V(latest)/V(last), V(oldest)/V(first) or V(last-failed).
   - V(keep) a backup (O(target) V(full) keeps every WAL from it on, V(standalone) only what makes it
     consistent) so that retention never removes it; V(release) the annotation.
@@ -28,8 +28,15 @@ description:
     begin_wal on, and V(delete) refuses it. A hold expires after its time to live; an expired hold protects
     nothing, is reported, and the next V(retention) removes it. V(release-hold) removes a hold by its
     O(hold) token (see RV(servers[].holds)).
+  - Retention also keeps the newest backup whose last verification (C(verify.yml)) PASSED while every newer
+    DONE backup is unverified or FAILED (status C(LAST_VERIFIED)), with every WAL file from its begin_wal on,
+    so that a backup proven to restore always remains. Removing a backup removes its verification record.
   - V(check) the health of one server or all; each check is ok, warning or critical, and a Nagios line
     sums them up. Read-only actions never report a change.
+  - The C(verification) check is critical when the newest DONE backup FAILED its last verification, and a
+    warning when the newest backup that PASSED one was verified longer ago than O(verify_max_age), or, when
+    none ever passed, when the oldest DONE backup ended longer ago than that (a new server has time for its
+    first verification).
   - A catalog file that cannot be read is reported by name; V(delete) and V(retention) then refuse to
     change anything, and nothing is ever skipped or deleted because it could not be read.
 version_added: 1.0.0
@@ -88,6 +95,13 @@ options:
       - V(check) turns critical when the newest WAL arrived longer ago (same syntax). Leave it unset
         for servers that can be idle; O(pg_host) detects a failing C(archive_command) anyway.
     type: str
+  verify_max_age:
+    description:
+      - V(check) warns when the newest backup whose verification PASSED was verified longer ago (same syntax);
+        a server never verified warns once its oldest DONE backup ended longer ago.
+      - An empty string skips this age; a FAILED verification of the newest backup is critical whatever it is.
+    type: str
+    default: 8 DAYS
   disk_warning_percent:
     description: V(check) warns below this percentage of free space on the catalog's file system.
     type: int
@@ -164,6 +178,7 @@ EXAMPLES = r"""
     server: pg1
     action: check
     last_backup_maximum_age: 26 HOURS
+    verify_max_age: 8 DAYS
     pg_host: 10.0.0.11
     fail_on_critical: true
 """
@@ -192,7 +207,9 @@ servers:
       description: >-
         Oldest first: backup_id, status, begin_time, end_time, begin_wal, end_wal, begin_xlog, end_xlog,
         timeline, size, deduplicated_size, wal_size and wal_count (WAL from this backup to the next),
-        keep, holds (tokens of the recovery holds on it), retention_status, error.
+        keep, holds (tokens of the recovery holds on it), retention_status, error, and verification: null
+        when never verified, else the last verification's result (PASSED or FAILED), verified_at (UTC,
+        C(YYYY-MM-DDTHH:MM:SSZ)), duration (seconds), failure_count and first_failure (C(step: message)).
       type: list
       elements: dict
     wal_count:
@@ -209,9 +226,20 @@ servers:
       type: list
       elements: dict
     malformed:
-      description: Catalog files that could not be read (recovery holds too), each with path and error.
+      description: >-
+        Catalog files that could not be read (recovery holds and verification records too), each with path
+        and error.
       type: list
       elements: dict
+    last_verified:
+      description: >-
+        The newest DONE backup whose last verification PASSED: backup_id and verified_at; null when none has.
+      type: dict
+    latest_verification:
+      description: >-
+        The newest DONE backup (backup_id) and its last verification: result (PASSED, FAILED, or null when
+        never verified), verified_at, first_failure; null without a DONE backup.
+      type: dict
     checks:
       description: With V(check), each with name, status (ok, warning, critical) and message.
       type: list
@@ -238,7 +266,9 @@ nagios:
   type: str
   sample: "BARMAN OK - pg1: 8 checks ok"
 backup:
-  description: Every backup.info field of the backup, and what V(list) shows of it (V(show)).
+  description: >-
+    Every backup.info field of the backup, and what V(list) shows of it (V(show)); its verification also has
+    the host, replay, steps (name, result, detail) and failures (step, message, ...) of the record.
   returned: with show
   type: dict
 backup_id:
@@ -280,7 +310,8 @@ last_removed_wal:
 retention_status:
   description: >-
     The retention status of every backup before the removal; C(HELD) (not a Barman status) for a backup the
-    policy makes obsolete while a recovery holds it.
+    policy makes obsolete while a recovery holds it, C(LAST_VERIFIED) (not a Barman status either) for the
+    newest backup that PASSED its verification, kept while every newer one is unverified or FAILED.
   returned: with retention
   type: dict
 holds:

@@ -112,6 +112,12 @@ options:
   listen_addresses:
     description: listen_addresses of the recovered server.
     type: str
+  settings:
+    description:
+      - More settings for the recovered server, by name, appended last to its C(postgresql.auto.conf) (so they
+        win over the copied configuration), for example C(shared_buffers) on a smaller host.
+    type: dict
+    default: {}
   get_wal:
     description:
       - Fetch WAL during recovery with the WAL sender (O(wal_sender)) on the destination, which is then

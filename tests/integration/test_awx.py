@@ -103,3 +103,19 @@ def test_a_wrong_survey_answer_is_refused_before_anything_happens(configured, tm
     assert runner.rc != 0 and message in output(runner), output(runner)
     assert 'Recover a PostgreSQL server' not in output(runner), 'the refusal must come before the recovery play'
     assert psql('pg1', 'SELECT 1') == '1'
+
+
+def test_verify_as_awx_runs_it(configured, tmp_path):
+    # A backup of pg1 of its own, so that this test does not depend on another one's: the newest DONE
+    # backup, not verified yet, is the one the survey's blank backup_id chooses.
+    runner, artifacts = launch('backup', tmp_path, limit='pg1')
+    assert runner.rc == 0, output(runner)
+    assert artifacts['barman_backups']['pg1']['status'] == 'DONE', artifacts
+    backup_id = artifacts['barman_backups']['pg1']['backup_id']
+
+    runner, artifacts = launch('verify', tmp_path, dict(servers='pg1'))
+    assert runner.status == 'successful' and runner.rc == 0, output(runner)
+    verification = artifacts['barman_verifications']['pg1']
+    assert verification['result'] == 'PASSED', artifacts
+    assert verification['backup_id'] == backup_id, artifacts
+    assert set(artifacts['barman_verifications']) == {'pg1'}, 'servers=pg1 verifies pg1 only: %s' % artifacts

@@ -310,3 +310,51 @@ def test_empty_input():
 def test_bad_input_raises(name, bad):
     with pytest.raises(AnsibleFilterError, match=name):
         getattr(status_report, name)(bad)
+
+
+PASSED = {'result': 'PASSED', 'verified_at': '2026-11-25T03:00:00Z', 'failure_count': 0, 'first_failure': None}
+FAILED = {
+    'result': 'FAILED',
+    'verified_at': '2026-11-26T12:00:00Z',
+    'failure_count': 1,
+    'first_failure': 'amcheck: <bad>',
+}
+VERIFIED = {
+    'server': 'pg3',
+    'status': 'critical',
+    'last_verified': {'backup_id': '20261124T101500', 'verified_at': '2026-11-25T03:00:00Z'},
+    'latest_verification': dict(FAILED, backup_id='20261126T101500'),
+    'backups': [
+        backup('20261124T101500', end='2026-11-24T10:20:00+00:00', verification=PASSED),
+        backup('20261125T101500', end='2026-11-25T10:20:00+00:00', verification=None),
+        backup('20261126T101500', verification=FAILED),
+    ],
+}
+NEVER = {'server': 'pg4', 'status': 'ok', 'last_verified': None, 'latest_verification': None, 'backups': [backup('a')]}
+
+
+def test_table_shows_the_last_verification_of_each_server_and_backup():
+    lines = status_report.status_table([VERIFIED, NEVER]).splitlines()
+    assert lines[0] == (
+        'pg3  CRITICAL  window unknown  last verified 2026-11-25 03:00:00 UTC (20261124T101500 PASSED), '
+        'newest backup 20261126T101500 FAILED verification'
+    )
+    header = lines[1]
+    results = [line[header.index('verified') :].split()[0] for line in lines[2:5]]
+    assert results == ['PASSED', '-', 'FAILED']
+    assert 'pg4  OK  window unknown  last verified never' in lines
+    assert 'amcheck' not in '\n'.join(lines)  # the checks line says why; the table stays narrow
+
+
+def test_html_shows_the_last_verification_of_each_server_and_backup():
+    page = status_report.status_html([VERIFIED, NEVER])
+    summary = page[: page.index('<section')]
+    assert '<th>verification</th>' in summary
+    assert '<td>last verified 2026-11-25 03:00:00 UTC (20261124T101500 PASSED), newest backup' in summary
+    assert '<td>last verified never</td>' in summary
+    assert '<p>Last verified never</p>' in page
+    assert '<th>verified</th>' in page and '<th>verified at (UTC)</th>' in page
+    assert '<td class="ok">PASSED</td>' in page and '<td class="critical">FAILED</td>' in page
+    assert '<td class="unknown">-</td>' in page
+    assert '<td>2026-11-26 12:00:00</td><td>amcheck: &lt;bad&gt;</td>' in page
+    assert 'verified FAILED' in [t.text for t in svgs(page)[0].iter(SVG + 'title')][-1]

@@ -13,6 +13,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     infofile,
     recovery_hold,
     retention,
+    verifyfile,
     wal,
     xlogdb,
 )
@@ -200,3 +201,30 @@ def test_check_sums_up_every_server(home):
 def test_an_unknown_action_is_a_programming_error(home):
     with pytest.raises(ValueError, match='unknown'):
         run(home, server='pg1', action='prune')
+
+
+def verification_status(result):
+    return dict((c['name'], c['status']) for c in result['servers'][0]['checks'])['verification']
+
+
+def test_check_warns_about_verification_after_verify_max_age_and_an_empty_one_skips_the_age(home):
+    quiet = dict(action='check', server='pg1', disk_warning_percent=0, disk_critical_percent=0)
+    # The default is 8 DAYS: the oldest backup ended 30 hours ago, time enough for a first verification.
+    assert catalog_actions.module_spec()['argument_spec']['verify_max_age']['default'] == '8 DAYS'
+    assert verification_status(run(home, **quiet)) == 'ok'
+    late = run(home, verify_max_age='1 days', **quiet)
+    assert verification_status(late) == 'warning' and 'verification: no backup has PASSED' in late['nagios']
+    assert verification_status(run(home, verify_max_age='', **quiet)) == 'ok'
+    with pytest.raises(retention.InvalidPolicy, match='soon'):
+        run(home, verify_max_age='soon', **quiet)
+
+
+def test_list_and_show_carry_the_verification(home):
+    layout = catalog.ServerLayout(str(home), 'pg1')
+    record = dict(result='PASSED', verified_at='2026-11-26T11:00:00Z', duration=3, steps=[], failures=[])
+    verifyfile.write_verification(layout, THIRD, record)
+    (server,) = run(home, server='pg1')['servers']
+    assert server['last_verified'] == dict(backup_id=THIRD, verified_at='2026-11-26T11:00:00Z')
+    assert [b['verification'] and b['verification']['result'] for b in server['backups']] == [None, None, 'PASSED']
+    shown = run(home, server='pg1', action='show', backup_id='latest')['backup']
+    assert shown['verification']['result'] == 'PASSED' and shown['verification']['steps'] == []

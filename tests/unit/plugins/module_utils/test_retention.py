@@ -234,3 +234,32 @@ def test_wal_from_a_held_begin_wal_on_is_needed_even_of_a_backup_gone_or_kept_st
     assert retention.removable_wals(archived, gone, {'20261102T000000': 'VALID'}, SEG, needed_from=[seg(5)]) == (
         names(1, 2, 3, 4)
     )
+
+
+def test_the_last_verified_backup_is_kept_instead_of_obsolete_and_changes_no_other_status():
+    infos = backups((5, 1), (4, 3), (3, 5), (2, 7))
+    policy = retention.parse_policy('REDUNDANCY 1')
+    plain = retention.classify(infos, {}, policy, 0, NOW)
+    kept = retention.classify(infos, {}, policy, 0, NOW, last_verified='20261102T000000')
+    assert kept == dict(plain, **{'20261102T000000': 'LAST_VERIFIED'})
+    # The newest one, or one a policy keeps anyway, needs nothing more.
+    assert retention.classify(infos, {}, policy, 0, NOW, last_verified='20261104T000000') == plain
+    window = retention.parse_policy('RECOVERY WINDOW OF 1 DAYS')
+    assert retention.classify(infos, {}, window, 0, NOW, last_verified='20261101T000000')['20261101T000000'] == (
+        'LAST_VERIFIED'
+    )
+    # A hold says more (a recovery reads it now); a keep annotation is the user's word.
+    both = retention.classify(infos, {}, policy, 0, NOW, held=['20261102T000000'], last_verified='20261102T000000')
+    assert both['20261102T000000'] == 'HELD'
+    annotated = retention.classify(infos, {'20261102T000000': 'full'}, policy, 0, NOW, last_verified='20261102T000000')
+    assert annotated['20261102T000000'] == 'KEEP_FULL'
+
+
+def test_the_last_verified_backup_keeps_its_wal_and_older_failures_go():
+    infos = backups((5, 1), (4, 3), (3, 5), (2, 7), b1='FAILED', b3='FAILED')
+    statuses = retention.classify(
+        infos, {}, retention.parse_policy('REDUNDANCY 1'), 0, NOW, last_verified='20261102T000000'
+    )
+    assert statuses['20261102T000000'] == 'LAST_VERIFIED'
+    assert retention.obsolete_failures(infos, statuses) == ['20261101T000000']
+    assert retention.removable_wals(names(*range(1, 9)), infos, statuses, SEG) == names(1, 2)

@@ -17,6 +17,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     recovery_hold,
     retention,
     server_catalog,
+    verifyfile,
     wal,
     wal_store,
     xlogdb,
@@ -598,3 +599,185 @@ def test_a_busy_archive_process_refuses_the_whole_plan_before_anything_is_remove
     result = server_catalog.apply_retention(lab.layout, policy, 1, NOW)
     assert result['removed_backups'] == planned['removed_backups']
     assert result['removed_wals'] == planned['removed_wals']
+
+
+# -- verification records (meta/<backup_id>-verification.json, written by verify.yml) ------------------
+
+DAY = 24
+
+
+def verified(lab, backup_id, result='PASSED', hours_ago=1, failures=()):
+    """Write a verification record as verify.yml does."""
+    record = dict(
+        result=result,
+        verified_at=verifyfile.format_time(NOW - datetime.timedelta(hours=hours_ago)),
+        duration=42.5,
+        replay='immediate',
+        host='backup2',
+        steps=[dict(name='manifest', result=result, detail='1204 files')],
+        failures=list(failures),
+    )
+    verifyfile.write_verification(lab.layout, backup_id, record)
+
+
+FAILURE = dict(step='amcheck', message='index pgbench_accounts_pkey is corrupt', relation='pgbench_accounts_pkey')
+
+
+def test_list_and_show_report_each_backups_last_verification_and_the_last_verified_one(lab):
+    lab.backup('20261120T010000', 2, hours_ago=50)
+    lab.backup('20261121T010000', 4, hours_ago=30)
+    lab.backup('20261122T010000', 6, hours_ago=2)
+    lab.wals(2, 3, 4, 5, 6)
+    verified(lab, '20261120T010000', hours_ago=40)
+    verified(lab, '20261121T010000', 'FAILED', hours_ago=20, failures=[FAILURE, dict(step='queries', message='x')])
+    server = server_catalog.ServerCatalog(lab.layout)
+    summary = server.summary(now=NOW)
+    first, second, third = (b['verification'] for b in summary['backups'])
+    assert first == dict(
+        result='PASSED', verified_at='2026-11-24T20:00:00Z', duration=42.5, failure_count=0, first_failure=None
+    )
+    assert (second['result'], second['failure_count']) == ('FAILED', 2)
+    assert second['first_failure'] == 'amcheck: index pgbench_accounts_pkey is corrupt'
+    assert third is None
+    assert summary['last_verified'] == dict(backup_id='20261120T010000', verified_at='2026-11-24T20:00:00Z')
+    assert summary['latest_verification'] == dict(
+        backup_id='20261122T010000', result=None, verified_at=None, first_failure=None
+    )
+    shown = server.details('20261121T010000')['verification']
+    assert shown['failures'][0] == FAILURE and shown['steps'][0]['name'] == 'manifest' and shown['host'] == 'backup2'
+    assert summary['malformed'] == []
+
+
+def test_a_server_never_verified_has_no_last_verified(lab):
+    lab.backup('20261120T010000', 2)
+    summary = server_catalog.ServerCatalog(lab.layout).summary(now=NOW)
+    assert summary['last_verified'] is None and summary['backups'][0]['verification'] is None
+    assert summary['latest_verification']['result'] is None
+    empty = server_catalog.ServerCatalog(Lab(lab.layout.barman_home, 'pg2').layout).summary(now=NOW)
+    assert (empty['last_verified'], empty['latest_verification']) == (None, None)
+
+
+@pytest.mark.parametrize('text', ['{"result": "MAYBE", "verified_at": "2026-11-25T00:00:00Z"}', 'not json', '[]'])
+def test_a_malformed_verification_record_is_reported_not_a_crash_and_stops_retention(lab, text):
+    lab.backup('20261120T010000', 2, hours_ago=50)
+    lab.backup('20261122T010000', 6, hours_ago=2)
+    lab.wals(2, 3, 4, 5, 6)
+    path = lab.layout.verification_path('20261120T010000')
+    with open(path, 'w') as handle:
+        handle.write(text)
+    summary = server_catalog.ServerCatalog(lab.layout).summary(now=NOW)
+    assert [m['path'] for m in summary['malformed']] == [path]
+    assert summary['backups'][0]['verification'] is None
+    result = check(lab)
+    assert by_name(result)['catalog'] == 'critical' and path in result['nagios']
+    before = lab.files()
+    with pytest.raises(server_catalog.CatalogRefusal) as caught:
+        server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    assert caught.value.code == 'CATALOG_DAMAGED' and path in str(caught.value)
+    assert lab.files() == before
+
+
+def verification_check(result):
+    return next(c for c in result['checks'] if c['name'] == 'verification')
+
+
+def test_check_is_critical_when_the_newest_backup_failed_its_verification(lab):
+    lab.backup('20261120T010000', 2, hours_ago=50)
+    lab.backup('20261122T010000', 6, hours_ago=2)
+    lab.wals(2, 3, 4, 5, 6)
+    verified(lab, '20261120T010000', hours_ago=40)
+    verified(lab, '20261122T010000', 'FAILED', hours_ago=1, failures=[FAILURE])
+    result = check(lab, verify_max_age=8 * DAY * 3600)
+    found = verification_check(result)
+    assert found['status'] == 'critical' and result['status'] == 'critical'
+    assert '20261122T010000' in found['message'] and 'index pgbench_accounts_pkey is corrupt' in found['message']
+    assert 'verification: newest backup 20261122T010000 FAILED' in result['nagios']
+
+
+def test_an_older_failed_verification_is_no_alarm_once_a_newer_backup_passed(lab):
+    lab.backup('20261120T010000', 2, hours_ago=50)
+    lab.backup('20261122T010000', 6, hours_ago=2)
+    lab.wals(2, 3, 4, 5, 6)
+    verified(lab, '20261120T010000', 'FAILED', hours_ago=40, failures=[FAILURE])
+    verified(lab, '20261122T010000', hours_ago=1)
+    assert verification_check(check(lab, verify_max_age=8 * DAY * 3600))['status'] == 'ok'
+
+
+@pytest.mark.parametrize(
+    'verified_hours_ago, limit_days, expected',
+    [(9 * DAY, 8, 'warning'), (7 * DAY, 8, 'ok'), (9 * DAY, None, 'ok')],
+)
+def test_check_warns_when_the_newest_passed_verification_is_older_than_the_maximum(
+    lab, verified_hours_ago, limit_days, expected
+):
+    lab.backup('20261110T010000', 2, hours_ago=16 * DAY)
+    lab.backup('20261122T010000', 6, hours_ago=2)  # newer, not verified yet: not an alarm by itself
+    lab.wals(2, 3, 4, 5, 6)
+    verified(lab, '20261110T010000', hours_ago=verified_hours_ago)
+    result = check(lab, verify_max_age=limit_days * DAY * 3600 if limit_days else None)
+    found = verification_check(result)
+    assert found['status'] == expected, found
+    assert '20261110T010000 PASSED' in found['message']
+    if expected == 'warning':
+        assert result['status'] == 'warning'
+        assert 'verification: backup 20261110T010000 PASSED its verification 9.0 days ago' in result['nagios']
+        assert 'more than the maximum of 8.0 days' in result['nagios']
+
+
+@pytest.mark.parametrize('oldest_hours_ago, expected', [(10 * DAY, 'warning'), (2, 'ok')])
+def test_a_server_never_verified_counts_from_its_oldest_backup(lab, oldest_hours_ago, expected):
+    lab.backup('20261110T010000', 2, hours_ago=oldest_hours_ago)
+    lab.backup('20261126T100000', 6, hours_ago=1)
+    lab.backup('20261126T103000', 7, status='FAILED', hours_ago=0.5)  # not DONE: not the oldest backup
+    lab.wals(2, 3, 4, 5, 6, 7)
+    found = verification_check(check(lab, verify_max_age=8 * DAY * 3600))
+    assert found['status'] == expected, found
+    assert found['message'].startswith('no backup has PASSED a verification')
+
+
+def test_no_verification_check_without_a_done_backup(lab):
+    lab.backup('20261120T010000', 2, status='FAILED')
+    result = check(lab, verify_max_age=3600)
+    assert 'verification' not in by_name(result) and by_name(result)['backups'] == 'critical'
+
+
+def test_retention_keeps_the_last_verified_backup_while_the_newer_ones_are_not_verified(lab):
+    lab.backup('20261119T010000', 1, hours_ago=60)
+    lab.backup('20261120T010000', 3, hours_ago=50)
+    lab.backup('20261121T010000', 5, hours_ago=30)
+    lab.backup('20261122T010000', 7, hours_ago=2)
+    lab.wals(1, 2, 3, 4, 5, 6, 7, 8)
+    verified(lab, '20261119T010000', hours_ago=55)
+    verified(lab, '20261120T010000', hours_ago=45)
+    verified(lab, '20261122T010000', 'FAILED', hours_ago=1, failures=[FAILURE])
+    policy = retention.parse_policy('REDUNDANCY 1')
+    listed = server_catalog.ServerCatalog(lab.layout).summary(policy, 1, NOW)
+    assert [b['retention_status'] for b in listed['backups']] == ['OBSOLETE', 'LAST_VERIFIED', 'OBSOLETE', 'VALID']
+    before = lab.files()
+    dry = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    assert lab.files() == before
+    result = server_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    assert result == dry
+    assert result['retention_status']['20261120T010000'] == retention.LAST_VERIFIED
+    assert result['removed_backups'] == ['20261119T010000', '20261121T010000']
+    # The WAL from the verified backup's begin on stays: it recovers to now.
+    assert result['removed_wal_names'] == [seg(1), seg(2)]
+    # A removed backup's verification record goes with it.
+    assert not os.path.exists(lab.layout.verification_path('20261119T010000'))
+    assert os.path.exists(lab.layout.verification_path('20261120T010000'))
+    # Once a newer backup passes, the older verified one is an ordinary obsolete backup.
+    verified(lab, '20261122T010000', hours_ago=0.5)
+    again = server_catalog.apply_retention(lab.layout, policy, 1, NOW)
+    assert again['removed_backups'] == ['20261120T010000']
+    assert sorted(server_catalog.ServerCatalog(lab.layout).infos) == ['20261122T010000']
+    assert sorted(n for n in os.listdir(lab.layout.meta_dir) if n.endswith('.json')) == [
+        '20261122T010000-verification.json'
+    ]
+
+
+def test_without_verifications_retention_is_as_before(lab):
+    lab.backup('20261120T010000', 3, hours_ago=50)
+    lab.backup('20261122T010000', 7, hours_ago=2)
+    lab.wals(3, 4, 5, 6, 7)
+    result = server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW, dry_run=True)
+    assert result['removed_backups'] == ['20261120T010000']
