@@ -7,17 +7,20 @@ only what is Ansible's (the diff only in diff mode, the query, failing on a crit
 """
 
 import datetime
+import os
 from typing import Any, Dict, Mapping, Optional
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
     health,
+    lockfile,
+    manifest,
     postgres,
     retention,
     server_catalog,
 )
 
-ACTIONS = ('list', 'show', 'check', 'keep', 'release', 'delete', 'retention', 'release-hold')
+ACTIONS = ('list', 'show', 'check', 'keep', 'release', 'delete', 'retention', 'release-hold', 'manifest')
 
 
 def module_spec() -> Dict[str, Any]:
@@ -50,6 +53,7 @@ def module_spec() -> Dict[str, Any]:
             ('action', 'delete', ['server', 'backup_id']),
             ('action', 'retention', ['server', 'retention_policy']),
             ('action', 'release-hold', ['server', 'hold']),
+            ('action', 'manifest', ['server']),
         ],
         # pg_stat_archiver is asked of one server at a time.
         required_by=dict(pg_host=('server',)),
@@ -79,6 +83,8 @@ def run_action(
         return _release_hold(layout, params['hold'], check_mode)
     if action in ('delete', 'retention'):
         return _removal(params, layout, policy, minimum, check_mode, now)
+    if action == 'manifest':
+        return _manifests(params, layout, check_mode)
     return _annotation(params, layout, check_mode)
 
 
@@ -134,4 +140,39 @@ def _annotation(params, layout, check_mode):
         backup_id=backup_id,
         keep=server.keeps.get(backup_id),
         diff=dict(before=before, after=after),
+    )
+
+
+def _manifests(params, layout, check_mode):
+    """manifest: a backup_manifest for each DONE backup without one (the one named, or every one), as its
+    files are now; the backups taken before manifests existed can then be checked file by file. The diff
+    lists the backups without a manifest."""
+    server = server_catalog.ServerCatalog(layout)
+    done = server.done_ids()
+    chosen = [server.resolve(params['backup_id'])] if params['backup_id'] else done
+    for backup_id in chosen:
+        if backup_id not in done:
+            raise catalog.CatalogError(
+                'backup %s is %s: only a DONE backup gets a manifest' % (backup_id, server.infos[backup_id]['status']),
+                'Name a DONE backup (action=list), or leave out backup_id for every DONE backup without one',
+                code='BACKUP_NOT_DONE',
+            )
+    without = [b for b in done if not os.path.exists(layout.manifest_path(b))]
+    missing = [b for b in chosen if b in without]
+    written = {}
+    if missing and not check_mode:
+        with lockfile.ServerLock(layout, 'backup'):  # as every change: never beside a backup or retention run
+            for backup_id in missing:
+                info = server.infos[backup_id]
+                # Oldest first: files hard-linked to the previous backup take their checksums from its manifest.
+                previous = done[done.index(backup_id) - 1] if done.index(backup_id) > 0 else None
+                written[backup_id] = manifest.write_manifest(layout, backup_id, info, info['end_xlog'], previous)
+    return dict(
+        changed=bool(missing),
+        manifests_written=missing,
+        written=written,
+        diff=dict(
+            before=''.join('%s no backup_manifest\n' % b for b in without),
+            after=''.join('%s no backup_manifest\n' % b for b in without if b not in missing),
+        ),
     )

@@ -31,6 +31,10 @@ description:
   - Retention also keeps the newest backup whose last verification (C(verify.yml)) PASSED while every newer
     DONE backup is unverified or FAILED (status C(LAST_VERIFIED)), with every WAL file from its begin_wal on,
     so that a backup proven to restore always remains. Removing a backup removes its verification record.
+  - V(manifest) writes a C(backup_manifest) (PostgreSQL's format, which C(pg_verifybackup) reads) into each DONE
+    backup without one, O(backup_id) or every one: backups taken before manifests existed (every backup writes
+    its own since). It records the files as they are now, so it cannot tell a change made before it; the
+    restore and checks of C(verify.yml) still can. Idempotent; check mode lists the backups it would write.
   - V(check) the health of one server or all; each check is ok, warning or critical, and a Nagios line
     sums them up. Read-only actions never report a change.
   - The C(verification) check is critical when the newest DONE backup FAILED its last verification, and a
@@ -48,7 +52,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [list, show, check, keep, release, delete, retention, release-hold]
+    choices: [list, show, check, keep, release, delete, retention, release-hold, manifest]
     default: list
   server:
     description:
@@ -123,12 +127,12 @@ attributes:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: >-
-      V(delete), V(retention), V(keep), V(release) and V(release-hold) report exactly what they would change;
-      V(delete) and V(retention) return the very plan a real run then removes.
+      V(delete), V(retention), V(keep), V(release), V(release-hold) and V(manifest) report exactly what they
+      would change; V(delete) and V(retention) return the very plan a real run then removes.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
-    details: The list of backups before and after (V(release-hold), the hold).
+    details: The list of backups before and after (V(release-hold), the hold; V(manifest), the backups without one).
 notes:
   - V(check) reads C(pg_stat_archiver) on the server when O(pg_host) is given (one server at a time).
   - Changes take the server's backup lock (Barman's C(.<server>-backup.lock)); a running backup makes them fail.
@@ -334,6 +338,15 @@ released:
   description: Whether that hold existed (and was removed, outside check mode).
   returned: with release-hold
   type: bool
+manifests_written:
+  description: The backups that got a C(backup_manifest) (or would, in check mode).
+  returned: with manifest
+  type: list
+  elements: str
+written:
+  description: Per backup written, C(files), C(bytes), C(hashed_bytes) and C(seconds).
+  returned: with manifest
+  type: dict
 query_result:
   description: The answer of O(query).
   returned: when query is given

@@ -11,12 +11,14 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
     catalog_actions,
     infofile,
+    manifest,
     recovery_hold,
     retention,
     verifyfile,
     wal,
     xlogdb,
 )
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -228,3 +230,24 @@ def test_list_and_show_carry_the_verification(home):
     assert [b['verification'] and b['verification']['result'] for b in server['backups']] == [None, None, 'PASSED']
     shown = run(home, server='pg1', action='show', backup_id='latest')['backup']
     assert shown['verification']['result'] == 'PASSED' and shown['verification']['steps'] == []
+
+
+def test_manifest_writes_one_for_each_done_backup_without_one_and_is_idempotent(home):
+    layout = catalog.ServerLayout(str(home), 'pg1')
+    for backup_id in (FIRST, SECOND, THIRD):
+        info = infofile.read_backup_info(layout.backup_info_path(backup_id))
+        info.update(version=150004, systemid='7300000000000000001', begin_xlog='0/2000028', end_xlog='0/2000100')
+        infofile.write_backup_info(layout.backup_info_path(backup_id), info)
+    planned = run(home, check_mode=True, action='manifest', server='pg1')
+    assert planned['manifests_written'] == [FIRST, THIRD] and planned['changed']
+    assert not os.path.exists(layout.manifest_path(FIRST))
+    done = run(home, action='manifest', server='pg1')
+    assert done['manifests_written'] == [FIRST, THIRD]
+    assert done['diff'] == dict(before='%s no backup_manifest\n%s no backup_manifest\n' % (FIRST, THIRD), after='')
+    assert manifest.check_files(layout, THIRD, []) == []
+    assert [f['path'] for f in manifest.read(layout.manifest_path(THIRD))['files']] == ['PG_VERSION']
+    again = run(home, action='manifest', server='pg1')
+    assert (again['changed'], again['manifests_written']) == (False, [])
+    with pytest.raises(BarmanError) as refused:
+        run(home, action='manifest', server='pg1', backup_id=SECOND)
+    assert refused.value.code == 'BACKUP_NOT_DONE'
