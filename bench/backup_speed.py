@@ -300,8 +300,17 @@ def our_row(result):
         'backup_id': result['backup_id'],
         'reference_backup_id': result['reference_backup_id'],
         'copy_time': result['copy_stats']['copy_time'],
-        'note': 'size %s, deduplicated_size %s; copy %.1f s'
-        % (human(result['size']), human(result['deduplicated_size']), result['copy_stats']['copy_time']),
+        'note': 'size %s, deduplicated_size %s; copy %.1f s%s'
+        % (
+            human(result['size']),
+            human(result['deduplicated_size']),
+            result['copy_stats']['copy_time'],
+            # backup_manifest (SHA256 of every file; checksums of hard-linked files reused): after the copy
+            '; manifest %.2f s' % result['copy_stats']['manifest_time']
+            if result['copy_stats'].get('manifest_time') is not None
+            else '',
+        ),
+        'manifest_time': result['copy_stats'].get('manifest_time'),
     }
 
 
