@@ -312,7 +312,7 @@ def method_playbook(backup_id):
 
 def method_pgbackrest(p):
     rs.warm(p['path'])
-    argv = ['pgbackrest', '--config=' + p['config'], '--stanza=pg1', '--output=text', 'verify']
+    argv = ['pgbackrest', '--config=' + p['config'], '--stanza=pg1', '--output=text', '--verbose', 'verify']
     start = time.perf_counter()
     out = run(argv, user='postgres').stdout.decode()
     seconds = time.perf_counter() - start

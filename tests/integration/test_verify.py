@@ -84,8 +84,8 @@ def verify_module(server, backup_id, **options):
         directory='%s/.verify/%s' % (BARMAN_HOME, server),
         port=CLUSTERS[server]['port'] + 2000,
         original_port=CLUSTERS[server]['port'],
-        **options,
     )
+    params.update(options)
     return module('pg_backup_verify', params)
 
 
@@ -257,3 +257,31 @@ def test_two_servers_are_verified_at_once_on_one_backup_server_and_barman_still_
     assert backup_id in listing, listing
     shown = barman(barman_conf, 'show-backup', 'pg1', backup_id).stdout
     assert 'DONE' in shown and backup_id in shown, shown
+
+
+def test_on_another_host_replaying_the_whole_archive(backups):
+    """barman_verify_host: the copy runs on pg2's host as postgres (our own reader checks the files there,
+    as where pg_verifybackup is missing), through every WAL archived after the backup."""
+    backup_id = backups['pg1']
+    psql(
+        'pg1', 'INSERT INTO verify_static SELECT g, md5(g::text) FROM generate_series(%d, %d) g' % (ROWS + 1, ROWS + 5)
+    )
+    switch_wal('pg1')
+    before = dict((server, original_state(server)) for server in ('pg1', 'pg2'))
+    after_the_backup = dict(sql=QUERY, expect=ROWS + 5, name='rows committed after the backup')
+    succeeded, result = verify_module(
+        'pg1',
+        backup_id,
+        host=CLUSTERS['pg2']['host'],
+        directory='/var/tmp/barman-verify/pg1',
+        replay='all',
+        queries=[after_the_backup],
+    )
+    assert succeeded and result['result'] == 'PASSED', result.get('msg', result)
+    steps = dict((s['name'], s['detail']) for s in result['steps'])
+    assert steps['files'] == 'every file against the manifest (size and checksum)'
+    assert 'the end of the archive' in steps['restore'] and CLUSTERS['pg2']['host'] in steps['restore']
+    assert record('pg1', backup_id)['host'] == CLUSTERS['pg2']['host']
+    assert glob.glob('/var/tmp/barman-verify/pg1/*') == [], 'the copy is removed on that host'
+    for server, state in before.items():
+        assert_original_untouched(server, state)
