@@ -31,9 +31,10 @@ description:
   - Retention also keeps the newest backup whose last verification (C(verify.yml)) PASSED while every newer
     DONE backup is unverified or FAILED (status C(LAST_VERIFIED)), with every WAL file from its begin_wal on,
     so that a backup proven to restore always remains. Removing a backup removes its verification record.
-  - V(manifest) writes a C(backup_manifest) (PostgreSQL's format, which C(pg_verifybackup) reads) into each DONE
-    backup without one, O(backup_id) or every one: backups taken before manifests existed (every backup writes
-    its own since). It records the files as they are now, so it cannot tell a change made before it; the
+  - >-
+    V(manifest) writes a C(backup_manifest) (PostgreSQL's format, which C(pg_verifybackup) reads) into each DONE
+    backup without one, O(backup_id) or every one, for backups taken before manifests existed (every backup
+    writes its own since). It records the files as they are now, so it cannot tell a change made before it; the
     restore and checks of C(verify.yml) still can. Idempotent; check mode lists the backups it would write.
   - V(check) the health of one server or all; each check is ok, warning or critical, and a Nagios line
     sums them up. Read-only actions never report a change.
