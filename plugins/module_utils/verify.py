@@ -444,25 +444,16 @@ class Verification:
             )
 
     def relation_of(self, path: str) -> Optional[str]:
-        """database.schema.relation of a data file's path (base/<db>/<node>, pg_tblspc/<ts>/<dir>/<db>/<node>)."""
-        parts = path.split('/')
-        if parts[0] == 'base' and len(parts) == 3:
-            tablespace, database, node = 0, parts[1], parts[2]
-        elif parts[0] == 'pg_tblspc' and len(parts) == 5:
-            tablespace, database, node = parts[1], parts[3], parts[4]
-        else:
+        """database.schema.relation of a data file's path, asked of the started copy; None when unknown."""
+        found = filenode_of(path)
+        if found is None:
             return None
-        node = re.match(r'\d+', node)
-        if not (node and str(database).isdigit() and str(tablespace).isdigit()):
-            return None
+        tablespace, database, node = found
         # Only integers go into the SQL (%d): nothing to inject.
-        code, name, _err = self.sql('postgres', 'SELECT datname FROM pg_database WHERE oid = %d' % int(database))  # noqa: S608
+        code, name, _err = self.sql('postgres', 'SELECT datname FROM pg_database WHERE oid = %d' % database)  # noqa: S608
         if code != 0 or not name.strip():
             return None
-        code, relation, _err = self.sql(
-            name.strip(),
-            _RELATION_OF_FILENODE % (int(tablespace), int(node.group(0))),
-        )
+        code, relation, _err = self.sql(name.strip(), _RELATION_OF_FILENODE % (tablespace, node))
         return '%s.%s' % (name.strip(), relation.strip()) if code == 0 and relation.strip() else None
 
     def check_amcheck(self) -> None:
@@ -506,6 +497,15 @@ class Verification:
         code, _out, err = self.run(['rm', '-rf', '--', self.scratch])
         if code != 0:
             raise VerifyError('cannot remove the scratch directory %s on %s: %s' % (self.scratch, self.where, err))
+
+
+def filenode_of(path: str) -> Optional[Tuple[int, int, int]]:
+    """(tablespace oid, database oid, filenode) of a relation file's path in PGDATA (0 for the default
+    tablespace): base/<db>/<node>[_fork][.segment] or pg_tblspc/<ts>/<version dir>/<db>/<node>...; else None."""
+    found = re.match(r'(?:base|pg_tblspc/(\d+)/[^/]+)/(\d+)/(\d+)(?:_[a-z]+)?(?:\.\d+)?\Z', path)
+    if found is None:
+        return None
+    return int(found.group(1) or 0), int(found.group(2)), int(found.group(3))
 
 
 def failed_verification(result: Mapping[str, Any]) -> BarmanError:
