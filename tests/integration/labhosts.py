@@ -65,6 +65,8 @@ def psql(server, sql, dbname='postgres'):
 
 
 BARMAN_HOME = '/var/lib/barman'
+# Barman 3.19 itself, from PyPI (scripts/bootstrap installs it there), to check that it reads our catalog.
+BARMAN = os.environ.get('BARMAN_VENV', '/opt/barman-venv') + '/bin/barman'
 PG_OS_HOME = '/var/lib/postgresql'
 SENDER = '/usr/local/lib/barman-postgresql/bin/barman-wal-sender'
 BACKUP1 = '127.0.0.21'
@@ -136,3 +138,8 @@ def catalog(params, *options):
     succeeded, result = module('pg_backup_catalog', params, *options)
     assert succeeded, result.get('msg', result)
     return result
+
+
+def barman(conf_dir, *args):
+    """Barman 3.19 as the barman user, with the configuration of the barman_conf fixture."""
+    return run(['runuser', '-u', 'barman', '--', BARMAN, '-c', os.path.join(conf_dir, 'barman.conf')] + list(args))

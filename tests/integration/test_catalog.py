@@ -8,11 +8,9 @@ import time
 
 import drills
 import pytest
-from labhosts import BARMAN_HOME, CLUSTERS, catalog, module, playbook, psql, run, switch_wal
+from labhosts import BARMAN_HOME, CLUSTERS, barman, catalog, module, playbook, psql, run, switch_wal
 
 from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store
-
-BARMAN = os.environ.get('BARMAN_VENV', '/opt/barman-venv') + '/bin/barman'
 
 
 def backups(server):
@@ -242,29 +240,6 @@ def test_bad_input_is_refused_clearly_and_a_malformed_file_is_reported_not_skipp
 
 
 # -- Barman 3.19 and us, on one catalog ----------------------------------------------------------------
-
-
-@pytest.fixture
-def barman_conf():
-    """A Barman configuration for pg1 over our barman_home, readable by the barman user."""
-    directory = tempfile.mkdtemp(prefix='barman-interop-')
-    os.chmod(directory, 0o755)
-    cluster = CLUSTERS['pg1']
-    with open(os.path.join(directory, 'barman.conf'), 'w') as conf:
-        conf.write(
-            '[barman]\nbarman_user = barman\nbarman_home = %s\nlog_file = %s/barman.log\ncompression = gzip\n'
-            '[pg1]\ndescription = lab pg1\nconninfo = host=%s port=%d user=barman dbname=postgres\n'
-            'ssh_command = ssh -o BatchMode=yes postgres@%s\nbackup_method = rsync\nreuse_backup = link\n'
-            'archiver = on\nbackup_options = concurrent_backup\n'
-            % (BARMAN_HOME, directory, cluster['host'], cluster['port'], cluster['host'])
-        )
-    shutil.chown(directory, 'barman', 'barman')
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def barman(conf_dir, *args):
-    return run(['runuser', '-u', 'barman', '--', BARMAN, '-c', os.path.join(conf_dir, 'barman.conf')] + list(args))
 
 
 def start_and_count(data_dir, port):

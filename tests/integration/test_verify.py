@@ -10,8 +10,7 @@ import shutil
 import subprocess
 
 import pytest
-from labhosts import BARMAN_HOME, CLUSTERS, ROOT, catalog, module, playbook, psql, run, switch_wal
-from test_catalog import barman, barman_conf  # noqa: F401 (a fixture)
+from labhosts import BARMAN_HOME, CLUSTERS, ROOT, barman, catalog, module, playbook, psql, run, switch_wal
 
 ROWS = 1000
 QUERY = 'SELECT count(*) FROM verify_static'
@@ -225,10 +224,7 @@ def test_a_query_with_the_wrong_value_fails_with_the_query_and_both_values(backu
     assert scratch_dirs('pg1') == [], 'removed: keep_failed was not asked'
 
 
-def test_two_servers_are_verified_at_once_on_one_backup_server_and_barman_still_reads_the_catalog(
-    backups,
-    barman_conf,  # noqa: F811 (the fixture)
-):
+def test_two_servers_are_verified_at_once_on_one_backup_server_and_barman_still_reads_the_catalog(backups, barman_conf):
     before = dict((server, original_state(server)) for server in backups)
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'))
     env['PATH'] = os.path.join(ROOT, '.venv', 'bin') + os.pathsep + env['PATH']

@@ -66,6 +66,7 @@ def verifybackup(layout, backup_id):
         [PG_VERIFYBACKUP, '--no-parse-wal', '--ignore=pg_tblspc', layout.backup_data_dir(backup_id)],
         capture_output=True,
         text=True,
+        check=False,
     )
 
 
