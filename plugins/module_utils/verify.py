@@ -58,6 +58,8 @@ _RELATION_OF_FILENODE = (
     "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     'WHERE c.oid = pg_filenode_relation(%d, %d)'
 )
+# In the directory of a copy kept after a failure: never removed or stopped by a later run.
+KEPT_MARKER = 'KEPT'
 # Lines of a tool's output or of the copy's log kept in a failure.
 SHOWN_LINES = 20
 
@@ -493,6 +495,22 @@ class Verification:
             '%d of %d as expected' % (len(queries) - (len(self.failures) - before), len(queries)),
         )
 
+    def stop_leftovers(self) -> List[str]:
+        """Stop and remove the copies of earlier runs that died before their end: one still running in this
+        server's scratch directory (the verify lock keeps out any live run of it) and not kept for a human
+        (a kept copy carries KEPT_MARKER, and a human may start it). Their directories."""
+        script = (
+            'for d in "$1"/*/; do [ -e "$d/data/postmaster.pid" ] && [ ! -e "$d/%s" ] && echo "${d%%/}"; done; true'
+        )
+        leftovers = self.run(['sh', '-c', script % KEPT_MARKER, 'sh', self.params['directory']])[1].splitlines()
+        for scratch in leftovers:
+            self.run([self.tool('pg_ctl'), '-D', os.path.join(scratch, 'data'), '-m', 'immediate', '-w', 'stop'])
+            self.run(['rm', '-rf', '--', scratch])
+        return leftovers
+
+    def keep_scratch(self) -> None:
+        self.run(['touch', os.path.join(self.scratch, KEPT_MARKER)])
+
     def remove_scratch(self) -> None:
         code, _out, err = self.run(['rm', '-rf', '--', self.scratch])
         if code != 0:
@@ -533,6 +551,7 @@ def verify(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any
             run.check_host()
             if check_mode:
                 return dict(result, changed=False, result=None, directory=run.scratch, pg_bindir=run.bindir)
+            result['removed_leftovers'] = run.stop_leftovers()
             return dict(result, **_carry_out(run, WalArchive(params['barman_home'], params['server'])))
         finally:
             run.host.close()
@@ -569,7 +588,9 @@ def _carry_out(run: Verification, wal_archive: WalArchive) -> Dict[str, Any]:
             recovery_hold.release(run.layout, hold)
     passed = not run.failures
     kept = created and not passed and run.params['keep_failed']
-    if created and not kept:
+    if kept:
+        run.keep_scratch()
+    elif created:
         run.remove_scratch()
     record = dict(
         backup_id=run.backup_id,

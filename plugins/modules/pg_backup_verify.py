@@ -20,7 +20,8 @@ description:
   - >-
     The outcome goes into C(meta/<backup_id>-verification.json) beside the backup's C(backup.info) (Barman
     ignores it), which C(pg_backup_catalog) list, check and retention read. The copy is then stopped and its
-    directory removed, unless it failed and O(keep_failed) is set.
+    directory removed, unless it failed and O(keep_failed) is set (a C(KEPT) file marks it). A copy left running
+    by an earlier run that died (and not kept) is stopped and removed first.
   - >-
     The copy listens on its socket only, in its scratch directory, trusts that socket with a pg_hba file of its
     own, never archives and runs no subscription. The backup and the original server are never changed.
@@ -190,6 +191,13 @@ kept:
   description: The directory of the copy kept after a failure (O(keep_failed)), else null.
   returned: when verified
   type: str
+removed_leftovers:
+  description:
+    - Copies of earlier runs that died before their end (still running in the scratch directory, not kept), which
+      this run stopped and removed.
+  returned: when verified
+  type: list
+  elements: str
 record:
   description: The file the outcome was recorded in.
   returned: when verified

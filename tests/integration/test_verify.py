@@ -172,6 +172,7 @@ def test_a_flipped_byte_is_named_by_file_and_without_the_manifest_by_relation(ba
         assert named and named[0]['relation'] == 'postgres.public.verify_static', result['failures']
         assert named[0]['file'] == relation_file
         assert result['kept'] and os.path.isdir(os.path.join(result['kept'], 'data')), result
+        assert os.path.exists(os.path.join(result['kept'], 'KEPT')), 'marked: a later run leaves it alone'
         assert not os.path.exists(os.path.join(result['kept'], 'data', 'postmaster.pid')), 'the kept copy is stopped'
         os.rename(os.path.join(base, 'manifest.aside'), os.path.join(base, 'data', 'backup_manifest'))
         assert tree_digest(base) == digest, 'verification changed the backup'

@@ -147,3 +147,15 @@ def test_a_failed_outcome_fails_with_its_first_failure_and_the_whole_outcome():
     kwargs = error.fail_json_kwargs()
     assert 'FAILED its verification at step queries: rows returned 999, expected 1000 (2 failures' in kwargs['msg']
     assert kwargs['failures'] == outcome['failures'] and kwargs['result'] == 'FAILED'
+
+
+def test_only_a_copy_left_running_by_a_dead_run_is_stopped_and_removed(layout, tmp_path):
+    run = run_on(layout, tmp_path)
+    scratch = tmp_path / 'scratch'
+    for name, files in [('dead', ['data/postmaster.pid']), ('kept', ['data/postmaster.pid', 'KEPT']), ('done', [])]:
+        (scratch / name / 'data').mkdir(parents=True)
+        for file in files:
+            (scratch / name / file).write_text('')
+    assert run.stop_leftovers() == [str(scratch / 'dead')]
+    assert sorted(os.listdir(str(scratch))) == ['done', 'kept']
+    assert run_on(layout, tmp_path, directory=str(tmp_path / 'none')).stop_leftovers() == []
