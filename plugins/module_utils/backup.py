@@ -8,6 +8,7 @@ empty, never a link to the original's WAL) -> pg_control last -> pg_backup_stop(
 catalog -> DONE. Any failure leaves the backup FAILED, never half DONE.
 """
 
+import concurrent.futures
 import ctypes
 import datetime
 import os
@@ -454,24 +455,27 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
         copy_seconds = time.time() - copy_started
         stop = postgres.backup_stop(conn)
         _write_labels(layout, backup_id, stop)
-        # PostgreSQL's own manifest, so that pg_verifybackup can check the copy where it lies (verify.yml).
-        written = manifest.write_manifest(layout, backup_id, info, stop['lsn'], reference_id)
+        # PostgreSQL's own manifest, so that pg_verifybackup can check the copy where it lies (verify.yml). Its
+        # hashing (CPU, on files still in the page cache) runs while syncfs waits for the disk; it fsyncs itself.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            writing = pool.submit(manifest.write_manifest, layout, backup_id, info, stop['lsn'], reference_id)
+            # Durable before WAITING_FOR_WALS, from which a later run may mark it DONE without looking.
+            sync_started = time.time()
+            try:
+                sync_filesystem(layout.backup_dir(backup_id))
+            except OSError as error:
+                raise BackupError(
+                    'the copy could not be made durable (syncfs of %s): %s' % (layout.backup_dir(backup_id), error),
+                    "A write to the backup server's disk failed: check its kernel log and the disk",
+                    code='DISK_WRITE_FAILED',
+                ) from None
+            sync_seconds = time.time() - sync_started
+            progress('backup %s synced to disk in %.1f s' % (backup_id, sync_seconds))
+            written = writing.result()
         progress(
             'backup %s: backup_manifest of %d files written in %.1f s'
             % (backup_id, written['files'], written['seconds'])
         )
-        # Durable before WAITING_FOR_WALS, from which a later run may mark it DONE without looking.
-        sync_started = time.time()
-        try:
-            sync_filesystem(layout.backup_dir(backup_id))
-        except OSError as error:
-            raise BackupError(
-                'the copy could not be made durable (syncfs of %s): %s' % (layout.backup_dir(backup_id), error),
-                "A write to the backup server's disk failed: check its kernel log and the disk",
-                code='DISK_WRITE_FAILED',
-            ) from None
-        sync_seconds = time.time() - sync_started
-        progress('backup %s synced to disk in %.1f s' % (backup_id, sync_seconds))
         end_wal, end_offset = wal.walfile_name_offset(stop['lsn'], start['timeline'], facts['wal_segment_size'])
         info.update(
             end_xlog=stop['lsn'],
