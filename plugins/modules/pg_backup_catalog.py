@@ -30,7 +30,8 @@ description:
     O(hold) token (see RV(servers[].holds)).
   - Retention also keeps the newest backup whose last verification (C(verify.yml)) PASSED while every newer
     DONE backup is unverified or FAILED (status C(LAST_VERIFIED)), with its own WAL (begin_wal to end_wal, as a
-    standalone keep), so that a backup proven to restore always remains. Removing a backup removes its verification record.
+    standalone keep), so that a backup proven to restore always remains. Removing a backup removes its
+    verification record.
   - >-
     V(manifest) writes a C(backup_manifest) (PostgreSQL's format, which C(pg_verifybackup) reads) into each DONE
     backup without one, O(backup_id) or every one, for backups taken before manifests existed (every backup
