@@ -180,10 +180,10 @@ def removable_wals(
     A full backup (VALID, POTENTIALLY_OBSOLETE, KEEP_FULL, HELD, any backup still in progress, and
     always the newest DONE one) needs every segment from its begin_wal on, on any timeline; a
     KEEP_STANDALONE or LAST_VERIFIED backup needs only begin_wal..end_wal (the last proven one stays
-    restorable to its end, and does not pin the archive after it while newer backups go unverified). Every segment from each WAL name in
-    ``needed_from`` on is needed too (a running recovery fetches them, even of a backup gone from
-    ``infos``). Timeline history files are never removed. Without a DONE backup left, nothing is
-    removed: the WAL is then all there is.
+    restorable to its end, and does not pin the archive after it while newer backups go unverified).
+    Every segment from each WAL name in ``needed_from`` on is needed too (a running recovery fetches
+    them, even of a backup gone from ``infos``). Timeline history files are never removed. Without a
+    DONE backup left, nothing is removed: the WAL is then all there is.
     """
     done = infofile.done_backup_ids(infos)
     if not done:
