@@ -479,6 +479,23 @@ def check_free_space(
     return warnings
 
 
+def check_staging_space(catalog_root: str, wal_bytes: int) -> None:
+    """Refuse WAL copied along (get_wal off) that would leave the catalog's filesystem with less than a tenth
+    free while it is staged there: the WAL receiver of every server writes there too."""
+    stat = os.statvfs(catalog_root)
+    free, reserve = stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize // 10
+    if wal_bytes > free - reserve:
+        raise RecoveryError(
+            'staging %d MiB of WAL on the backup server (%s) would leave its filesystem less than a tenth free '
+            '(%d MiB free): the WAL archive of every server writes there' % (wal_bytes >> 20, catalog_root, free >> 20),
+            'Free space on the backup server, or recover with get_wal (WAL fetched as recovery needs it); '
+            'nothing was copied',
+            code='NOT_ENOUGH_SPACE',
+            needed_bytes=wal_bytes,
+            free_bytes=free,
+        )
+
+
 # -- the configuration of the recovered copy ---------------------------------------------------------
 
 
@@ -541,7 +558,7 @@ def recovery_settings(params: Mapping[str, Any], backup_id: str, kind: Optional[
         settings.append(('max_logical_replication_workers', '0'))
     if params.get('port'):
         settings.append(('port', str(params['port'])))
-    if params.get('listen_addresses'):
+    if params.get('listen_addresses') is not None:  # '' is an answer: no TCP address at all
         settings.append(('listen_addresses', params['listen_addresses']))
     settings += sorted((params.get('settings') or {}).items())
     stamp = time.strftime('%Y-%m-%d %H:%M:%S %z')
@@ -627,6 +644,8 @@ def plan_recovery(
         wal_bytes = (needed_until - wal.segment_number(info['begin_wal'], segment_size) + 1) * segment_size
         if params['get_wal']:
             wal_bytes = min(wal_bytes, FETCHED_WAL_ALLOWANCE)
+        else:
+            check_staging_space(layout.root, wal_bytes)
         destination = Destination(params, directory, control_path)
         try:
             # In place, the playbook moves the old PGDATA aside after this plan (check mode), on that filesystem.

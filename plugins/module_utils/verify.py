@@ -17,6 +17,7 @@ OS user of the verification host can enter; it trusts that socket (its own pg_hb
 nothing and runs no subscription. Nothing of the backup or of the original server is changed.
 """
 
+import base64
 import os
 import re
 import subprocess
@@ -43,23 +44,40 @@ SKIPPED = 'SKIPPED'
 # The copy's own hba file: only its socket, in the scratch directory, which only its OS user can enter.
 HBA_FILE = 'pg_hba.verify.conf'
 HBA_TEXT = '# barman.postgresql verification copy: its socket only\nlocal all all trust\n'
-# Settings of the copy beyond recovery's own (port, no archiving, no subscriptions, no TCP).
+# Settings of the copy beyond recovery's own (port, no archiving, no subscriptions); the module's
+# ``settings`` (barman_verify_settings) come after them and win.
 COPY_SETTINGS = {
-    # pg_ctl -w returns once recovery has ended and the copy accepts connections; nor must the copy match
-    # the original's max_connections and the like, as a hot standby would have to.
+    # Its socket only, in the scratch directory: never a TCP address (the original's, or another copy's).
+    'listen_addresses': '',
+    # Nor must the copy match the original's max_connections and the like, as a hot standby would have to.
     'hot_standby': 'off',
     # The original's certificates and log collector are not the copy's: its log goes where pg_ctl -l says.
     'ssl': 'off',
     'logging_collector': 'off',
     'log_destination': 'stderr',
+    # The verification host is not sized like the original: no huge pages required, modest shared memory.
+    'huge_pages': 'try',
+    'shared_buffers': '128MB',
+    # Nothing of the database's own runs in the copy beyond what the checks need: no preloaded library (a
+    # scheduler such as pg_cron would run the original's jobs), no autovacuum (it runs index functions).
+    'shared_preload_libraries': '',
+    'session_preload_libraries': '',
+    'local_preload_libraries': '',
+    'autovacuum': 'off',
 }
+# From PostgreSQL 17: login event triggers would run the database's own functions at each check's login.
+COPY_SETTINGS_FROM_17 = {'event_triggers': 'off'}
+# The longest path of a Unix socket (sun_path, 108 bytes with its NUL on Linux).
+SOCKET_PATH_MAX = 107
+# Where a copy kept after a failure is marked: a later run never stops or removes it.
 # The schema-qualified relation of (tablespace oid, filenode); only integers are put in (%d).
 _RELATION_OF_FILENODE = (
     "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     'WHERE c.oid = pg_filenode_relation(%d, %d)'
 )
-# In the directory of a copy kept after a failure: never removed or stopped by a later run.
 KEPT_MARKER = 'KEPT'
+# A run's scratch directory: <backup id>-<when it started>.
+_SCRATCH_NAME = re.compile(r'\d{8}T\d{6}-\d{8}T\d{6}\Z')
 # Lines of a tool's output or of the copy's log kept in a failure.
 SHOWN_LINES = 20
 
@@ -96,6 +114,7 @@ def module_spec() -> dict:
                 name=dict(type='str'),
             ),
         ),
+        settings=dict(type='dict', default={}),
         keep_failed=dict(type='bool', default=False),
         timeout=dict(type='int', default=3600),
         hold_hours=dict(type='int', default=24),
@@ -161,6 +180,7 @@ class Verification:
         self.data = os.path.join(self.scratch, 'data')
         self.log = os.path.join(self.scratch, 'postgresql.log')
         self.running = False
+        self.holds = []  # type: List[str]
 
     def step(self, name: str, result: str, detail: str) -> None:
         self.steps.append(dict(name=name, result=result, detail=detail))
@@ -192,12 +212,29 @@ class Verification:
                 'the scratch directory %s and the original data directory %s contain one another' % (scratch, pgdata),
                 'Give a scratch directory of its own (barman_verify_dir)',
             )
+        socket = os.path.join(self.scratch, '.s.PGSQL.%d' % params['port'])
+        if len(os.fsencode(socket)) > SOCKET_PATH_MAX:
+            raise VerifyError(
+                "the copy's socket %s would be longer than a Unix socket path may be (%d bytes)"
+                % (socket, SOCKET_PATH_MAX),
+                'Give a shorter scratch directory (barman_verify_dir); nothing was copied',
+            )
+        major = int(self.info['version']) // 10000
         tools = ('pg_ctl', 'pg_controldata', 'pg_checksums', 'pg_amcheck', 'pg_isready', 'psql')
         missing = [n for n in tools if not self.has(n)]
-        if missing:
+        version = self.run([self.tool('pg_ctl'), '--version'])[1] if not missing else ''
+        found = re.search(r'\(PostgreSQL\) (\d+)', version)
+        if missing or not found or int(found.group(1)) != major:
             raise VerifyError(
-                '%s has no %s in %s: PostgreSQL %d binaries are needed to verify this backup'
-                % (self.where, ', '.join(missing), self.bindir, int(self.info['version']) // 10000),
+                '%s has %s in %s: PostgreSQL %d binaries are needed to verify this backup'
+                % (
+                    self.where,
+                    'no ' + ', '.join(missing)
+                    if missing
+                    else 'PostgreSQL %s' % (version.strip() or 'of no known version'),
+                    self.bindir,
+                    major,
+                ),
                 'Install them there (the server packages with contrib), give barman_pg_bindir, or choose another '
                 'verification host (barman_verify_host); nothing was copied',
                 pg_bindir=self.bindir,
@@ -220,21 +257,31 @@ class Verification:
         return self.run(['tail', '-n', str(SHOWN_LINES), self.log])[1].strip()
 
     def sql(self, database: str, query: str) -> Tuple[int, str, str]:
-        return self.run(
-            [self.tool('psql'), '-X', '-A', '-t', '-q', '-v', 'ON_ERROR_STOP=1']
-            + self.connection(database)
-            + ['-c', query]
-        )
+        """Run ``query`` in ``database`` of the copy: (exit code, output, error). The SQL goes in on stdin, as
+        base64 on the command line: over ssh a command line is one line, and SQL may span several."""
+        psql = [self.tool('psql'), '-X', '-A', '-t', '-q', '-v', 'ON_ERROR_STOP=1', '-f', '-']
+        script = 'sql=$1; shift; printf %s "$sql" | base64 -d | "$@"'
+        encoded = base64.b64encode(query.encode('utf-8')).decode('ascii')
+        return self.run(['sh', '-c', script, 'sh', encoded] + psql + self.connection(database))
 
     def connection(self, database: Optional[str] = None) -> List[str]:
         options = ['-h', self.scratch, '-p', str(self.params['port']), '-U', self.params['superuser']]
-        return options + (['-d', database] if database else [])
+        # A database name from the copy may hold '=': as a conninfo value it is only ever a name.
+        return options + (
+            ['-d', "dbname='%s'" % database.replace('\\', '\\\\').replace("'", "\\'")] if database else []
+        )
 
     # -- 1. files and WAL --------------------------------------------------------------------------------
 
     def check_files(self) -> None:
         oids = [t.oid for t in self.info['tablespaces'] or []]
         if not os.path.exists(self.layout.manifest_path(self.backup_id)):
+            if 'manifest_time' in (self.info.get('copy_stats') or {}):
+                self.fail(
+                    'files', 'backup_manifest, written when the backup was taken, is missing', file=manifest.MANIFEST
+                )
+                self.step('files', verifyfile.FAILED, 'the manifest')
+                return
             self.step(
                 'files',
                 SKIPPED,
@@ -245,7 +292,7 @@ class Verification:
         tool = self.tool('pg_verifybackup')
         before = len(self.failures)
         try:
-            if self.params.get('host') is None and os.access(tool, os.X_OK):
+            if os.access(tool, os.X_OK):  # on the backup server, whatever host runs the copy
                 how = 'pg_verifybackup, and the tablespaces against the manifest'
                 self._pg_verifybackup(tool)
                 problems = manifest.check_files(self.layout, self.backup_id, oids, only_under=manifest.TABLESPACES)
@@ -305,8 +352,8 @@ class Verification:
 
     # -- 2. restore and start ----------------------------------------------------------------------------
 
-    def restore(self) -> Optional[str]:
-        """Recover into the scratch directory and start it; the recovery hold's token."""
+    def restore(self) -> None:
+        """Recover into the scratch directory and start it."""
         code, _out, err = self.run(['mkdir', '-p', '-m', '0700', '--', self.params['directory']])
         if code == 0:
             code, _out, err = self.run(['mkdir', '-m', '0700', '--', self.scratch])
@@ -316,7 +363,9 @@ class Verification:
                 'Check that its parent exists and that the PostgreSQL OS user may write there (barman_verify_dir)',
             )
         params = self.params
-        settings = dict(COPY_SETTINGS, unix_socket_directories=self.scratch, hba_file=os.path.join(self.data, HBA_FILE))
+        settings = dict(COPY_SETTINGS, **(COPY_SETTINGS_FROM_17 if int(self.info['version']) >= 170000 else {}))
+        settings.update(unix_socket_directories=self.scratch, hba_file=os.path.join(self.data, HBA_FILE))
+        settings.update(params.get('settings') or {})
         planned = recovery.recover(
             dict(
                 server=params['server'],
@@ -347,6 +396,7 @@ class Verification:
             ),
             extra_files={HBA_FILE: HBA_TEXT},
         )
+        self.holds.append(planned['hold'])
         started = time.monotonic()
         problem = self.start()
         if problem:
@@ -364,16 +414,16 @@ class Verification:
                     time.monotonic() - started,
                 ),
             )
-        return planned.get('hold')
 
     def start(self) -> Optional[str]:
         """Start the copy and wait until it accepts connections (recovery ended); None, or what went wrong.
 
         pg_ctl -w returns as soon as a copy with hot_standby off is in recovery, so pg_isready tells the end.
         """
+        self.running = True  # until shown otherwise: a failure below must still stop it
         code, _out, err = self.pg_ctl('start')
-        self.running = self.has_pid()
         if code != 0:
+            self.running = self.has_pid()
             return 'pg_ctl start exited %d (%s); its log ends: %s' % (code, err or 'no message', self.log_tail())
         deadline = time.monotonic() + self.params['timeout']
         pause = 0.05
@@ -393,15 +443,18 @@ class Verification:
     def has_pid(self) -> bool:
         return self.run(['test', '-e', os.path.join(self.data, 'postmaster.pid')])[0] == 0
 
-    def stop(self, mode: str = 'fast') -> None:
-        if self.running:
-            code, _out, err = self.pg_ctl('stop', '-m', mode)
-            if code != 0:
-                raise VerifyError(
-                    'the verification copy in %s on %s did not stop: %s' % (self.data, self.where, err),
-                    'Stop it by hand (pg_ctl -D %s stop -m immediate) before removing the directory' % self.data,
-                )
-            self.running = False
+    def stop(self, mode: str = 'fast', check: bool = True) -> None:
+        """Stop the copy if it runs; a copy that does not stop raises (unless not ``check``: the error of a
+        failure already under way is the one to report) and keeps ``running``, so its directory stays."""
+        if not self.running:
+            return
+        code, _out, err = self.pg_ctl('stop', '-m', mode)
+        self.running = code != 0 and self.has_pid()
+        if self.running and check:
+            raise VerifyError(
+                'the verification copy in %s on %s did not stop: %s' % (self.data, self.where, err),
+                'Stop it by hand (pg_ctl -D %s stop -m immediate) before removing the directory' % self.data,
+            )
 
     # -- 3. checks ---------------------------------------------------------------------------------------
 
@@ -482,7 +535,7 @@ class Verification:
         before = len(self.failures)
         for query in queries:
             code, out, err = self.sql(query['database'], query['sql'])
-            got, expected = out.strip(), str(query['expect']).strip()
+            got, expected = out.strip(), expected_output(query['expect'])
             where = dict(query=query['sql'], database=query['database'], expected=expected, got=got)
             label = query.get('name') or query['sql']
             if code != 0:
@@ -496,17 +549,32 @@ class Verification:
         )
 
     def stop_leftovers(self) -> List[str]:
-        """Stop and remove the copies of earlier runs that died before their end: one still running in this
-        server's scratch directory (the verify lock keeps out any live run of it) and not kept for a human
-        (a kept copy carries KEPT_MARKER, and a human may start it). Their directories."""
-        script = (
-            'for d in "$1"/*/; do [ -e "$d/data/postmaster.pid" ] && [ ! -e "$d/%s" ] && echo "${d%%/}"; done; true'
-        )
-        leftovers = self.run(['sh', '-c', script % KEPT_MARKER, 'sh', self.params['directory']])[1].splitlines()
-        for scratch in leftovers:
-            self.run([self.tool('pg_ctl'), '-D', os.path.join(scratch, 'data'), '-m', 'immediate', '-w', 'stop'])
+        """Stop and remove the copies of earlier runs that died before their end; their directories.
+
+        Only directories named as a run names them, with a postmaster.pid, and not kept for a human (a kept
+        copy carries KEPT_MARKER: a human may start it). The verify lock keeps out any live run of this
+        server. A copy is stopped only when its own socket answers (a stale pid may be another process's by
+        now), and removed only once nothing answers there.
+        """
+        listing = 'for d in "$1"/*/; do [ -e "$d/data/postmaster.pid" ] && [ ! -e "$d/%s" ] && echo "$d"; done; true'
+        found = self.run(['sh', '-c', listing % KEPT_MARKER, 'sh', self.params['directory']])[1].splitlines()
+        removed = []
+        for scratch in (os.path.normpath(d) for d in found):
+            if not _SCRATCH_NAME.match(os.path.basename(scratch)):
+                continue
+            data = os.path.join(scratch, 'data')
+            port = self.run(['sed', '-n', '4p', os.path.join(data, 'postmaster.pid')])[1].strip()
+            if port.isdigit() and self.answers(scratch, port):
+                self.run([self.tool('pg_ctl'), '-D', data, '-m', 'immediate', '-w', 'stop'])
+            if port.isdigit() and self.answers(scratch, port):
+                continue  # still running: never remove what a server uses
             self.run(['rm', '-rf', '--', scratch])
-        return leftovers
+            removed.append(scratch)
+        return removed
+
+    def answers(self, socket_dir: str, port: str) -> bool:
+        """Whether a server listens on the socket in ``socket_dir`` (pg_isready: 0 accepting, 1 rejecting)."""
+        return self.run([self.tool('pg_isready'), '-q', '-h', socket_dir, '-p', port])[0] in (0, 1)
 
     def keep_scratch(self) -> None:
         self.run(['touch', os.path.join(self.scratch, KEPT_MARKER)])
@@ -515,6 +583,13 @@ class Verification:
         code, _out, err = self.run(['rm', '-rf', '--', self.scratch])
         if code != 0:
             raise VerifyError('cannot remove the scratch directory %s on %s: %s' % (self.scratch, self.where, err))
+
+
+def expected_output(expect: Any) -> str:
+    """A query's expected output as psql prints it: YAML's true/false (also yes/no, on/off) are t/f."""
+    if isinstance(expect, bool):
+        return 't' if expect else 'f'
+    return str(expect).strip()
 
 
 def filenode_of(path: str) -> Optional[Tuple[int, int, int]]:
@@ -559,14 +634,23 @@ def verify(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any
 
 def _carry_out(run: Verification, wal_archive: WalArchive) -> Dict[str, Any]:
     started = time.monotonic()
-    hold = None
+    # Held from the first step: retention must not remove the backup or its WAL while they are read.
+    run.holds.append(
+        recovery_hold.take(
+            run.layout,
+            run.backup_id,
+            run.info['begin_wal'],
+            'verification on %s:%s' % (run.where, run.scratch),
+            run.params['hold_hours'] * 3600,
+        )
+    )
     created = False
     try:
         run.check_files()
         run.check_wal(wal_archive)
         if not run.failures:
             created = True
-            hold = run.restore()
+            run.restore()
             if run.running and not run.failures:
                 run.stop()
                 damaged = run.check_checksums()
@@ -579,12 +663,12 @@ def _carry_out(run: Verification, wal_archive: WalArchive) -> Dict[str, Any]:
                     run.check_queries()
         run.stop()
     except BaseException:
-        run.stop('immediate')
-        if created:
+        run.stop('immediate', check=False)
+        if created and not run.running:
             run.remove_scratch()
         raise
     finally:
-        if hold:
+        for hold in run.holds:
             recovery_hold.release(run.layout, hold)
     passed = not run.failures
     kept = created and not passed and run.params['keep_failed']

@@ -917,3 +917,11 @@ def test_get_wal_without_a_sender_is_refused_while_planning():
     with pytest.raises(recovery.RecoveryError) as excinfo:
         recovery.configuration_files('/nonexistent', default_params(wal_sender=None), 'b1', {}, None, None)
     assert 'wal_sender' in excinfo.value.message and 'nothing was copied' in excinfo.value.hint
+
+
+def test_wal_copied_along_must_leave_a_tenth_of_the_catalog_filesystem_free(tmp_path):
+    recovery.check_staging_space(str(tmp_path), 1 << 20)
+    stat = os.statvfs(str(tmp_path))
+    with pytest.raises(recovery.RecoveryError, match='less than a tenth free') as refused:
+        recovery.check_staging_space(str(tmp_path), stat.f_bavail * stat.f_frsize)
+    assert refused.value.code == 'NOT_ENOUGH_SPACE'

@@ -104,7 +104,8 @@ def run_on(layout, tmp_path, **given):
         (dict(port=5441), "port 5441, the original server's"),
         (dict(directory='/srv/pg1'), 'contain one another'),
         (dict(directory='/srv/pg1/data/verify'), 'contain one another'),
-        (dict(pg_bindir='/nonexistent/bin'), 'has no pg_ctl, pg_controldata, pg_checksums, pg_amcheck, pg_isready'),
+        (dict(directory='/tmp/v', pg_bindir='/nonexistent/bin'), 'has no pg_ctl, pg_controldata, pg_checksums'),
+        (dict(directory='/tmp/' + 'v' * 80), 'longer than a Unix socket path may be'),
     ],
 )
 def test_the_verification_host_is_refused_before_anything_is_copied(layout, tmp_path, given, words):
@@ -113,6 +114,19 @@ def test_the_verification_host_is_refused_before_anything_is_copied(layout, tmp_
         run.check_host()
     assert refused.value.code == 'VERIFY_HOST_UNSUITABLE'
     assert not os.path.exists(str(tmp_path / 'scratch'))
+
+
+def test_binaries_of_another_major_version_are_refused(layout, tmp_path):
+    bindir = tmp_path / 'bin'
+    bindir.mkdir()
+    for name in ('pg_ctl', 'pg_controldata', 'pg_checksums', 'pg_amcheck', 'pg_isready', 'psql'):
+        (bindir / name).write_text('#!/bin/sh\necho "$(basename "$0") (PostgreSQL) 18.1"\n')
+        (bindir / name).chmod(0o755)
+    run = run_on(layout, tmp_path, directory='/tmp/v', pg_bindir=str(bindir))
+    with pytest.raises(
+        verify.VerifyError, match=r'has PostgreSQL pg_ctl \(PostgreSQL\) 18.1 in .*PostgreSQL 15 binaries'
+    ):
+        run.check_host()
 
 
 def test_the_binaries_default_to_the_debian_layout_of_the_backups_major_version(layout, tmp_path):
@@ -152,10 +166,17 @@ def test_a_failed_outcome_fails_with_its_first_failure_and_the_whole_outcome():
 def test_only_a_copy_left_running_by_a_dead_run_is_stopped_and_removed(layout, tmp_path):
     run = run_on(layout, tmp_path)
     scratch = tmp_path / 'scratch'
-    for name, files in [('dead', ['data/postmaster.pid']), ('kept', ['data/postmaster.pid', 'KEPT']), ('done', [])]:
+    dead, kept, done = ('20261120T010000-2026113%dT010000' % n for n in range(3))
+    for name, files in [
+        (dead, ['data/postmaster.pid']),
+        (kept, ['data/postmaster.pid', 'KEPT']),
+        (done, []),
+        ('not-ours', ['data/postmaster.pid']),
+    ]:
         (scratch / name / 'data').mkdir(parents=True)
         for file in files:
-            (scratch / name / file).write_text('')
-    assert run.stop_leftovers() == [str(scratch / 'dead')]
-    assert sorted(os.listdir(str(scratch))) == ['done', 'kept']
+            # No server answers on the socket of this pid file's port (line 4): nothing is signalled.
+            (scratch / name / file).write_text('999999\n%s\n0\n65001\n' % (scratch / name / 'data'))
+    assert run.stop_leftovers() == [str(scratch / dead)]
+    assert sorted(os.listdir(str(scratch))) == sorted([kept, done, 'not-ours'])
     assert run_on(layout, tmp_path, directory=str(tmp_path / 'none')).stop_leftovers() == []
