@@ -98,7 +98,7 @@ def module_spec() -> dict:
         port=dict(type='int', required=True),
         original_port=dict(type='int'),
         host=dict(type='str'),
-        user=dict(type='str', default='postgres'),
+        user=dict(type='str', default='barman-verify'),
         ssh_port=dict(type='int'),
         pg_bindir=dict(type='path'),
         superuser=dict(type='str', default='postgres'),

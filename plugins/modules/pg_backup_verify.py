@@ -7,8 +7,11 @@ DOCUMENTATION = r"""
 module: pg_backup_verify
 short_description: Prove a backup restorable, by restoring it, starting it and checking it
 description:
-  - Runs on the backup server, as the user that owns the catalog (C(barman)); the copy runs there too, or on
-    O(host) over SSH as O(user).
+  - >-
+    Runs on the backup server, as the user that owns the catalog (C(barman)). The copy runs on O(host) over SSH
+    as O(user), an OS user of its own that can read neither the catalog nor any key (C(setup.yml) makes it,
+    on the backup server itself too): the database's own code may run in a copy. Without O(host) the copy runs
+    on this host as the module's own user, which only suits a disposable catalog.
   - >-
     Verifies O(backup_id), or the newest DONE backup without a passing verification (nothing to do when every
     DONE backup passed). The steps, each recorded: the backup's files against its C(backup_manifest)
@@ -58,12 +61,14 @@ options:
     description: The original server's port, which the copy must not take.
     type: int
   host:
-    description: The verification host, reached over SSH as O(user). Default is this host (the backup server).
+    description:
+      - The verification host, reached over SSH as O(user); the backup server's own address to run the copy
+        there (C(verify.yml) does). Without it, the copy runs as the module's own user on this host.
     type: str
   user:
     description: The OS user that runs the copy on O(host).
     type: str
-    default: postgres
+    default: barman-verify
   ssh_port:
     description: The SSH port of O(host).
     type: int
@@ -103,6 +108,12 @@ options:
       name:
         description: A name for the check in the outcome.
         type: str
+  settings:
+    description:
+      - Settings of the copy's C(postgresql.auto.conf) over the module's own, which give it no TCP address,
+        no preloaded library, no autovacuum, C(huge_pages=try) and 128MB of C(shared_buffers).
+    type: dict
+    default: {}
   keep_failed:
     description: Keep the copy's directory (stopped) after a failed verification, for a human to look at.
     type: bool
@@ -123,7 +134,8 @@ EXAMPLES = r"""
 - name: Verify the newest unverified backup of pg1 on the backup server
   barman.postgresql.pg_backup_verify:
     server: pg1
-    directory: /var/lib/barman/.verify/pg1
+    host: 192.0.2.21  # the backup server itself: the copy runs as barman-verify there
+    directory: /var/lib/barman-verify/pg1
     port: 7432
     original_port: 5432
     queries:
@@ -139,7 +151,7 @@ EXAMPLES = r"""
     backup_id: 20261124T021500
     replay: all
     host: 192.0.2.30
-    directory: /srv/verify
+    directory: /var/lib/barman-verify/pg1
     port: 7432
     keep_failed: true
 """
