@@ -188,6 +188,11 @@ class Verification:
     def fail(self, step: str, message: str, **where: Any) -> None:
         self.failures.append(dict(step=step, message=message, **where))
 
+    def stops_before_copy(self) -> bool:
+        """A file or WAL of the backup failed; a missing or unreadable manifest alone does not stop the copy,
+        whose checks then still tell whether the data is sound."""
+        return any(f['step'] == 'wal' or f.get('file') != manifest.MANIFEST for f in self.failures)
+
     def failed_since(self, count: int) -> bool:
         return len(self.failures) > count
 
@@ -648,10 +653,11 @@ def _carry_out(run: Verification, wal_archive: WalArchive) -> Dict[str, Any]:
     try:
         run.check_files()
         run.check_wal(wal_archive)
-        if not run.failures:
+        if not run.stops_before_copy():
             created = True
+            before = len(run.failures)
             run.restore()
-            if run.running and not run.failures:
+            if run.running and not run.failed_since(before):
                 run.stop()
                 damaged = run.check_checksums()
                 problem = run.start()

@@ -164,12 +164,14 @@ def test_a_flipped_byte_is_named_by_file_and_without_the_manifest_by_relation(ba
         health = verification_health('pg2')
         assert health['status'] == 'critical' and backup_id in health['message'], health
 
-        # Without the manifest the file check is skipped; the restored copy's checksums name the relation.
+        # Without the manifest (a failure of its own: the backup wrote one), the copy is still made and checked:
+        # its checksums name the relation.
         os.rename(os.path.join(base, 'data', 'backup_manifest'), os.path.join(base, 'manifest.aside'))
         succeeded, result = verify_module('pg2', backup_id, keep_failed=True)
         assert not succeeded and result['result'] == 'FAILED'
         steps = dict((s['name'], s['result']) for s in result['steps'])
-        assert steps['files'] == 'SKIPPED' and steps['restore'] == 'PASSED' and steps['checksums'] == 'FAILED'
+        assert steps['files'] == 'FAILED' and steps['restore'] == 'PASSED' and steps['checksums'] == 'FAILED'
+        assert result['failures'][0]['file'] == 'backup_manifest' and 'missing' in result['failures'][0]['message']
         named = [f for f in result['failures'] if f['step'] == 'checksums']
         assert named and named[0]['relation'] == 'postgres.public.verify_static', result['failures']
         assert named[0]['file'] == relation_file
@@ -178,8 +180,9 @@ def test_a_flipped_byte_is_named_by_file_and_without_the_manifest_by_relation(ba
         assert not os.path.exists(os.path.join(result['kept'], 'data', 'postmaster.pid')), 'the kept copy is stopped'
         os.rename(os.path.join(base, 'manifest.aside'), os.path.join(base, 'data', 'backup_manifest'))
         assert tree_digest(base) == digest, 'verification changed the backup'
-        shutil.rmtree(result['kept'])
     finally:
+        for kept in scratch_dirs('pg2'):  # the copy kept on purpose (and none else, asserted above)
+            shutil.rmtree(kept)
         flip_byte(damaged, 8000)
         if os.path.exists(os.path.join(base, 'manifest.aside')):
             os.rename(os.path.join(base, 'manifest.aside'), os.path.join(base, 'data', 'backup_manifest'))
