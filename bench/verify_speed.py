@@ -52,12 +52,14 @@ LAB_PG1 = rs.LAB_PG1
 PG_BIN = rs.PG_BIN
 BASE = '/var/tmp/bench-verify-'
 LIMIT_DIR = BASE + 'limit'  # the limit's scratch directory (owned by barman)
-OURS_DIR = BASE + 'ours'  # the module's scratch directory (owned by barman; a directory per run in it)
+# The module's scratch directory, in the home of the user that runs copies (a directory per run in it); the
+# copy runs there as that user, over SSH to backup1's own address, as verify.yml runs it.
+VERIFY_USER = 'barman-verify'
+OURS_DIR = '/var/lib/barman-verify/bench-ours'
+BACKUP1 = '127.0.0.21'
 PGBR_DIR = BASE + 'pgbackrest'  # pgBackRest's repository (owned by postgres)
 LIMIT_PORT = 6488
 OURS_PORT = 6489
-# verify.yml's scratch directory and port on the lab: barman_home/.verify/<server>, barman_pg_port + 2000
-PLAYBOOK_DIR = os.path.join(LAB_HOME, '.verify', 'pg1')
 
 SECTION = '## Verification (verify.yml)'
 LIMIT = 'limit: pg_verifybackup; cp -a + pg_ctl start/stop; pg_checksums + pg_amcheck'
@@ -248,11 +250,13 @@ def our_steps(calls):
 
 
 def method_ours(backup_id):
-    make_dir(OURS_DIR, 'barman')
+    make_dir(OURS_DIR, VERIFY_USER)
     params = dict(
         server='pg1',
         barman_home=LAB_HOME,
         backup_id=backup_id,
+        host=BACKUP1,
+        user=VERIFY_USER,
         directory=OURS_DIR,
         port=OURS_PORT,
         original_port=PG1_PORT,
@@ -323,10 +327,11 @@ def method_pgbackrest(p):
 
 
 def stop_all():
-    """Stop every cluster left running under /var/tmp/bench-verify-* (as its owner, barman)."""
-    for pid_file in glob.glob(BASE + '*/**/postmaster.pid', recursive=True):
-        data = os.path.dirname(pid_file)
-        run([PG_BIN + '/pg_ctl', 'stop', '-D', data, '-m', 'immediate', '-w', '-s'], user='barman', check=False)
+    """Stop every cluster left running under /var/tmp/bench-verify-* (barman's) and OURS_DIR (the copies')."""
+    for pattern, owner in ((BASE + '*/**/postmaster.pid', 'barman'), (OURS_DIR + '/**/postmaster.pid', VERIFY_USER)):
+        for pid_file in glob.glob(pattern, recursive=True):
+            data = os.path.dirname(pid_file)
+            run([PG_BIN + '/pg_ctl', 'stop', '-D', data, '-m', 'immediate', '-w', '-s'], user=owner, check=False)
 
 
 def measure(results, name, function):
@@ -411,7 +416,7 @@ def ratios_text(results):
 
 def cleanup():
     stop_all()
-    for path in glob.glob(BASE + '*'):
+    for path in glob.glob(BASE + '*') + [OURS_DIR]:
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
 
