@@ -6,6 +6,7 @@ Plain values in (the module's parameters), a result dict out, BarmanError on a r
 only what is Ansible's (the diff only in diff mode, the query, failing on a critical check).
 """
 
+import contextlib
 import datetime
 import os
 from typing import Any, Dict, Mapping, Optional
@@ -147,26 +148,27 @@ def _manifests(params, layout, check_mode):
     """manifest: a backup_manifest for each DONE backup without one (the one named, or every one), as its
     files are now; the backups taken before manifests existed can then be checked file by file. The diff
     lists the backups without a manifest."""
-    server = server_catalog.ServerCatalog(layout)
-    done = server.done_ids()
-    chosen = [server.resolve(params['backup_id'])] if params['backup_id'] else done
-    for backup_id in chosen:
-        if backup_id not in done:
-            raise catalog.CatalogError(
-                'backup %s is %s: only a DONE backup gets a manifest' % (backup_id, server.infos[backup_id]['status']),
-                'Name a DONE backup (action=list), or leave out backup_id for every DONE backup without one',
-                code='BACKUP_NOT_DONE',
-            )
-    without = [b for b in done if not os.path.exists(layout.manifest_path(b))]
-    missing = [b for b in chosen if b in without]
-    written = {}
-    if missing and not check_mode:
-        with lockfile.ServerLock(layout, 'backup'):  # as every change: never beside a backup or retention run
-            for backup_id in missing:
-                info = server.infos[backup_id]
-                # Oldest first: files hard-linked to the previous backup take their checksums from its manifest.
-                previous = done[done.index(backup_id) - 1] if done.index(backup_id) > 0 else None
-                written[backup_id] = manifest.write_manifest(layout, backup_id, info, info['end_xlog'], previous)
+    # As every change, never beside a backup or retention run; the catalog is read under the lock.
+    with contextlib.nullcontext() if check_mode else lockfile.ServerLock(layout, 'backup'):
+        server = server_catalog.ServerCatalog(layout)
+        done = server.done_ids()
+        chosen = [server.resolve(params['backup_id'])] if params['backup_id'] else done
+        for backup_id in chosen:
+            if backup_id not in done:
+                raise catalog.CatalogError(
+                    'backup %s is %s: only a DONE backup gets a manifest'
+                    % (backup_id, server.infos[backup_id]['status']),
+                    'Name a DONE backup (action=list), or leave out backup_id for every DONE backup without one',
+                    code='BACKUP_NOT_DONE',
+                )
+        without = [b for b in done if not os.path.exists(layout.manifest_path(b))]
+        missing = [b for b in chosen if b in without]
+        written = {}
+        for backup_id in [] if check_mode else missing:
+            info = server.infos[backup_id]
+            # Oldest first: files hard-linked to the previous backup take their checksums from its manifest.
+            previous = done[done.index(backup_id) - 1] if done.index(backup_id) > 0 else None
+            written[backup_id] = manifest.write_manifest(layout, backup_id, info, info['end_xlog'], previous)
     return dict(
         changed=bool(missing),
         manifests_written=missing,

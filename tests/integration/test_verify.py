@@ -286,3 +286,18 @@ def test_on_another_host_replaying_the_whole_archive(backups):
     assert glob.glob('%s/on-pg2/pg1/*' % VERIFY_HOME) == [], 'the copy is removed on that host'
     for server, state in before.items():
         assert_original_untouched(server, state)
+
+
+@pytest.mark.parametrize(
+    'extra, words',
+    [
+        (['-e', 'servers=backup1'], 'servers names PostgreSQL servers of the inventory'),
+        (['-e', 'servers=nosuch'], 'which selects no host'),
+        (['-e', 'verify_replay=some'], 'verify_replay is immediate'),
+        (['-e', 'backup_id=20261130T000000'], 'a backup_id names one server'),
+    ],
+)
+def test_a_wrong_request_is_refused_before_anything_runs(extra, words):
+    refused = playbook('verify.yml', *extra, check=False)
+    assert refused.returncode != 0 and words in refused.stdout, refused.stdout[-3000:]
+    assert 'Verify the backup on the verification host' not in refused.stdout
