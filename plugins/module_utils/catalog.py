@@ -12,7 +12,7 @@ import datetime
 import os
 import re
 import tempfile
-from typing import List, Union
+from typing import List, Optional, Union
 
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError, is_int, shown
 from ansible_collections.barman.postgresql.plugins.module_utils.wal import parse_wal_name
@@ -254,6 +254,15 @@ def ensure_directories(layout: ServerLayout, mode: int = 0o700) -> List[str]:
 
 
 # Atomic writes
+
+
+def read_text(path: str) -> Optional[str]:
+    """The text of a catalog file, None when it does not exist."""
+    try:
+        with open(path, 'r', encoding='utf-8') as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def fsync_dir(path: str) -> None:

@@ -6,7 +6,12 @@ backups of another cluster."""
 import json
 from typing import Any, Dict, Optional, Union
 
-from ansible_collections.barman.postgresql.plugins.module_utils.catalog import CatalogError, InvalidName, atomic_write
+from ansible_collections.barman.postgresql.plugins.module_utils.catalog import (
+    CatalogError,
+    InvalidName,
+    atomic_write,
+    read_text,
+)
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import is_int, shown
 
 
@@ -39,10 +44,8 @@ def _major_version(version):
 
 def read_identity(path: str) -> Optional[Dict[str, Any]]:
     """The dict in identity.json at ``path``, or None if the file does not exist."""
-    try:
-        with open(path, 'r', encoding='utf-8') as handle:
-            text = handle.read()
-    except FileNotFoundError:
+    text = read_text(path)
+    if text is None:
         return None
     try:
         identity = json.loads(text)

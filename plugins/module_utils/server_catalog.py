@@ -121,11 +121,10 @@ class ServerCatalog:
 
     def _read_keep(self, backup_id):
         for path in (self.layout.keep_path(backup_id), self.layout.old_keep_path(backup_id)):
-            try:
-                with open(path) as handle:
-                    target = handle.read().strip()
-            except FileNotFoundError:
+            text = catalog.read_text(path)
+            if text is None:
                 continue
+            target = text.strip()
             if target not in retention.KEEP_TARGETS:
                 self.malformed.append(
                     dict(path=path, error='keep annotation %r is neither full nor standalone' % target)

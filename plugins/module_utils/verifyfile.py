@@ -12,7 +12,12 @@ import datetime
 import json
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ansible_collections.barman.postgresql.plugins.module_utils.catalog import CatalogError, ServerLayout, atomic_write
+from ansible_collections.barman.postgresql.plugins.module_utils.catalog import (
+    CatalogError,
+    ServerLayout,
+    atomic_write,
+    read_text,
+)
 
 PASSED = 'PASSED'
 FAILED = 'FAILED'
@@ -37,10 +42,8 @@ def format_time(moment: datetime.datetime) -> str:
 def read_verification(layout: ServerLayout, backup_id: str) -> Optional[Dict[str, Any]]:
     """The backup's verification record, None when it was never verified."""
     path = layout.verification_path(backup_id)
-    try:
-        with open(path, 'r', encoding='utf-8') as handle:
-            text = handle.read()
-    except FileNotFoundError:
+    text = read_text(path)
+    if text is None:
         return None
     try:
         record = json.loads(text)
