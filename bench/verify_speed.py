@@ -55,7 +55,7 @@ LIMIT_DIR = BASE + 'limit'  # the limit's scratch directory (owned by barman)
 # The module's scratch directory, in the home of the user that runs copies (a directory per run in it); the
 # copy runs there as that user, over SSH to backup1's own address, as verify.yml runs it.
 VERIFY_USER = 'barman-verify'
-OURS_DIR = '/var/lib/barman-verify/bench-ours'
+OURS_DIR = '/var/lib/barman-verify/copies/bench-ours'
 BACKUP1 = '127.0.0.21'
 PGBR_DIR = BASE + 'pgbackrest'  # pgBackRest's repository (owned by postgres)
 LIMIT_PORT = 6488

@@ -80,6 +80,7 @@ notes:
 - 'C(REQUEST_REFUSED): the WAL receiver refused a request that its key does not allow.'
 - 'C(VERIFICATION_FAILED): the backup failed its verification (a file, a WAL, a page, an index or a check of
   verify_queries): the result names what failed; the backup itself was not changed.'
-- 'C(VERIFY_HOST_UNSUITABLE): the verification host lacks the PostgreSQL binaries of the backup''s major
-  version, or its scratch directory or port is the original server''s.'
+- 'C(VERIFY_HOST_UNSUITABLE): the verification host cannot run the copy: it lacks the PostgreSQL binaries of
+  the backup''s major version, its scratch directory or port is the original server''s, or the copy could not
+  be made, stopped or removed there.'
 """

@@ -91,8 +91,9 @@ ERROR_CODES = {
     # Verification
     'VERIFICATION_FAILED': 'the backup failed its verification (a file, a WAL, a page, an index or a check of '
     'verify_queries): the result names what failed; the backup itself was not changed',
-    'VERIFY_HOST_UNSUITABLE': "the verification host lacks the PostgreSQL binaries of the backup's major version, "
-    "or its scratch directory or port is the original server's",
+    'VERIFY_HOST_UNSUITABLE': 'the verification host cannot run the copy: it lacks the PostgreSQL binaries of the '
+    "backup's major version, its scratch directory or port is the original server's, or the copy could not be "
+    'made, stopped or removed there',
 }
 
 

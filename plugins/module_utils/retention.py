@@ -177,10 +177,10 @@ def removable_wals(
 ) -> List[str]:
     """The archived WAL names that no backup left after retention needs, in the order of ``names``.
 
-    A full backup (VALID, POTENTIALLY_OBSOLETE, KEEP_FULL, HELD, any backup still in progress, and
-    always the newest DONE one) needs every segment from its begin_wal on, on any timeline; a
-    KEEP_STANDALONE or LAST_VERIFIED backup needs only begin_wal..end_wal (the last proven one stays
-    restorable to its end, and does not pin the archive after it while newer backups go unverified).
+    A full backup (VALID, POTENTIALLY_OBSOLETE, KEEP_FULL, HELD, LAST_VERIFIED, any backup still in
+    progress, and always the newest DONE one) needs every segment from its begin_wal on, on any timeline
+    (the last proven backup stays a start for point-in-time recovery; health warns when no newer one passes
+    for verify_max_age); a KEEP_STANDALONE backup needs only begin_wal..end_wal.
     Every segment from each WAL name in ``needed_from`` on is needed too (a running recovery fetches
     them, even of a backup gone from ``infos``). Timeline history files are never removed. Without a
     DONE backup left, nothing is removed: the WAL is then all there is.
@@ -198,7 +198,7 @@ def removable_wals(
         if not info.get('begin_wal'):
             return []  # a backup that does not say where it starts: keep everything
         begin = _segno(info['begin_wal'], segment_size)
-        if status in (KEEP_STANDALONE, LAST_VERIFIED) and backup_id != done[-1] and info.get('end_wal'):
+        if status == KEEP_STANDALONE and backup_id != done[-1] and info.get('end_wal'):
             ranges.append((begin, _segno(info['end_wal'], segment_size)))
         else:
             full_from.append(begin)

@@ -67,6 +67,8 @@ COPY_SETTINGS = {
 }
 # From PostgreSQL 17: login event triggers would run the database's own functions at each check's login.
 COPY_SETTINGS_FROM_17 = {'event_triggers': 'off'}
+# What keeps the copy to itself, and where the checks find it: never changed by the module's settings.
+FIXED_SETTINGS = ('port', 'listen_addresses', 'unix_socket_directories', 'hba_file')
 # The longest path of a Unix socket (sun_path, 108 bytes with its NUL on Linux).
 SOCKET_PATH_MAX = 107
 # Where a copy kept after a failure is marked: a later run never stops or removes it.
@@ -217,6 +219,14 @@ class Verification:
                 'the scratch directory %s and the original data directory %s contain one another' % (scratch, pgdata),
                 'Give a scratch directory of its own (barman_verify_dir)',
             )
+        fixed = sorted(set(params.get('settings') or {}) & set(FIXED_SETTINGS))
+        if fixed:
+            raise VerifyError(
+                'settings may not change %s of the verification copy' % ', '.join(fixed),
+                'Give the port as the port option (barman_verify_port); the copy keeps its own socket, no TCP address '
+                'and its own pg_hba file; nothing was copied',
+                code='INVALID_ARGUMENT',
+            )
         socket = os.path.join(self.scratch, '.s.PGSQL.%d' % params['port'])
         if len(os.fsencode(socket)) > SOCKET_PATH_MAX:
             raise VerifyError(
@@ -297,6 +307,7 @@ class Verification:
         tool = self.tool('pg_verifybackup')
         before = len(self.failures)
         try:
+            manifest.read(self.layout.manifest_path(self.backup_id))  # a bad manifest is ours to name, never a file
             if os.access(tool, os.X_OK):  # on the backup server, whatever host runs the copy
                 how = 'pg_verifybackup, and the tablespaces against the manifest'
                 self._pg_verifybackup(tool)
@@ -365,7 +376,7 @@ class Verification:
         if code != 0:
             raise VerifyError(
                 'cannot make the scratch directory %s on %s: %s' % (self.scratch, self.where, err),
-                'Check that its parent exists and that the PostgreSQL OS user may write there (barman_verify_dir)',
+                'Check that its parent exists and that the verification user may write there (barman_verify_dir)',
             )
         params = self.params
         settings = dict(COPY_SETTINGS, **(COPY_SETTINGS_FROM_17 if int(self.info['version']) >= 170000 else {}))
@@ -556,25 +567,29 @@ class Verification:
     def stop_leftovers(self) -> List[str]:
         """Stop and remove the copies of earlier runs that died before their end; their directories.
 
-        Only directories named as a run names them, with a postmaster.pid, and not kept for a human (a kept
-        copy carries KEPT_MARKER: a human may start it). The verify lock keeps out any live run of this
-        server. A copy is stopped only when its own socket answers (a stale pid may be another process's by
-        now), and removed only once nothing answers there.
+        Only directories named as a run names them and not kept for a human (a kept copy carries
+        KEPT_MARKER: a human may start it); the verify lock keeps out any live run of this server. A copy
+        is stopped only when its own socket answers (a stale pid may be another process's by now), and a
+        directory removed only once nothing answers there (or it never started: a run cut during the copy).
         """
-        listing = 'for d in "$1"/*/; do [ -e "$d/data/postmaster.pid" ] && [ ! -e "$d/%s" ] && echo "$d"; done; true'
+        listing = 'for d in "$1"/*/; do [ -d "$d" ] && [ ! -e "$d/%s" ] && echo "$d"; done; true'
         found = self.run(['sh', '-c', listing % KEPT_MARKER, 'sh', self.params['directory']])[1].splitlines()
         removed = []
         for scratch in (os.path.normpath(d) for d in found):
             if not _SCRATCH_NAME.match(os.path.basename(scratch)):
                 continue
             data = os.path.join(scratch, 'data')
-            port = self.run(['sed', '-n', '4p', os.path.join(data, 'postmaster.pid')])[1].strip()
-            if port.isdigit() and self.answers(scratch, port):
-                self.run([self.tool('pg_ctl'), '-D', data, '-m', 'immediate', '-w', 'stop'])
-            if port.isdigit() and self.answers(scratch, port):
-                continue  # still running: never remove what a server uses
-            self.run(['rm', '-rf', '--', scratch])
-            removed.append(scratch)
+            code, port, _err = self.run(['sed', '-n', '4p', os.path.join(data, 'postmaster.pid')])
+            port = port.strip()
+            if code == 0 and port:  # a pid file: a server started there
+                if not port.isdigit():
+                    continue  # cannot tell whether it runs: never remove it
+                if self.answers(scratch, port):
+                    self.run([self.tool('pg_ctl'), '-D', data, '-m', 'immediate', '-w', 'stop'])
+                if self.answers(scratch, port):
+                    continue  # still running: never remove what a server uses
+            if self.run(['rm', '-rf', '--', scratch])[0] == 0:
+                removed.append(scratch)
         return removed
 
     def answers(self, socket_dir: str, port: str) -> bool:
@@ -651,48 +666,50 @@ def _carry_out(run: Verification, wal_archive: WalArchive) -> Dict[str, Any]:
     )
     created = False
     try:
-        run.check_files()
-        run.check_wal(wal_archive)
-        if not run.stops_before_copy():
-            created = True
-            before = len(run.failures)
-            run.restore()
-            if run.running and not run.failed_since(before):
-                run.stop()
-                damaged = run.check_checksums()
-                problem = run.start()
-                if problem:
-                    run.fail('restore', 'the copy did not start again after a clean stop: %s' % problem)
-                else:
-                    run.name_relations(damaged)
-                    run.check_amcheck()
-                    run.check_queries()
-        run.stop()
-    except BaseException:
-        run.stop('immediate', check=False)
-        if created and not run.running:
+        try:
+            run.check_files()
+            run.check_wal(wal_archive)
+            if not run.stops_before_copy():
+                created = True
+                before = len(run.failures)
+                run.restore()
+                if run.running and not run.failed_since(before):
+                    run.stop()
+                    damaged = run.check_checksums()
+                    problem = run.start()
+                    if problem:
+                        run.fail('restore', 'the copy did not start again after a clean stop: %s' % problem)
+                    else:
+                        run.name_relations(damaged)
+                        run.check_amcheck()
+                        run.check_queries()
+            run.stop()
+        except BaseException:
+            run.stop('immediate', check=False)
+            if created and not run.running:
+                run.remove_scratch()
+            raise
+        passed = not run.failures
+        kept = created and not passed and run.params['keep_failed']
+        if kept:
+            run.keep_scratch()  # marked before the record: a later run never removes it
+        record = dict(
+            backup_id=run.backup_id,
+            result=verifyfile.PASSED if passed else verifyfile.FAILED,
+            verified_at=verifyfile.format_time(catalog.now_utc()),
+            duration=round(time.monotonic() - started, 3),
+            replay=run.params['replay'],
+            host=run.params.get('host') or 'local',
+            pg_bindir=run.bindir,
+            kept=run.scratch if kept else None,
+            steps=run.steps,
+            failures=run.failures,
+        )
+        # Recorded while the backup is still held: retention cannot have removed it meanwhile.
+        verifyfile.write_verification(run.layout, run.backup_id, record)
+        if created and not kept:
             run.remove_scratch()
-        raise
+        return dict(record, changed=True, record=run.layout.verification_path(run.backup_id))
     finally:
         for hold in run.holds:
             recovery_hold.release(run.layout, hold)
-    passed = not run.failures
-    kept = created and not passed and run.params['keep_failed']
-    if kept:
-        run.keep_scratch()
-    elif created:
-        run.remove_scratch()
-    record = dict(
-        backup_id=run.backup_id,
-        result=verifyfile.PASSED if passed else verifyfile.FAILED,
-        verified_at=verifyfile.format_time(catalog.now_utc()),
-        duration=round(time.monotonic() - started, 3),
-        replay=run.params['replay'],
-        host=run.params.get('host') or 'local',
-        pg_bindir=run.bindir,
-        kept=run.scratch if kept else None,
-        steps=run.steps,
-        failures=run.failures,
-    )
-    verifyfile.write_verification(run.layout, run.backup_id, record)
-    return dict(record, changed=True, record=run.layout.verification_path(run.backup_id))

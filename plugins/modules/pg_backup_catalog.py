@@ -29,8 +29,8 @@ description:
     nothing, is reported, and the next V(retention) removes it. V(release-hold) removes a hold by its
     O(hold) token (see RV(servers[].holds)).
   - Retention also keeps the newest backup whose last verification (C(verify.yml)) PASSED while every newer
-    DONE backup is unverified or FAILED (status C(LAST_VERIFIED)), with its own WAL (begin_wal to end_wal, as a
-    standalone keep), so that a backup proven to restore always remains. Removing a backup removes its
+    DONE backup is unverified or FAILED (status C(LAST_VERIFIED)), with every WAL file from its begin_wal on,
+    so that a backup proven to restore always remains. Removing a backup removes its
     verification record.
   - >-
     V(manifest) writes a C(backup_manifest) (PostgreSQL's format, which C(pg_verifybackup) reads) into each DONE

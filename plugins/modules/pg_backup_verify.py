@@ -17,9 +17,10 @@ description:
     DONE backup passed). The steps, each recorded: the backup's files against its C(backup_manifest)
     (C(pg_verifybackup), and size and checksum of the tablespace files, or of every file where the binary is
     missing) and every WAL from its begin to its end in the archive, which stop before anything is copied
-    when they fail; a recovery into a new directory under O(directory), to the backup's end or, with
-    O(replay=all), through the whole archive, started with C(pg_ctl); C(pg_checksums --check) on the cleanly
-    stopped copy when data checksums are on; then, started again, C(pg_amcheck --all) and O(queries).
+    when they fail (a missing or unreadable manifest fails the step but does not stop the copy); a recovery
+    into a new directory under O(directory), to the backup's end or, with O(replay=all), through the whole
+    archive, started with C(pg_ctl); C(pg_checksums --check) on the cleanly stopped copy when data checksums
+    are on; then, started again, C(pg_amcheck --all) and O(queries).
   - >-
     The outcome goes into C(meta/<backup_id>-verification.json) beside the backup's C(backup.info) (Barman
     ignores it), which C(pg_backup_catalog) list, check and retention read. The copy is then stopped and its
@@ -119,7 +120,8 @@ options:
     type: bool
     default: false
   timeout:
-    description: Seconds that the copy may take to recover and start, and to stop.
+    description:
+      - Seconds that C(pg_ctl) may take to start the copy, and again to see its recovery end; and to stop it.
     type: int
     default: 3600
   hold_hours:
@@ -199,6 +201,14 @@ failures:
   returned: when verified
   type: list
   elements: dict
+directory:
+  description: In check mode, the directory the copy would go to.
+  returned: in check mode
+  type: str
+pg_bindir:
+  description: The binaries used on the verification host.
+  returned: in check mode, and when verified
+  type: str
 kept:
   description: The directory of the copy kept after a failure (O(keep_failed)), else null.
   returned: when verified

@@ -13,7 +13,7 @@ import pytest
 from labhosts import BACKUP1, BARMAN_HOME, CLUSTERS, ROOT, barman, catalog, module, playbook, psql, run, switch_wal
 
 ROWS = 1000
-VERIFY_HOME = '/var/lib/barman-verify'
+VERIFY_HOME = '/var/lib/barman-verify/copies'
 QUERY = 'SELECT count(*) FROM verify_static'
 
 
