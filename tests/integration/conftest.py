@@ -1,5 +1,6 @@
 """The lab as a pytest fixture: real sshd, real PostgreSQL 15 clusters, real ansible runs."""
 
+import glob
 import os
 import shutil
 import tempfile
@@ -46,3 +47,12 @@ def barman_conf():
     shutil.chown(directory, 'barman', 'barman')
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope='module')
+def verifications_forgotten():
+    """Verification records made by a test module are removed after it: a backup that passed would otherwise
+    stay (retention keeps the newest one that PASSED) and change what later modules' retention removes."""
+    yield
+    for record in glob.glob(os.path.join(BARMAN_HOME, '*', 'meta', '*-verification.json')):
+        os.unlink(record)

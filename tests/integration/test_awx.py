@@ -105,7 +105,7 @@ def test_a_wrong_survey_answer_is_refused_before_anything_happens(configured, tm
     assert psql('pg1', 'SELECT 1') == '1'
 
 
-def test_verify_as_awx_runs_it(configured, tmp_path):
+def test_verify_as_awx_runs_it(configured, verifications_forgotten, tmp_path):
     # A backup of pg1 of its own, so that this test does not depend on another one's: the newest DONE
     # backup, not verified yet, is the one the survey's blank backup_id chooses.
     runner, artifacts = launch('backup', tmp_path, limit='pg1')

@@ -36,7 +36,7 @@ def backup_of(server):
 
 
 @pytest.fixture(scope='module')
-def backups(configured):
+def backups(configured, verifications_forgotten):
     return dict((server, backup_of(server)) for server in ('pg1', 'pg2'))
 
 
