@@ -53,6 +53,9 @@ PGBR_DIR = BASE + 'pgbackrest'  # repository and restore (owned by postgres)
 SEGMENT = 16 * 1024 * 1024
 
 SECTION = '## Recovery'
+PLAYBOOK_ROW = 'ours, playbooks/recover.yml'
+OURS_ROW = 'ours, recovery.recover() files only'
+PLAYBOOK_GOAL = 1.5  # the speed issue's goal: recover.yml within 1.5x of the module's own time to a usable server
 GOAL = 1.2  # the issue's goal: our restore within 1.2x plain rsync
 
 
@@ -300,7 +303,8 @@ def method_ours(data, backup_id):
     }
 
 
-def method_playbook(data, backup_id):
+def method_playbook(data, backup_id, top=TOP):
+    """recover.yml of the checkout ``top`` (--before: another one, for its before/after in the same run)."""
     target = os.path.join(as_postgres_dir(PLAY_DIR), 'data')
     warm(data)
     extra = {
@@ -311,10 +315,10 @@ def method_playbook(data, backup_id):
         'recover_port': 6498,
     }
     argv = [os.path.join(TOP, '.venv', 'bin', 'ansible-playbook'), 'playbooks/recover.yml', '-e', json.dumps(extra)]
-    env = {'ANSIBLE_CONFIG': os.path.join(TOP, 'ansible.cfg')}
+    env = {'ANSIBLE_CONFIG': os.path.join(top, 'ansible.cfg')}
     STARTED.append(target)
     start = time.perf_counter()
-    proc = run(argv, env=env, cwd=TOP, check=False)
+    proc = run(argv, env=env, cwd=top, check=False)
     usable = time.perf_counter() - start
     if proc.returncode != 0:
         raise MethodFailed('recover.yml exited %d: %s' % (proc.returncode, proc.stdout.decode()[-1200:]))
@@ -447,6 +451,33 @@ def table(results, limit_name):
     return '\n'.join(lines), limit
 
 
+def playbook_verdict(results, before_row=None):
+    """recover.yml (and its before) against the module's own time to a usable server, round by round."""
+    lines = []
+    for row in [PLAYBOOK_ROW] + ([before_row] if before_row else []):
+        ratios = []
+        for ours, play in zip(results.get(OURS_ROW, []), results.get(row, [])):
+            if 'error' not in ours and 'error' not in play:
+                ratios.append(play['usable'] / ours['usable'])
+        if not ratios:
+            lines.append('%s / the module to a usable server: not measured.' % row)
+            continue
+        ratio = statistics.median(ratios)
+        lines.append(
+            "%s / the module (recover() + pg_ctl start + promotion), to a usable server: %.2fx (median of the rounds' "
+            'ratios %s)%s.'
+            % (
+                row,
+                ratio,
+                ', '.join('%.2fx' % r for r in ratios),
+                ''
+                if row != PLAYBOOK_ROW
+                else '; goal (within %.1fx): %s' % (PLAYBOOK_GOAL, 'met' if ratio <= PLAYBOOK_GOAL else 'NOT met'),
+            )
+        )
+    return '\n'.join(lines)
+
+
 def cleanup():
     for pid_file in glob.glob(BASE + '*/**/postmaster.pid', recursive=True):
         stop(os.path.dirname(pid_file))
@@ -464,6 +495,12 @@ def main():
     parser.add_argument('--no-results', action='store_true', help='do not write bench/RESULTS.md')
     parser.add_argument('--reuse-backup', action='store_true', help='reuse the newest DONE backup of pg1')
     parser.add_argument('--skip-ansible', action='store_true', help='no run through recover.yml')
+    parser.add_argument(
+        '--before',
+        metavar='CHECKOUT',
+        help='also run recover.yml of this checkout (e.g. a clone of an older commit, its build/collections '
+        'linked to itself), for before/after figures in the same run',
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit('run as root (it acts as postgres and barman)')
@@ -471,6 +508,9 @@ def main():
     load_before = os.getloadavg()[0]
     results, setup_notes = {}, []
     limit_name = 'rsync -a over ssh (limit)'
+    if args.before:
+        revision = subprocess.run(['git', '-C', args.before, 'rev-parse', '--short', 'HEAD'], capture_output=True)
+        before_row = '%s, before (%s)' % (PLAYBOOK_ROW, revision.stdout.decode().strip() or args.before)
     try:
         cleanup()
         bs.wait_until(bs.lab_ready, 120, 'sshd and PostgreSQL on pg1')
@@ -492,9 +532,11 @@ def main():
         for round_number in range(1, args.rounds + 1):
             print('round %d' % round_number, flush=True)
             measure(results, limit_name, lambda: method_limit(data))
-            measure(results, 'ours, recovery.recover() files only', lambda: method_ours(data, backup_id))
+            measure(results, OURS_ROW, lambda: method_ours(data, backup_id))
             if not args.skip_ansible:
-                measure(results, 'ours, playbooks/recover.yml', lambda: method_playbook(data, backup_id))
+                measure(results, PLAYBOOK_ROW, lambda: method_playbook(data, backup_id))
+            if args.before:
+                measure(results, before_row, lambda: method_playbook(data, backup_id, args.before))
             if 'Barman' in peers:
                 measure(results, 'Barman 3.19.1 recover (remote)', lambda: method_barman(peers['Barman']))
             if 'pgBackRest' in peers:
@@ -502,7 +544,7 @@ def main():
     finally:
         cleanup()
     text_table, limit = table(results, limit_name)
-    ours_name = 'ours, recovery.recover() files only'
+    ours_name = OURS_ROW
     ours = median([r for r in results.get(ours_name, []) if 'error' not in r], 'files')
     ratios = [ratio for _sec, ratio in paired(results, limit_name, ours_name) if ratio is not None]
     verdict = 'Goal (our restore within %.1fx plain rsync): not measured.' % GOAL
@@ -534,6 +576,8 @@ def main():
         text_table,
         '',
         verdict,
+        '',
+        playbook_verdict(results, args.before and before_row),
     ]) + '\n'  # fmt: skip
     print('\n' + text)
     if not args.no_results:

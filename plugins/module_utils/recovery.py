@@ -376,21 +376,15 @@ class Destination:
         self.host.close()
 
 
-def destination_directory(
-    params: Mapping[str, Any], info: Mapping[str, Any], check_mode: bool = False
-) -> Optional[str]:
-    """The PGDATA to create: the original's in place, else the one given (None when only planning)."""
+def destination_directory(params: Mapping[str, Any], info: Mapping[str, Any], now: Optional[float] = None) -> str:
+    """The PGDATA to create: the original's in place, else the one given, else a new directory beside the
+    original's (its path on the destination host), named by the time of the call so that it is new."""
     if params.get('in_place'):
         return os.path.normpath(info['pgdata'])
     if params.get('destination_directory'):
         return os.path.normpath(params['destination_directory'])
-    if check_mode:
-        return None
-    raise RecoveryError(
-        'no destination_directory given',
-        'Name the directory to recover into, or set in_place to recover into the original PGDATA',
-        code='INVALID_ARGUMENT',
-    )
+    stamp = time.strftime('%Y%m%dT%H%M%S', time.gmtime(time.time() if now is None else now))
+    return '%s.recovered-%s' % (os.path.normpath(info['pgdata']), stamp)
 
 
 def tablespace_locations(
@@ -619,16 +613,15 @@ def plan_recovery(
     wal_archive: WalArchive,
     control_path: Optional[str],
     check_mode: bool = False,
-) -> Tuple[Dict[str, Any], Optional[Destination], Dict[str, Any]]:
+) -> Tuple[Dict[str, Any], Destination, Dict[str, Any]]:
     """Everything decided and checked before a byte moves, as one value: the target, the backup, the
     WAL it needs, the destination (empty, not running, enough free space) and the files to write.
-    Check mode returns it; a real run carries it out. Without a destination (check mode only) the
-    destination's checks are left to the real run. Returns (plan, destination or None, private parts)."""
+    Check mode returns it; a real run carries it out. Returns (plan, destination, private parts)."""
     kind, value = the_target(params)
     backup_id, info = choose_backup(infofile.backup_infos(layout), kind, value, params.get('backup_id'))
     continuity, needed_until = wal_needed_for_target(wal_archive, info, kind, value)
-    directory = destination_directory(params, info, check_mode)
-    locations = tablespace_locations(info, params, directory) if directory else {}
+    directory = destination_directory(params, info)
+    locations = tablespace_locations(info, params, directory)
     files = configuration_files(layout.backup_data_dir(backup_id), params, backup_id, locations, kind, value)
     warnings = []
     recorded = pgdata_layout.read_layout(layout, backup_id)
@@ -637,27 +630,24 @@ def plan_recovery(
             "the original's pg_wal was a link to %s; the copy's pg_wal is a directory inside its PGDATA (to put "
             'it back on its own disk, stop the copy, move pg_wal there and link it)' % recorded['pg_wal']['target']
         )
-    destination = None
-    needs = {}
-    if directory:
-        segment_size = info['xlog_segment_size']
-        wal_bytes = (needed_until - wal.segment_number(info['begin_wal'], segment_size) + 1) * segment_size
-        if params['get_wal']:
-            wal_bytes = min(wal_bytes, FETCHED_WAL_ALLOWANCE)
-        else:
-            check_staging_space(layout.root, wal_bytes)
-        destination = Destination(params, directory, control_path)
-        try:
-            # In place, the playbook moves the old PGDATA aside after this plan (check mode), on that filesystem.
-            if not (params['in_place'] and check_mode):
-                check_destination(destination, params, locations)
-            needs = space_needed(layout, backup_id, locations, directory, wal_bytes)
-            pgdata = os.path.normpath(info['pgdata'])
-            filesystems = destination.filesystems(sorted(set(needs) | set([pgdata])))
-            warnings += check_free_space(filesystems, needs, pgdata, params['in_place'])
-        except BaseException:
-            destination.close()
-            raise
+    segment_size = info['xlog_segment_size']
+    wal_bytes = (needed_until - wal.segment_number(info['begin_wal'], segment_size) + 1) * segment_size
+    if params['get_wal']:
+        wal_bytes = min(wal_bytes, FETCHED_WAL_ALLOWANCE)
+    else:
+        check_staging_space(layout.root, wal_bytes)
+    destination = Destination(params, directory, control_path)
+    try:
+        # In place, the playbook moves the old PGDATA aside after this plan (check mode), on that filesystem.
+        if not (params['in_place'] and check_mode):
+            check_destination(destination, params, locations)
+        needs = space_needed(layout, backup_id, locations, directory, wal_bytes)
+        pgdata = os.path.normpath(info['pgdata'])
+        filesystems = destination.filesystems(sorted(set(needs) | set([pgdata])))
+        warnings += check_free_space(filesystems, needs, pgdata, params['in_place'])
+    except BaseException:
+        destination.close()
+        raise
     plan = dict(
         backup_id=backup_id,
         pgdata=info['pgdata'],
@@ -712,8 +702,7 @@ def recover(
                 raise
             return dict(plan, changed=True, duration=round(time.time() - started, 3))
         finally:
-            if destination is not None:
-                destination.close()
+            destination.close()
 
 
 def _copy(params, layout, wal_archive, destination, backup_id, parts):

@@ -85,8 +85,9 @@ options:
     type: int
   destination_directory:
     description:
-      - The PGDATA to create. It must be empty or absent unless O(delta). Required unless O(in_place), or in
-        check mode, where without it the plan leaves out the destination's checks.
+      - The PGDATA to create. It must be empty or absent unless O(delta).
+      - Default (unless O(in_place)), a new directory beside the original PGDATA on the destination host,
+        C(<original PGDATA>.recovered-<UTC time of the call>); RV(destination) says which.
     type: path
   in_place:
     description:
@@ -341,7 +342,7 @@ target:
   returned: always
   type: dict
 destination:
-  description: The directory recovered to.
+  description: The directory recovered to (in check mode, the one it would be).
   returned: always
   type: str
 tablespaces:

@@ -4,6 +4,7 @@ back exactly the rows committed up to the target, on the original host, another 
 import datetime
 import json
 import os
+import re
 import shutil
 import time
 
@@ -122,6 +123,22 @@ def test_a_lost_server_is_recovered_on_another_host(pg1_with_backup):
     )
     assert 'on pg2' in summary, summary
     assert rows[0].id in ids and rows[1].id not in ids, ids
+
+
+def test_without_a_directory_the_copy_goes_beside_the_original_pgdata(pg1_with_backup):
+    """One pg_recover call chooses the directory (no planning call first): <PGDATA>.recovered-<UTC time>."""
+    rows = commit_rows('pg1', 'beside', 2)
+    switch_wal('pg1')
+    variables = dict(server='pg1', recover_port=6448, target_time=between(rows[0], rows[1]).isoformat(' '))
+    proc = playbook('recover.yml', '-e', json.dumps(variables))
+    summary = [line for line in proc.stdout.splitlines() if 'recovered from backup' in line][0]
+    copy = re.search(r' into (\S+) on pg1, port 6448', summary).group(1)
+    try:
+        assert re.fullmatch(r'/srv/barman-lab/pg1/data\.recovered-\d{8}T\d{6}', copy), summary
+        ids = [int(i) for i in drills.query(6448, 'SELECT id FROM events ORDER BY id')]
+        assert rows[0].id in ids and rows[1].id not in ids, ids
+    finally:
+        drills.clear(copy)
 
 
 def test_bad_requests_are_refused_before_anything_is_copied(pg1_with_backup):

@@ -873,9 +873,9 @@ def test_destination_directory_in_place_is_the_original_pgdata():
     info = {'pgdata': '/var/lib/postgresql/15/main/'}
     assert recovery.destination_directory(default_params(in_place=True), info) == '/var/lib/postgresql/15/main'
     assert recovery.destination_directory(default_params(destination_directory='/x/y/'), info) == '/x/y'
-    with pytest.raises(recovery.RecoveryError) as excinfo:
-        recovery.destination_directory(default_params(destination_directory=None), info)
-    assert 'destination_directory' in excinfo.value.message
+    # None given: a new directory beside the original, named by the time of the call (UTC).
+    beside = recovery.destination_directory(default_params(destination_directory=None), info, now=1764470400.0)
+    assert beside == '/var/lib/postgresql/15/main.recovered-20251130T024000'
 
 
 MIB = 1024 * 1024
