@@ -9,6 +9,9 @@ request is in SSH_ORIGINAL_COMMAND and only these are honoured, for the one serv
                   kind (crc32 or sha256, see checksum.py), sha256 when absent
   get NAME        stdout: the file's original content; exit EXIT_NOT_ARCHIVED only when the archive
                   does not hold it, EXIT_TEMPORARY for any other failure (then stdout is not the file)
+  fetch NAME      stdout: NAME and the segments after it on its timeline, each as "wal NAME SIZE\n" and its
+                  original content, until "end NAME\n" (the first one the archive does not hold) or
+                  "error NAME why\n"; the sender's look-ahead reads as far as its spool has room
   stream          stdin: any number of "put NAME SIZE" lines, each followed as above; stdout: one
                   line per put, "ok NAME stored|identical", "refused NAME why" or "error NAME why",
                   written once the file is durable (the sender's look-ahead agent uses it)
@@ -17,6 +20,7 @@ Exit codes stay below 126 so that PostgreSQL counts a failure and retries (see E
 
 import argparse
 import collections
+import io
 import os
 import re
 import shlex
@@ -36,11 +40,17 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
 )
 
 MAX_SEGMENT_BYTES = 1024 * 1024 * 1024
-USAGE = "this key only accepts 'put NAME SIZE [CHECKSUM]', 'get NAME' and 'stream' for WAL files of its server"
+USAGE = (
+    "this key only accepts 'put NAME SIZE [CHECKSUM]', 'get NAME', 'fetch NAME' and 'stream' for WAL files of "
+    'its server'
+)
 # A stream starts the background compression at its end, and every so many files (1 GiB of 16 MiB
 # segments) of a long one: while a backlog drains, receiving comes first (measured: even at a low
 # priority, compressing beside the stream slowed it by a tenth on 2 cores).
 PROCESS_EVERY = 64
+# ...and once nothing has arrived for this long: the sender's agent keeps a quiet server's stream
+# open for the next segment, and what it delivered must not wait in incoming/ until the stream ends.
+PROCESS_WHEN_IDLE_SECONDS = 1.0
 
 
 class RequestError(BarmanError):
@@ -68,6 +78,8 @@ def parse_request(command: Optional[str]) -> Request:
         return Request('put', wal.parse_wal_name(words[1]).name, size, named)
     if len(words) == 2 and words[0] == 'get':
         return Request('get', wal.parse_wal_name(words[1]).name, None, None)
+    if len(words) == 2 and words[0] == 'fetch' and wal.parse_wal_name(words[1]).kind == 'segment':
+        return Request('fetch', words[1], None, None)
     if words == ['stream']:
         return Request('stream', None, None, None)
     raise RequestError('refused request %r' % (command or ''), USAGE)
@@ -126,6 +138,18 @@ def serve_stream(
     pipes.widen(stdin)
     pending = []
     ready = threading.Condition()
+    idle_timer = []  # the pending Timer of on_batch, if any
+
+    def start_idle_timer():
+        if on_batch:
+            timer = threading.Timer(PROCESS_WHEN_IDLE_SECONDS, on_batch)
+            timer.daemon = True
+            idle_timer.append(timer)
+            timer.start()
+
+    def stop_idle_timer():
+        while idle_timer:
+            idle_timer.pop().cancel()
 
     def answer(line):
         stdout.write(line.encode('utf-8') + b'\n')
@@ -153,12 +177,16 @@ def serve_stream(
             count += 1
             if on_batch and count % PROCESS_EVERY == 0:
                 on_batch()
+            with ready:
+                if not pending:
+                    start_idle_timer()
 
     thread = threading.Thread(target=finisher)
     thread.start()
 
     def hand_over(item):
         with ready:
+            stop_idle_timer()
             while len(pending) >= 2:  # at most two files read ahead of the one being made durable
                 ready.wait()
             pending.append(item)
@@ -186,6 +214,8 @@ def serve_stream(
     finally:
         hand_over(None)
         thread.join()
+        with ready:
+            stop_idle_timer()
     return code
 
 
@@ -206,6 +236,45 @@ def serve_get(wal_archive: wal_store.WalArchive, name: str, stdout: BinaryIO, st
         stderr.write('barman-wal-receiver: get %s failed: %s: %s\n' % (name, type(error).__name__, _one_line(error)))
         return EXIT_TEMPORARY
     return EXIT_OK
+
+
+def serve_fetch(
+    wal_archive: wal_store.WalArchive, first: str, stdout: BinaryIO, segment_size: int = 0, limit: int = 0
+) -> int:
+    """Write ``first`` and the segments after it, framed, until one the archive does not hold.
+
+    The segment size is the first file's size (a segment's size is the cluster's). The reader sets the
+    pace: a full pipe blocks this loop, a closed one ends it. ``limit`` (tests) stops after that many."""
+    name, sent = first, 0
+    while True:
+        content = io.BytesIO()
+        try:
+            try:
+                wal_archive.send(name, content)
+            except wal_store.WalNotFound:
+                wal_archive.send(name, content)  # compressed into wals/ between locate's two looks
+        except wal_store.WalNotFound:
+            stdout.write(('end %s\n' % name).encode('ascii'))
+            stdout.flush()
+            return EXIT_OK
+        except Exception as error:  # never "end": the sender must not read a failure as the end of the archive
+            stdout.write(('error %s %s: %s\n' % (name, type(error).__name__, _one_line(error))).encode('utf-8'))
+            stdout.flush()
+            return EXIT_TEMPORARY
+        data = content.getbuffer()
+        stdout.write(('wal %s %d\n' % (name, len(data))).encode('ascii'))
+        stdout.write(data)
+        stdout.flush()
+        sent += 1
+        segment_size = segment_size or len(data)
+        if limit and sent >= limit:
+            return EXIT_OK
+        try:
+            name = wal.wal_segment_after(name, segment_size)
+        except ValueError:  # the last possible segment, or a size no segment has: the sender checks
+            stdout.write(('end %s\n' % name).encode('ascii'))
+            stdout.flush()
+            return EXIT_OK
 
 
 def main(
@@ -236,6 +305,12 @@ def main(
             return code
         if request.verb == 'get':
             return serve_get(wal_archive, request.name, stdout, stderr)
+        if request.verb == 'fetch':
+            pipes.widen(stdout)
+            try:
+                return serve_fetch(wal_archive, request.name, stdout)
+            except BrokenPipeError:  # the sender has what it wanted
+                return EXIT_OK
         wal_archive.receive(request.name, request.size, stdin, _read_digest_line(stdin), request.checksum)
     except (ValueError, RequestError, wal_store.DuplicateWal) as error:
         stderr.write('barman-wal-receiver: %s\n' % error)

@@ -529,6 +529,8 @@ def recovery_settings(params: Mapping[str, Any], backup_id: str, kind: Optional[
     else:
         restore_command = 'cp barman_wal/%f %p'
     settings = [('restore_command', restore_command)]
+    if params['get_wal']:  # the get's look-ahead spool (barman_wal_spool/ of this copy) goes when recovery ends
+        settings.append(('recovery_end_command', ssh.shell_join(params['wal_sender'] + ['end-recovery'])))
     if kind == 'target_time':
         settings.append(('recovery_target_time', value.isoformat(' ')))
     elif kind == 'target_lsn':

@@ -165,6 +165,27 @@ def test_a_backup_server_outage_during_replay_never_promotes_short(long_archive)
         drills.stop_cluster(data_dir)
 
 
+def test_replay_takes_the_look_ahead_and_leaves_no_spool(long_archive):
+    """recover.yml with get_wal over SEGMENTS segments: the gets were served by the look-ahead (the sender
+    logs its start, recovery_end_command its tally), the copy holds every row, and no spool survives."""
+    data_dir = os.path.join(DRILLS, 'fetch-look-ahead')
+    drills.clear(data_dir)
+    try:
+        recovery = start_playbook('recover.yml', dict(server='pg1', recover_dir=data_dir, recover_port=PORT))
+        out = recovery.communicate(timeout=600)[0]
+        assert recovery.returncode == 0, out[-3000:]
+        log = read(data_dir + '.log')
+        assert 'barman-wal-sender: look-ahead: fetching up to' in log, log[-4000:]
+        tally = [line for line in log.splitlines() if 'recovery ended; the look-ahead fetched' in line]
+        assert tally, log[-4000:]
+        fetched = int(tally[-1].split('the look-ahead fetched ')[1].split()[0])
+        assert fetched >= SEGMENTS // 2, tally[-1]
+        assert not os.path.exists(os.path.join(data_dir, 'barman_wal_spool')), 'the spool outlived recovery'
+        assert drills.query(PORT, 'SELECT count(*) FROM fetch_drill') == [str(SEGMENTS)]
+    finally:
+        drills.stop_cluster(data_dir)
+
+
 @pytest.fixture
 def scratch():
     """A directory the postgres user writes to, removed afterwards."""

@@ -7,6 +7,7 @@ archive's bytes: every segment arrives, decompresses to what PostgreSQL archived
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -29,7 +30,6 @@ from labhosts import (
 )
 
 from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store
-from ansible_collections.barman.postgresql.runtime import walsender
 from ansible_collections.barman.postgresql.runtime.spool import Spool
 
 SERVERS = sorted(CLUSTERS)
@@ -277,6 +277,23 @@ def test_a_different_file_under_an_archived_name_is_refused_and_the_same_one_acc
     assert len(kept) == 1 and kept[0].startswith(name + '.'), kept
 
 
+def stop_agent(spool):
+    """End the look-ahead agent of ``spool`` (if one runs) and wait until it is gone."""
+    try:
+        with open(os.path.join(spool.path, 'agent.pid')) as handle:
+            pid = int(handle.read())
+        os.kill(pid, signal.SIGTERM)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return
+    for _attempt in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError('the look-ahead agent %d did not end on SIGTERM' % pid)
+
+
 def test_a_refused_file_in_a_backlog_is_reported_once_and_the_rest_still_arrives(archiving):
     """PostgreSQL's archiver draining three ready segments, the middle one a different file under an
     archived name: the look-ahead agent delivers the others, gives the refused one up (it does not
@@ -304,10 +321,11 @@ def test_a_refused_file_in_a_backlog_is_reported_once_and_the_rest_still_arrives
         else:
             assert 'refused %s' % name in proc.stderr and 'different file' in proc.stderr, proc.stderr
     assert codes == {names[0]: 0, names[1]: 2, names[2]: 0}
-    time.sleep(walsender.AGENT_IDLE_SECONDS + 2)  # the agent ends once nothing new is ready
+    # The agent stays up for the next segment (AGENT_IDLE_SECONDS): end it here rather than wait for that.
+    spool = Spool('%s/.ssh/barman_pg1' % PG_OS_HOME)
+    stop_agent(spool)
     kept = [e for e in errors_of('pg1') if e not in errors_before]
     assert len(kept) == 2 and all(k.startswith(names[1] + '.') for k in kept), "the agent's copy and the put's"
-    spool = Spool('%s/.ssh/barman_pg1' % PG_OS_HOME)
     assert spool.given_up(names[1]) and not spool.claimed(names[1])
     run(['rm', '-rf', pgdata])
 

@@ -7,6 +7,7 @@ import io
 import os
 import random
 import struct
+import threading
 import zlib
 
 import pytest
@@ -436,3 +437,33 @@ def test_put_with_a_crc32_is_checked_against_it(home, layout):
     assert os.listdir(layout.incoming_dir) == [name]
     code, _out, err = run(home, 'put %s %d' % (name, SEG), data + sha(data).encode() + b'\n')
     assert (code, err) == (walreceiver.EXIT_OK, ''), 'a sha256 sender (before 1.1.0) is still understood'
+
+
+def test_a_stream_left_open_processes_what_arrived_once_idle(home, layout, monkeypatch):
+    """The sender's agent keeps a quiet server's stream open for the next segment: what it delivered
+    is processed (compressed into wals/) once nothing more arrives, not only when the stream ends."""
+    monkeypatch.setattr(walreceiver, 'PROCESS_WHEN_IDLE_SECONDS', 0.05)
+    name = seg_name(1)
+    read_fd, write_fd = os.pipe()
+    answers_fd, answers_write_fd = os.pipe()
+    processed = threading.Event()
+    calls = []
+
+    def on_batch():
+        calls.append(os.listdir(layout.incoming_dir))
+        processed.set()
+
+    with os.fdopen(read_fd, 'rb') as stdin, os.fdopen(answers_write_fd, 'wb') as stdout:
+        server = threading.Thread(
+            target=walreceiver.serve_stream,
+            args=(wal_store.WalArchive(home, 'pg1'), stdin, stdout, on_batch),
+        )
+        server.start()
+        with os.fdopen(write_fd, 'wb') as sender:
+            sender.write(frame(name, segment_bytes(name)))
+            sender.flush()
+            assert processed.wait(60), 'processed while the stream is still open'
+        server.join()
+    with os.fdopen(answers_fd, 'rb') as answers:
+        assert answers.read().decode() == 'ok %s stored\n' % name
+    assert calls[0] == [name], 'after the file was durable and answered'

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import jinja2
 import pytest
@@ -159,6 +160,28 @@ def test_the_launcher_waits_for_the_agent_sending_the_file(key, pg_wal, launcher
     assert subprocess.run(argv, capture_output=True, check=False).returncode == 7
 
 
+def test_the_launcher_waits_briefly_for_a_running_agent_to_take_a_ready_file(key, pg_wal, launcher):
+    """A quiet server: the agent is up (its pid in agent.pid) and has not claimed the new ready file yet."""
+    segment = pg_wal / NAME
+    segment.write_bytes(b'x' * 100)
+    argv = [launcher, '--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key]
+    argv += ['put', 'pg_wal/' + NAME]
+    box = Spool(key)
+    with open(os.path.join(box.path, 'agent.pid'), 'w') as handle:
+        handle.write('%d\n' % os.getpid())  # this test process plays the agent
+    (pg_wal / 'archive_status' / (NAME + '.ready')).write_text('')
+    timer = threading.Timer(0.05, box.note_delivered, (NAME, stat_key(os.stat(str(segment)))))
+    timer.start()
+    proc = subprocess.run(argv, cwd=str(pg_wal.parent), capture_output=True, text=True, check=False)
+    timer.join()
+    assert (proc.returncode, proc.stdout) == (0, ''), 'answered from the note, Python never started'
+    os.unlink(os.path.join(box.path, NAME + '.done'))
+    # The agent never takes it (it gave it up, or it is stuck): the sender takes over.
+    assert subprocess.run(argv, cwd=str(pg_wal.parent), capture_output=True, check=False).returncode == 7
+    (pg_wal / 'archive_status' / (NAME + '.ready')).unlink()  # not ready: no wait for the agent
+    assert subprocess.run(argv, cwd=str(pg_wal.parent), capture_output=True, check=False).returncode == 7
+
+
 def test_the_stat_key_is_what_the_launcher_reads_from_stat(pg_wal):
     segment = pg_wal / NAME
     segment.write_bytes(b'x' * 100)
@@ -226,6 +249,47 @@ def test_an_agent_counts_as_running_from_its_start(key, pg_wal, tmp_path, monkey
     while walsender._agent_alive(box) and time.time() < deadline:
         time.sleep(0.05)
     assert not walsender._agent_alive(box), 'the lock ends with the agent'
+
+
+def test_a_lone_ready_file_starts_an_agent_for_the_next_one_and_is_sent_by_its_put(key, pg_wal, tmp_path, monkeypatch):
+    """A quiet server: the put sends its file itself; the agent it starts waits for the next file."""
+    box = Spool(key)
+    stand_in = tmp_path / 'agent.py'
+    stand_in.write_text('import time\ntime.sleep(1)\n')
+    monkeypatch.setattr(walsender.sys, 'argv', [str(stand_in)])
+    args = walsender.argparse.Namespace(ssh='barman@192.0.2.1', port=None, identity_file=key, known_hosts=key)
+    (pg_wal / 'archive_status' / (NAME + '.ready')).write_text('')
+    assert not walsender._agent_runs(args, box, str(pg_wal)), 'no name: one ready file is no backlog'
+    assert not walsender._agent_alive(box)
+    assert not walsender._agent_runs(args, box, str(pg_wal), NAME), 'the put sends it itself'
+    assert walsender._agent_alive(box), 'an agent now waits for the next file'
+    assert walsender._agent_runs(args, box, str(pg_wal), '000000010000000000000006')
+    deadline = time.time() + 10
+    while walsender._agent_alive(box) and time.time() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize('through_pipe', [True, False])
+def test_the_frame_is_the_same_through_sendfile_and_through_python(tmp_path, through_pipe):
+    """sendfile into a pipe (the agent's stream, a put's ssh) or a plain write (no file descriptor)."""
+    path = tmp_path / NAME
+    data = os.urandom(3 * walsender.CHUNK + 12345)
+    path.write_bytes(data)
+    expected = data + (b'%08x\n' % (zlib.crc32(data)))
+    with open(str(path), 'rb') as source:
+        if not through_pipe:
+            sink = io.BytesIO()
+            walsender._copy_with_checksum(source, sink)
+            assert sink.getvalue() == expected
+            return
+        read_fd, write_fd = os.pipe()
+        received = []
+        reader = threading.Thread(target=lambda: received.append(os.fdopen(read_fd, 'rb').read()))
+        reader.start()
+        with os.fdopen(write_fd, 'wb') as sink:
+            walsender._copy_with_checksum(source, sink)
+        reader.join()
+    assert received == [expected]
 
 
 def test_a_put_waits_for_the_agent_no_longer_than_the_deadline(key, pg_wal, monkeypatch):

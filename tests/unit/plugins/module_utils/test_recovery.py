@@ -543,6 +543,7 @@ def test_recovery_settings_to_the_end_of_the_archive():
     assert not any(name.startswith('recovery_target') and name != 'recovery_target_timeline' for name in names)
     assert dict(settings) == {
         'restore_command': '/usr/bin/barman-wal-sender get %f %p',
+        'recovery_end_command': '/usr/bin/barman-wal-sender end-recovery',  # removes the look-ahead spool
         'recovery_target_timeline': 'latest',
         'archive_mode': 'off',
         'max_logical_replication_workers': '0',

@@ -1,0 +1,260 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""restore_command's look-ahead: the window it fetches, what it drops, and gets served from its spool."""
+
+import io
+import os
+import subprocess
+
+import pytest
+from test_walsender import SEG, FakeBackupServer, _segment, key, launcher, restore  # noqa: F401 - fixtures
+
+from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store
+from ansible_collections.barman.postgresql.runtime import walfetch, walreceiver, walsender
+
+FIRST = '000000010000000000000005'
+
+
+def names(first, count):
+    return [first] + walfetch.next_segments(first, count - 1, SEG)
+
+
+def test_next_segments_stay_on_the_timeline_and_cross_a_log_boundary():
+    assert walfetch.next_segments('0000000100000000000000FE', 3, 16 * 1024 * 1024) == [
+        '0000000100000000000000FF',
+        '000000010000000100000000',
+        '000000010000000100000001',
+    ]
+    assert walfetch.next_segments('000000020000000000000003', 2, 16 * 1024 * 1024) == [
+        '000000020000000000000004',
+        '000000020000000000000005',
+    ]
+    last = wal.segment_name(1, 0xFFFFFFFFFFFFFFFF // (16 * 1024 * 1024), 16 * 1024 * 1024)
+    assert walfetch.next_segments(last, 8, 16 * 1024 * 1024) == [], 'the end of the WAL space'
+
+
+def test_the_spool_keeps_only_the_window_after_the_segment_asked_for():
+    wanted = walfetch.next_segments(FIRST, 3, SEG)
+    entries = [
+        FIRST,  # replayed already (a get that raced the fetcher)
+        '000000010000000000000004',
+        wanted[0],
+        wanted[1] + '.part',  # being fetched: stays
+        wanted[2] + '.part',  # a dead fetcher's: goes
+        '000000020000000000000006',  # another timeline
+        '000000010000000000000009',  # beyond the window (it moved back: a new timeline's history)
+        'asked',
+        'boot_id',
+        '00000002.history',
+    ]
+    assert walfetch.stale(entries, wanted, fetching=wanted[1]) == sorted(
+        [FIRST, '000000010000000000000004', wanted[2] + '.part', '000000020000000000000006', '000000010000000000000009']
+    )
+    assert walfetch.to_fetch({wanted[0], wanted[1] + '.part'}, wanted) == wanted[1]
+    assert walfetch.to_fetch(set(wanted), wanted) is None
+    assert len(walfetch.next_segments(FIRST, walfetch.LOOK_AHEAD, SEG)) == walfetch.LOOK_AHEAD
+
+
+def test_a_spool_of_an_earlier_boot_is_discarded(tmp_path, monkeypatch):
+    boot = tmp_path / 'boot_id'
+    boot.write_text('one\n')
+    monkeypatch.setattr(walfetch, 'BOOT_ID', str(boot))
+    spool = walfetch.Spool(str(tmp_path))
+    assert spool.open()
+    (tmp_path / walfetch.SPOOL_DIR / FIRST).write_bytes(b'x')
+    target = tmp_path / 'RECOVERYXLOG'
+    boot.write_text('two\n')  # the machine crashed and came back: unsynced files may be torn
+    assert not spool.take(FIRST, str(target))
+    assert spool.open() and os.listdir(spool.path) == ['boot_id']
+    (tmp_path / walfetch.SPOOL_DIR / FIRST).write_bytes(b'x')
+    assert spool.take(FIRST, str(target)) and target.read_bytes() == b'x'
+    assert not spool.take(FIRST, str(target)), 'a file is taken once'
+
+
+@pytest.fixture
+def pgdata(tmp_path, monkeypatch):
+    directory = tmp_path / 'data'
+    (directory / 'pg_wal').mkdir(parents=True)
+    (directory / 'PG_VERSION').write_text('15\n')
+    monkeypatch.chdir(str(directory))  # PostgreSQL runs restore_command in PGDATA
+    monkeypatch.setattr(walfetch, 'IDLE_SECONDS', 2)
+    return directory
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    return FakeBackupServer(tmp_path, monkeypatch)
+
+
+def _wait_for_fetcher(spool):
+    for _attempt in range(1000):
+        if not spool.fetcher_alive():
+            return
+        subprocess.run(['sleep', '0.01'], check=True)
+    raise AssertionError('the fetcher did not end')
+
+
+def test_gets_are_served_from_the_spool_and_end_recovery_removes_it(server, key, pgdata):  # noqa: F811
+    segments = names(FIRST, 12)
+    for name in segments:
+        server.archive(name, _segment(name))
+    target = pgdata / 'pg_wal' / 'RECOVERYXLOG'
+    code, err = restore(key, FIRST, 'pg_wal/RECOVERYXLOG')
+    assert code == 0 and 'look-ahead: fetching up to' in err, err
+    spool = walfetch.Spool(str(pgdata))
+    for name in segments[1:]:
+        assert restore(key, name, 'pg_wal/RECOVERYXLOG')[0] == 0
+        assert target.read_bytes() == _segment(name)
+        target.unlink()
+    # The end of the archive: the fetcher stopped there, and the get says "not found" itself.
+    after = walfetch.next_segments(segments[-1], 1, SEG)[0]
+    assert restore(key, after, 'pg_wal/RECOVERYXLOG')[0] == walsender.EXIT_NOT_FOUND
+    _wait_for_fetcher(spool)
+    calls = server.calls()
+    gets = [call for call in calls if call.startswith('get ')]
+    assert 'fetch %s' % segments[1] in calls, 'one request streams the segments after the first: %s' % calls
+    assert gets[:1] == ['get %s' % FIRST] and 'get %s' % after in gets
+    assert len(gets) < len(segments) // 2, 'a get waits for the segment the fetcher receives: %s' % calls
+    assert spool.count_fetched() >= len(segments) // 2
+    stderr = io.StringIO()
+    assert walsender.main(['--ssh', 'b@h', '--identity-file', key, '--known-hosts', key, 'end-recovery'], stderr) == 0
+    assert 'recovery ended; the look-ahead fetched' in stderr.getvalue()
+    assert not os.path.exists(spool.path)
+
+
+def test_a_failed_look_ahead_never_reads_as_not_found(server, key, pgdata):  # noqa: F811
+    segments = names(FIRST, 4)
+    for name in segments:
+        server.archive(name, _segment(name))
+    assert restore(key, FIRST, 'pg_wal/RECOVERYXLOG')[0] == 0
+    spool = walfetch.Spool(str(pgdata))
+    _wait_for_fetcher(spool)
+    # A damaged spool file cannot be there (the fetcher checks before the rename); a missing one is
+    # fetched by the get itself, which rides out an outage as ever.
+    for entry in os.listdir(spool.path):
+        if wal.is_wal_name(entry):
+            os.unlink(os.path.join(spool.path, entry))
+    server.down(2)
+    code, err = restore(key, segments[1], 'pg_wal/RECOVERYXLOG')
+    assert code == 0 and err.count('retrying') == 2, err
+    assert (pgdata / 'pg_wal' / 'RECOVERYXLOG').read_bytes() == _segment(segments[1])
+    _wait_for_fetcher(spool)
+    walfetch.end_recovery(str(pgdata), io.StringIO())
+
+
+def test_no_look_ahead_outside_a_data_directory_or_when_turned_off(server, key, pgdata, tmp_path):  # noqa: F811
+    server.archive(FIRST, _segment(FIRST))
+    assert restore(key, FIRST, 'pg_wal/RECOVERYXLOG', '--no-look-ahead') == (0, '')
+    assert not os.path.exists(str(pgdata / walfetch.SPOOL_DIR))
+    os.unlink(str(pgdata / 'PG_VERSION'))
+    assert restore(key, FIRST, 'pg_wal/RECOVERYXLOG') == (0, '')
+    assert not os.path.exists(str(pgdata / walfetch.SPOOL_DIR))
+
+
+def test_the_launcher_moves_a_spooled_segment_without_python(key, pgdata, launcher):  # noqa: F811
+    spool = walfetch.Spool(str(pgdata))
+    assert spool.open()
+    (pgdata / walfetch.SPOOL_DIR / FIRST).write_bytes(b'segment')
+    argv = [launcher, '--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'get', FIRST]
+
+    def run():
+        proc = subprocess.run(argv + ['pg_wal/RECOVERYXLOG'], capture_output=True, text=True, check=False)
+        return proc.returncode
+
+    assert run() == 7, 'no live fetcher: the sender (which starts one) answers'
+    (pgdata / walfetch.SPOOL_DIR / walfetch.PID).write_text('%d\n' % os.getpid())  # a live process
+    assert run() == 0
+    assert (pgdata / 'pg_wal' / 'RECOVERYXLOG').read_bytes() == b'segment'
+    assert spool.asked()[0] == FIRST
+    assert run() == 7, 'taken once: a get of it again goes to the sender'
+    (pgdata / walfetch.SPOOL_DIR / walfetch.BOOT).write_text('another boot\n')
+    (pgdata / walfetch.SPOOL_DIR / FIRST).write_bytes(b'segment')
+    assert run() == 7
+
+
+# -- the receiver's "fetch NAME": one request, the segments in order ------------------------------------
+
+
+def _frames(data):
+    """[(kind, name, content)] of a fetch answer."""
+    frames, stream = [], io.BytesIO(data)
+    while True:
+        line = stream.readline()
+        if not line:
+            return frames
+        words = line.decode().split()
+        content = stream.read(int(words[2])) if words[0] == 'wal' else None
+        frames.append((words[0], words[1], content))
+
+
+def test_fetch_streams_the_segments_in_order_up_to_the_first_missing(server):
+    segments = names(FIRST, 3)
+    for name in segments:
+        server.archive(name, _segment(name))
+    out = io.BytesIO()
+    assert walreceiver.serve_fetch(wal_store.WalArchive(server.home, 'pg1'), FIRST, out) == 0
+    after = walfetch.next_segments(segments[-1], 1, SEG)[0]
+    assert _frames(out.getvalue()) == [('wal', n, _segment(n)) for n in segments] + [('end', after, None)]
+    assert walreceiver.parse_request('fetch %s' % FIRST).verb == 'fetch'
+    with pytest.raises(walreceiver.RequestError):
+        walreceiver.parse_request('fetch 00000002.history')
+
+
+def test_a_damaged_file_in_a_fetch_is_an_error_never_the_end(server):
+    segments = names(FIRST, 2)
+    for name in segments:
+        path = server.archive(name, _segment(name))
+    with open(path, 'r+b') as handle:
+        handle.truncate(20)
+    out = io.BytesIO()
+    assert walreceiver.serve_fetch(wal_store.WalArchive(server.home, 'pg1'), FIRST, out) == walreceiver.EXIT_TEMPORARY
+    frames = _frames(out.getvalue())
+    assert frames[0] == ('wal', FIRST, _segment(FIRST)) and frames[1][:2] == ('error', segments[1])
+
+
+def test_a_receiver_without_fetch_gets_one_request_per_file(server, key, pgdata):  # noqa: F811
+    segments = names(FIRST, 4)
+    for name in segments:
+        server.archive(name, _segment(name))
+    # The receiver of before the look-ahead refuses "fetch" (exit 2, nothing on stdout).
+    real = server.state / 'bin' / 'ssh'
+    real.rename(server.state / 'bin' / 'real-ssh')
+    real.write_text(
+        '#!/bin/sh\ncase "$*" in *" fetch "*) echo "barman-wal-receiver: refused" >&2; exit 2;; esac\n'
+        'exec "$(dirname "$0")/real-ssh" "$@"\n'
+    )
+    real.chmod(0o755)
+    assert restore(key, FIRST, 'pg_wal/RECOVERYXLOG')[0] == 0
+    spool = walfetch.Spool(str(pgdata))
+    for name in segments[1:]:
+        assert restore(key, name, 'pg_wal/RECOVERYXLOG')[0] == 0
+        assert (pgdata / 'pg_wal' / 'RECOVERYXLOG').read_bytes() == _segment(name)
+    assert spool.count_fetched() >= 1, server.calls()
+    walfetch.end_recovery(str(pgdata), io.StringIO())
+
+
+def test_the_first_call_of_a_recovery_fetches_the_backups_first_segment(server, key, pgdata):  # noqa: F811
+    segments = names(FIRST, 3)
+    for name in segments:
+        server.archive(name, _segment(name))
+    (pgdata / 'backup_label').write_text(
+        'START WAL LOCATION: 0/500028 (file %s)\nCHECKPOINT LOCATION: 0/500060\nSTART TIMELINE: 1\n' % FIRST
+    )
+    assert walfetch.label_start((pgdata / 'backup_label').read_text()) == FIRST
+    assert walfetch.wanted_segments(None, FIRST, None) == [FIRST]
+    assert walfetch.wanted_segments(FIRST, FIRST, SEG) == segments[1:] + names(segments[-1], 7)[1:]
+    code, err = restore(key, '00000002.history', 'pg_wal/RECOVERYHISTORY')  # PostgreSQL's first call
+    assert code == walsender.EXIT_NOT_FOUND and 'after the backup_label start' in err, err
+    spooled = pgdata / walfetch.SPOOL_DIR / FIRST
+    for _attempt in range(1000):  # PostgreSQL reads the checkpoint's timeline meanwhile
+        if spooled.exists():
+            break
+        subprocess.run(['sleep', '0.01'], check=True)
+    for name in segments:
+        assert restore(key, name, 'pg_wal/RECOVERYXLOG')[0] == 0
+        assert (pgdata / 'pg_wal' / 'RECOVERYXLOG').read_bytes() == _segment(name)
+    gets = [call for call in server.calls() if call.startswith('get ')]
+    assert gets[0] == 'get 00000002.history' and 'get %s' % FIRST not in gets, gets
+    assert 'fetch %s' % FIRST in server.calls()
+    walfetch.end_recovery(str(pgdata), io.StringIO())
+    assert not os.path.exists(str(pgdata / walfetch.SPOOL_DIR))
