@@ -10,8 +10,9 @@ Data: pgbench scale 60 in the database bench_backup of pg1 (made once, kept). In
   fulls         rsync -a over SSH (limit); ours (jobs 1, jobs 2, once through ansible-playbook);
                 Barman (rsync, concurrent); pgBackRest (local repository, process-max 1 and 2)
   write load    pgbench -T 15 -c 2 bench_backup, then CHECKPOINT
-  incrementals  rsync -a --link-dest (limit); ours (reuse=link); Barman (reuse_backup=link);
-                pgBackRest --type=incr (process-max 1 and 2, each in its own repository)
+  incrementals  rsync -a --link-dest (limit: rsync's delta algorithm, and --whole-file); ours (reuse=link);
+                Barman (reuse_backup=link); pgBackRest --type=incr (process-max 1 and 2, each in its own
+                repository)
 
 Everything temporary is under /var/tmp/bench-backup-* and is deleted in a finally (the database stays).
 See bench/README.md for what each row does and bench/RESULTS.md for figures.
@@ -212,8 +213,9 @@ def write_load(seconds=15):
 # --------------------------------------------------------------------------- the limit: plain rsync
 
 
-def method_rsync(name, previous=None):
-    """rsync -a of PGDATA (pg_wal/ contents and the other non-backup files excluded) as barman."""
+def method_rsync(name, previous=None, whole_file=False):
+    """rsync -a of PGDATA (pg_wal/ contents and the other non-backup files excluded) as barman; with
+    ``whole_file``, changed files are sent whole rather than by rsync's delta algorithm (its default over SSH)."""
     make_dir(RSYNC_DIR, 'barman')
     target = os.path.join(RSYNC_DIR, name)
     shutil.rmtree(target, ignore_errors=True)
@@ -221,6 +223,8 @@ def method_rsync(name, previous=None):
     argv += ['--exclude=' + pattern for pattern in rsync.PGDATA_EXCLUDES]
     if previous:
         argv.append('--link-dest=' + previous)
+    if whole_file:
+        argv.append('--whole-file')
     argv += ['postgres@%s:%s/' % (PG1_HOST, PG1_DATA), target + '/']
     start = time.perf_counter()
     run(argv, user='barman')
@@ -290,6 +294,13 @@ def backup_log_lines(backup_id):
     return lines
 
 
+def transfer_note(copy_stats):
+    """'; transfer whole-file (why)' from copy_stats, as delta_transfer=auto chose it."""
+    if not copy_stats.get('transfer'):
+        return ''
+    return '; transfer %s (%s)' % (copy_stats['transfer'], copy_stats.get('transfer_reason'))
+
+
 def our_row(result):
     backup_dir = os.path.join(OUR_HOME, 'pg1', 'base', result['backup_id'])
     return {
@@ -309,7 +320,9 @@ def our_row(result):
             '; manifest %.2f s' % result['copy_stats']['manifest_time']
             if result['copy_stats'].get('manifest_time') is not None
             else '',
-        ),
+        )
+        + transfer_note(result['copy_stats']),
+        'transfer': result['copy_stats'].get('transfer'),
         'manifest_time': result['copy_stats'].get('manifest_time'),
     }
 
@@ -542,7 +555,10 @@ def human(size):
 
 
 def table(rows):
-    limits = dict((r['phase'], r['seconds']) for r in rows if r.get('limit') and 'seconds' in r)
+    limits = {}
+    for r in rows:  # the faster of a phase's limits (incremental: delta algorithm or whole files)
+        if r.get('limit') and 'seconds' in r:
+            limits[r['phase']] = min(r['seconds'], limits.get(r['phase'], r['seconds']))
     lines = [
         '| phase | method | wall s | x limit | disk (du) | note |',
         '|---|---|---|---|---|---|',
@@ -604,6 +620,7 @@ def main():
         sys.exit('run as root (it acts as postgres and barman)')
     rows, breakdown, tps = [], {}, None
     ours_full = ours_incr = {}
+    pgbr_incr = {}  # process-max -> the incremental's row
     pgdata_bytes = None
     started = datetime.datetime.now().astimezone()
     load_before = os.getloadavg()[0]
@@ -642,8 +659,15 @@ def main():
         measure(
             rows,
             'incr',
-            'rsync -a --link-dest + sync -f (limit)',
+            'rsync -a --link-dest + sync -f (limit, delta algorithm)',
             lambda: method_rsync('incr', previous=full_rsync),
+            limit=True,
+        )
+        measure(
+            rows,
+            'incr',
+            'rsync -a --link-dest --whole-file + sync -f (limit, whole files)',
+            lambda: method_rsync('incr-whole', previous=full_rsync, whole_file=True),
             limit=True,
         )
         ours_incr = measure(rows, 'incr', 'ours, reuse=link, jobs 1', lambda: method_ours(reuse='link'))
@@ -656,7 +680,7 @@ def main():
             )
         for processes in (1, 2):
             if processes in pgbr:
-                measure(
+                pgbr_incr[processes] = measure(
                     rows,
                     'incr',
                     'pgBackRest 2.45 --type=incr, process-max %d' % processes,
@@ -677,6 +701,19 @@ def main():
             ratio,
             ours_full['seconds'],
             limit_full['seconds'],
+        )
+    pgbr_one = pgbr_incr.get(1, {})
+    if 'seconds' in ours_incr and 'seconds' in pgbr_one:
+        verdict += (
+            '\n\nGoal (#15, our incremental no slower than pgBackRest --type=incr, process-max 1): %s, '
+            '%.2f s vs %.2f s (%.2fx); ours sent changed files as %s.'
+            % (
+                'met' if ours_incr['seconds'] <= pgbr_one['seconds'] else 'NOT met',
+                ours_incr['seconds'],
+                pgbr_one['seconds'],
+                ours_incr['seconds'] / pgbr_one['seconds'],
+                ours_incr.get('transfer') or '?',
+            )
         )
     text = [
         SECTION,
@@ -699,7 +736,7 @@ def main():
         '',
         verdict,
         '',
-        'x limit: wall s / wall s of the plain rsync of the same phase (`rsync -a` as barman over SSH, '
+        'x limit: wall s / wall s of the faster plain rsync of the same phase (`rsync -a` as barman over SSH, '
         'with the excludes of our module: no pg_wal/ contents, then `sync -f` of its target, since a backup '
         'counts only once durable: ours syncs its filesystem before DONE, pgBackRest fsyncs each file, Barman '
         'does neither). Every rsync over SSH (limit, ours, Barman) '
@@ -709,7 +746,10 @@ def main():
         'without `--wait` (its server gets no WAL stream here, so the backup ends WAITING_FOR_WALS; '
         'copy_time is from its backup.info). pgBackRest: local repository, run as postgres, start-fast, '
         'compress-type=none (nobody else compresses), archive-check=n. disk: `du` of the backup '
-        'directory; for an incremental only the blocks it adds to the previous backup.',
+        'directory; for an incremental only the blocks it adds to the previous backup. The incremental has two '
+        'limits: rsync over SSH uses its delta algorithm by default (checksums of the older copy and of each '
+        'changed file on both hosts), `--whole-file` sends changed files whole; ours chooses per run '
+        '(`delta_transfer: auto`, the note gives its choice and why).',
     ]
     for label, lines in breakdown.items():
         text += ['', 'Our %s, from `backup.log`:' % label, '', '```'] + lines + ['```']

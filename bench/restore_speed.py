@@ -239,7 +239,7 @@ def method_limit(data):
 OUR_RECOVER_CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.barman.postgresql.plugins.module_utils import recovery
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, recovery, recovery_hold
 spec = recovery.module_spec()['argument_spec']
 params = dict((key, option.get('default')) for key, option in spec.items())
 params.update(json.loads(sys.argv[2]))
@@ -262,6 +262,8 @@ start = time.perf_counter()
 result = recovery.recover(params)
 result['elapsed'] = time.perf_counter() - start
 result['steps'] = steps
+# The WAL went along with the copy: nothing more to hold (recover.yml releases its hold at the target too).
+recovery_hold.release(catalog.ServerLayout(params['barman_home'], params['server']), result['hold'])
 print(json.dumps(result, default=str))
 """
 

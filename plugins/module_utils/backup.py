@@ -13,6 +13,7 @@ import ctypes
 import datetime
 import os
 import shutil
+import stat
 import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -34,6 +35,20 @@ from ansible_collections.barman.postgresql.plugins.module_utils.wal_store import
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 REUSE_MODES = ('link', 'copy', 'off')
+# How rsync sends a changed file: the delta algorithm (checksums of the older copy on both hosts, then only
+# the differing blocks) saves bandwidth on a slow link; on a fast one it is slower than sending it whole.
+DELTA_TRANSFER_MODES = ('auto', 'always', 'never')
+WHOLE_FILE = 'whole-file'
+DELTA = 'delta'
+# auto, when no copy measured the delta algorithm yet: at this speed (bytes/s, 400 Mbit/s) a link sends a
+# file whole sooner than rsync's delta algorithm (single-threaded checksums of both copies) gets through it.
+FAST_LINK = 50 * 1000 * 1000
+# A copy that sent less than this tells more about rsync's start and its file list than about the link.
+MIN_MEASURED_BYTES = 64 * 1024 * 1024
+# The previous backups whose copy statistics may tell the link's speed (newer ones first).
+MEASURE_LOOKBACK = 10
+# auto, link speed unknown: whole files when at least this share of the bytes is in changed files.
+MOST_CHANGED = 0.5
 # Files whose mtime is this close to (or after) the reference backup's start may have changed within
 # the same second as the copy rsync would compare against: they are compared by checksum.
 MTIME_GRANULARITY = 1
@@ -58,11 +73,13 @@ def module_spec() -> dict:
         ssh_known_hosts=dict(type='path'),
         reuse=dict(type='str', choices=list(REUSE_MODES), default='link'),
         jobs=dict(type='int', default=1),
+        concurrency=dict(type='int', default=0),
         immediate_checkpoint=dict(type='bool', default=True),
         bandwidth_limit=dict(type='int'),
         network_compression=dict(type='bool', default=False),
         wal_timeout=dict(type='int', default=120),
         label=dict(type='str'),
+        delta_transfer=dict(type='str', choices=list(DELTA_TRANSFER_MODES), default='auto'),
     )
     return dict(argument_spec=spec)
 
@@ -169,6 +186,129 @@ def _fsync_tree(path):
                 os.close(fd)
 
 
+# -- whole files or deltas --------------------------------------------------------------------------
+
+
+def _megabytes(rate):
+    return '%.0f MB/s' % (rate / 1e6)
+
+
+def measured_rates(infos: Mapping[str, Mapping[str, Any]]) -> Dict[str, Tuple[float, str]]:
+    """{transfer mode: (bytes per second, backup id)} of the newest copy of each mode, among the last
+    MEASURE_LOOKBACK backups (``infos`` oldest first), that sent at least MIN_MEASURED_BYTES.
+
+    A copy that sent whole files measured the link (a full always does); one that used the delta
+    algorithm measured that algorithm on this link and these hosts' CPUs.
+    """
+    rates = {}
+    for backup_id in list(infos)[::-1][:MEASURE_LOOKBACK]:
+        stats = infos[backup_id].get('copy_stats') or {}
+        mode, rate = stats.get('transfer'), stats.get('throughput')
+        if mode in (WHOLE_FILE, DELTA) and mode not in rates and rate and rate > 0:
+            if (stats.get('transferred_bytes') or 0) >= MIN_MEASURED_BYTES:
+                rates[mode] = (float(rate), backup_id)
+    return rates
+
+
+def needs_change_estimate(mode: str, has_reference: bool, rates: Mapping[str, Tuple[float, str]]) -> bool:
+    """Whether :func:`choose_transfer` wants the changed bytes (a listing of the source) to decide."""
+    return mode == 'auto' and has_reference and WHOLE_FILE not in rates
+
+
+def choose_transfer(
+    mode: str,
+    has_reference: bool,
+    rates: Mapping[str, Tuple[float, str]],
+    change: Optional[Tuple[int, int]] = None,
+) -> Tuple[str, str]:
+    """(WHOLE_FILE or DELTA, why) for this copy.
+
+    ``mode``: the delta_transfer option; ``has_reference``: an older copy exists for the delta algorithm
+    to work against; ``rates``: :func:`measured_rates`; ``change``: (bytes in files whose size or mtime
+    differ from the older copy, bytes in all), only looked at when the link's speed is unknown.
+    """
+    if not has_reference:
+        return WHOLE_FILE, 'no previous copy to take deltas from'
+    if mode == 'never':
+        return WHOLE_FILE, 'delta_transfer=never'
+    if mode == 'always':
+        return DELTA, 'delta_transfer=always'
+    whole, delta = rates.get(WHOLE_FILE), rates.get(DELTA)
+    if whole and delta:
+        faster = WHOLE_FILE if whole[0] >= delta[0] else DELTA
+        return faster, 'whole files went at %s (backup %s), the delta algorithm at %s (backup %s)' % (
+            _megabytes(whole[0]),
+            whole[1],
+            _megabytes(delta[0]),
+            delta[1],
+        )
+    if whole:
+        if whole[0] >= FAST_LINK:
+            return WHOLE_FILE, 'whole files went at %s (backup %s): a fast link (>= %s)' % (
+                _megabytes(whole[0]),
+                whole[1],
+                _megabytes(FAST_LINK),
+            )
+        return DELTA, 'whole files went at %s (backup %s): a slow link (< %s), deltas save bandwidth' % (
+            _megabytes(whole[0]),
+            whole[1],
+            _megabytes(FAST_LINK),
+        )
+    if change and change[1] > 0:
+        share = change[0] / change[1]
+        if share >= MOST_CHANGED:
+            return WHOLE_FILE, 'link speed not measured yet; %.0f%% of the bytes are in changed files' % (100 * share)
+        return DELTA, 'link speed not measured yet; %.0f%% of the bytes are in changed files' % (100 * share)
+    return DELTA, 'link speed not measured yet'
+
+
+def changed_bytes(
+    listing: Sequence[Tuple[int, float, str]], reference: Mapping[str, Tuple[int, int]]
+) -> Tuple[int, int]:
+    """(bytes in the files rsync's quick check will send, bytes in all) of a source ``listing``
+    [(size, mtime, name)] against the older copy's {name: (size, whole-second mtime)}: a file is
+    sent when it is new or its size or mtime differ, as rsync compares them."""
+    changed = total = 0
+    for size, mtime, name in listing:
+        total += size
+        if reference.get(name) != (size, int(mtime)):
+            changed += size
+    return changed, total
+
+
+def reference_stats(reference_dir: str, names: Sequence[str]) -> Dict[str, Tuple[int, int]]:
+    """{name: (size, whole-second mtime)} of the older copy's files, as rsync's quick check sees them.
+
+    The copy on the backup server's disk, not its manifest: that is what rsync compares with."""
+    found = {}
+    for name in names:
+        try:
+            st = os.lstat(os.path.join(reference_dir, name))
+        except OSError:
+            continue
+        found[name] = (st.st_size, int(st.st_mtime))
+    return found
+
+
+def linked_since(destination_dir: str, reference_dir: str, since: float) -> List[str]:
+    """Files of a fresh copy hard-linked to the older copy (rsync trusted their size and mtime) whose
+    mtime is ``since`` or later: those rsync may have trusted wrongly. Paths relative to the copy."""
+    names = []
+    for directory, _dirs, files in os.walk(destination_dir):
+        for name in files:
+            path = os.path.join(directory, name)
+            relative = os.path.relpath(path, destination_dir)
+            try:
+                mine = os.lstat(path)
+                theirs = os.lstat(os.path.join(reference_dir, relative))
+            except OSError:
+                continue
+            same = (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+            if same and stat.S_ISREG(mine.st_mode) and mine.st_mtime >= since:
+                names.append(relative)
+    return names
+
+
 # -- the copy ---------------------------------------------------------------------------------------
 
 
@@ -182,7 +322,8 @@ class Copier:
         target = ssh.validate_ssh_target(params['ssh_user'], host, params['ssh_port'])
         # One SSH connection for every rsync and command of the backup (ControlMaster), not one each.
         self.host = remote.Remote(target, control_path, known_hosts_file=params.get('ssh_known_hosts'))
-        self.stats = dict(transferred_bytes=0, files=0, copy_seconds=0.0)
+        self.stats = dict(transferred_bytes=0, files=0, copy_seconds=0.0, main_bytes=0, main_seconds=0.0)
+        self.whole_file = False  # set by _copy from choose_transfer, for every rsync of the backup
         self._stats_lock = threading.Lock()  # parallel workers add to the same totals
 
     def remote(self, path: str) -> str:
@@ -205,6 +346,7 @@ class Copier:
             vanished_ok=True,  # PostgreSQL drops and creates files during the copy; WAL replay repairs that
             bandwidth_limit_kbps=self.params['bandwidth_limit'],
             compress=self.params['network_compression'],
+            whole_file=self.whole_file,
             **kwargs,
         )
         with self._stats_lock:
@@ -240,12 +382,23 @@ class Copier:
             reference_begin = None
         source = self.remote(source_dir.rstrip('/') + '/')
         jobs = max(1, self.params['jobs'])
+        bytes_before, started = self.stats['transferred_bytes'], time.monotonic()
         if jobs == 1:
             self.rsync(source, destination_dir + '/', what, excludes=excludes, link_dest=link_dest, extra=extra)
         else:
             self.parallel_copy(source_dir, destination_dir, what, excludes, link_dest, extra, jobs)
+        # The speed of the main pass (wall time, workers together) is what the next backup's choice reads.
+        self.stats['main_seconds'] += time.monotonic() - started
+        self.stats['main_bytes'] += self.stats['transferred_bytes'] - bytes_before
         if reference_begin is not None and reuse != 'off':
-            self.recheck_recent(source_dir, destination_dir, reference_begin, what, excludes)
+            self.recheck_recent(
+                source_dir, destination_dir, reference_begin, what, excludes, reference_dir if link_dest else None
+            )
+
+    def change_estimate(self, source_dir: str, reference_dir: str, excludes: Sequence[str]) -> Tuple[int, int]:
+        """(changed bytes, bytes in all) of one directory tree against its older copy: see changed_bytes."""
+        listing = self.host.list_files(self.remote(source_dir.rstrip('/') + '/'), excludes)
+        return changed_bytes(listing, reference_stats(reference_dir, [name for _s, _m, name in listing]))
 
     def parallel_copy(
         self,
@@ -309,15 +462,28 @@ class Copier:
         reference_begin: datetime.datetime,
         what: str,
         excludes: Sequence[str],
+        linked_to: Optional[str] = None,
     ) -> None:
         """Compare by checksum every file changed since the reference backup began (minus a second).
 
         rsync's quick check trusts size and a one-second mtime: a page rewritten in place within the
-        second the reference copied it looks unchanged. Only those files pay for a checksum.
+        second the reference copied it looks unchanged. Only those files pay for a checksum. With
+        ``linked_to`` (the --link-dest directory) the ones rsync trusted are known without asking the
+        host: the files hard-linked to it; a file it sent was read whole during this backup.
         """
         since = reference_begin.timestamp() - MTIME_GRANULARITY
         source = self.remote(source_dir.rstrip('/') + '/')
-        names = [name for _size, mtime, name in self.host.list_files(source, excludes) if mtime >= since]
+        wanted = None
+        if linked_to is not None:
+            wanted = set(linked_since(destination_dir, linked_to, since))
+            if not wanted:
+                return
+        # The listing also leaves out files dropped since the main pass (rsync refuses a missing listed file).
+        names = [
+            name
+            for _size, mtime, name in self.host.list_files(source, excludes)
+            if mtime >= since and (wanted is None or name in wanted)
+        ]
         if not names:
             return
         list_path = destination_dir.rstrip('/') + '.recent'
@@ -408,10 +574,17 @@ def take_backup(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str
                     pgdata=facts['data_directory'],
                     pgdata_layout=facts['pgdata_layout'],
                 )
-            return dict(_run_backup(params, layout, wal_archive, conn, copier, facts, progress), settled=settled)
+            # The backup server's quota of backups at once (all servers, all runs): wait here for a slot.
+            with lockfile.BackupSlot(params['barman_home'], params['concurrency'], waiting=_waiting(progress)):
+                result = _run_backup(params, layout, wal_archive, conn, copier, facts, progress)
+            return dict(result, settled=settled)
         finally:
             conn.close()
             copier.close()
+
+
+def _waiting(progress):
+    return lambda slots: progress("waiting for one of the backup server's %d backup slots (concurrency)" % slots)
 
 
 def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
@@ -451,7 +624,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
         )
         infofile.write_backup_info(info_path, info)
         copy_started = time.time()
-        _copy(params, layout, copier, facts, backup_id, reference_id, reference)
+        transfer, transfer_reason = _copy(params, layout, copier, facts, backup_id, reference_id, reference)
         copy_seconds = time.time() - copy_started
         stop = postgres.backup_stop(conn)
         _write_labels(layout, backup_id, stop)
@@ -497,6 +670,10 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
                 total_time=round(time.time() - started, 3),
                 number_of_workers=max(1, params['jobs']),
                 transferred_bytes=copier.stats['transferred_bytes'],
+                # How changed files went, and the main passes' speed: the next backup's delta_transfer=auto reads it.
+                transfer=transfer,
+                transfer_reason=transfer_reason,
+                throughput=_throughput(copier.stats),
             ),
         )
         infofile.write_backup_info(info_path, info)
@@ -539,10 +716,32 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
     return result
 
 
+def _choose_transfer(params, layout, copier, facts, reference_id):
+    """Set the copier's transfer mode (whole files or deltas) for the whole backup; (mode, why)."""
+    mode = params.get('delta_transfer') or 'auto'
+    reference_data = layout.backup_data_dir(reference_id) if reference_id else None
+    has_reference = params['reuse'] != 'off' and bool(reference_data) and os.path.isdir(reference_data)
+    rates = measured_rates(infofile.backup_infos(layout))
+    change = None
+    if needs_change_estimate(mode, has_reference, rates):
+        trees = [(facts['data_directory'], reference_data, rsync.PGDATA_EXCLUDES + (rsync.PG_CONTROL_EXCLUDE,))]
+        trees += [
+            (location, layout.backup_tablespace_dir(reference_id, oid), ('pgsql_tmp*',))
+            for _name, oid, location in facts['tablespaces']
+        ]
+        sums = [copier.change_estimate(*tree) for tree in trees]
+        change = (sum(c for c, _t in sums), sum(t for _c, t in sums))
+    transfer, why = choose_transfer(mode, has_reference, rates, change)
+    copier.whole_file = transfer == WHOLE_FILE
+    copier.progress('transfer: %s (%s)' % (transfer, why))
+    return transfer, why
+
+
 def _copy(params, layout, copier, facts, backup_id, reference_id, reference):
     reference_begin = reference['begin_time'] if reference else None
     data_dir = layout.backup_data_dir(backup_id)
     reference_data = layout.backup_data_dir(reference_id) if reference_id else None
+    transfer = _choose_transfer(params, layout, copier, facts, reference_id)
     copier.copy_directory(
         facts['data_directory'],
         data_dir,
@@ -575,6 +774,14 @@ def _copy(params, layout, copier, facts, backup_id, reference_id, reference):
         os.path.join(data_dir, rsync.PG_CONTROL),
         'pg_control',
     )
+    return transfer
+
+
+def _throughput(stats):
+    """Bytes per second of the main passes (files sent / their wall time), None when nothing was sent."""
+    if stats['main_bytes'] > 0 and stats['main_seconds'] > 0:
+        return int(stats['main_bytes'] / stats['main_seconds'])
+    return None
 
 
 def _write_labels(layout, backup_id, stop):

@@ -164,3 +164,78 @@ class ServerLock:
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
         self.release()
+
+
+# How many backups run at once on one backup server
+
+
+class BackupSlot:
+    """One of ``limit`` backup slots of a barman_home, as a context manager: a counting semaphore made of
+    ``limit`` flock files ``<barman_home>/.barman-backup-slot-<n>.lock``, so that every backup on a backup
+    server, whichever run or playbook started it, counts against that server's own quota.
+
+    A server may not be named ``barman``, so these names never collide with a server's lock. ``limit`` 0
+    (or less) means no limit. Waiting polls every ``poll_seconds``, forever unless ``wait_seconds`` is given
+    (LockBusy then); ``waiting`` is called once with the number of slots if none is free at first.
+    The kernel frees a slot when its holder exits, however it dies.
+    """
+
+    def __init__(
+        self,
+        barman_home: str,
+        limit: int,
+        waiting: Optional[Any] = None,
+        wait_seconds: Optional[float] = None,
+        poll_seconds: float = 0.1,
+    ) -> None:
+        self.limit = int(limit or 0)
+        self.paths = [
+            os.path.join(os.path.abspath(barman_home), '.barman-backup-slot-%d.lock' % n)
+            for n in range(1, self.limit + 1)
+        ]
+        self.waiting = waiting
+        self.wait_seconds = wait_seconds
+        self.poll_seconds = poll_seconds
+        self.lock = None  # the ServerLock of the slot held
+        self.waited_seconds = 0.0
+
+    def acquire(self) -> 'BackupSlot':
+        if self.lock is not None or self.limit <= 0:
+            return self
+        started = time.monotonic()
+        # Start at a slot chosen by pid, so that waiters do not all poll slot 1 first.
+        first = os.getpid() % self.limit
+        order = self.paths[first:] + self.paths[:first]
+        told = False
+        while True:
+            for path in order:
+                lock = ServerLock(path, 'backup')
+                try:
+                    self.lock = lock.acquire()
+                except LockBusy:
+                    continue
+                self.waited_seconds = time.monotonic() - started
+                return self
+            if self.wait_seconds is not None and time.monotonic() - started >= self.wait_seconds:
+                raise LockBusy(
+                    'All %d backup slots of %s are taken after waiting %ss'
+                    % (self.limit, os.path.dirname(self.paths[0]), self.wait_seconds),
+                    'Wait for the running backups to end, or raise barman_backup_concurrency',
+                    lock_path=self.paths[0],
+                    operation='backup-slot',
+                )
+            if not told and self.waiting is not None:
+                self.waiting(self.limit)
+                told = True
+            time.sleep(self.poll_seconds)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            lock, self.lock = self.lock, None
+            lock.release()
+
+    def __enter__(self) -> 'BackupSlot':
+        return self.acquire()
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        self.release()

@@ -188,6 +188,7 @@ def rsync_argv(
     excludes: Iterable[str] = (),
     link_dest: Optional[str] = None,
     checksum: bool = False,
+    whole_file: bool = False,
     files_from: Optional[str] = None,
     bandwidth_limit_kbps: Optional[int] = None,
     compress: bool = False,
@@ -211,6 +212,8 @@ def rsync_argv(
     ``excludes``: rsync patterns, e.g. ``PGDATA_EXCLUDES + (PG_CONTROL_EXCLUDE,)``.
     ``link_dest``: absolute path, on the destination host, of the previous backup (unchanged
     files become hard links to it). ``checksum``: compare file contents, not size and mtime.
+    ``whole_file``: send a changed file whole instead of running the delta algorithm against its
+    older copy (the ``link_dest`` one); unchanged files are hard-linked all the same.
     ``files_from``: a local file listing paths relative to ``source`` (then ``--archive``
     does not recurse into listed directories). ``bandwidth_limit_kbps``: ``--bwlimit``, in
     units of 1024 bytes per second. ``extra``: more long options, appended as given, except
@@ -224,6 +227,8 @@ def rsync_argv(
     argv += ['--numeric-ids', '--stats']
     if checksum:
         argv.append('--checksum')
+    if whole_file:
+        argv.append('--whole-file')
     if compress:
         argv.append('--compress')
     if delete:

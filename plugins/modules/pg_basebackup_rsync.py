@@ -76,6 +76,14 @@ options:
       - Number of rsync workers; files are shared out largest first.
     type: int
     default: 1
+  concurrency:
+    description:
+      - >-
+        How many backups may run at once on this backup server (O(barman_home)), whatever server, run or
+        playbook started them; a backup waits for a free slot (a flock file C(.barman-backup-slot-<n>.lock)
+        in O(barman_home)) before it starts PostgreSQL's backup. V(0) means no limit.
+    type: int
+    default: 0
   immediate_checkpoint:
     description:
       - Ask PostgreSQL for an immediate checkpoint at the start rather than waiting for a spread one.
@@ -101,6 +109,23 @@ options:
     description:
       - Label passed to C(pg_backup_start()) and recorded as the backup's name.
     type: str
+  delta_transfer:
+    description:
+      - >-
+        How rsync sends a file changed since the previous backup. Its delta algorithm reads the older copy and
+        the new file on both hosts and sends only the blocks that differ: it saves bandwidth on a slow link
+        (a WAN) and is slower than sending the file whole on a fast one. Unchanged files are hard-linked
+        (or copied locally, O(reuse=copy)) whatever the choice.
+      - >-
+        V(auto) sends whole files (rsync C(--whole-file)) when an earlier copy measured the link faster than
+        the delta algorithm (the newer of the last backups that sent whole files and that used deltas, each
+        at least 64 MiB; without a delta measurement, faster than 50 MB/s), the delta algorithm otherwise.
+        When no copy measured the link yet, whole files when at least half of the bytes are in files whose
+        size or modification time changed. V(always) always uses the delta algorithm, V(never) never does.
+      - The choice and why are recorded in the backup's C(copy_stats) (C(transfer), C(transfer_reason)).
+    type: str
+    choices: [auto, always, never]
+    default: auto
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -186,7 +211,10 @@ deduplicated_size:
   returned: when a backup was taken
   type: int
 copy_stats:
-  description: Copy time, sync time (to make the copy durable), total time, workers and bytes transferred.
+  description: >-
+    Copy time, sync time (to make the copy durable), total time, workers and bytes transferred;
+    C(transfer) (C(whole-file) or C(delta)), how changed files were sent, C(transfer_reason), why, and
+    C(throughput), bytes per second of the main copy (what the next backup's O(delta_transfer=auto) reads).
   returned: when a backup was taken
   type: dict
 pgdata_layout:

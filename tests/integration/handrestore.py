@@ -85,7 +85,11 @@ def restore(server, backup_id, name, port):
     restore_command = ' '.join(sender_argv(server, 'get', '%f', '%p'))
     with open(os.path.join(data_dir, 'postgresql.auto.conf'), 'a') as handle:
         handle.write(
-            "\n# hand restore\narchive_mode = off\nrestore_command = '%s'\nrecovery_target = 'immediate'\n"
+            # An earlier in-place recovery's target may be in the backup's postgresql.auto.conf: blank them
+            # all first (PostgreSQL refuses a second target, and a blank one after 'immediate').
+            "\n# hand restore\narchive_mode = off\nrestore_command = '%s'\nrecovery_target_time = ''\n"
+            "recovery_target_xid = ''\nrecovery_target_name = ''\nrecovery_target_lsn = ''\n"
+            "recovery_target = 'immediate'\n"
             "recovery_target_action = 'promote'\nrecovery_target_timeline = 'current'\nlogging_collector = off\n"
             % restore_command
         )

@@ -216,7 +216,10 @@ def test_full_and_incremental_backups_under_load_restore_to_their_end(archiving)
         run_backup('-e', 'barman_backup_reuse=off')
         full = dict((s, newest_backup(s)) for s in SERVERS)
         time.sleep(3)
-        run_backup()
+        # #15: one server's incremental sends changed files whole, the other's uses rsync's delta algorithm.
+        modes = dict(zip(SERVERS, ('never', 'always') * len(SERVERS)))
+        for server in SERVERS:
+            run_backup('--limit', server, '-e', 'barman_backup_delta_transfer=%s' % modes[server])
         incremental = dict((s, newest_backup(s)) for s in SERVERS)
         time.sleep(1)
     finally:
@@ -225,6 +228,10 @@ def test_full_and_incremental_backups_under_load_restore_to_their_end(archiving)
         full_id, full_info = full[server]
         incr_id, incr_info = incremental[server]
         assert full_id != incr_id and full_info['status'] == incr_info['status'] == 'DONE'
+        assert full_info['copy_stats']['transfer'] == 'whole-file', full_info['copy_stats']
+        expected = {'never': 'whole-file', 'always': 'delta'}[modes[server]]
+        assert incr_info['copy_stats']['transfer'] == expected, incr_info['copy_stats']
+        assert incr_info['copy_stats']['transfer_reason'] == 'delta_transfer=%s' % modes[server]
         layout = catalog.ServerLayout(BARMAN_HOME, server)
         old, new = inodes(layout.backup_dir(full_id)), inodes(layout.backup_dir(incr_id))
         shared = [p for p in new if p in old and old[p][0] == new[p][0]]

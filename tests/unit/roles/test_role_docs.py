@@ -92,3 +92,4 @@ def test_choices_the_collections_python_knows_are_the_pythons():
     options = spec('common')['options']
     assert options['barman_compression']['choices'] == list(wal_store.COMPRESSIONS)
     assert options['barman_backup_reuse']['choices'] == list(backup.REUSE_MODES)
+    assert options['barman_backup_delta_transfer']['choices'] == list(backup.DELTA_TRANSFER_MODES)

@@ -486,3 +486,26 @@ def test_real_rsync_files_from(tmp_path):
     argv = rsync.rsync_argv(str(source) + '/', str(destination) + '/', files_from=str(listing))
     subprocess.run(argv, stdout=subprocess.PIPE, check=True)
     assert _relative_files(destination) == {'base', 'base/1', 'base/1/2', 'global', 'global/3'}
+
+
+def test_rsync_argv_whole_file_keeps_link_dest():
+    argv = rsync.rsync_argv('/src/', '/dst/', link_dest='/prev', whole_file=True)
+    assert argv == BASE + ['--whole-file', '--link-dest=/prev', '--', '/src/', '/dst/']
+    assert '--whole-file' not in rsync.rsync_argv('/src/', '/dst/', link_dest='/prev')
+
+
+def test_real_rsync_whole_file_still_links_unchanged_files(tmp_path):
+    source, previous, destination = tmp_path / 'src', tmp_path / 'prev', tmp_path / 'dst'
+    _write(source, 'base/1/same', 'same')
+    _write(source, 'base/1/changed', 'old' * 1000)
+    subprocess.run(rsync.rsync_argv(str(source) + '/', str(previous) + '/'), stdout=subprocess.PIPE, check=True)
+    _write(source, 'base/1/changed', 'new' * 1000)
+    os.utime(str(source / 'base/1/changed'), (2000000000, 2000000000))
+    argv = rsync.rsync_argv(str(source) + '/', str(destination) + '/', link_dest=str(previous), whole_file=True)
+    output = subprocess.run(argv, stdout=subprocess.PIPE, check=True, universal_newlines=True).stdout
+    assert os.stat(str(destination / 'base/1/same')).st_ino == os.stat(str(previous / 'base/1/same')).st_ino
+    assert (destination / 'base/1/changed').read_text() == 'new' * 1000
+    assert (previous / 'base/1/changed').read_text() == 'old' * 1000
+    stats = rsync.parse_rsync_stats(output)
+    assert stats['regular_files_transferred'] == 1
+    assert stats['matched_data'] == 0  # nothing taken from the older copy: sent whole
