@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from test_walsender import SEG, FakeBackupServer, _segment, key, launcher, restore  # noqa: F401 - fixtures
+from test_walsender import SEG, FakeBackupServer, _segment, key, launcher, restore  # noqa: F401 # pylint: disable=unused-import
 
 from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store
 from ansible_collections.barman.postgresql.runtime import walfetch, walreceiver, walsender

@@ -46,7 +46,7 @@ def test_a_waiter_is_told_once_and_gets_the_freed_slot(tmp_path):
 
 
 def test_zero_means_no_limit(tmp_path):
-    slots = [lockfile.BackupSlot(str(tmp_path), 0).acquire() for _ in range(5)]
+    slots = [lockfile.BackupSlot(str(tmp_path), 0).acquire() for _count in range(5)]
     assert all(slot.lock is None for slot in slots)
     assert not os.listdir(str(tmp_path))
 
