@@ -53,6 +53,9 @@ MOST_CHANGED = 0.5
 # the same second as the copy rsync would compare against: they are compared by checksum.
 MTIME_GRANULARITY = 1
 PROGRESS_LOG = 'backup.log'
+# A backup waits this long at most for one of the backup server's slots (concurrency): runs that hang
+# holding every slot must not block every later backup for ever (LOCK_BUSY, operation backup-slot).
+SLOT_WAIT_SECONDS = 6 * 3600
 
 
 class BackupError(BarmanError):
@@ -291,8 +294,9 @@ def reference_stats(reference_dir: str, names: Sequence[str]) -> Dict[str, Tuple
 
 
 def linked_since(destination_dir: str, reference_dir: str, since: float) -> List[str]:
-    """Files of a fresh copy hard-linked to the older copy (rsync trusted their size and mtime) whose
-    mtime is ``since`` or later: those rsync may have trusted wrongly. Paths relative to the copy."""
+    """Files of a fresh copy that rsync took from the older copy, trusting their size and mtime (hard-linked,
+    or copied locally where a link was not possible, e.g. other permissions), whose mtime is ``since`` or
+    later: those rsync may have trusted wrongly. Paths relative to the copy."""
     names = []
     for directory, _dirs, files in os.walk(destination_dir):
         for name in files:
@@ -303,8 +307,9 @@ def linked_since(destination_dir: str, reference_dir: str, since: float) -> List
                 theirs = os.lstat(os.path.join(reference_dir, relative))
             except OSError:
                 continue
-            same = (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
-            if same and stat.S_ISREG(mine.st_mode) and mine.st_mtime >= since:
+            # Not only the same inode: rsync's quick check matched whenever size and mtime (seconds) agree.
+            trusted = mine.st_size == theirs.st_size and int(mine.st_mtime) == int(theirs.st_mtime)
+            if trusted and stat.S_ISREG(mine.st_mode) and mine.st_mtime >= since:
                 names.append(relative)
     return names
 
@@ -562,24 +567,33 @@ def take_backup(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str
     # A connection of its own: a recovery of this server running meanwhile must not share (and end) it.
     with lockfile.ServerLock(layout, 'backup'), ssh.operation_control_path(layout.root) as control_path:
         copier = Copier(params, progress, control_path)
-        settled = settle_unfinished_backups(layout, wal_archive, dry_run=check_mode)
-        conn = postgres.connect_with(params)
         try:
-            facts = preflight(params, layout, conn, copier)
-            if check_mode:
-                return dict(
-                    changed=False,
-                    settled=settled,
-                    checked=True,
-                    pgdata=facts['data_directory'],
-                    pgdata_layout=facts['pgdata_layout'],
-                )
-            # The backup server's quota of backups at once (all servers, all runs): wait here for a slot.
-            with lockfile.BackupSlot(params['barman_home'], params['concurrency'], waiting=_waiting(progress)):
-                result = _run_backup(params, layout, wal_archive, conn, copier, facts, progress)
-            return dict(result, settled=settled)
+            settled = settle_unfinished_backups(layout, wal_archive, dry_run=check_mode)
+            # The backup server's quota of backups at once (all servers, all runs): a slot before the preflight,
+            # so that its facts (tablespaces, free space) are those of the moment the backup starts.
+            slot = lockfile.BackupSlot(
+                params['barman_home'],
+                0 if check_mode else params['concurrency'],
+                waiting=_waiting(progress),
+                wait_seconds=SLOT_WAIT_SECONDS,
+            )
+            with slot:
+                conn = postgres.connect_with(params)
+                try:
+                    facts = preflight(params, layout, conn, copier)
+                    if check_mode:
+                        return dict(
+                            changed=False,
+                            settled=settled,
+                            checked=True,
+                            pgdata=facts['data_directory'],
+                            pgdata_layout=facts['pgdata_layout'],
+                        )
+                    result = _run_backup(params, layout, wal_archive, conn, copier, facts, progress)
+                    return dict(result, settled=settled)
+                finally:
+                    conn.close()
         finally:
-            conn.close()
             copier.close()
 
 

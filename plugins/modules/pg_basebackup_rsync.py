@@ -79,9 +79,10 @@ options:
   concurrency:
     description:
       - >-
-        How many backups may run at once on this backup server (O(barman_home)), whatever server, run or
-        playbook started them; a backup waits for a free slot (a flock file C(.barman-backup-slot-<n>.lock)
-        in O(barman_home)) before it starts PostgreSQL's backup. V(0) means no limit.
+        How many backups may run at once in this O(barman_home) (a backup server's catalog), whatever server,
+        run or playbook started them; a backup waits for a free slot (a flock file
+        C(.barman-backup-slot-<n>.lock) in O(barman_home)) before its checks and PostgreSQL's backup start,
+        at most 6 hours (then C(LOCK_BUSY)). Runs should agree on the value. V(0) means no limit.
     type: int
     default: 0
   immediate_checkpoint:

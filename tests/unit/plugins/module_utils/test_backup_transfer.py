@@ -153,18 +153,21 @@ def test_reference_stats_reads_the_older_copy(tmp_path):
     assert backup.reference_stats(str(tmp_path), ['base/1', 'base/gone']) == {'base/1': (10, 1000)}
 
 
-def test_linked_since_lists_hard_links_rsync_trusted_recently(tmp_path):
+def test_linked_since_lists_the_files_rsync_trusted_recently(tmp_path):
     reference, copy = tmp_path / 'ref', tmp_path / 'new'
     for directory in (reference / 'base', copy / 'base'):
         directory.mkdir(parents=True)
-    for name, mtime in (('old', 500), ('recent', 1500), ('sent', 1500)):
+    for name, mtime in (('old', 500), ('recent', 1500), ('sent', 1500), ('copied', 1500)):
         (reference / 'base' / name).write_bytes(b'a')
         os.utime(reference / 'base' / name, (mtime, mtime))
     os.link(reference / 'base' / 'old', copy / 'base' / 'old')
     os.link(reference / 'base' / 'recent', copy / 'base' / 'recent')
-    (copy / 'base' / 'sent').write_bytes(b'b')  # sent by rsync: its own inode, read during this backup
+    (copy / 'base' / 'sent').write_bytes(b'bb')  # sent by rsync (its size changed): read during this backup
     os.utime(copy / 'base' / 'sent', (1500, 1500))
+    # Trusted by size and mtime but not linkable (other permissions): rsync copies the older copy locally.
+    (copy / 'base' / 'copied').write_bytes(b'a')
+    os.utime(copy / 'base' / 'copied', (1500.4, 1500.4))
     (copy / 'base' / 'new').write_bytes(b'c')
     os.symlink('recent', copy / 'base' / 'link')
-    assert backup.linked_since(str(copy), str(reference), 1000) == ['base/recent']
-    assert sorted(backup.linked_since(str(copy), str(reference), 0)) == ['base/old', 'base/recent']
+    assert sorted(backup.linked_since(str(copy), str(reference), 1000)) == ['base/copied', 'base/recent']
+    assert sorted(backup.linked_since(str(copy), str(reference), 0)) == ['base/copied', 'base/old', 'base/recent']
