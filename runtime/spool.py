@@ -2,8 +2,11 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The sender's claims and delivery notes, beside the server's key (<key>.spool/).
 
-A delivery note holds the file's stat_key: the sender's shell launcher (roles/common/templates/
-wal-sender.sh.j2) reads it to answer archive_command for a delivered file without starting Python.
+A delivery note holds the file's stat_key and the target it went to (target_of(): ``--ssh``
+user@host, a colon, ``--port``): the sender's shell launcher (roles/common/templates/
+wal-sender.sh.j2) reads it to answer archive_command for a delivered file without starting
+Python. A note answers only a put of the same target: after the server moves to another backup
+server, an agent still sending to the old one must not answer for the new one.
 """
 
 import os
@@ -19,12 +22,20 @@ def stat_key(stat: os.stat_result) -> str:
     return '%d %d.%09d' % (stat.st_size, seconds, nanoseconds)
 
 
-class Spool:
-    """Claims and delivery notes of one server's files, beside its key (<key>.spool/, 0700)."""
+def target_of(ssh: str, port: Optional[int]) -> str:
+    """Where a note's file went, as the launcher spells it from its arguments (``--ssh X --port Y``)."""
+    return '%s:%s' % (ssh, port if port else '')
 
-    def __init__(self, identity_file: str) -> None:
+
+class Spool:
+    """Claims and delivery notes of one server's files, beside its key (<key>.spool/, 0700), for the
+    files sent to ``target`` (target_of())."""
+
+    def __init__(self, identity_file: str, target: str = '', create: bool = True) -> None:
         self.path = identity_file + '.spool'
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        self.target = target
+        if create:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
 
     def _file(self, name, kind):
         return os.path.join(self.path, '%s.%s' % (name, kind))
@@ -61,10 +72,18 @@ class Spool:
         return True
 
     def release(self, name: str) -> None:
-        self._unlink(self._file(name, 'claim'))
+        """Drop this process's claim of ``name`` (only its own: another's may stand in a new spool)."""
+        path = self._file(name, 'claim')
+        try:
+            with open(path) as handle:
+                if handle.read() != str(os.getpid()):
+                    return
+        except FileNotFoundError:
+            return
+        self._unlink(path)
 
     def note_delivered(self, name: str, stat_key: str) -> None:
-        self._note(name, 'done', stat_key)
+        self._note(name, 'done', '%s %s' % (stat_key, self.target))
 
     def note_given_up(self, name: str) -> None:
         """The agent could not deliver ``name`` (refused, or an error): it leaves the file to
@@ -81,7 +100,7 @@ class Spool:
         os.rename(tmp, self._file(name, kind))
 
     def was_delivered(self, name: str, path: str) -> bool:
-        """True if ``name`` was delivered as the file at ``path`` is now.
+        """True if ``name`` was delivered to this target as the file at ``path`` is now.
 
         The note stays while PostgreSQL still lists the file as ready (until it renames .ready to
         .done after this answer): were it gone sooner, the agent would send the file again. The
@@ -92,13 +111,25 @@ class Spool:
                 noted = handle.read()
         except FileNotFoundError:
             return False
-        if noted == stat_key(os.stat(path)):
+        key = stat_key(os.stat(path))
+        if noted == '%s %s' % (key, self.target):
             return True
-        self._unlink(note)  # about another file of that name
-        return False
+        if not noted.startswith(key + ' '):
+            self._unlink(note)  # about another file of that name
+        return False  # delivered elsewhere (another target): the put sends it itself
 
     def delivered(self, name: str) -> bool:
-        return os.path.exists(self._file(name, 'done'))
+        """True if a note says ``name`` went to this target (a note of another target does not count)."""
+        try:
+            with open(self._file(name, 'done')) as handle:
+                noted = handle.read()
+        except FileNotFoundError:
+            return False
+        return noted.split(' ', 2)[2:] == [self.target]
+
+    def delivered_elsewhere(self, name: str) -> bool:
+        """True if a note says ``name`` went to another target (an agent of a former archive_command)."""
+        return os.path.exists(self._file(name, 'done')) and not self.delivered(name)
 
     def forget_old(self, still_ready: Optional[Container[str]] = None) -> None:
         """Drop the claims of dead processes, and the notes of files no longer in ``still_ready``

@@ -406,6 +406,12 @@ def run_fetcher(
     finally:
         if stream is not None:
             stream.close()
+        # The launcher trusts a live pid here: none once this fetcher is gone (a later one may hold it).
+        if _read(spool.file(PID)) == str(os.getpid()):
+            try:
+                os.unlink(spool.file(PID))
+            except OSError:
+                pass
 
 
 def end_recovery(pgdata: str, stderr: TextIO) -> int:

@@ -20,6 +20,11 @@ one the receiver answered as durable. While an agent runs, a put waits for its n
 deliver is sent by the put itself, which reports why it failed. The agent stays up for
 AGENT_IDLE_SECONDS after the last file (longer than a usual archive_timeout), so that on a quiet
 server the next segment also goes over its open stream, answered by the shell launcher.
+
+An agent serves the archive_command it was started under: its notes name its target (--ssh, --port),
+and only a put of that target takes them for an answer. It ends when its spool goes (set up again:
+the role removes the spool when archive_command changes) and, once idle, after AGENT_MAX_SECONDS in
+all, so that the next put starts one with the current code and options.
 """
 
 import argparse
@@ -37,7 +42,7 @@ from typing import List, Optional, Sequence, TextIO, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import checksum, ssh, wal
 from ansible_collections.barman.postgresql.runtime import pipes, walfetch
-from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key
+from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key, target_of
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_ARCHIVED,
     EXIT_NOT_FOUND,
@@ -53,6 +58,10 @@ SSH_FAILED = 255
 # so that on a quiet server the next segment finds the agent and its stream up and goes at once,
 # answered by the shell launcher without a Python start, a new ssh session or a receiver start.
 AGENT_IDLE_SECONDS = 75
+# ...and once idle past this age: a new put starts a fresh one (code, options and key of now).
+AGENT_MAX_SECONDS = 600
+# How often an idle agent drops the notes of files PostgreSQL no longer lists as ready.
+AGENT_FORGET_SECONDS = 5
 AGENT_POLL_SECONDS = 0.02  # how often an agent looks for ready files while they come
 AGENT_QUIET_POLL_SECONDS = 0.05  # ...and after a second of none (an idle agent costs ~0.4 % of a core)
 CLAIM_WAIT_SECONDS = 60  # a put waits this long for the agent's answer, then sends the file itself
@@ -139,7 +148,7 @@ def _send_file(source, name, stream):
 def put(args: argparse.Namespace, stderr: TextIO) -> int:
     name = os.path.basename(args.path)
     wal.parse_wal_name(name)
-    spool = Spool(args.identity_file)
+    spool = Spool(args.identity_file, target_of(args.ssh, args.port))
     pg_wal = os.path.dirname(os.path.abspath(args.path))
     if args.look_ahead and _is_ready(pg_wal, name) and _agent_runs(args, spool, pg_wal, name):
         if _delivered_by_agent(spool, name, args.path):
@@ -171,12 +180,15 @@ def _is_ready(pg_wal, name):
 
 def _delivered_by_agent(spool, name, path):
     """Wait for the running agent to deliver ``name``: True once it did; False as soon as it gave
-    the file up, ended, or took too long."""
+    the file up, sent it to another target (an agent of a former archive_command), ended, or took
+    too long."""
     deadline = time.time() + CLAIM_WAIT_SECONDS
     while True:
         if spool.was_delivered(name, path):
             return True
-        if spool.given_up(name) or time.time() > deadline or (not spool.claimed(name) and not _agent_alive(spool)):
+        if spool.given_up(name) or spool.delivered_elsewhere(name) or time.time() > deadline:
+            return spool.was_delivered(name, path)
+        if not spool.claimed(name) and not _agent_alive(spool):
             return spool.was_delivered(name, path)  # its note may have come with the release
         time.sleep(POLL_SECONDS)
 
@@ -250,10 +262,24 @@ def ready_names(pg_wal: str) -> List[str]:
 
 def agent(args: argparse.Namespace, stderr: TextIO) -> int:
     """Send every ready file over one stream until none has been ready for AGENT_IDLE_SECONDS."""
-    spool = Spool(args.identity_file)
-    lock = args.lock_fd if args.lock_fd is not None else _agent_lock(spool)
+    # Never made again here: a spool removed under a running agent means it must stop.
+    spool = Spool(args.identity_file, target_of(args.ssh, args.port), create=False)
+    try:
+        lock = args.lock_fd if args.lock_fd is not None else _agent_lock(spool)
+    except FileNotFoundError:
+        return 0
     if lock is None:
         return 0
+    try:
+        _serve(args, spool, stderr, os.fstat(lock))
+    finally:
+        os.close(lock)  # the agent's end (an exit would close it too)
+    return 0
+
+
+def _serve(args, spool, stderr, held):
+    if _spool_lost(spool, held):
+        return
     spool.forget_old(set(ready_names(args.pg_wal)))
     # For the shell launcher: while this pid lives, a ready file is about to be claimed by it.
     pid_file = os.path.join(spool.path, 'agent.pid')
@@ -261,17 +287,30 @@ def agent(args: argparse.Namespace, stderr: TextIO) -> int:
         handle.write('%d\n' % os.getpid())
     os.rename(pid_file + '.tmp', pid_file)
     try:
-        _stream(args, spool, stderr)
+        _stream(args, spool, stderr, held)
     finally:
         try:
-            os.unlink(pid_file)  # under the agent lock: no other agent wrote it meanwhile
-        except FileNotFoundError:
+            with open(pid_file) as handle:
+                mine = handle.read().strip() == str(os.getpid())
+            if mine:  # not another agent's, in a spool made again meanwhile
+                os.unlink(pid_file)
+        except OSError:
             pass
-    spool.forget_old(set(ready_names(args.pg_wal)))
-    return 0
+    if not _spool_lost(spool, held):
+        spool.forget_old(set(ready_names(args.pg_wal)))
 
 
-def _stream(args, spool, stderr):
+def _spool_lost(spool, held):
+    """True once the spool whose agent.lock this agent holds (``held``, its fstat) was removed, or
+    removed and made again: the server was set up again, maybe for another backup server."""
+    try:
+        now = os.stat(os.path.join(spool.path, 'agent.lock'))
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
+
+def _stream(args, spool, stderr, held):
     """The agent's stream: one ssh connection to the receiver's stream mode."""
     # On the shared connection: when WAL piles up after single puts, the stream starts without a handshake.
     proc = subprocess.Popen(_ssh_argv(args, ['stream']), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -298,11 +337,13 @@ def _stream(args, spool, stderr):
 
     reader = threading.Thread(target=read_answers)
     reader.start()
-    idle_since = time.time()
+    started = idle_since = forgotten = time.time()
     try:
         while time.time() - idle_since < AGENT_IDLE_SECONDS and proc.poll() is None:
             sent = False
             for name in ready_names(args.pg_wal):
+                if _spool_lost(spool, held):
+                    break  # checked before each claim: never claim in another agent's spool
                 if spool.delivered(name) or spool.given_up(name) or not spool.claim(name):
                     continue
                 if spool.delivered(name) or not _is_ready(args.pg_wal, name):  # a put sent it meanwhile
@@ -319,10 +360,19 @@ def _stream(args, spool, stderr):
                     _send_file(source, name, proc.stdin)
                 proc.stdin.flush()
                 sent = True
+            now = time.time()
+            if _spool_lost(spool, held):
+                stderr.write('barman-wal-sender agent: its spool was removed (set up again); it stops\n')
+                break
             if sent:
-                idle_since = time.time()
-            else:
-                time.sleep(AGENT_POLL_SECONDS if time.time() - idle_since < 1 else AGENT_QUIET_POLL_SECONDS)
+                idle_since = now
+                continue
+            if now - started > AGENT_MAX_SECONDS:
+                break  # idle and old: the next put starts a fresh agent
+            if now - forgotten > AGENT_FORGET_SECONDS:
+                spool.forget_old(set(ready_names(args.pg_wal)))  # the notes of files archived since
+                forgotten = now
+            time.sleep(AGENT_POLL_SECONDS if now - idle_since < 1 else AGENT_QUIET_POLL_SECONDS)
     except (BrokenPipeError, OSError) as error:
         stderr.write('barman-wal-sender agent: %s\n' % error)
     finally:

@@ -48,6 +48,7 @@ PGDATA_EXCLUDED_FILES = (
     'postmaster.pid',  # a copied pid file would stop the restored server from starting
     'postmaster.opts',
     'pgsql_tmp*',  # temporary files and directories (base/pgsql_tmp, tablespaces)
+    '/barman_wal_spool',  # restore_command's look-ahead spool, left when recovery_end_command did not run
 )
 # Not in PostgreSQL's list, excluded on purpose: a signal file copied from a standby (or from a
 # server in recovery) would make the restored copy start as a standby or in targeted recovery

@@ -167,9 +167,30 @@ def test_the_launcher_moves_a_spooled_segment_without_python(key, pgdata, launch
     assert (pgdata / 'pg_wal' / 'RECOVERYXLOG').read_bytes() == b'segment'
     assert spool.asked()[0] == FIRST
     assert run() == 7, 'taken once: a get of it again goes to the sender'
-    (pgdata / walfetch.SPOOL_DIR / walfetch.BOOT).write_text('another boot\n')
     (pgdata / walfetch.SPOOL_DIR / FIRST).write_bytes(b'segment')
+    # get --no-look-ahead: only the file asked for, from the archive (the option before NAME and PATH).
+    proc = subprocess.run(argv[:-1] + ['--no-look-ahead', FIRST, 'pg_wal/OTHER'], capture_output=True, check=False)
+    assert proc.returncode == 7 and (pgdata / walfetch.SPOOL_DIR / FIRST).exists()
+    (pgdata / walfetch.SPOOL_DIR / walfetch.BOOT).write_text('another boot\n')
     assert run() == 7
+
+
+def test_the_fetcher_takes_its_pid_with_it(pgdata, monkeypatch):
+    spool = walfetch.Spool(str(pgdata))
+    assert spool.open()
+    walfetch.run_fetcher(spool, lambda wanted, partial: 'failed')  # nothing asked: it ends at once
+    assert not (pgdata / walfetch.SPOOL_DIR / walfetch.PID).exists(), 'the launcher must not trust a stale pid'
+    # A pid written over by another fetcher's (one started since) stays.
+    real_write = walfetch._write
+
+    def other_starts(path, text):
+        real_write(path, text)
+        if path == spool.file(walfetch.PID):
+            real_write(path, '%d' % os.getppid())
+
+    monkeypatch.setattr(walfetch, '_write', other_starts)
+    walfetch.run_fetcher(spool, lambda wanted, partial: 'failed')
+    assert (pgdata / walfetch.SPOOL_DIR / walfetch.PID).read_text().strip() == str(os.getppid())
 
 
 # -- the receiver's "fetch NAME": one request, the segments in order ------------------------------------

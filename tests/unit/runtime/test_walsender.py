@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -20,9 +21,10 @@ import pytest
 
 from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal, wal_store
 from ansible_collections.barman.postgresql.runtime import walsender
-from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key
+from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key, target_of
 
 NAME = '000000010000000000000005'
+REMOTE = target_of('barman@192.0.2.1', None)  # the target of most tests' argv (--ssh, no --port)
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
@@ -71,7 +73,7 @@ def test_a_delivery_note_counts_once_and_only_for_the_same_file(key, pg_wal):
 def test_put_of_a_file_the_agent_delivered_returns_at_once(key, pg_wal):
     segment = pg_wal / NAME
     segment.write_bytes(b'x' * 100)
-    Spool(key).note_delivered(NAME, stat_key(os.stat(str(segment))))
+    Spool(key, REMOTE).note_delivered(NAME, stat_key(os.stat(str(segment))))
     argv = ['--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'put', str(segment)]
     assert walsender.main(argv, stderr=io.StringIO()) == 0  # no ssh at all: 192.0.2.1 is unreachable
 
@@ -133,7 +135,7 @@ def test_the_launcher_answers_a_delivered_file_and_hands_anything_else_to_the_se
         return proc.returncode, proc.stdout.strip()
 
     assert run('put', 'pg_wal/' + NAME) == (7, ' '.join(argv[1:] + ['put', 'pg_wal/' + NAME]))
-    Spool(key).note_delivered(NAME, stat_key(os.stat(str(segment))))
+    Spool(key, REMOTE).note_delivered(NAME, stat_key(os.stat(str(segment))))
     assert run('put', 'pg_wal/' + NAME) == (0, ''), 'the note matches: answered without Python'
     assert run('put', str(segment)) == (0, '')
     assert run('get', NAME, str(segment))[0] == 7
@@ -146,7 +148,7 @@ def test_the_launcher_waits_for_the_agent_sending_the_file(key, pg_wal, launcher
     segment = pg_wal / NAME
     segment.write_bytes(b'x' * 100)
     argv = [launcher, '--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'put', str(segment)]
-    box = Spool(key)
+    box = Spool(key, REMOTE)
     assert box.claim(NAME)  # this test process plays the agent sending it
     timer = threading.Timer(0.3, box.note_delivered, (NAME, stat_key(os.stat(str(segment)))))
     timer.start()
@@ -166,7 +168,7 @@ def test_the_launcher_waits_briefly_for_a_running_agent_to_take_a_ready_file(key
     segment.write_bytes(b'x' * 100)
     argv = [launcher, '--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key]
     argv += ['put', 'pg_wal/' + NAME]
-    box = Spool(key)
+    box = Spool(key, REMOTE)
     with open(os.path.join(box.path, 'agent.pid'), 'w') as handle:
         handle.write('%d\n' % os.getpid())  # this test process plays the agent
     (pg_wal / 'archive_status' / (NAME + '.ready')).write_text('')
@@ -198,7 +200,7 @@ def _play_the_agent(key, name, delivers):
     assert lock is not None
 
     def agent():
-        box = Spool(key)
+        box = Spool(key, target_of('barman@127.0.0.1', 1))
         assert box.claim(name)
         time.sleep(0.2)
         if delivers:
@@ -318,6 +320,150 @@ def test_an_empty_or_damaged_claim_holds_nothing(key):
 
 
 # -- get: restore_command's answer ------------------------------------------------------------------------
+
+# -- an agent of a former archive_command (the server moved to another backup server) -------------
+
+OTHER = target_of('barman@192.0.2.2', 2222)  # where an agent of the former archive_command sends
+
+
+def test_a_note_answers_only_a_put_of_the_same_target(key, pg_wal):
+    segment = pg_wal / NAME
+    segment.write_bytes(b'x' * 100)
+    Spool(key, OTHER).note_delivered(NAME, stat_key(os.stat(str(segment))))
+    box = Spool(key, REMOTE)
+    assert not box.was_delivered(NAME, str(segment))
+    assert not box.delivered(NAME) and box.delivered_elsewhere(NAME)
+    assert Spool(key, OTHER).was_delivered(NAME, str(segment)), 'kept: only a note of another file is dropped'
+    assert not box.delivered_elsewhere('000000010000000000000006')
+
+
+def test_a_release_drops_only_the_releasers_own_claim(key):
+    box = Spool(key)
+    with open(os.path.join(box.path, NAME + '.claim'), 'w') as handle:
+        handle.write(str(os.getppid()))  # another live process: e.g. an agent's claim in a spool made again
+    box.release(NAME)
+    assert box.claimed(NAME)
+    os.unlink(os.path.join(box.path, NAME + '.claim'))
+    assert box.claim(NAME)
+    box.release(NAME)
+    assert not box.claimed(NAME)
+
+
+def test_the_launcher_takes_no_note_of_another_target_for_an_answer(key, pg_wal, launcher):
+    segment = pg_wal / NAME
+    segment.write_bytes(b'x' * 100)
+    base = [launcher, '--identity-file', key, '--known-hosts', key]
+    box = Spool(key, OTHER)
+    assert box.claim(NAME)  # a live claim: the launcher would wait for it, were the note not final
+    box.note_delivered(NAME, stat_key(os.stat(str(segment))))
+    try:
+        for ssh in (
+            ['--ssh', 'barman@192.0.2.1'],
+            ['--ssh', 'barman@192.0.2.2'],
+            ['--ssh', 'barman@192.0.2.2', '--port', '22'],
+        ):
+            proc = subprocess.run(base + ssh + ['put', str(segment)], capture_output=True, check=False)
+            assert proc.returncode == 7, 'sent to another backup server: the sender sends it itself'
+        ssh = ['--ssh', 'barman@192.0.2.2', '--port', '2222']
+        assert subprocess.run(base + ssh + ['put', str(segment)], capture_output=True, check=False).returncode == 0
+    finally:
+        box.release(NAME)
+
+
+def test_a_put_sends_itself_what_an_agent_sent_to_another_target(key, pg_wal):
+    segment = pg_wal / NAME
+    segment.write_bytes(b'x' * 100)
+    (pg_wal / 'archive_status' / (NAME + '.ready')).write_text('')
+    box = Spool(key, OTHER)
+    lock = walsender._agent_lock(box)  # the former agent still runs
+    box.note_delivered(NAME, stat_key(os.stat(str(segment))))
+    argv = ['--ssh', 'barman@127.0.0.1', '--port', '1', '--identity-file', key, '--known-hosts', key]
+    stderr = io.StringIO()
+    try:
+        code = walsender.main(argv + ['put', str(segment)], stderr=stderr)
+    finally:
+        os.close(lock)
+    assert code == walsender.EXIT_TEMPORARY and 'ssh failed' in stderr.getvalue(), 'not answered from that note'
+
+
+RECEIVER = r"""
+import sys
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+for line in iter(inp.readline, b''):
+    words = line.split()
+    inp.read(int(words[2]))
+    inp.readline()
+    out.write(b'ok ' + words[1] + b'\n')
+    out.flush()
+"""
+
+
+@pytest.fixture
+def receiver(monkeypatch, tmp_path):
+    """The agent's stream goes to a stand-in receiver that answers ok to every put frame."""
+    script = tmp_path / 'receiver.py'
+    script.write_text(RECEIVER)
+    monkeypatch.setattr(walsender, '_ssh_argv', lambda args, remote: [sys.executable, str(script)])
+    monkeypatch.setattr(walsender, 'AGENT_IDLE_SECONDS', 3600)
+
+
+def _start_agent(key, pg_wal):
+    args = walsender.argparse.Namespace(
+        ssh='barman@192.0.2.1', port=None, identity_file=key, known_hosts=key, lock_fd=None, pg_wal=str(pg_wal)
+    )
+    result, stderr = [], io.StringIO()
+    thread = threading.Thread(target=lambda: result.append(walsender.agent(args, stderr)))
+    thread.start()
+    return thread, result, stderr
+
+
+def _wait(condition):
+    deadline = time.time() + 20
+    while not condition() and time.time() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def _ready(pg_wal, name):
+    (pg_wal / name).write_bytes(b'w' * 100)
+    (pg_wal / 'archive_status' / (name + '.ready')).write_text('')
+
+
+@pytest.mark.parametrize('made_again', [False, True])
+def test_an_agent_stops_when_its_spool_goes_and_never_makes_it_again(key, pg_wal, receiver, made_again):
+    box = Spool(key, REMOTE)
+    _ready(pg_wal, NAME)
+    thread, result, _stderr = _start_agent(key, pg_wal)
+    assert _wait(lambda: box.delivered(NAME)), 'the note names the agent target'
+    assert walsender._agent_alive(box)
+    shutil.rmtree(box.path)
+    if made_again:  # a new put made it again, and its agent runs there
+        box = Spool(key, REMOTE)
+        with open(os.path.join(box.path, 'agent.pid'), 'w') as handle:
+            handle.write('999999999\n')
+    second = '000000010000000000000006'
+    _ready(pg_wal, second)
+    thread.join(20)
+    assert not thread.is_alive() and result == [0]
+    assert os.path.exists(box.path) == made_again, 'the agent never makes its spool again'
+    if made_again:
+        assert sorted(os.listdir(box.path)) == ['agent.pid'], 'no claim, no note, no pid removed in the new spool'
+
+
+def test_an_idle_agent_forgets_old_notes_and_ends_past_its_lifetime(key, pg_wal, receiver, monkeypatch):
+    box = Spool(key, REMOTE)
+    _ready(pg_wal, NAME)
+    monkeypatch.setattr(walsender, 'AGENT_FORGET_SECONDS', 0)
+    thread, result, _stderr = _start_agent(key, pg_wal)
+    assert _wait(lambda: box.delivered(NAME))
+    (pg_wal / 'archive_status' / (NAME + '.ready')).rename(pg_wal / 'archive_status' / (NAME + '.done'))
+    assert _wait(lambda: not os.path.exists(os.path.join(box.path, NAME + '.done'))), 'archived: its note goes'
+    assert thread.is_alive(), 'still within its lifetime'
+    monkeypatch.setattr(walsender, 'AGENT_MAX_SECONDS', 0)
+    thread.join(20)
+    assert not thread.is_alive() and result == [0], 'idle past its lifetime: it ends'
+    assert not walsender._agent_alive(box) and not os.path.exists(os.path.join(box.path, 'agent.pid'))
+
 
 SEG = 1024 * 1024
 

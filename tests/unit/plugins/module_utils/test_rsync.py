@@ -84,6 +84,7 @@ def test_excludes_contain_every_pg_doc_item():
     assert 'pgsql_tmp*' in rsync.PGDATA_EXCLUDES
     assert '/recovery.signal' in rsync.PGDATA_EXCLUDES
     assert '/standby.signal' in rsync.PGDATA_EXCLUDES
+    assert '/barman_wal_spool' in rsync.PGDATA_EXCLUDES  # a recovered copy's look-ahead spool
 
 
 def test_excludes_are_immutable_and_unique():
