@@ -184,7 +184,8 @@ def test_check_turns_critical_for_broken_archiving_a_missing_wal_and_an_old_back
     # A WAL missing from the middle of the archive.
     closed = [switch_wal('pg2') for _count in range(3)]
     pg2 = wal_store.WalArchive(BARMAN_HOME, 'pg2')
-    wait_for('the switched segments', lambda: all(pg2.locate(n) for n in closed))
+    # In wals/, not still in incoming/: the receiver processes incoming/ on its own (a stream idle for 1 s).
+    wait_for('the switched segments in wals/', lambda: all('/wals/' in (pg2.locate(n) or '') for n in closed))
     path = pg2.locate(closed[1])
     hidden = path + '.hidden-by-test'
     shutil.move(path, hidden)
