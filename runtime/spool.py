@@ -9,11 +9,24 @@ Python. A note answers only a put of the same target: after the server moves to 
 server, an agent still sending to the old one must not answer for the new one.
 """
 
+import fcntl
 import os
 import time
 from typing import Container, Optional
 
 STALE_SECONDS = 86400
+
+
+def try_lock(path: str) -> Optional[int]:
+    """An exclusive flock on ``path`` (made 0600), held by the open fd returned; None when another process
+    holds it. The sender's agent and the recovery's fetcher each run once per spool this way."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def stat_key(stat: os.stat_result) -> str:

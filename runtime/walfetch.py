@@ -17,7 +17,6 @@ Spool files are not fsynced: a spool written before the machine's last boot (boo
 """
 
 import errno
-import fcntl
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ import time
 from typing import Any, Callable, Iterable, List, Optional, Set, TextIO, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import wal
+from ansible_collections.barman.postgresql.runtime.spool import try_lock
 
 SPOOL_DIR = 'barman_wal_spool'
 LOOK_AHEAD = 8  # segments: the spool never holds more than 8 x 16 MiB (and one being fetched)
@@ -206,15 +206,9 @@ class Spool:
     def lock(self) -> Optional[int]:
         """The fetcher's lock, held (an fd), or None if a fetcher runs."""
         try:
-            fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
+            return try_lock(self.file(LOCK))
+        except OSError:  # no spool (gone, or not made yet)
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
 
     def fetcher_alive(self) -> bool:
         fd = self.lock()

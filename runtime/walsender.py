@@ -29,7 +29,6 @@ all, so that the next put starts one with the current code and options.
 
 import argparse
 import errno
-import fcntl
 import io
 import mmap
 import os
@@ -42,7 +41,7 @@ from typing import List, Optional, Sequence, TextIO, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import checksum, ssh, wal
 from ansible_collections.barman.postgresql.runtime import pipes, walfetch
-from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key, target_of
+from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key, try_lock, target_of
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_ARCHIVED,
     EXIT_NOT_FOUND,
@@ -207,13 +206,7 @@ def _put_now(args, name, stderr):
 
 def _agent_lock(spool):
     """The agent's lock, held (an open fd), or None if an agent runs."""
-    fd = os.open(os.path.join(spool.path, 'agent.lock'), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    return try_lock(os.path.join(spool.path, 'agent.lock'))
 
 
 def _agent_alive(spool):
