@@ -16,30 +16,31 @@ notes:
   report it.'
 - 'C(INVALID_ARGUMENT): an option or value given to the module cannot be used (the message names it).'
 - 'C(INVALID_NAME): a server name, backup id, lock operation or hold token is not valid.'
-- 'C(MISSING_DEPENDENCY): a library the module needs is not installed on the host that runs it.'
+- 'C(MISSING_DEPENDENCY): a library or program the module needs is not installed on the host that runs it (or is
+  of the wrong version).'
 - 'C(LOCK_BUSY): another process holds the lock of this server and operation (another backup, retention run or
   hold of the same server is running): wait for it to end and retry.'
-- 'C(LOCK_FAILED): the lock file cannot be opened (its directory is missing, or this user may not write
-  there).'
+- 'C(LOCK_FAILED): the lock file cannot be opened (its directory is missing, or this user may not write there).'
 - 'C(IDENTITY_MISMATCH): the PostgreSQL cluster (its system identifier) is not the one whose backups and WAL
   this server name holds.'
 - 'C(NO_SUCH_SERVER): the server has no catalog or archive under barman_home (a wrong name, or setup.yml not
   run).'
 - 'C(NO_SUCH_BACKUP): the backup named is not, or no longer, in the catalog.'
 - 'C(BACKUP_NOT_DONE): the backup named is not DONE, so it cannot be kept, held or recovered.'
-- 'C(BACKUP_IN_PROGRESS): the backup is still being taken (STARTED or WAITING_FOR_WALS), so it is not
-  deleted.'
+- 'C(BACKUP_IN_PROGRESS): the backup is still being taken (STARTED or WAITING_FOR_WALS), so it is not deleted.'
 - 'C(BACKUP_KEPT): the backup is kept (action keep), so it is not deleted until released.'
 - 'C(BACKUP_HELD): a recovery holds the backup (it still reads the backup and its WAL), so it is not deleted.'
+- 'C(BACKUP_HAS_CHILDREN): the backup is the parent of incremental backups, which cannot be restored without it:
+  it is deleted only with force, and its children with it.'
 - 'C(MINIMUM_REDUNDANCY): deleting would leave fewer DONE backups than minimum_redundancy (and never none).'
 - 'C(INVALID_POLICY): a retention policy, minimum redundancy or age does not parse.'
-- 'C(CATALOG_DAMAGED): a file of the catalog cannot be read or is in the way, so nothing was changed: repair
-  or move away the file named.'
+- 'C(CATALOG_DAMAGED): a file of the catalog cannot be read or is in the way, so nothing was changed: repair or
+  move away the file named.'
 - 'C(MALFORMED_BACKUP_INFO): a backup.info file cannot be read back.'
 - 'C(MALFORMED_XLOG_DB): the WAL index (<server>-xlog.db) has a line that cannot be read back.'
 - 'C(MALFORMED_IDENTITY): identity.json (the system identifier of the server directory) cannot be read back.'
-- 'C(MALFORMED_MANIFEST): a backup''s backup_manifest is not PostgreSQL''s manifest format, or its own
-  checksum does not match its content.'
+- 'C(MALFORMED_MANIFEST): a backup''s backup_manifest is not PostgreSQL''s manifest format, or its own checksum
+  does not match its content.'
 - 'C(MALFORMED_VERIFICATION): a verification record (meta/<backup_id>-verification.json) cannot be read back.'
 - 'C(SSH_FAILED): an ssh command to a host failed, or the host is unreachable.'
 - 'C(RSYNC_FAILED): an rsync copy failed (the message gives rsync''s exit code and what it means).'
@@ -48,11 +49,18 @@ notes:
 - 'C(POSTGRES_REFUSED): PostgreSQL refused a query or function that the operation needs.'
 - 'C(SERVER_IS_STANDBY): the PostgreSQL server is a standby: back up the primary.'
 - 'C(MISSING_PRIVILEGES): the PostgreSQL role lacks a privilege that a backup needs (setup.yml grants them).'
-- 'C(ARCHIVING_OFF): WAL archiving is off on the PostgreSQL server, so a backup could not be restored
+- 'C(INCREMENTAL_NOT_SUPPORTED): a block-level incremental backup was asked of a PostgreSQL server older than
+  17.'
+- 'C(SUMMARIZE_WAL_OFF): summarize_wal is off on the PostgreSQL server, so it cannot take an incremental backup
   (setup.yml turns it on).'
+- 'C(REPLICATION_REFUSED): the replication connection of backup_method postgres is refused (pg_hba.conf or
+  password; setup.yml sets both).'
+- 'C(BASEBACKUP_FAILED): pg_basebackup failed: the backup is FAILED (the message gives its output).'
+- 'C(ARCHIVING_OFF): WAL archiving is off on the PostgreSQL server, so a backup could not be restored (setup.yml
+  turns it on).'
 - 'C(INVALID_PGDATA): the data directory on the PostgreSQL host is not laid out as PostgreSQL needs it.'
-- 'C(NOT_ENOUGH_SPACE): a filesystem (of the backup server, or of the recovery destination) has less free
-  space than the copy needs; nothing was copied.'
+- 'C(NOT_ENOUGH_SPACE): a filesystem (of the backup server, or of the recovery destination) has less free space
+  than the copy needs; nothing was copied.'
 - 'C(DISK_WRITE_FAILED): a write or sync to the disk of the backup server failed.'
 - 'C(WAITING_FOR_WALS): the backup is copied but its last WAL did not reach the archive in time: it stays
   WAITING_FOR_WALS, not usable until that WAL arrives (the next backup run then marks it DONE).'
@@ -64,23 +72,24 @@ notes:
 - 'C(TARGET_AFTER_ARCHIVE): the recovery target is past the newest archived WAL.'
 - 'C(ARCHIVE_GAP): WAL needed between the backup and the target is missing from the archive (a gap, the end of
   the backup, or a timeline history file).'
+- 'C(BROKEN_CHAIN): an incremental backup whose parent is missing or not DONE cannot be restored.'
+- 'C(COMBINE_FAILED): pg_combinebackup could not combine an incremental backup with its parents.'
 - 'C(DESTINATION_NOT_EMPTY): the recovery directory is not empty, and recovery never overwrites data.'
 - 'C(DESTINATION_IN_USE): a PostgreSQL server runs in the recovery directory (postmaster.pid is there).'
 - 'C(INVALID_WAL_NAME): a WAL file name, timeline or segment number that PostgreSQL would not produce.'
-- 'C(INVALID_WAL_CONTENT): the content of a file is not the WAL segment, timeline history or backup history
-  that its name says.'
-- 'C(WAL_REFUSED): the archive refused a delivered file that cannot be the next file of this server (empty,
-  too large, unknown timeline, too far ahead); sending it again does not help.'
+- 'C(INVALID_WAL_CONTENT): the content of a file is not the WAL segment, timeline history or backup history that
+  its name says.'
+- 'C(WAL_REFUSED): the archive refused a delivered file that cannot be the next file of this server (empty, too
+  large, unknown timeline, too far ahead); sending it again does not help.'
 - 'C(WAL_DUPLICATE): a different file arrived under the name of one already archived (the new one is kept in
   errors/).'
-- 'C(WAL_DAMAGED): a WAL file arrived damaged or cut short: nothing was stored, and PostgreSQL sends it
-  again.'
+- 'C(WAL_DAMAGED): a WAL file arrived damaged or cut short: nothing was stored, and PostgreSQL sends it again.'
 - 'C(WAL_NOT_FOUND): the archive does not hold the requested WAL file.'
 - 'C(COMPRESSION_FAILED): a compression program failed, or is not installed on the backup server.'
 - 'C(REQUEST_REFUSED): the WAL receiver refused a request that its key does not allow.'
 - 'C(VERIFICATION_FAILED): the backup failed its verification (a file, a WAL, a page, an index or a check of
   verify_queries): the result names what failed; the backup itself was not changed.'
-- 'C(VERIFY_HOST_UNSUITABLE): the verification host cannot run the copy: it lacks the PostgreSQL binaries of
-  the backup''s major version, its scratch directory or port is the original server''s, or the copy could not
-  be made, stopped or removed there.'
+- 'C(VERIFY_HOST_UNSUITABLE): the verification host cannot run the copy: it lacks the PostgreSQL binaries of the
+  backup''s major version, its scratch directory or port is the original server''s, or the copy could not be
+  made, stopped or removed there.'
 """

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
+    chain,
     identityfile,
     infofile,
     lockfile,
@@ -29,12 +30,16 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     remote,
     rsync,
     ssh,
+    stream_backup,
     wal,
 )
 from ansible_collections.barman.postgresql.plugins.module_utils.wal_store import WalArchive
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 REUSE_MODES = ('link', 'copy', 'off')
+# rsync: pg_backup_start() over libpq, then rsync over SSH; postgres: pg_basebackup over the replication
+# protocol (stream_backup.py), which alone can take block-level incrementals (PostgreSQL 17+).
+BACKUP_METHODS = ('rsync', 'postgres')
 # How rsync sends a changed file: the delta algorithm (checksums of the older copy on both hosts, then only
 # the differing blocks) saves bandwidth on a slow link; on a fast one it is slower than sending it whole.
 DELTA_TRANSFER_MODES = ('auto', 'always', 'never')
@@ -83,6 +88,12 @@ def module_spec() -> dict:
         wal_timeout=dict(type='int', default=120),
         label=dict(type='str'),
         delta_transfer=dict(type='str', choices=list(DELTA_TRANSFER_MODES), default='auto'),
+        backup_method=dict(type='str', choices=list(BACKUP_METHODS), default='rsync'),
+        backup_incremental=dict(type='bool', default=False),
+        incremental_chain=dict(type='int', default=6),
+        pg_bindir=dict(type='path'),
+        streaming_user=dict(type='str', default='streaming_barman'),
+        streaming_password=dict(type='str', no_log=True),
     )
     return dict(argument_spec=spec)
 
@@ -552,6 +563,16 @@ def preflight(params: Mapping[str, Any], layout: catalog.ServerLayout, conn: Any
         )
     facts['wal_segment_size'] = postgres.wal_segment_size(conn)
     facts['tablespaces'] = postgres.tablespaces(conn)
+    facts['cluster_size'] = database_size['size']
+    facts.update(postgres.checksum_settings(conn))
+    if params['backup_method'] == 'postgres':
+        facts['pg_basebackup'] = stream_backup.preflight(params, conn, facts, params['backup_incremental'])
+    elif params['backup_incremental']:
+        raise BackupError(
+            'backup_incremental needs backup_method postgres: block-level incrementals are taken by pg_basebackup',
+            'Set barman_backup_method postgres for this server (rsync backups are incremental by hard links)',
+            code='INVALID_ARGUMENT',
+        )
     return facts
 
 
@@ -604,13 +625,20 @@ def _waiting(progress):
 def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
     backup_id = new_backup_id(layout)
     info_path = layout.backup_info_path(backup_id)
+    infos = infofile.backup_infos(layout)
     reference_id, reference = newest_done_backup(layout)
+    streamed = params['backup_method'] == 'postgres'
+    parent_id, chain_reason = None, None
+    if streamed:
+        parent_id, chain_reason = stream_backup.choose_parent(
+            infos, layout, params['backup_incremental'], params['incremental_chain']
+        )
     started = time.time()
     info = infofile.parse_backup_info('', info_path)
     info.update(
         backup_label=None,
         status=infofile.STARTED,
-        mode='rsync-concurrent',
+        mode=chain.POSTGRES_MODE if streamed else 'rsync-concurrent',
         pgdata=facts['data_directory'],
         version=facts['version'],
         systemid=facts['systemid'],
@@ -621,76 +649,44 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
         tablespaces=[infofile.Tablespace(*t) for t in facts['tablespaces']] or None,
         server_name=params['server'],
         backup_name=params.get('label'),
+        cluster_size=facts['cluster_size'],
+        data_checksums=facts['data_checksums'],
+        summarize_wal=facts['summarize_wal'],
+        parent_backup_id=parent_id,
     )
     infofile.write_backup_info(info_path, info)
-    progress('backup %s started (reference %s)' % (backup_id, reference_id))
+    progress('backup %s started (%s)' % (backup_id, chain_reason if streamed else 'reference %s' % reference_id))
     try:
-        start = postgres.backup_start(
-            conn, params.get('label') or 'barman.postgresql %s' % backup_id, params['immediate_checkpoint']
-        )
-        begin_offset = wal.walfile_name_offset(start['lsn'], start['timeline'], facts['wal_segment_size'])[1]
+        if streamed:
+            taken = _stream(params, layout, conn, copier, facts, backup_id, parent_id)
+        else:
+            taken = _rsync_backup(
+                params, layout, conn, copier, facts, backup_id, reference_id, reference, info, progress
+            )
+        segment_size = facts['wal_segment_size']
+        end_wal, end_offset = wal.walfile_name_offset(taken['end_lsn'], taken['end_timeline'], segment_size)
         info.update(
-            begin_xlog=start['lsn'],
-            begin_wal=wal.lsn_segment_name(start['lsn'], start['timeline'], facts['wal_segment_size']),
-            begin_offset=begin_offset,
-            begin_time=start['time'],
-            timeline=start['timeline'],
-        )
-        infofile.write_backup_info(info_path, info)
-        copy_started = time.time()
-        transfer, transfer_reason = _copy(params, layout, copier, facts, backup_id, reference_id, reference)
-        copy_seconds = time.time() - copy_started
-        stop = postgres.backup_stop(conn)
-        _write_labels(layout, backup_id, stop)
-        # PostgreSQL's own manifest, so that pg_verifybackup can check the copy where it lies (verify.yml). Its
-        # hashing (CPU, on files still in the page cache) runs while syncfs waits for the disk; it fsyncs itself.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            writing = pool.submit(manifest.write_manifest, layout, backup_id, info, stop['lsn'], reference_id)
-            # Durable before WAITING_FOR_WALS, from which a later run may mark it DONE without looking.
-            sync_started = time.time()
-            try:
-                sync_filesystem(layout.backup_dir(backup_id))
-            except OSError as error:
-                raise BackupError(
-                    'the copy could not be made durable (syncfs of %s): %s' % (layout.backup_dir(backup_id), error),
-                    "A write to the backup server's disk failed: check its kernel log and the disk",
-                    code='DISK_WRITE_FAILED',
-                ) from None
-            sync_seconds = time.time() - sync_started
-            progress('backup %s synced to disk in %.1f s' % (backup_id, sync_seconds))
-            written = writing.result()
-        progress(
-            'backup %s: backup_manifest of %d files written in %.1f s'
-            % (backup_id, written['files'], written['seconds'])
-        )
-        end_wal, end_offset = wal.walfile_name_offset(stop['lsn'], start['timeline'], facts['wal_segment_size'])
-        info.update(
-            end_xlog=stop['lsn'],
+            begin_xlog=taken['start_lsn'],
+            begin_wal=wal.lsn_segment_name(taken['start_lsn'], taken['start_timeline'], segment_size),
+            begin_offset=wal.walfile_name_offset(taken['start_lsn'], taken['start_timeline'], segment_size)[1],
+            begin_time=taken['start_time'],
+            timeline=taken['start_timeline'],
+            end_xlog=taken['end_lsn'],
             # The stop LSN is one past the backup's last byte: on a boundary it is in the previous segment.
             end_wal=end_wal,
             end_offset=end_offset,
-            end_time=stop['time'],
+            end_time=taken['end_time'],
             status=infofile.WAITING_FOR_WALS,
-            backup_label=stop['labelfile'],
+            backup_label=taken['labelfile'],
         )
         size, deduplicated = disk_usage(layout.backup_dir(backup_id))
-        info.update(
-            size=size,
-            deduplicated_size=deduplicated,
-            copy_stats=dict(
-                copy_time=round(copy_seconds, 3),
-                sync_time=round(sync_seconds, 3),
-                manifest_time=written['seconds'],
-                total_time=round(time.time() - started, 3),
-                number_of_workers=max(1, params['jobs']),
-                transferred_bytes=copier.stats['transferred_bytes'],
-                # How changed files went, and the main passes' speed: the next backup's delta_transfer=auto reads it.
-                transfer=transfer,
-                transfer_reason=transfer_reason,
-                throughput=_throughput(copier.stats),
-            ),
-        )
+        stats = dict(taken['copy_stats'], total_time=round(time.time() - started, 3))
+        if streamed:
+            stats.update(backup_type='incremental' if parent_id else 'full', chain_reason=chain_reason)
+        info.update(size=size, deduplicated_size=deduplicated, copy_stats=stats)
         infofile.write_backup_info(info_path, info)
+        if parent_id:  # Barman finds a parent's children in its backup.info
+            chain.set_children(layout, parent_id, dict(infos, **{backup_id: info}))
         progress('backup %s copied, waiting for WAL %s' % (backup_id, info['end_wal']))
     except BaseException as error:
         info.update(status=infofile.FAILED, error=str(error).replace('\n', ' ')[:2000])
@@ -706,7 +702,10 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
         changed=True,
         backup_id=backup_id,
         status=info['status'],
-        reference_backup_id=reference_id,
+        backup_method=params['backup_method'],
+        backup_type='incremental' if parent_id else 'full',
+        parent_backup_id=parent_id,
+        reference_backup_id=parent_id if streamed else reference_id,
         begin_wal=info['begin_wal'],
         end_wal=info['end_wal'],
         begin_xlog=info['begin_xlog'],
@@ -728,6 +727,95 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
             **result,
         )
     return result
+
+
+def _rsync_backup(params, layout, conn, copier, facts, backup_id, reference_id, reference, info, progress):
+    """pg_backup_start() -> rsync -> pg_backup_stop() on the same session -> labels, manifest, syncfs."""
+    start = postgres.backup_start(
+        conn, params.get('label') or 'barman.postgresql %s' % backup_id, params['immediate_checkpoint']
+    )
+    # Where the backup starts is on disk before the copy: a crash leaves a FAILED backup that says so.
+    info.update(
+        begin_xlog=start['lsn'],
+        begin_wal=wal.lsn_segment_name(start['lsn'], start['timeline'], facts['wal_segment_size']),
+        begin_time=start['time'],
+        timeline=start['timeline'],
+    )
+    infofile.write_backup_info(layout.backup_info_path(backup_id), info)
+    copy_started = time.time()
+    transfer, transfer_reason = _copy(params, layout, copier, facts, backup_id, reference_id, reference)
+    copy_seconds = time.time() - copy_started
+    stop = postgres.backup_stop(conn)
+    _write_labels(layout, backup_id, stop)
+    # PostgreSQL's own manifest, so that pg_verifybackup can check the copy where it lies (verify.yml). Its
+    # hashing (CPU, on files still in the page cache) runs while syncfs waits for the disk; it fsyncs itself.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        writing = pool.submit(manifest.write_manifest, layout, backup_id, info, stop['lsn'], reference_id)
+        # Durable before WAITING_FOR_WALS, from which a later run may mark it DONE without looking.
+        sync_started = time.time()
+        _sync(layout, backup_id)
+        sync_seconds = time.time() - sync_started
+        progress('backup %s synced to disk in %.1f s' % (backup_id, sync_seconds))
+        written = writing.result()
+    progress(
+        'backup %s: backup_manifest of %d files written in %.1f s' % (backup_id, written['files'], written['seconds'])
+    )
+    return dict(
+        start_lsn=start['lsn'],
+        start_timeline=start['timeline'],
+        start_time=start['time'],
+        end_lsn=stop['lsn'],
+        end_timeline=start['timeline'],
+        end_time=stop['time'],
+        labelfile=stop['labelfile'],
+        copy_stats=dict(
+            copy_time=round(copy_seconds, 3),
+            sync_time=round(sync_seconds, 3),
+            manifest_time=written['seconds'],
+            number_of_workers=max(1, params['jobs']),
+            transferred_bytes=copier.stats['transferred_bytes'],
+            # How changed files went, and the main passes' speed: the next backup's delta_transfer=auto reads it.
+            transfer=transfer,
+            transfer_reason=transfer_reason,
+            throughput=_throughput(copier.stats),
+        ),
+    )
+
+
+def _stream(params, layout, conn, copier, facts, backup_id, parent_id):
+    """pg_basebackup (it starts and stops the backup itself, and syncs what it wrote), then the configuration
+    files kept outside PGDATA, which it does not send."""
+    start_time = postgres.query_one(conn, 'SELECT now() AS time')['time']
+    copy_started = time.time()
+    taken = stream_backup.copy(params, layout, backup_id, facts, facts['pg_basebackup'], parent_id, copier.progress)
+    copy_seconds = time.time() - copy_started
+    _copy_outside_config(copier, facts, layout.backup_data_dir(backup_id))
+    _sync(layout, backup_id)
+    # The time after pg_basebackup returned: never before the real end, so a target chosen after it is
+    # always reachable from this backup.
+    end_time = postgres.query_one(conn, 'SELECT now() AS time')['time']
+    data_bytes = disk_usage(layout.backup_dir(backup_id))[1]
+    return dict(
+        taken,
+        start_time=start_time,
+        end_time=end_time,
+        copy_stats=dict(
+            copy_time=round(copy_seconds, 3),
+            transferred_bytes=data_bytes,
+            throughput=int(data_bytes / copy_seconds) if copy_seconds > 0 else None,
+        ),
+    )
+
+
+def _sync(layout, backup_id):
+    try:
+        sync_filesystem(layout.backup_dir(backup_id))
+    except OSError as error:
+        raise BackupError(
+            'the copy could not be made durable (syncfs of %s): %s' % (layout.backup_dir(backup_id), error),
+            "A write to the backup server's disk failed: check its kernel log and the disk",
+            code='DISK_WRITE_FAILED',
+        ) from None
 
 
 def _choose_transfer(params, layout, copier, facts, reference_id):
@@ -776,12 +864,7 @@ def _copy(params, layout, copier, facts, backup_id, reference_id, reference):
             'tablespace %s' % name,
             excludes=('pgsql_tmp*',),
         )
-    # Config files outside PGDATA (Debian) go into the copy's root, as Barman does.
-    outside = [
-        facts[k] for k in ('config_file', 'hba_file', 'ident_file') if not _under(facts[k], facts['data_directory'])
-    ]
-    for path in outside:
-        copier.rsync(copier.remote(path), os.path.join(data_dir, os.path.basename(path)), 'config %s' % path)
+    _copy_outside_config(copier, facts, data_dir)
     # pg_control last: a copy whose pg_control predates its data files is what recovery expects.
     copier.rsync(
         copier.remote(os.path.join(facts['data_directory'], rsync.PG_CONTROL)),
@@ -789,6 +872,14 @@ def _copy(params, layout, copier, facts, backup_id, reference_id, reference):
         'pg_control',
     )
     return transfer
+
+
+def _copy_outside_config(copier, facts, data_dir):
+    """Config files outside PGDATA (Debian) go into the copy's root, as Barman does."""
+    for key in ('config_file', 'hba_file', 'ident_file'):
+        path = facts[key]
+        if not _under(path, facts['data_directory']):
+            copier.rsync(copier.remote(path), os.path.join(data_dir, os.path.basename(path)), 'config %s' % path)
 
 
 def _throughput(stats):

@@ -41,6 +41,7 @@ def module_spec() -> Dict[str, Any]:
         disk_critical_percent=dict(type='int', default=5),
         query=dict(type='str'),
         fail_on_critical=dict(type='bool', default=False),
+        force=dict(type='bool', default=False),
     )
     spec.update(catalog.catalog_argument_spec())
     spec['server'] = dict(type='str')  # optional here: list and check cover every server without it
@@ -117,7 +118,9 @@ def _removal(params, layout, policy, minimum, check_mode, now):
     if params['action'] == 'retention':
         result = server_catalog.apply_retention(layout, policy, minimum, now=now, dry_run=check_mode)
     else:
-        result = server_catalog.delete_backup(layout, params['backup_id'], minimum, dry_run=check_mode, now=now)
+        result = server_catalog.delete_backup(
+            layout, params['backup_id'], minimum, dry_run=check_mode, now=now, force=params['force']
+        )
     after = [b for b in before if b not in result['removed_backups']]
     result['changed'] = bool(result['removed_backups'] or result['removed_wals'] or result.get('removed_stale_holds'))
     result['diff'] = dict(before='\n'.join(before) + '\n', after='\n'.join(after) + '\n')

@@ -27,7 +27,8 @@ ERROR_CODES = {
     'please report it',
     'INVALID_ARGUMENT': 'an option or value given to the module cannot be used (the message names it)',
     'INVALID_NAME': 'a server name, backup id, lock operation or hold token is not valid',
-    'MISSING_DEPENDENCY': 'a library the module needs is not installed on the host that runs it',
+    'MISSING_DEPENDENCY': 'a library or program the module needs is not installed on the host that runs it (or is '
+    'of the wrong version)',
     # The catalog on the backup server
     'LOCK_BUSY': 'another process holds the lock of this server and operation (another backup, retention run or '
     'hold of the same server is running): wait for it to end and retry',
@@ -40,6 +41,8 @@ ERROR_CODES = {
     'BACKUP_IN_PROGRESS': 'the backup is still being taken (STARTED or WAITING_FOR_WALS), so it is not deleted',
     'BACKUP_KEPT': 'the backup is kept (action keep), so it is not deleted until released',
     'BACKUP_HELD': 'a recovery holds the backup (it still reads the backup and its WAL), so it is not deleted',
+    'BACKUP_HAS_CHILDREN': 'the backup is the parent of incremental backups, which cannot be restored without it: '
+    'it is deleted only with force, and its children with it',
     'MINIMUM_REDUNDANCY': 'deleting would leave fewer DONE backups than minimum_redundancy (and never none)',
     'INVALID_POLICY': 'a retention policy, minimum redundancy or age does not parse',
     'CATALOG_DAMAGED': 'a file of the catalog cannot be read or is in the way, so nothing was changed: repair or '
@@ -58,6 +61,12 @@ ERROR_CODES = {
     # Backup
     'SERVER_IS_STANDBY': 'the PostgreSQL server is a standby: back up the primary',
     'MISSING_PRIVILEGES': 'the PostgreSQL role lacks a privilege that a backup needs (setup.yml grants them)',
+    'INCREMENTAL_NOT_SUPPORTED': 'a block-level incremental backup was asked of a PostgreSQL server older than 17',
+    'SUMMARIZE_WAL_OFF': 'summarize_wal is off on the PostgreSQL server, so it cannot take an incremental backup '
+    '(setup.yml turns it on)',
+    'REPLICATION_REFUSED': 'the replication connection of backup_method postgres is refused (pg_hba.conf or '
+    'password; setup.yml sets both)',
+    'BASEBACKUP_FAILED': 'pg_basebackup failed: the backup is FAILED (the message gives its output)',
     'ARCHIVING_OFF': 'WAL archiving is off on the PostgreSQL server, so a backup could not be restored '
     '(setup.yml turns it on)',
     'INVALID_PGDATA': 'the data directory on the PostgreSQL host is not laid out as PostgreSQL needs it',
@@ -75,6 +84,8 @@ ERROR_CODES = {
     'TARGET_AFTER_ARCHIVE': 'the recovery target is past the newest archived WAL',
     'ARCHIVE_GAP': 'WAL needed between the backup and the target is missing from the archive (a gap, the end of '
     'the backup, or a timeline history file)',
+    'BROKEN_CHAIN': 'an incremental backup whose parent is missing or not DONE cannot be restored',
+    'COMBINE_FAILED': 'pg_combinebackup could not combine an incremental backup with its parents',
     'DESTINATION_NOT_EMPTY': 'the recovery directory is not empty, and recovery never overwrites data',
     'DESTINATION_IN_USE': 'a PostgreSQL server runs in the recovery directory (postmaster.pid is there)',
     # The WAL archive

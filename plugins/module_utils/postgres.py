@@ -173,6 +173,16 @@ def missing_backup_privileges(conn: Any) -> List[str]:
     return [names[key] for key, granted in sorted(row.items()) if not granted]
 
 
+def checksum_settings(conn: Any) -> Dict[str, Optional[str]]:
+    """data_checksums and (PostgreSQL 17+) summarize_wal, as backup.info records them ('on'/'off', or None)."""
+    row = query_one(
+        conn,
+        "SELECT current_setting('data_checksums') AS data_checksums, "
+        "current_setting('summarize_wal', true) AS summarize_wal",
+    )
+    return row
+
+
 def backup_start(conn: Any, label: str, fast: bool) -> Dict[str, Any]:
     """pg_backup_start() on this session: the start LSN, its timeline and the server time."""
     row = query_one(

@@ -17,6 +17,7 @@ from typing import Any, Container, Dict, List, Mapping, Optional, Sequence, Tupl
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
+    chain,
     infofile,
     pgdata_layout,
     recovery_hold,
@@ -101,6 +102,7 @@ def module_spec() -> dict:
         wal_sender=dict(type='list', elements='str'),
         archive=dict(type='bool', default=False),
         hold_hours=dict(type='int', default=24),
+        pg_bindir=dict(type='path'),
     )
     return dict(
         argument_spec=spec,
@@ -620,7 +622,9 @@ def plan_recovery(
     WAL it needs, the destination (empty, not running, enough free space) and the files to write.
     Check mode returns it; a real run carries it out. Returns (plan, destination, private parts)."""
     kind, value = the_target(params)
-    backup_id, info = choose_backup(infofile.backup_infos(layout), kind, value, params.get('backup_id'))
+    infos = infofile.backup_infos(layout)
+    backup_id, info = choose_backup(infos, kind, value, params.get('backup_id'))
+    backups = chain.ancestry(infos, backup_id)  # an incremental needs its whole chain, refused now if broken
     continuity, needed_until = wal_needed_for_target(wal_archive, info, kind, value)
     directory = destination_directory(params, info)
     locations = tablespace_locations(info, params, directory)
@@ -644,6 +648,10 @@ def plan_recovery(
         if not (params['in_place'] and check_mode):
             check_destination(destination, params, locations)
         needs = space_needed(layout, backup_id, locations, directory, wal_bytes)
+        if len(backups) > 1:
+            needs[directory] += (
+                chain.combined_size(layout, infos, backups) - disk_usage(layout.backup_data_dir(backup_id))[0]
+            )
         pgdata = os.path.normpath(info['pgdata'])
         filesystems = destination.filesystems(sorted(set(needs) | set([pgdata])))
         warnings += check_free_space(filesystems, needs, pgdata, params['in_place'])
@@ -666,8 +674,18 @@ def plan_recovery(
         ),
         space_needed=sum(needs.values()),
         warnings=warnings,
+        chain=backups,
+        combine=combine_plan(backups, info),
     )
-    parts = dict(info=info, kind=kind, value=value, locations=locations, files=files, needed_until=needed_until)
+    parts = dict(
+        info=info,
+        infos=infos,
+        kind=kind,
+        value=value,
+        locations=locations,
+        files=files,
+        needed_until=needed_until,
+    )
     return plan, destination, parts
 
 
@@ -707,8 +725,35 @@ def recover(
             destination.close()
 
 
+def combine_plan(backups: Sequence[str], info: Mapping[str, Any]) -> Optional[str]:
+    """Where and how an incremental's chain becomes a data directory; None for a backup restored as it is."""
+    if len(backups) < 2:
+        return None
+    if int(info['version']) >= 180000:
+        # Hard links into the chain: no copy and no space on the backup server, and only the combined data goes
+        # over the network (combining at the destination would send every backup of the chain).
+        return 'on the backup server, pg_combinebackup --link of %d backups, then one copy' % len(backups)
+    return 'on the backup server, pg_combinebackup of %d backups into a copy, then one copy' % len(backups)
+
+
 def _copy(params, layout, wal_archive, destination, backup_id, parts):
-    data = layout.backup_data_dir(backup_id)
+    backups = chain.ancestry(parts['infos'], backup_id)
+    if len(backups) == 1:
+        _copy_from(
+            params,
+            layout,
+            wal_archive,
+            destination,
+            parts,
+            layout.backup_data_dir(backup_id),
+            lambda oid: layout.backup_tablespace_dir(backup_id, oid),
+        )
+        return
+    with chain.Combined(layout, parts['infos'], backups, params.get('pg_bindir')) as combined:
+        _copy_from(params, layout, wal_archive, destination, parts, combined.data, combined.tablespace_dir)
+
+
+def _copy_from(params, layout, wal_archive, destination, parts, data, tablespace_dir):
     delta = dict(delete=True, checksum=True) if params['delta'] else {}
     # The pg_tblspc links of the copy point at the original locations: tablespace_map remakes them.
     excludes = ('/pg_tblspc/*', '/recovery.signal', '/standby.signal', '/barman_wal/', '/pg_wal')
@@ -718,7 +763,7 @@ def _copy(params, layout, wal_archive, destination, backup_id, parts):
     )
     for oid, (name, location) in sorted(parts['locations'].items()):
         destination.rsync(
-            layout.backup_tablespace_dir(backup_id, oid) + '/',
+            tablespace_dir(oid) + '/',
             location + '/',
             'tablespace %s' % name,
             extra=['--mkpath'],

@@ -26,6 +26,9 @@ HELD = 'HELD'
 # Ours too: the newest backup whose verification PASSED, which the policy makes obsolete while the newer
 # ones are unverified or FAILED; it stays until a newer one passes (verifyfile.py).
 LAST_VERIFIED = 'LAST_VERIFIED'
+# Ours too: the parent (or an older ancestor) of an incremental backup that stays: the incremental cannot be
+# restored without it. Its WAL is not kept for it (recovering the parent alone is not what the policy keeps).
+NEEDED_BY_CHILD = 'NEEDED_BY_CHILD'
 
 KEEP_TARGETS = ('full', 'standalone')
 POLICY_HINT = (
@@ -150,7 +153,24 @@ def classify(
             report[backup_id] = HELD
     if report.get(last_verified) == OBSOLETE:
         report[last_verified] = LAST_VERIFIED
+    for backup_id, info in infos.items():
+        if report.get(backup_id) != OBSOLETE and (report.get(backup_id) != NONE or _in_progress(info)):
+            _protect_ancestors(infos, report, backup_id)
     return report
+
+
+def _in_progress(info):
+    return info['status'] in (infofile.STARTED, infofile.WAITING_FOR_WALS)
+
+
+def _protect_ancestors(infos, report, backup_id):
+    """Every ancestor of a backup that stays stays too (NEEDED_BY_CHILD instead of OBSOLETE)."""
+    parent, seen = infos[backup_id].get('parent_backup_id'), set()
+    while parent in infos and parent not in seen:
+        seen.add(parent)
+        if report.get(parent) == OBSOLETE:
+            report[parent] = NEEDED_BY_CHILD
+        parent = infos[parent].get('parent_backup_id')
 
 
 def obsolete_failures(infos: Mapping[str, Mapping[str, Any]], statuses: Mapping[str, str]) -> List[str]:
@@ -192,8 +212,8 @@ def removable_wals(
     ranges = []
     for backup_id, info in infos.items():
         status = statuses.get(backup_id, NONE)
-        in_progress = info['status'] in (infofile.STARTED, infofile.WAITING_FOR_WALS)
-        if status in (OBSOLETE, NONE) and not in_progress:
+        in_progress = _in_progress(info)
+        if status in (OBSOLETE, NONE, NEEDED_BY_CHILD) and not in_progress:
             continue
         if not info.get('begin_wal'):
             return []  # a backup that does not say where it starts: keep everything

@@ -19,6 +19,7 @@ from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Seq
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
+    chain,
     infofile,
     lockfile,
     recovery_hold,
@@ -392,8 +393,11 @@ class ServerCatalog:
         if os.path.exists(path):
             os.unlink(path)
 
-    def check_deletable(self, backup_id: str, minimum_redundancy: int, now: datetime.datetime) -> None:
-        """Raise CatalogRefusal unless deleting this one backup loses nothing that must stay."""
+    def check_deletable(
+        self, backup_id: str, minimum_redundancy: int, now: datetime.datetime, removing: Collection[str] = ()
+    ) -> None:
+        """Raise CatalogRefusal unless deleting this backup (with ``removing``, deleted with it) loses nothing
+        that must stay."""
         info = self.infos[backup_id]
         server = self.layout.server
         if backup_id in self.keeps:
@@ -420,11 +424,11 @@ class ServerCatalog:
                 code='BACKUP_IN_PROGRESS',
                 backup_id=backup_id,
             )
-        done = self.done_ids()
-        if info['status'] == infofile.DONE and len(done) <= max(minimum_redundancy, 1):
+        left = [b for b in self.done_ids() if b != backup_id and b not in removing]
+        if info['status'] == infofile.DONE and len(left) < max(minimum_redundancy, 1):
             raise CatalogRefusal(
                 'Deleting backup %s of %s would leave %d DONE backup(s), below the minimum of %d'
-                % (backup_id, server, len(done) - 1, max(minimum_redundancy, 1)),
+                % (backup_id, server, len(left), max(minimum_redundancy, 1)),
                 'Take a new backup first; the last good backup of a server is never deleted',
                 code='MINIMUM_REDUNDANCY',
                 backup_id=backup_id,
@@ -491,7 +495,9 @@ class ServerCatalog:
             self._remove_locked(plan)
 
     def _remove_locked(self, plan: RemovalPlan) -> None:
-        for backup_id in plan.backups:
+        removed_infos = dict((b, self.infos[b]) for b in plan.backups)
+        # Newest first: an interruption leaves a parent without some children, never children without a parent.
+        for backup_id in sorted(plan.backups, reverse=True):
             self.release(backup_id)
             os.unlink(self.layout.backup_info_path(backup_id))
             catalog.fsync_dir(self.layout.meta_dir)
@@ -504,6 +510,10 @@ class ServerCatalog:
                 os.rename(directory, doomed)
                 shutil.rmtree(doomed)
             del self.infos[backup_id]
+        # The parents that stay no longer list what went (Barman reads children_backup_ids).
+        parents = set(self.infos) & set(i.get('parent_backup_id') for i in removed_infos.values())
+        for parent in sorted(parents):
+            chain.set_children(self.layout, parent, self.infos)
         if plan.wals:
             gone = set(plan.wals)
             with lockfile.ServerLock(self.layout, 'xlogdb', wait_seconds=60):
@@ -543,12 +553,28 @@ def _changing(layout):
     )
 
 
-def plan_delete(server: ServerCatalog, backup_id: str, minimum_redundancy: int, now: datetime.datetime) -> RemovalPlan:
-    """The plan of deleting one backup: refuses what must stay, else the backup and the WAL only it needed."""
+def plan_delete(
+    server: ServerCatalog, backup_id: str, minimum_redundancy: int, now: datetime.datetime, force: bool = False
+) -> RemovalPlan:
+    """The plan of deleting one backup: refuses what must stay, else the backup and the WAL only it needed.
+    The parent of incremental backups goes only with ``force``, and its descendants with it."""
     server.refuse_if_malformed('delete a backup')
     backup_id = server.resolve(backup_id)
-    server.check_deletable(backup_id, minimum_redundancy, now)
-    return server.plan_removal([backup_id], {}, now)
+    built_on = chain.descendants(server.infos, backup_id)
+    if built_on and not force:
+        raise CatalogRefusal(
+            'Backup %s of %s is the parent of the incremental backup(s) %s, which cannot be restored without it: '
+            'it is not deleted' % (backup_id, server.layout.server, ', '.join(built_on)),
+            'Delete the newest incremental first, or delete with force to remove %s and every backup built on it'
+            % backup_id,
+            code='BACKUP_HAS_CHILDREN',
+            backup_id=backup_id,
+            children=built_on,
+        )
+    doomed = [backup_id] + built_on
+    for each in doomed:
+        server.check_deletable(each, minimum_redundancy, now, removing=doomed)
+    return server.plan_removal(doomed, {}, now)
 
 
 def delete_backup(
@@ -557,13 +583,15 @@ def delete_backup(
     minimum_redundancy: int,
     dry_run: bool = False,
     now: Optional[datetime.datetime] = None,
+    force: bool = False,
 ) -> Dict[str, Any]:
-    """Delete one backup and the WAL only it needed. Returns the removal result (with backup_id)."""
+    """Delete one backup (with force, and the incrementals built on it) and the WAL only they needed. Returns
+    the removal result (with backup_id)."""
     now = now or catalog.now_utc()
     backup_lock, hold_lock = _changing(layout)
     with backup_lock, hold_lock:
         server = ServerCatalog(layout)
-        plan = plan_delete(server, backup_id, minimum_redundancy, now)
+        plan = plan_delete(server, backup_id, minimum_redundancy, now, force)
         result = _removal_result(plan, server, now)
         if not dry_run:
             server.remove(plan)

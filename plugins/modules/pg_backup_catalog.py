@@ -33,6 +33,10 @@ description:
     so that a backup proven to restore always remains. Removing a backup removes its
     verification record.
   - >-
+    Block-level incremental backups (C(backup_method=postgres)) form chains: retention keeps every ancestor of a
+    backup it keeps (status C(NEEDED_BY_CHILD), not a Barman status), and V(delete) refuses the parent of
+    incrementals (C(BACKUP_HAS_CHILDREN)) unless O(force), which deletes it and every backup built on it.
+  - >-
     V(manifest) writes a C(backup_manifest) (PostgreSQL's format, which C(pg_verifybackup) reads) into each DONE
     backup without one, O(backup_id) or every one, for backups taken before manifests existed (every backup
     writes its own since). It records the files as they are now, so it cannot tell a change made before it; the
@@ -122,6 +126,13 @@ options:
     type: str
   fail_on_critical:
     description: Fail V(check) when a check is critical (for monitoring); by default only report it.
+    type: bool
+    default: false
+  force:
+    description:
+      - >-
+        With V(delete) of the parent of incremental backups, delete it and every backup built on it (each must be
+        deletable: not kept, not held). Without it such a delete is refused.
     type: bool
     default: false
 attributes:
@@ -317,7 +328,8 @@ retention_status:
   description: >-
     The retention status of every backup before the removal; C(HELD) (not a Barman status) for a backup the
     policy makes obsolete while a recovery holds it, C(LAST_VERIFIED) (not a Barman status either) for the
-    newest backup that PASSED its verification, kept while every newer one is unverified or FAILED.
+    newest backup that PASSED its verification, kept while every newer one is unverified or FAILED;
+    C(NEEDED_BY_CHILD) (ours too) for the parent of an incremental backup that stays.
   returned: with retention
   type: dict
 holds:

@@ -127,6 +127,51 @@ options:
     type: str
     choices: [auto, always, never]
     default: auto
+  backup_method:
+    description:
+      - >-
+        V(rsync) (the default) takes the backup as described above. V(postgres) streams it with
+        C(pg_basebackup) over PostgreSQL's replication protocol from the backup server, as the role
+        O(streaming_user), into the same catalog layout (C(base/<backup_id>/data), tablespaces in
+        C(base/<backup_id>/<oid>)) with its C(backup_manifest), as Barman's C(backup_method = postgres) does;
+        WAL still comes from the archive (C(--wal-method=none), no replication slot). Configuration files kept
+        outside PGDATA are copied with rsync over SSH as with V(rsync). O(reuse), O(jobs), O(delta_transfer)
+        and O(network_compression) do not apply.
+    type: str
+    choices: [rsync, postgres]
+    default: rsync
+  backup_incremental:
+    description:
+      - >-
+        With O(backup_method=postgres) on PostgreSQL 17 or later (C(summarize_wal = on)): a block-level
+        incremental against the newest DONE backup taken by C(pg_basebackup) (C(pg_basebackup --incremental)
+        with its C(backup_manifest)); only blocks changed since are sent and stored. The backup records its
+        C(parent_backup_id) and the parent lists it in C(children_backup_ids) (Barman's fields). A full backup
+        is taken instead, and the result says why, when there is no such parent or the chain has
+        O(incremental_chain) incrementals already.
+      - Refused on PostgreSQL before 17, with O(backup_method=rsync), and with C(summarize_wal) off.
+    type: bool
+    default: false
+  incremental_chain:
+    description:
+      - After this many incrementals in a row the next backup is full, so that a restore combines a bounded chain.
+    type: int
+    default: 6
+  pg_bindir:
+    description:
+      - >-
+        Directory of C(pg_basebackup) (and C(psql)) on the backup server, of the server's major version or later.
+        Default C(/usr/lib/postgresql/<major>/bin) (Debian and PGDG).
+    type: path
+  streaming_user:
+    description:
+      - The replication role for O(backup_method=postgres) (C(LOGIN REPLICATION), nothing more; setup.yml creates it).
+    type: str
+    default: streaming_barman
+  streaming_password:
+    description:
+      - Its password; by default C(~/.pgpass) of the user running the module gives it.
+    type: str
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -154,6 +199,14 @@ EXAMPLES = r"""
     pg_host: 10.0.0.11
     reuse: 'off'
     jobs: 4
+
+- name: A block-level incremental of a PostgreSQL 18 server, streamed by pg_basebackup
+  barman.postgresql.pg_basebackup_rsync:
+    server: pg3
+    pg_host: 10.0.0.13
+    backup_method: postgres
+    backup_incremental: true
+    pg_bindir: /usr/lib/postgresql/18/bin
 """
 
 RETURN = r"""
@@ -176,7 +229,19 @@ status:
   returned: when a backup was taken
   type: str
 reference_backup_id:
-  description: The backup reused for unchanged files, if any.
+  description: The backup reused for unchanged files (rsync), or the parent of an incremental (postgres), if any.
+  returned: when a backup was taken
+  type: str
+backup_method:
+  description: V(rsync) or V(postgres).
+  returned: when a backup was taken
+  type: str
+backup_type:
+  description: C(incremental) (a block-level incremental with a parent) or C(full).
+  returned: when a backup was taken
+  type: str
+parent_backup_id:
+  description: The backup an incremental builds on; null for a full backup.
   returned: when a backup was taken
   type: str
 begin_wal:

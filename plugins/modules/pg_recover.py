@@ -147,6 +147,13 @@ options:
         M(barman.postgresql.pg_backup_catalog) and the hold returned here).
     type: int
     default: 24
+  pg_bindir:
+    description:
+      - >-
+        Directory of C(pg_combinebackup) on the backup server, of the backup's major version, for an incremental
+        backup (its chain is combined there before the copy; PostgreSQL 18 links the files instead of copying
+        them). Default C(/usr/lib/postgresql/<major>/bin).
+    type: path
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -313,6 +320,15 @@ error_code:
   returned: on failure
   type: str
   sample: TARGET_BEFORE_BACKUP
+chain:
+  description: The backups the recovery restores, oldest first (the full backup, then each incremental); one for a full.
+  returned: always
+  type: list
+  elements: str
+combine:
+  description: Where and how an incremental's chain is combined into one data directory; null for a full backup.
+  returned: always
+  type: str
 backup_id:
   description: The backup recovered.
   returned: always
