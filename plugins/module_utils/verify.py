@@ -28,6 +28,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
     lockfile,
     manifest,
+    pgtools,
     recovery,
     recovery_hold,
     remote,
@@ -171,7 +172,7 @@ class Verification:
         self.steps = []  # type: List[Dict[str, Any]]
         self.failures = []  # type: List[Dict[str, Any]]
         major = int(info['version']) // 10000
-        self.bindir = params.get('pg_bindir') or '/usr/lib/postgresql/%d/bin' % major
+        self.bindir = pgtools.bindir(params.get('pg_bindir'), major)
         target = None
         if params.get('host'):
             target = ssh.validate_ssh_target(params['user'], params['host'], params.get('ssh_port'))
@@ -414,6 +415,7 @@ class Verification:
                 wal_sender=None,
                 archive=False,
                 hold_hours=params['hold_hours'],
+                pg_bindir=params.get('pg_bindir'),  # pg_combinebackup's, for an incremental
             ),
             extra_files={HBA_FILE: HBA_TEXT},
         )
