@@ -115,6 +115,7 @@ def _last_verified_text(server):
 FIELDS = (
     ('backup id', 'backup_id', _text, True),
     ('status', 'status', _text, True),
+    ('type', 'backup_type', _text, True),
     ('begin (UTC)', 'begin_time', _when, False),
     ('end (UTC)', 'end_time', _when, True),
     ('begin WAL', 'begin_wal', _text, False),
@@ -176,7 +177,8 @@ def status_table(servers):
     lines = []
     for server, backups in zip(servers, rows):
         status = _text(server.get('status'), 'unknown').upper()
-        head = [_text(server.get('server'), '?'), status, _window_text(server), _last_verified_text(server)]
+        version = 'PostgreSQL %s' % server['pg_version'] if server.get('pg_version') else None
+        head = [_text(server.get('server'), '?'), version, status, _window_text(server), _last_verified_text(server)]
         lines += ['', '  '.join(part for part in head if part)]
         lines += [line(row) for row in [headers] + backups] if backups else ['  no backups']
         lines += ['  ' + _gap_text(gap) for gap in _items(server.get('window'), 'gaps')]
@@ -299,9 +301,12 @@ def status_html(servers, generated_at=None):
         link, code = _Html('<a href="#server-%d">%s</a>' % (index, name)), _Html('<code>%s</code>' % nagios)
         count = str(len(_items(server, 'backups')))
         verified = _last_verified_text(server) or '-'
-        summary.append([link, _status(server.get('status')).upper(), count, _window_text(server), verified, code])
-    headers = ['server', 'status', 'backups', 'recoverable window', 'verification', 'nagios']
-    parts.append(_table(headers, summary, {1: str.lower}) if servers else '<p>No servers.</p>')
+        version = _text(server.get('pg_version'), '-')
+        summary.append(
+            [link, version, _status(server.get('status')).upper(), count, _window_text(server), verified, code]
+        )
+    headers = ['server', 'PostgreSQL', 'status', 'backups', 'recoverable window', 'verification', 'nagios']
+    parts.append(_table(headers, summary, {2: str.lower}) if servers else '<p>No servers.</p>')
     parts.append(LEGEND if servers else '')
     for index, server in enumerate(servers):
         status, backups, checks = _status(server.get('status')), _items(server, 'backups'), _items(server, 'checks')

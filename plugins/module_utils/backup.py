@@ -658,7 +658,19 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
     progress('backup %s started (%s)' % (backup_id, chain_reason if streamed else 'reference %s' % reference_id))
     try:
         if streamed:
-            taken = _stream(params, layout, conn, copier, facts, backup_id, parent_id)
+            try:
+                taken = _stream(params, layout, conn, copier, facts, backup_id, parent_id)
+            except stream_backup.StreamError as error:
+                if not (parent_id and stream_backup.summaries_missing(error)):
+                    raise
+                # summarize_wal was off for a while (or the summaries were removed): no incremental can be
+                # taken on this parent, but a full can, and the next incremental builds on it.
+                chain_reason = 'full: PostgreSQL cannot take an incremental on %s (WAL summaries missing)' % parent_id
+                progress('backup %s: %s' % (backup_id, chain_reason))
+                parent_id = info['parent_backup_id'] = None
+                infofile.write_backup_info(info_path, info)
+                shutil.rmtree(layout.backup_dir(backup_id), ignore_errors=True)
+                taken = _stream(params, layout, conn, copier, facts, backup_id, None)
         else:
             taken = _rsync_backup(
                 params, layout, conn, copier, facts, backup_id, reference_id, reference, info, progress

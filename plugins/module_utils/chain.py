@@ -32,6 +32,22 @@ def is_incremental(info: Mapping[str, Any]) -> bool:
     return bool(info.get('parent_backup_id'))
 
 
+def backup_type(info: Mapping[str, Any]) -> str:
+    """Barman's backup type: rsync, or for pg_basebackup's backups full or incremental."""
+    if (info.get('mode') or '').startswith('rsync'):
+        return 'rsync'
+    return 'incremental' if is_incremental(info) else 'full'
+
+
+def version_text(version: Any) -> Optional[str]:
+    """PostgreSQL's server_version_num as people write it: 180006 -> '18.6', 150018 -> '15.18'."""
+    try:
+        number = int(version)
+    except (TypeError, ValueError):
+        return None
+    return '%d.%d' % (number // 10000, number % 10000)
+
+
 def ancestry(infos: Mapping[str, Mapping[str, Any]], backup_id: str) -> List[str]:
     """[full backup, ..., backup_id]: the backups a restore of ``backup_id`` combines, oldest first.
 

@@ -242,6 +242,8 @@ class ServerCatalog:
         item['holds'] = [h['token'] for h in self.active_holds(now or catalog.now_utc()) if h['backup_id'] == backup_id]
         item['retention_status'] = (statuses or {}).get(backup_id)
         item['error'] = info.get('error')
+        item['backup_type'] = chain.backup_type(info)
+        item['parent_backup_id'] = info.get('parent_backup_id')
         item['verification'] = self.verification(backup_id)
         item['wal_size'] = item['wal_count'] = None
         if info.get('begin_wal') and info['status'] == infofile.DONE:
@@ -326,9 +328,11 @@ class ServerCatalog:
     ) -> Dict[str, Any]:
         now = now or catalog.now_utc()
         statuses = self.statuses(policy, minimum_redundancy, now)
+        order = infofile.ordered_backup_ids(self.infos)
         return dict(
             server=self.layout.server,
-            backups=[self.describe(b, statuses, now) for b in infofile.ordered_backup_ids(self.infos)],
+            pg_version=chain.version_text(self.infos[order[-1]].get('version')) if order else None,
+            backups=[self.describe(b, statuses, now) for b in order],
             wal_count=len(self.wals),
             wal_size=sum(e.size for e in self.wals),
             retention_policy=retention.format_policy(policy) if policy else None,

@@ -165,6 +165,11 @@ def _probe_replication(params, tool):
         )
 
 
+def summaries_missing(error: BarmanError) -> bool:
+    """pg_basebackup failed because the server lacks the WAL summaries since the parent backup."""
+    return error.code == 'BASEBACKUP_FAILED' and 'wal summar' in error.message.lower()
+
+
 def argv(
     tool: str,
     params: Mapping[str, Any],
