@@ -75,11 +75,9 @@ def chain(configured, verifications_forgotten):
     psql(SERVER, 'DROP TABLE IF EXISTS drill')
     psql(SERVER, 'CREATE TABLE drill (id int PRIMARY KEY, batch int, payload text)')
     insert_batch(1)
-    # A 1 MB-a-page-apart table that the incremental must not send again.
-    psql(
-        SERVER,
-        'DROP TABLE IF EXISTS still; CREATE TABLE still AS SELECT g, repeat(md5(g::text), 30) AS t FROM generate_series(1, 20000) g',
-    )
+    # A table of ~20 MB that no later change touches: the incrementals must not send it again.
+    psql(SERVER, 'DROP TABLE IF EXISTS still')
+    psql(SERVER, 'CREATE TABLE still AS SELECT g, repeat(md5(g::text), 30) AS t FROM generate_series(1, 20000) g')
     full = backup()
     insert_batch(2)
     psql(SERVER, 'UPDATE drill SET payload = upper(payload) WHERE id % 500 = 0')
