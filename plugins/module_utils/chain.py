@@ -20,6 +20,8 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import Ba
 
 # The mode Barman writes for a backup taken with pg_basebackup (backup_method = postgres).
 POSTGRES_MODE = 'postgres'
+# pg_combinebackup --link: PostgreSQL 18.
+LINK_VERSION = 180000
 
 
 class ChainError(BarmanError):
@@ -100,6 +102,25 @@ def combined_size(layout: catalog.ServerLayout, infos: Mapping[str, Mapping[str,
     return max(sizes)
 
 
+def links_files(info: Mapping[str, Any]) -> bool:
+    """pg_combinebackup of this backup's major version can hard-link unchanged files (PostgreSQL 18+)."""
+    return int(info['version']) >= LINK_VERSION
+
+
+def check_combine_space(layout: catalog.ServerLayout, size: int) -> None:
+    """Refuse a combine that copies (PostgreSQL 17) when the catalog's filesystem cannot hold it."""
+    free = shutil.disk_usage(layout.root).free
+    if size > free:
+        raise ChainError(
+            'combining the incremental backup needs %d MiB on the backup server (%s), which has %d MiB free'
+            % (size >> 20, layout.root, free >> 20),
+            'Free space on the backup server (retention), or recover a full backup (backup_id); nothing was copied',
+            code='NOT_ENOUGH_SPACE',
+            needed_bytes=size,
+            free_bytes=free,
+        )
+
+
 class Combined:
     """A chain combined into ``<catalog>/.combine-*/``: ``data`` and one directory per tablespace oid.
     Removed on exit; with hard links into the chain, it must only ever be read."""
@@ -132,7 +153,7 @@ class Combined:
         )
         self.root = tempfile.mkdtemp(prefix='.combine-', dir=self.layout.root)
         # PostgreSQL 18 links the unchanged files instead of copying them (same filesystem: the catalog's).
-        self.method = 'link' if self.major >= 18 else 'copy'
+        self.method = 'link' if links_files(self.infos[self.chain[-1]]) else 'copy'
         # --no-sync: the directory lives for one copy to the destination, which syncs what it writes.
         argv = [tool, '--no-sync', '--output', self.data] + (['--link'] if self.method == 'link' else [])
         # Tablespaces go beside the combined data, never where the newest backup keeps its own.

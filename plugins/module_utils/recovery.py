@@ -649,9 +649,10 @@ def plan_recovery(
             check_destination(destination, params, locations)
         needs = space_needed(layout, backup_id, locations, directory, wal_bytes)
         if len(backups) > 1:
-            needs[directory] += (
-                chain.combined_size(layout, infos, backups) - disk_usage(layout.backup_data_dir(backup_id))[0]
-            )
+            combined = chain.combined_size(layout, infos, backups)
+            needs[directory] += combined - disk_usage(layout.backup_data_dir(backup_id))[0]
+            if not chain.links_files(info):
+                chain.check_combine_space(layout, combined)
         pgdata = os.path.normpath(info['pgdata'])
         filesystems = destination.filesystems(sorted(set(needs) | set([pgdata])))
         warnings += check_free_space(filesystems, needs, pgdata, params['in_place'])
@@ -729,7 +730,7 @@ def combine_plan(backups: Sequence[str], info: Mapping[str, Any]) -> Optional[st
     """Where and how an incremental's chain becomes a data directory; None for a backup restored as it is."""
     if len(backups) < 2:
         return None
-    if int(info['version']) >= 180000:
+    if chain.links_files(info):
         # Hard links into the chain: no copy and no space on the backup server, and only the combined data goes
         # over the network (combining at the destination would send every backup of the chain).
         return 'on the backup server, pg_combinebackup --link of %d backups, then one copy' % len(backups)
