@@ -140,14 +140,7 @@ def _probe_replication(params, tool):
     psql = os.path.join(os.path.dirname(tool), 'psql')
     argv = [psql, '-XAtq', '-d', conninfo(params) + " replication='true'", '-c', 'IDENTIFY_SYSTEM']
     try:
-        proc = subprocess.run(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=environment(params),
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        proc = _run(argv, params)
     except OSError as error:
         raise StreamError('cannot run %s: %s' % (psql, error), code='MISSING_DEPENDENCY') from None
     if proc.returncode != 0:
@@ -163,6 +156,18 @@ def _probe_replication(params, tool):
             'password: run setup.yml with barman_backup_method postgres; nothing was copied' % params['streaming_user'],
             code='REPLICATION_REFUSED',
         )
+
+
+def _run(argv, params):
+    """A PostgreSQL program as the streaming role (its password, if given, in the environment only)."""
+    return subprocess.run(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment(params),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def summaries_missing(error: BarmanError) -> bool:
@@ -216,15 +221,8 @@ def copy(
     (backup_label, and backup_manifest's WAL range for the end)."""
     command = argv(tool, params, layout, backup_id, facts['tablespaces'], parent_id)
     progress('pg_basebackup %s' % ('incremental on %s' % parent_id if parent_id else 'full'))
-    proc = subprocess.run(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=environment(params),
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    output = proc.stdout.decode('utf-8', 'replace').strip()
+    proc = _run(command, params)
+    output = (proc.stdout + proc.stderr).decode('utf-8', 'replace').strip()
     for line in output.splitlines()[-20:]:
         progress(line)
     if proc.returncode != 0:
