@@ -47,7 +47,11 @@ notes:
 - 'C(POSTGRES_UNREACHABLE): PostgreSQL cannot be connected to (not running, wrong address, pg_hba.conf or
   password).'
 - 'C(POSTGRES_REFUSED): PostgreSQL refused a query or function that the operation needs.'
-- 'C(SERVER_IS_STANDBY): the PostgreSQL server is a standby: back up the primary.'
+- 'C(SERVER_IS_STANDBY): the PostgreSQL server changed role (a standby, a primary) between the choice of the
+  member to back up and the backup: a failover is under way.'
+- 'C(NO_PRIMARY): no member of the cluster is the primary now (or several are): nothing to back up or switch WAL
+  on.'
+- 'C(NO_HEALTHY_STANDBY): backup_from standby, and no standby of the cluster is up and within standby_max_lag.'
 - 'C(MISSING_PRIVILEGES): the PostgreSQL role lacks a privilege that a backup needs (setup.yml grants them).'
 - 'C(INCREMENTAL_NOT_SUPPORTED): a block-level incremental backup was asked of a PostgreSQL server older than
   17.'

@@ -9,6 +9,7 @@ catalog -> DONE. Any failure leaves the backup FAILED, never half DONE.
 """
 
 import concurrent.futures
+import contextlib
 import ctypes
 import datetime
 import os
@@ -21,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
     chain,
+    cluster,
     identityfile,
     infofile,
     lockfile,
@@ -94,6 +96,9 @@ def module_spec() -> dict:
         pg_bindir=dict(type='path'),
         streaming_user=dict(type='str', default='streaming_barman'),
         streaming_password=dict(type='str', no_log=True),
+        members=cluster.members_spec(),
+        backup_from=dict(type='str', choices=list(cluster.BACKUP_FROM), default=cluster.PRIMARY),
+        standby_max_lag=dict(type='int', default=1024),
     )
     return dict(argument_spec=spec)
 
@@ -525,11 +530,28 @@ def _under(path, directory):
     return os.path.abspath(path).startswith(os.path.abspath(directory).rstrip('/') + '/')
 
 
-def preflight(params: Mapping[str, Any], layout: catalog.ServerLayout, conn: Any, copier: Copier) -> Dict[str, Any]:
-    """What a backup needs, checked before anything is written; returns the server facts."""
+def preflight(
+    params: Mapping[str, Any],
+    layout: catalog.ServerLayout,
+    conn: Any,
+    copier: Copier,
+    primary_conn: Any = None,
+    from_standby: bool = False,
+) -> Dict[str, Any]:
+    """What a backup needs, checked before anything is written; returns the server facts. ``conn`` is the
+    member backed up, ``primary_conn`` the primary (the same session unless the backup is from a standby)."""
     facts = postgres.server_facts(conn)
-    if facts['in_recovery']:
-        raise BackupError('%s is a standby' % params['pg_host'], 'Back up the primary', code='SERVER_IS_STANDBY')
+    if facts['in_recovery'] != from_standby:
+        raise BackupError(
+            '%s is %s now, not the %s chosen a moment ago'
+            % (
+                params['pg_host'],
+                'a standby' if facts['in_recovery'] else 'a primary',
+                'primary' if not from_standby else 'standby',
+            ),
+            'A failover is under way: run the backup again once it is over',
+            code='SERVER_IS_STANDBY',
+        )
     missing = postgres.missing_backup_privileges(conn)
     if missing:
         raise BackupError(
@@ -537,8 +559,10 @@ def preflight(params: Mapping[str, Any], layout: catalog.ServerLayout, conn: Any
             'Run the setup playbook (wal_archiving role) to grant them',
             code='MISSING_PRIVILEGES',
         )
+    # The primary archives the WAL, whichever member is copied.
     settings = postgres.query_one(
-        conn, "SELECT current_setting('archive_mode') AS mode, current_setting('archive_command') AS command"
+        primary_conn or conn,
+        "SELECT current_setting('archive_mode') AS mode, current_setting('archive_command') AS command",
     )
     if settings['mode'] == 'off' or not settings['command'] or settings['command'] == '(disabled)':
         raise BackupError(
@@ -587,42 +611,61 @@ def take_backup(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str
     progress = Progress(layout)
     # A connection of its own: a recovery of this server running meanwhile must not share (and end) it.
     with lockfile.ServerLock(layout, 'backup'), ssh.operation_control_path(layout.root) as control_path:
-        copier = Copier(params, progress, control_path)
-        try:
-            settled = settle_unfinished_backups(layout, wal_archive, dry_run=check_mode)
-            # The backup server's quota of backups at once (all servers, all runs): a slot before the preflight,
-            # so that its facts (tablespaces, free space) are those of the moment the backup starts.
-            slot = lockfile.BackupSlot(
-                params['barman_home'],
-                0 if check_mode else params['concurrency'],
-                waiting=_waiting(progress),
-                wait_seconds=SLOT_WAIT_SECONDS,
+        settled = settle_unfinished_backups(layout, wal_archive, dry_run=check_mode)
+        # The backup server's quota of backups at once (all servers, all runs): a slot before the preflight,
+        # so that its facts (tablespaces, free space, which member is the primary) are those of the start.
+        slot = lockfile.BackupSlot(
+            params['barman_home'],
+            0 if check_mode else params['concurrency'],
+            waiting=_waiting(progress),
+            wait_seconds=SLOT_WAIT_SECONDS,
+        )
+        with slot, contextlib.ExitStack() as stack:
+            chosen = cluster.choose(
+                [cluster.probe(params, m) for m in cluster.members_of(params)],
+                params['backup_from'],
+                params['standby_max_lag'],
+                params['server'],
             )
-            with slot:
-                conn = postgres.connect_with(params)
-                try:
-                    facts = preflight(params, layout, conn, copier)
-                    if check_mode:
-                        return dict(
-                            changed=False,
-                            settled=settled,
-                            checked=True,
-                            pgdata=facts['data_directory'],
-                            pgdata_layout=facts['pgdata_layout'],
-                        )
-                    result = _run_backup(params, layout, wal_archive, conn, copier, facts, progress)
-                    return dict(result, settled=settled)
-                finally:
-                    conn.close()
-        finally:
-            copier.close()
+            source, from_standby = chosen['source'], chosen['source']['in_recovery']
+            params = dict(params, pg_host=source['pg_host'], pg_port=source['pg_port'], ssh_host=source['ssh_host'])
+            copier = Copier(params, progress, control_path)
+            stack.callback(copier.close)
+            conn = postgres.connect_with(params)
+            stack.callback(conn.close)
+            primary_conn = conn
+            if from_standby:  # the primary switches WAL at the end, so that the backup's last segment is archived
+                primary = chosen['primary']
+                primary_conn = postgres.connect_with(
+                    dict(params, pg_host=primary['pg_host'], pg_port=primary['pg_port'])
+                )
+                stack.callback(primary_conn.close)
+            facts = preflight(params, layout, conn, copier, primary_conn, from_standby)
+            facts['source'] = dict(
+                host=source['name'],
+                role='standby' if from_standby else 'primary',
+                reason=chosen['reason'],
+                skipped=chosen['skipped'],
+            )
+            if check_mode:
+                return dict(
+                    changed=False,
+                    settled=settled,
+                    checked=True,
+                    pgdata=facts['data_directory'],
+                    pgdata_layout=facts['pgdata_layout'],
+                    source=facts['source'],
+                )
+            progress('backing up %s' % chosen['reason'])
+            result = _run_backup(params, layout, wal_archive, conn, copier, facts, progress, primary_conn)
+            return dict(result, settled=settled)
 
 
 def _waiting(progress):
     return lambda slots: progress("waiting for one of the backup server's %d backup slots (concurrency)" % slots)
 
 
-def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
+def _run_backup(params, layout, wal_archive, conn, copier, facts, progress, primary_conn=None):
     backup_id = new_backup_id(layout)
     info_path = layout.backup_info_path(backup_id)
     infos = infofile.backup_infos(layout)
@@ -675,6 +718,9 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
             taken = _rsync_backup(
                 params, layout, conn, copier, facts, backup_id, reference_id, reference, info, progress
             )
+        if facts['source']['role'] == 'standby':
+            # A standby cannot switch WAL: the primary closes the segment the backup ends in, so that it is archived.
+            progress('backup %s: WAL %s switched on the primary' % (backup_id, postgres.switch_wal(primary_conn)))
         segment_size = facts['wal_segment_size']
         end_wal, end_offset = wal.walfile_name_offset(taken['end_lsn'], taken['end_timeline'], segment_size)
         info.update(
@@ -692,7 +738,13 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
             backup_label=taken['labelfile'],
         )
         size, deduplicated = disk_usage(layout.backup_dir(backup_id))
-        stats = dict(taken['copy_stats'], total_time=round(time.time() - started, 3))
+        stats = dict(
+            taken['copy_stats'],
+            total_time=round(time.time() - started, 3),
+            # Which member was copied (Barman has no field for it and refuses unknown ones: copy_stats is a dict).
+            source_host=facts['source']['host'],
+            source_role=facts['source']['role'],
+        )
         if streamed:
             stats.update(backup_type='incremental' if parent_id else 'full', chain_reason=chain_reason)
         info.update(size=size, deduplicated_size=deduplicated, copy_stats=stats)
@@ -715,6 +767,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress):
         backup_id=backup_id,
         status=info['status'],
         backup_method=params['backup_method'],
+        source=facts['source'],
         backup_type='incremental' if parent_id else 'full',
         parent_backup_id=parent_id,
         reference_backup_id=parent_id if streamed else reference_id,

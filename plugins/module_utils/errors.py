@@ -59,7 +59,10 @@ ERROR_CODES = {
     'POSTGRES_UNREACHABLE': 'PostgreSQL cannot be connected to (not running, wrong address, pg_hba.conf or password)',
     'POSTGRES_REFUSED': 'PostgreSQL refused a query or function that the operation needs',
     # Backup
-    'SERVER_IS_STANDBY': 'the PostgreSQL server is a standby: back up the primary',
+    'SERVER_IS_STANDBY': 'the PostgreSQL server changed role (a standby, a primary) between the choice of the member '
+    'to back up and the backup: a failover is under way',
+    'NO_PRIMARY': 'no member of the cluster is the primary now (or several are): nothing to back up or switch WAL on',
+    'NO_HEALTHY_STANDBY': 'backup_from standby, and no standby of the cluster is up and within standby_max_lag',
     'MISSING_PRIVILEGES': 'the PostgreSQL role lacks a privilege that a backup needs (setup.yml grants them)',
     'INCREMENTAL_NOT_SUPPORTED': 'a block-level incremental backup was asked of a PostgreSQL server older than 17',
     'SUMMARIZE_WAL_OFF': 'summarize_wal is off on the PostgreSQL server, so it cannot take an incremental backup '

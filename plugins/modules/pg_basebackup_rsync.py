@@ -172,6 +172,49 @@ options:
     description:
       - Its password; by default C(~/.pgpass) of the user running the module gives it.
     type: str
+  members:
+    description:
+      - >-
+        The members of the server's replication cluster (a primary and its standbys, one catalog), as the backup
+        server reaches each. At the start the module asks every member whether it is in recovery (nothing in
+        the inventory says which is the primary, so a failover needs no change) and copies the one
+        O(backup_from) chooses. Default: the one server of O(pg_host), O(pg_port), O(ssh_host).
+      - The members must be one cluster (one system identifier) with exactly one primary, else it refuses.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: The member's name (its inventory name), for messages and the record of the source.
+        type: str
+        required: true
+      pg_host:
+        description: Its address for libpq.
+        type: str
+        required: true
+      pg_port:
+        description: Its port.
+        type: int
+        default: 5432
+      ssh_host:
+        description: Its address for SSH (rsync); default O(members[].pg_host).
+        type: str
+  backup_from:
+    description:
+      - >-
+        V(primary) copies the primary. V(standby) copies the standby that replays closest to the primary (its lag
+        in bytes measured at the start), refusing when none is up and within O(standby_max_lag)
+        (C(NO_HEALTHY_STANDBY)); V(prefer-standby) falls back to the primary then, and says why in
+        RV(source). A backup from a standby is non-exclusive on the standby; at its end the primary switches WAL,
+        so that the segment the backup ends in is archived. The member copied is recorded in the backup's
+        C(copy_stats) (C(source_host), C(source_role)).
+    type: str
+    choices: [primary, standby, prefer-standby]
+    default: primary
+  standby_max_lag:
+    description:
+      - A standby further behind the primary than this many MiB of WAL is not backed up from.
+    type: int
+    default: 1024
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -236,6 +279,12 @@ backup_method:
   description: V(rsync) or V(postgres).
   returned: when a backup was taken
   type: str
+source:
+  description: >-
+    The member copied (C(host), its inventory name; C(role), primary or standby), C(reason) (why that one, and
+    with V(prefer-standby) why not a standby) and C(skipped) (the members passed over, each with why).
+  returned: when a backup was taken, and in check mode
+  type: dict
 backup_type:
   description: C(incremental) (a block-level incremental with a parent) or C(full).
   returned: when a backup was taken
