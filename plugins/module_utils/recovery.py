@@ -18,11 +18,14 @@ from typing import Any, Container, Dict, List, Mapping, Optional, Sequence, Tupl
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
     chain,
+    cluster,
     infofile,
     pgdata_layout,
+    postgres,
     recovery_hold,
     remote,
     ssh,
+    stream_backup,
     wal,
 )
 from ansible_collections.barman.postgresql.plugins.module_utils.wal_store import WalArchive, copy_decompressed
@@ -103,7 +106,15 @@ def module_spec() -> dict:
         archive=dict(type='bool', default=False),
         hold_hours=dict(type='int', default=24),
         pg_bindir=dict(type='path'),
+        standby=dict(type='bool', default=False),
+        members=cluster.members_spec(),
+        standby_user=dict(type='str', default='streaming_barman'),
+        standby_passfile=dict(type='path'),
+        standby_name=dict(type='str'),
+        primary_slot_name=dict(type='str'),
     )
+    # The primary of a standby is found by asking the members, as the backup role.
+    spec.update((k, v) for k, v in postgres.connection_argument_spec().items() if k != 'pg_host')
     return dict(
         argument_spec=spec,
         # recovery_settings refuses get_wal without wal_sender too (restore_command is planned in check mode as well).
@@ -492,6 +503,36 @@ def check_staging_space(catalog_root: str, wal_bytes: int) -> None:
         )
 
 
+def standby_conninfo(params: Mapping[str, Any], kind: Optional[str]) -> Optional[Dict[str, Any]]:
+    """For a standby: {primary (its name), conninfo} of the member that is the primary now; None otherwise."""
+    if not params.get('standby'):
+        return None
+    if kind is not None:
+        raise RecoveryError(
+            'a standby follows its primary to the end of its WAL: a recovery target (%s) does not go with standby'
+            % kind,
+            'Recover as a standby without a target, or recover to the target without standby',
+            code='INVALID_TARGET',
+        )
+    primary = cluster.find_primary(params) if params.get('members') else None
+    if primary is None:
+        raise RecoveryError(
+            'no member of %s is the primary now (or none was given: members): a standby needs one to stream from'
+            % params['server'],
+            'Start or promote the primary first, and give the members of the cluster; nothing was copied',
+            code='NO_PRIMARY',
+        )
+    items = [
+        ('host', primary['pg_host']),
+        ('port', primary['pg_port']),
+        ('user', params['standby_user']),
+        ('application_name', params.get('standby_name') or params.get('destination_host') or 'standby'),
+    ]
+    if params.get('standby_passfile'):
+        items.append(('passfile', params['standby_passfile']))
+    return dict(primary=primary['name'], conninfo=' '.join('%s=%s' % (k, stream_backup.quoted(v)) for k, v in items))
+
+
 # -- the configuration of the recovered copy ---------------------------------------------------------
 
 
@@ -518,8 +559,15 @@ def neutralised_config(text: str, keep: Container[str] = ()) -> str:
     return text if text.endswith('\n') else text + '\n'
 
 
-def recovery_settings(params: Mapping[str, Any], backup_id: str, kind: Optional[str], value: Any) -> str:
-    """The lines appended to postgresql.auto.conf of the recovered copy (later lines win)."""
+def recovery_settings(
+    params: Mapping[str, Any],
+    backup_id: str,
+    kind: Optional[str],
+    value: Any,
+    standby: Optional[Mapping[str, Any]] = None,
+) -> str:
+    """The lines appended to postgresql.auto.conf of the recovered copy (later lines win). A standby streams from
+    ``standby['conninfo']`` once the archive is replayed, and follows the primary's timeline."""
     if params['get_wal']:
         if not params.get('wal_sender'):
             raise RecoveryError(
@@ -549,6 +597,11 @@ def recovery_settings(params: Mapping[str, Any], backup_id: str, kind: Optional[
             settings.append(('recovery_target_inclusive', 'on' if params['target_inclusive'] else 'off'))
     # immediate means "the backup's own timeline" (pgBackRest does the same since PG 12 defaults to latest).
     timeline = 'current' if kind == 'target_immediate' and params['target_tli'] == 'latest' else params['target_tli']
+    if standby:
+        timeline = 'latest'
+        settings.append(('primary_conninfo', standby['conninfo']))
+        if params.get('primary_slot_name'):
+            settings.append(('primary_slot_name', params['primary_slot_name']))
     settings.append(('recovery_target_timeline', timeline))
     if not params['archive']:
         settings.append(('archive_mode', 'off'))  # a copy never archives into the original's catalog
@@ -572,9 +625,10 @@ def configuration_files(
     locations: Mapping[int, Tuple[str, str]],
     kind: Optional[str],
     value: Any,
+    standby: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, str]:
     """{name: text} of the files written into the copy after its data: the neutralised configuration,
-    the recovery settings, tablespace_map and recovery.signal."""
+    the recovery settings, tablespace_map and recovery.signal (standby.signal for a standby)."""
 
     def read(name):
         path = os.path.join(data, name)
@@ -590,11 +644,11 @@ def configuration_files(
     if conf is not None:
         files['postgresql.conf'] = neutralised_config(conf, keep)
     files['postgresql.auto.conf'] = neutralised_config(read('postgresql.auto.conf') or '', keep) + recovery_settings(
-        params, backup_id, kind, value
+        params, backup_id, kind, value, standby
     )
     if locations:
         files['tablespace_map'] = ''.join('%d %s\n' % (oid, loc) for oid, (_name, loc) in sorted(locations.items()))
-    files['recovery.signal'] = ''
+    files['standby.signal' if standby else 'recovery.signal'] = ''
     return files
 
 
@@ -622,13 +676,16 @@ def plan_recovery(
     WAL it needs, the destination (empty, not running, enough free space) and the files to write.
     Check mode returns it; a real run carries it out. Returns (plan, destination, private parts)."""
     kind, value = the_target(params)
+    primary_conninfo = standby_conninfo(params, kind)
     infos = infofile.backup_infos(layout)
     backup_id, info = choose_backup(infos, kind, value, params.get('backup_id'))
     backups = chain.ancestry(infos, backup_id)  # an incremental needs its whole chain, refused now if broken
     continuity, needed_until = wal_needed_for_target(wal_archive, info, kind, value)
     directory = destination_directory(params, info)
     locations = tablespace_locations(info, params, directory)
-    files = configuration_files(layout.backup_data_dir(backup_id), params, backup_id, locations, kind, value)
+    files = configuration_files(
+        layout.backup_data_dir(backup_id), params, backup_id, locations, kind, value, primary_conninfo
+    )
     warnings = []
     recorded = pgdata_layout.read_layout(layout, backup_id)
     if recorded and recorded['pg_wal']['kind'] == pgdata_layout.SYMLINK:
@@ -677,6 +734,7 @@ def plan_recovery(
         warnings=warnings,
         chain=backups,
         combine=combine_plan(backups, info),
+        standby_of=primary_conninfo and primary_conninfo['primary'],
     )
     parts = dict(
         info=info,

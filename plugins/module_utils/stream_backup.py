@@ -32,13 +32,14 @@ class StreamError(BarmanError):
     code = 'BARMAN_ERROR'
 
 
+def quoted(value: Any) -> str:
+    """A value of a libpq connection string, quoted."""
+    return "'%s'" % str(value).replace('\\', '\\\\').replace("'", "\\'")
+
+
 def conninfo(params: Mapping[str, Any]) -> str:
     """pg_basebackup's connection string (libpq's key=value; values quoted). No password: ~/.pgpass or the
     PGPASSWORD environment variable carry it, never the command line."""
-
-    def quoted(value):
-        return "'%s'" % str(value).replace('\\', '\\\\').replace("'", "\\'")
-
     items = [
         ('host', params['pg_host']),
         ('port', params['pg_port']),

@@ -154,6 +154,72 @@ options:
         backup (its chain is combined there before the copy; PostgreSQL 18 links the files instead of copying
         them). Default C(/usr/lib/postgresql/<major>/bin).
     type: path
+  standby:
+    description:
+      - >-
+        Recover as a standby of the cluster's current primary instead of to a target (the way to rebuild a lost
+        replica from a backup rather than from the primary): C(standby.signal) instead of C(recovery.signal),
+        C(primary_conninfo) to the member of O(members) that is the primary now (asked at the start), and
+        C(recovery_target_timeline = latest); the archive is replayed first, then the standby streams. No
+        recovery target may be given.
+    type: bool
+    default: false
+  members:
+    description:
+      - The members of the server's replication cluster, as in M(barman.postgresql.pg_basebackup_rsync); with
+        O(standby), where the primary is looked for.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: The member's name (its inventory name).
+        type: str
+        required: true
+      pg_host:
+        description: Its address, for libpq (the backup server's probe and the standby's C(primary_conninfo)).
+        type: str
+        required: true
+      pg_port:
+        description: Its port.
+        type: int
+        default: 5432
+      ssh_host:
+        description: Its address for SSH; not used here.
+        type: str
+  standby_user:
+    description: The replication role the standby logs in as (C(LOGIN REPLICATION)).
+    type: str
+    default: streaming_barman
+  standby_passfile:
+    description:
+      - The password file on the destination that C(primary_conninfo) names (C(passfile)), holding the password of
+        O(standby_user); C(recover.yml) writes the line there. Never a password in the configuration.
+    type: path
+  standby_name:
+    description: The standby's C(application_name) on the primary (C(synchronous_standby_names) uses it).
+    type: str
+  primary_slot_name:
+    description: A replication slot on the primary for the standby (C(primary_slot_name)); it must exist there.
+    type: str
+  pg_port:
+    description: Not used (each member has its port); here because the probe shares the connection options.
+    type: int
+    default: 5432
+  pg_user:
+    description: The backup role, which the backup server logs in as to ask each member whether it is the primary.
+    type: str
+    default: barman
+  pg_password:
+    description: Its password; by default C(~/.pgpass) of the user running the module.
+    type: str
+  pg_database:
+    description: Database for that probe.
+    type: str
+    default: postgres
+  pg_connect_timeout:
+    description: Seconds to wait for each member.
+    type: int
+    default: 10
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -327,6 +393,10 @@ chain:
   elements: str
 combine:
   description: Where and how an incremental's chain is combined into one data directory; null for a full backup.
+  returned: always
+  type: str
+standby_of:
+  description: With O(standby), the member the standby streams from (the primary now); null otherwise.
   returned: always
   type: str
 backup_id:

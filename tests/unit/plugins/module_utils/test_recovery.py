@@ -926,3 +926,28 @@ def test_wal_copied_along_must_leave_a_tenth_of_the_catalog_filesystem_free(tmp_
     with pytest.raises(recovery.RecoveryError, match='less than a tenth free') as refused:
         recovery.check_staging_space(str(tmp_path), stat.f_bavail * stat.f_frsize)
     assert refused.value.code == 'NOT_ENOUGH_SPACE'
+
+
+# -- recovery as a standby ---------------------------------------------------------------------------
+
+
+def test_a_standby_streams_from_the_primary_and_follows_its_timeline(tmp_path):
+    (tmp_path / 'postgresql.auto.conf').write_text("archive_command = 'send %p'\n")
+    standby = dict(primary='ha2', conninfo="host='10.0.0.16' port='5446' user='streaming_barman'")
+    params = default_params(standby=True, archive=True, primary_slot_name='ha1')
+    files = recovery.configuration_files(str(tmp_path), params, '20261130T090000', {}, None, None, standby)
+    assert 'standby.signal' in files and 'recovery.signal' not in files
+    conf = files['postgresql.auto.conf']
+    assert "primary_conninfo = 'host=''10.0.0.16'' port=''5446'' user=''streaming_barman'''" in conf
+    assert "primary_slot_name = 'ha1'" in conf and "recovery_target_timeline = 'latest'" in conf
+    assert "archive_command = 'send %p'" in conf and 'recovery_target_action' not in conf
+
+
+def test_a_standby_with_a_target_or_without_members_is_refused_before_anything():
+    with pytest.raises(BarmanError) as refused:
+        recovery.standby_conninfo(default_params(standby=True, server='ha'), 'target_time')
+    assert refused.value.code == 'INVALID_TARGET'
+    with pytest.raises(BarmanError) as refused:
+        recovery.standby_conninfo(default_params(standby=True, server='ha', members=None), None)
+    assert refused.value.code == 'NO_PRIMARY' and 'members' in str(refused.value)
+    assert recovery.standby_conninfo(default_params(), 'target_time') is None
