@@ -674,7 +674,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress, prim
     parent_id, chain_reason = None, None
     if streamed:
         parent_id, chain_reason = stream_backup.choose_parent(
-            infos, layout, params['backup_incremental'], params['incremental_chain']
+            infos, layout, params['backup_incremental'], params['incremental_chain'], facts
         )
     started = time.time()
     info = infofile.parse_backup_info('', info_path)
@@ -704,11 +704,14 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress, prim
             try:
                 taken = _stream(params, layout, conn, copier, facts, backup_id, parent_id)
             except stream_backup.StreamError as error:
-                if not (parent_id and stream_backup.summaries_missing(error)):
+                if not (parent_id and stream_backup.parent_refused(error)):
                     raise
-                # summarize_wal was off for a while (or the summaries were removed): no incremental can be
-                # taken on this parent, but a full can, and the next incremental builds on it.
-                chain_reason = 'full: PostgreSQL cannot take an incremental on %s (WAL summaries missing)' % parent_id
+                # summarize_wal was off for a while (or the summaries were removed), or the parent is of a timeline
+                # the server left: no incremental can be taken on it, but a full can, and the next builds on that.
+                chain_reason = 'full: PostgreSQL refused an incremental on %s (%s)' % (
+                    parent_id,
+                    error.message.splitlines()[0][:200],
+                )
                 progress('backup %s: %s' % (backup_id, chain_reason))
                 parent_id = info['parent_backup_id'] = None
                 infofile.write_backup_info(info_path, info)

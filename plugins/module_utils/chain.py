@@ -22,6 +22,8 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import Ba
 POSTGRES_MODE = 'postgres'
 # pg_combinebackup --link: PostgreSQL 18.
 LINK_VERSION = 180000
+# The directory a chain is combined into, under the server's catalog: .combine-<pid>-<random>.
+COMBINE_PREFIX = '.combine-'
 
 
 class ChainError(BarmanError):
@@ -59,8 +61,8 @@ def ancestry(infos: Mapping[str, Mapping[str, Any]], backup_id: str) -> List[str
         parent = infos[chain[0]]['parent_backup_id']
         if parent not in infos or infos[parent]['status'] != infofile.DONE or parent in chain:
             raise ChainError(
-                'backup %s is an incremental whose parent %s is %s: the chain cannot be restored'
-                % (chain[-1], parent, infos[parent]['status'] if parent in infos else 'not in the catalog'),
+                'backup %s is an incremental whose parent %s is %s: %s cannot be restored'
+                % (chain[0], parent, infos[parent]['status'] if parent in infos else 'not in the catalog', backup_id),
                 'Restore an older complete backup (backup_id), or take a new full backup',
                 backup_id=backup_id,
                 parent_backup_id=parent,
@@ -70,7 +72,12 @@ def ancestry(infos: Mapping[str, Mapping[str, Any]], backup_id: str) -> List[str
 
 
 def children(infos: Mapping[str, Mapping[str, Any]], backup_id: str) -> List[str]:
-    return sorted(b for b, info in infos.items() if info.get('parent_backup_id') == backup_id)
+    """The backups built on ``backup_id``; a FAILED one is not (it is never restored, and Barman lists none)."""
+    return sorted(
+        b
+        for b, info in infos.items()
+        if info.get('parent_backup_id') == backup_id and info['status'] != infofile.FAILED
+    )
 
 
 def descendants(infos: Mapping[str, Mapping[str, Any]], backup_id: str) -> List[str]:
@@ -121,6 +128,20 @@ def check_combine_space(layout: catalog.ServerLayout, size: int) -> None:
         )
 
 
+def sweep_combined(layout: catalog.ServerLayout) -> List[str]:
+    """Remove what a recovery killed while combining left (``.combine-<pid>-*`` of a process gone): on
+    PostgreSQL 18 its hard links would keep the space of backups that retention deletes."""
+    removed = []
+    for entry in os.listdir(layout.root) if os.path.isdir(layout.root) else []:
+        if not entry.startswith(COMBINE_PREFIX):
+            continue
+        pid = entry[len(COMBINE_PREFIX) :].split('-', 1)[0]
+        if pid.isdigit() and not os.path.exists('/proc/%s' % pid):
+            shutil.rmtree(os.path.join(layout.root, entry), ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 class Combined:
     """A chain combined into ``<catalog>/.combine-*/``: ``data`` and one directory per tablespace oid.
     Removed on exit; with hard links into the chain, it must only ever be read."""
@@ -147,11 +168,16 @@ class Combined:
     def data(self) -> str:
         return os.path.join(self.root, 'data')
 
-    def __enter__(self) -> 'Combined':
-        tool = pgtools.local_tool(
+    def tool(self) -> str:
+        """pg_combinebackup of the chain's major version, refused before anything is done when missing."""
+        return pgtools.local_tool(
             self.bindir, 'pg_combinebackup', self.major, 'restoring an incremental backup', exact=True
         )
-        self.root = tempfile.mkdtemp(prefix='.combine-', dir=self.layout.root)
+
+    def __enter__(self) -> 'Combined':
+        tool = self.tool()
+        sweep_combined(self.layout)
+        self.root = tempfile.mkdtemp(prefix='%s%d-' % (COMBINE_PREFIX, os.getpid()), dir=self.layout.root)
         # PostgreSQL 18 links the unchanged files instead of copying them (same filesystem: the catalog's).
         self.method = 'link' if links_files(self.infos[self.chain[-1]]) else 'copy'
         # --no-sync: the directory lives for one copy to the destination, which syncs what it writes.

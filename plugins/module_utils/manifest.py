@@ -244,14 +244,16 @@ def check_files(
     tablespace_oids: Sequence[int],
     only_under: Optional[str] = None,
     parsed: Optional[Mapping[str, Any]] = None,
+    ignored: Sequence[str] = (),
 ) -> List[Dict[str, str]]:
     """What differs between a backup and its manifest: [{file, problem}] (empty: every file is as
     written). ``only_under``: check only the paths below this manifest directory (e.g. pg_tblspc).
-    ``parsed``: the manifest as :func:`read` returned it, when the caller read it already."""
+    ``parsed``: the manifest as :func:`read` returned it, when the caller read it already. ``ignored``: more
+    paths that are not in the manifest by design."""
     parsed = parsed or read(layout.manifest_path(backup_id))
 
     def wanted(path):
-        return not _ignored(path) and (only_under is None or path.startswith(only_under + '/'))
+        return not _ignored(path) and path not in ignored and (only_under is None or path.startswith(only_under + '/'))
 
     problems = []
     listed = set()

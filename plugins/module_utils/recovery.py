@@ -706,6 +706,8 @@ def plan_recovery(
             check_destination(destination, params, locations)
         needs = space_needed(layout, backup_id, locations, directory, wal_bytes)
         if len(backups) > 1:
+            # pg_combinebackup must be there before an in-place recovery stops the server (its plan runs first).
+            chain.Combined(layout, infos, backups, params.get('pg_bindir')).tool()
             combined = chain.combined_size(layout, infos, backups)
             needs[directory] += combined - disk_usage(layout.backup_data_dir(backup_id))[0]
             if not chain.links_files(info):

@@ -11,7 +11,7 @@ import datetime
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ansible_collections.barman.postgresql.plugins.module_utils import infofile, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import chain, infofile, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 # Retention statuses, with Barman's names.
@@ -26,8 +26,9 @@ HELD = 'HELD'
 # Ours too: the newest backup whose verification PASSED, which the policy makes obsolete while the newer
 # ones are unverified or FAILED; it stays until a newer one passes (verifyfile.py).
 LAST_VERIFIED = 'LAST_VERIFIED'
-# Ours too: the parent (or an older ancestor) of an incremental backup that stays: the incremental cannot be
-# restored without it. Its WAL is not kept for it (recovering the parent alone is not what the policy keeps).
+# Ours too: the parent (or an older ancestor) of an incremental backup that stays (kept, held, the last verified)
+# while the policy makes its chain obsolete: the incremental cannot be restored without it. Its WAL stays too, so
+# that the archive stays continuous from the oldest backup on.
 NEEDED_BY_CHILD = 'NEEDED_BY_CHILD'
 
 KEEP_TARGETS = ('full', 'standalone')
@@ -122,32 +123,40 @@ def classify(
     that would be OBSOLETE is HELD instead; it does not count towards the policy, so that the hold
     changes nothing else. So is ``last_verified`` (the newest DONE backup whose verification PASSED, so
     every newer one is unverified or FAILED): LAST_VERIFIED instead of OBSOLETE, the last proven one stays.
+    Block-level incrementals (Barman's rule): the policy counts full backups only, and an incremental takes its
+    full backup's status; every ancestor of a backup that stays stays too (NEEDED_BY_CHILD instead of OBSOLETE).
     """
     report = {}
+    by_policy = {}  # the policy's own answer for each full backup, whatever its keep
     valid = 0
     outside_window = False
     horizon = point_of_recoverability(policy, now) if policy.kind == 'window' else None
+    # As Barman does: the policy counts full backups only; an incremental takes its full backup's status.
     for backup_id in reversed(infofile.ordered_backup_ids(infos)):
         info = infos[backup_id]
+        if chain.is_incremental(info):
+            continue
         if info['status'] != infofile.DONE:
             report[backup_id] = NONE
             continue
         kept = {'full': KEEP_FULL, 'standalone': KEEP_STANDALONE}.get(keeps.get(backup_id))
         if policy.kind == 'redundancy':
-            wanted = valid < max(policy.value, minimum_redundancy, 1)
-            report[backup_id] = kept or (VALID if wanted else OBSOLETE)
+            by_policy[backup_id] = VALID if valid < max(policy.value, minimum_redundancy, 1) else OBSOLETE
             valid += 1
-            continue
-        if not outside_window:
-            report[backup_id] = kept or VALID
+        elif not outside_window:
+            by_policy[backup_id] = VALID
             valid += 1
             # The newest backup that ends before the horizon is the one that recovers to it.
             outside_window = info['end_time'] is not None and info['end_time'] < horizon
         elif valid < max(minimum_redundancy, 1):
-            report[backup_id] = kept or POTENTIALLY_OBSOLETE
+            by_policy[backup_id] = POTENTIALLY_OBSOLETE
             valid += 1
         else:
-            report[backup_id] = kept or OBSOLETE
+            by_policy[backup_id] = OBSOLETE
+        report[backup_id] = kept or by_policy[backup_id]
+    for backup_id, info in infos.items():
+        if chain.is_incremental(info):
+            report[backup_id] = _incremental_status(infos, keeps, by_policy, backup_id)
     for backup_id in held:
         if report.get(backup_id) == OBSOLETE:
             report[backup_id] = HELD
@@ -157,6 +166,21 @@ def classify(
         if report.get(backup_id) != OBSOLETE and (report.get(backup_id) != NONE or _in_progress(info)):
             _protect_ancestors(infos, report, backup_id)
     return report
+
+
+def _incremental_status(infos, keeps, by_policy, backup_id):
+    """An incremental's status: its own keep, else VALID under a full backup kept in full, else what the policy
+    says of its full backup (NONE when not DONE or when its chain is broken)."""
+    if infos[backup_id]['status'] != infofile.DONE:
+        return NONE
+    kept = {'full': KEEP_FULL, 'standalone': KEEP_STANDALONE}.get(keeps.get(backup_id))
+    if kept:
+        return kept
+    try:
+        root = chain.ancestry(infos, backup_id)[0]
+    except chain.ChainError:
+        return NONE
+    return VALID if keeps.get(root) == 'full' else by_policy.get(root, NONE)
 
 
 def _in_progress(info):
@@ -213,7 +237,7 @@ def removable_wals(
     for backup_id, info in infos.items():
         status = statuses.get(backup_id, NONE)
         in_progress = _in_progress(info)
-        if status in (OBSOLETE, NONE, NEEDED_BY_CHILD) and not in_progress:
+        if status in (OBSOLETE, NONE) and not in_progress:
             continue
         if not info.get('begin_wal'):
             return []  # a backup that does not say where it starts: keep everything

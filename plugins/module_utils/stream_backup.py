@@ -9,6 +9,7 @@ On PostgreSQL 17+ a backup may be a block-level incremental (``--incremental`` a
 """
 
 import os
+import re
 import subprocess
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -19,6 +20,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     manifest,
     pgtools,
     postgres,
+    verifyfile,
     wal,
 )
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -58,10 +60,17 @@ def environment(params: Mapping[str, Any]) -> Dict[str, str]:
 
 
 def choose_parent(
-    infos: Mapping[str, Mapping[str, Any]], layout: catalog.ServerLayout, incremental: bool, chain_max: int
+    infos: Mapping[str, Mapping[str, Any]],
+    layout: catalog.ServerLayout,
+    incremental: bool,
+    chain_max: int,
+    facts: Optional[Mapping[str, Any]] = None,
 ) -> Tuple[Optional[str], str]:
     """(parent backup id or None, why): an incremental builds on the newest DONE backup taken by
-    pg_basebackup, when it has its manifest and the chain is shorter than ``chain_max`` incrementals."""
+    pg_basebackup, when it has its manifest, the chain is shorter than ``chain_max`` incrementals, and nothing
+    PostgreSQL does not check could make the combined copy wrong: the server is still on the chain's timeline
+    (a recovery in place or a promotion since starts a new one) with the same data_checksums, and no backup of
+    the chain failed its verification."""
     if not incremental:
         return None, 'full backup asked for'
     done = infofile.done_backup_ids(infos)
@@ -73,16 +82,41 @@ def choose_parent(
     if not os.path.exists(layout.manifest_path(newest)):
         return None, 'full: the newest backup %s has no backup_manifest' % newest
     try:
-        length = len(chain.ancestry(infos, newest))
+        ancestors = chain.ancestry(infos, newest)
     except chain.ChainError as error:
         return None, 'full: %s' % error.message
-    if length > chain_max:
+    if len(ancestors) > chain_max:
         return None, 'full: the chain of %s already has %d incrementals (incremental_chain %d)' % (
             newest,
-            length - 1,
+            len(ancestors) - 1,
             chain_max,
         )
-    return newest, 'incremental on %s (chain of %d)' % (newest, length + 1)
+    facts = facts or {}
+    if facts.get('timeline') is not None and infos[newest].get('timeline') != facts['timeline']:
+        return None, 'full: the server is on timeline %s, the newest backup %s on %s' % (
+            facts['timeline'],
+            newest,
+            infos[newest].get('timeline'),
+        )
+    changed = [
+        b
+        for b in ancestors
+        if facts.get('data_checksums')
+        and infos[b].get('data_checksums')
+        and infos[b]['data_checksums'] != facts['data_checksums']
+    ]
+    if changed:
+        return None, 'full: data_checksums is %s now, %s in backup %s' % (
+            facts['data_checksums'],
+            infos[changed[0]]['data_checksums'],
+            changed[0],
+        )
+    failed = [
+        b for b in ancestors if (verifyfile.read_verification(layout, b) or {}).get('result') == verifyfile.FAILED
+    ]
+    if failed:
+        return None, 'full: backup %s of the chain failed its verification' % failed[0]
+    return newest, 'incremental on %s (chain of %d)' % (newest, len(ancestors) + 1)
 
 
 def preflight(params: Mapping[str, Any], conn: Any, facts: Mapping[str, Any], incremental: bool) -> str:
@@ -108,7 +142,7 @@ def preflight(params: Mapping[str, Any], conn: Any, facts: Mapping[str, Any], in
             )
     role = postgres.query_one(
         conn,
-        'SELECT rolreplication AS replication, rolcanlogin AS login FROM pg_roles WHERE rolname = %s',
+        'SELECT rolreplication OR rolsuper AS replication, rolcanlogin AS login FROM pg_roles WHERE rolname = %s',
         (params['streaming_user'],),
     )
     if not role or not role['replication'] or not role['login']:
@@ -171,9 +205,15 @@ def _run(argv, params):
     )
 
 
-def summaries_missing(error: BarmanError) -> bool:
-    """pg_basebackup failed because the server lacks the WAL summaries since the parent backup."""
-    return error.code == 'BASEBACKUP_FAILED' and 'wal summar' in error.message.lower()
+# What PostgreSQL says when it cannot take an incremental on a parent (its WAL summaries are missing, or the
+# parent is of a timeline the server has left): a full can still be taken.
+_PARENT_REFUSALS = ('wal summar', 'manifest requires wal', "not in this server's history")
+
+
+def parent_refused(error: BarmanError) -> bool:
+    """pg_basebackup failed because the server cannot take an incremental on that parent."""
+    text = error.message.lower()
+    return error.code == 'BASEBACKUP_FAILED' and any(words in text for words in _PARENT_REFUSALS)
 
 
 def argv(
@@ -203,7 +243,8 @@ def argv(
             % (location.replace('=', '\\='), layout.backup_tablespace_dir(backup_id, oid).replace('=', '\\='))
         )
     if params.get('bandwidth_limit'):
-        command.append('--max-rate=%dk' % max(32, params['bandwidth_limit']))
+        # pg_basebackup takes 32 kB/s to 1 GB/s.
+        command.append('--max-rate=%dk' % min(max(32, params['bandwidth_limit']), 1024 * 1024))
     if parent_id:
         command.append('--incremental=%s' % layout.manifest_path(parent_id))
     return command
@@ -235,9 +276,10 @@ def copy(
     data = layout.backup_data_dir(backup_id)
     with open(os.path.join(data, 'backup_label'), encoding='utf-8', errors='replace') as handle:
         label = handle.read()
-    ranges = manifest.read(layout.manifest_path(backup_id))['wal_ranges']
-    start_tli, start_lsn, _end = ranges[0]
-    end_tli, _start, end_lsn = ranges[-1]
+    # The start as backup_label says it; the end from the manifest's WAL ranges (whatever their order).
+    start_lsn = re.search(r'^START WAL LOCATION: ([0-9A-Fa-f]+/[0-9A-Fa-f]+)', label, re.M).group(1)
+    start_tli = int(re.search(r'^START TIMELINE: ([0-9]+)', label, re.M).group(1))
+    end_tli, _start, end_lsn = max(manifest.read(layout.manifest_path(backup_id))['wal_ranges'], key=lambda r: r[2])
     return dict(
         labelfile=label,
         start_lsn=wal.format_lsn(start_lsn),

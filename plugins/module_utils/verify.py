@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
+    chain,
     lockfile,
     manifest,
     pgtools,
@@ -320,7 +321,9 @@ class Verification:
                 )
             else:
                 how = 'every file against the manifest (size and checksum)'
-                problems = manifest.check_files(self.layout, self.backup_id, oids, parsed=parsed)
+                problems = manifest.check_files(
+                    self.layout, self.backup_id, oids, parsed=parsed, ignored=self._config_copied_after()
+                )
         except manifest.MalformedManifest as exc:
             self.fail('files', str(exc), file=manifest.MANIFEST)
             problems = []
@@ -329,10 +332,27 @@ class Verification:
             self.fail('files', '%s: %s' % (problem['file'], problem['problem']), file=problem['file'])
         self.step('files', verifyfile.FAILED if self.failed_since(before) else verifyfile.PASSED, how)
 
+    def _config_copied_after(self) -> List[str]:
+        """The configuration files kept outside PGDATA (Debian) that a backup by pg_basebackup got beside its own
+        manifest (rsync backups list them in theirs)."""
+        if self.info.get('mode') != chain.POSTGRES_MODE:
+            return []
+        pgdata = os.path.normpath(self.info['pgdata']) + '/'
+        return sorted(
+            set(
+                os.path.basename(self.info[key])
+                for key in ('config_file', 'hba_file', 'ident_file')
+                if self.info.get(key) and not self.info[key].startswith(pgdata)
+            )
+        )
+
     def _pg_verifybackup(self, tool: str) -> None:
         # Tablespaces are checked by our reader: pg_tblspc/<oid> in the catalog still links to the original.
+        ignored = [manifest.TABLESPACES] + self._config_copied_after()
         proc = subprocess.run(
-            [tool, '--no-parse-wal', '--ignore=%s' % manifest.TABLESPACES, self.layout.backup_data_dir(self.backup_id)],
+            [tool, '--no-parse-wal']
+            + ['--ignore=%s' % name for name in ignored]
+            + [self.layout.backup_data_dir(self.backup_id)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             check=False,

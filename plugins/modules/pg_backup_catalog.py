@@ -33,8 +33,9 @@ description:
     so that a backup proven to restore always remains. Removing a backup removes its
     verification record.
   - >-
-    Block-level incremental backups (C(backup_method=postgres)) form chains: retention keeps every ancestor of a
-    backup it keeps (status C(NEEDED_BY_CHILD), not a Barman status), and V(delete) refuses the parent of
+    Block-level incremental backups (C(backup_method=postgres)) form chains: as Barman does, a policy counts full
+    backups only and each incremental takes its full backup's status; every ancestor of a backup that stays
+    stays too (status C(NEEDED_BY_CHILD), not a Barman status), and V(delete) refuses the parent of
     incrementals (C(BACKUP_HAS_CHILDREN)) unless O(force), which deletes it and every backup built on it.
   - >-
     V(manifest) writes a C(backup_manifest) (PostgreSQL's format, which C(pg_verifybackup) reads) into each DONE

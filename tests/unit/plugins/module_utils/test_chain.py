@@ -77,13 +77,30 @@ def test_a_chain_with_a_parent_missing_or_failed_is_refused(layout):
         chain.ancestry(infos, INC2)
 
 
-def test_retention_keeps_every_ancestor_of_a_kept_incremental_but_not_their_wal(layout):
+def test_retention_counts_full_backups_and_incrementals_take_their_full_backups_status(layout):
+    backup(layout, '20261130T000000', 8)
+    server = server_catalog.ServerCatalog(layout)
+    statuses = server.statuses(retention.parse_policy('REDUNDANCY 2'), 1, NOW)
+    assert set(statuses.values()) == {retention.VALID}  # two full backups: the older one's chain with it
+    statuses = server.statuses(retention.parse_policy('REDUNDANCY 1'), 1, NOW)
+    assert [statuses[b] for b in (FULL, INC1, INC2)] == [retention.OBSOLETE] * 3
+
+
+def test_the_ancestors_of_a_kept_incremental_stay_with_their_wal(layout):
+    backup(layout, '20261130T000000', 8)
+    server = server_catalog.ServerCatalog(layout)
+    server.keep(INC1, 'full')
     server = server_catalog.ServerCatalog(layout)
     statuses = server.statuses(retention.parse_policy('REDUNDANCY 1'), 1, NOW)
-    assert statuses == {FULL: retention.NEEDED_BY_CHILD, INC1: retention.NEEDED_BY_CHILD, INC2: retention.VALID}
-    names = [wal.segment_name(1, n, SEG) for n in range(1, 8)]
-    removable = retention.removable_wals(names, server.infos, statuses, SEG)
-    assert removable == names[:5]  # the newest incremental starts at segment 6
+    assert statuses == {
+        FULL: retention.NEEDED_BY_CHILD,
+        INC1: retention.KEEP_FULL,
+        INC2: retention.OBSOLETE,
+        '20261130T000000': retention.VALID,
+    }
+    names = [wal.segment_name(1, n, SEG) for n in range(1, 9)]
+    # The archive stays continuous from the oldest backup left (its health and window start there).
+    assert retention.removable_wals(names, server.infos, statuses, SEG) == names[:1]
 
 
 def test_retention_lets_a_whole_chain_go_once_a_newer_full_is_kept(layout):
