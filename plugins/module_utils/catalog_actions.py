@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
+    cluster,
     health,
     lockfile,
     manifest,
@@ -42,6 +43,7 @@ def module_spec() -> Dict[str, Any]:
         query=dict(type='str'),
         fail_on_critical=dict(type='bool', default=False),
         force=dict(type='bool', default=False),
+        members=cluster.members_spec(),
     )
     spec.update(catalog.catalog_argument_spec())
     spec['server'] = dict(type='str')  # optional here: list and check cover every server without it
@@ -92,6 +94,11 @@ def run_action(
 
 def _check(params, layouts, policy, minimum, now):
     options = dict((k, v) for k, v in params.items() if k.startswith(('pg_', 'disk_')))
+    if params.get('members'):
+        # The archiver that counts is the primary's, whichever member it is now.
+        found = cluster.find_primary(params)
+        if found:
+            options.update(pg_host=found['pg_host'], pg_port=found['pg_port'])
     options['minimum_redundancy'] = minimum
     for name in ('last_backup_maximum_age', 'wal_maximum_age', 'verify_max_age'):
         options[name] = retention.parse_period(params[name]) if params[name] else None
