@@ -329,7 +329,10 @@ def cleanup(servers):
                 os.remove(path)
     strip_lines(
         os.path.join(BARMAN_HOME, '.ssh', 'authorized_keys'),
-        lambda line: not any(line.rstrip().endswith(' barman-postgresql:' + n) for n in names),
+        # The key comment is barman-postgresql:<server>:<host> (one line per member; <server> alone before).
+        lambda line: not any(
+            line.rstrip().endswith(' barman-postgresql:' + n) or ' barman-postgresql:%s:' % n in line for n in names
+        ),
     )
     strip_lines(os.path.join(BARMAN_HOME, '.ssh', 'known_hosts'), lambda line: line.split(' ', 1)[0] not in addresses)
     shutil.rmtree(BASE, ignore_errors=True)

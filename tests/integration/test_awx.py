@@ -8,7 +8,7 @@ import time
 import ansible_runner
 import drills
 import pytest
-from labhosts import CLUSTERS, ROOT, VENV_BIN, psql, switch_wal
+from labhosts import ROOT, VENV_BIN, psql, servers, switch_wal
 
 TEMPLATES = os.path.join(ROOT, 'awx', 'barman-postgresql.json')
 
@@ -68,7 +68,7 @@ def test_backup_status_and_recover_as_awx_runs_them(configured, tmp_path):
 
     runner, artifacts = launch('status', tmp_path)
     assert runner.rc == 0, output(runner)
-    assert set(artifacts['barman_status']) == set(CLUSTERS)
+    assert set(artifacts['barman_status']) == set(servers())
     assert artifacts['barman_status']['pg1']['nagios'].startswith('BARMAN OK - pg1'), artifacts
 
     psql('pg1', 'INSERT INTO awx VALUES (1)')

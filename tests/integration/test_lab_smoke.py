@@ -2,8 +2,9 @@
 
 import json
 import secrets
+import time
 
-from labhosts import CLUSTERS, ansible, psql
+from labhosts import CLUSTERS, ansible, cluster_members, in_recovery, primary, psql, servers
 
 
 def test_every_lab_host_answers_ping_over_ssh(lab):
@@ -20,8 +21,12 @@ def test_become_gives_root_on_every_host(lab):
 
 def test_psycopg2_from_backup1_reaches_every_cluster(lab):
     password = secrets.token_hex(16)
-    for server in CLUSTERS:
-        psql(server, "DROP ROLE IF EXISTS lab_probe; CREATE ROLE lab_probe LOGIN PASSWORD '%s'" % password)
+    # Roles are made on each server's primary; its standbys get them by replication.
+    primaries = [primary(server) for server in servers()]
+    for host in primaries:
+        psql(host, "DROP ROLE IF EXISTS lab_probe; CREATE ROLE lab_probe LOGIN PASSWORD '%s'" % password)
+    for host in CLUSTERS:
+        wait_for(lambda host=host: psql(host, "SELECT count(*) FROM pg_roles WHERE rolname = 'lab_probe'") == '1')
     try:
         for server, where in sorted(CLUSTERS.items()):
             code = (
@@ -41,8 +46,15 @@ def test_psycopg2_from_backup1_reaches_every_cluster(lab):
             assert int(version) // 10000 == where['major'], (server, version)
             assert address.split('/')[0] == where['host'], (server, address)
     finally:
-        for server in CLUSTERS:
-            psql(server, 'DROP ROLE IF EXISTS lab_probe')
+        for host in primaries:
+            psql(host, 'DROP ROLE IF EXISTS lab_probe')
+
+
+def wait_for(condition, timeout=30):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, 'not true after %d s' % timeout
+        time.sleep(0.2)
 
 
 def test_pg1_has_a_tablespace_outside_pgdata_and_pg2_keeps_config_in_etc(lab):
@@ -56,3 +68,21 @@ def test_pg1_has_a_tablespace_outside_pgdata_and_pg2_keeps_config_in_etc(lab):
 def test_pg3_is_postgresql_18_with_data_checksums(lab):
     assert psql('pg3', 'SHOW server_version').startswith('18.6')
     assert psql('pg3', 'SHOW data_checksums') == 'on'
+
+
+def test_ha2_is_a_streaming_standby_of_ha1(lab):
+    assert cluster_members('ha') == ['ha1', 'ha2']
+    assert in_recovery('ha1') is False and in_recovery('ha2') is True
+    assert psql('ha2', 'SELECT status FROM pg_stat_wal_receiver') == 'streaming'
+    assert psql('ha1', 'SELECT state FROM pg_stat_replication') == 'streaming'
+    assert psql('ha1', 'SELECT slot_name, active FROM pg_replication_slots') == 'ha2|t'
+    identity = 'SELECT system_identifier FROM pg_control_system()'
+    assert psql('ha1', identity) == psql('ha2', identity)
+    assert psql('ha2', 'SHOW hot_standby') == 'on' and psql('ha2', 'SHOW data_checksums') == 'on'
+    assert psql('ha2', 'SHOW data_directory') == '/srv/barman-lab/ha2/data'
+    marker = secrets.token_hex(8)
+    psql('ha1', 'DROP TABLE IF EXISTS lab_smoke; CREATE TABLE lab_smoke (marker text)')
+    psql('ha1', "INSERT INTO lab_smoke VALUES ('%s')" % marker)
+    wait_for(lambda: psql('ha2', "SELECT to_regclass('lab_smoke') IS NOT NULL") == 't')
+    wait_for(lambda: psql('ha2', 'SELECT marker FROM lab_smoke') == marker)
+    psql('ha1', 'DROP TABLE lab_smoke')

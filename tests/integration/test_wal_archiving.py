@@ -26,13 +26,14 @@ from labhosts import (
     run,
     sender_argv,
     ssh_with_server_key,
+    standalone,
     switch_wal,
 )
 
 from ansible_collections.barman.postgresql.plugins.module_utils import wal, wal_store
 from ansible_collections.barman.postgresql.runtime.spool import Spool
 
-SERVERS = sorted(CLUSTERS)
+SERVERS = standalone()  # the HA pair's standby takes no WAL switch nor pgbench -i
 SEGMENT = 16 * 1024 * 1024
 WRAPPER = '/srv/barman-lab/archive-sha256'
 WORKDIR = '/srv/barman-lab/archiving-test'
