@@ -204,7 +204,13 @@ def test_a_standby_rebuilt_from_a_backup_streams_and_equals_its_primary(pair):
     aside = data_dir('ha1') + '.failed-over'
     shutil.rmtree(aside, ignore_errors=True)
     os.rename(data_dir('ha1'), aside)  # never removed by us during a recovery: moved aside
-    variables = dict(server='ha1', standby=True, recover_dir=data_dir('ha1'), recover_port=CLUSTERS['ha1']['port'])
+    variables = dict(
+        server='ha1',
+        standby=True,
+        recover_dir=data_dir('ha1'),
+        recover_port=CLUSTERS['ha1']['port'],
+        recover_wait_seconds=300,
+    )
     proc = playbook('recover.yml', '-e', json.dumps(variables))
     assert 'a standby of ha2, streaming' in proc.stdout, proc.stdout[-3000:]
     assert psql('ha1', 'SELECT pg_is_in_recovery()') == 't'
