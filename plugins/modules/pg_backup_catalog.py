@@ -53,6 +53,7 @@ description:
 version_added: 1.0.0
 author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
+  - barman.postgresql.members
   - barman.postgresql.postgres
   - barman.postgresql.error_codes
 options:
@@ -129,29 +130,6 @@ options:
     description: Fail V(check) when a check is critical (for monitoring); by default only report it.
     type: bool
     default: false
-  members:
-    description:
-      - >-
-        With V(check) of a server with standbys: its members (as in M(barman.postgresql.pg_basebackup_rsync)); the
-        archiver statistics are asked of the one that is the primary now (else of O(pg_host)).
-    type: list
-    elements: dict
-    suboptions:
-      name:
-        description: The member's name.
-        type: str
-        required: true
-      pg_host:
-        description: Its address for libpq.
-        type: str
-        required: true
-      pg_port:
-        description: Its port.
-        type: int
-        default: 5432
-      ssh_host:
-        description: Not used here.
-        type: str
   force:
     description:
       - >-

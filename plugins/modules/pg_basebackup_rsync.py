@@ -38,6 +38,7 @@ description:
 version_added: 1.0.0
 author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
+  - barman.postgresql.members
   - barman.postgresql.catalog
   - barman.postgresql.postgres
   - barman.postgresql.error_codes
@@ -172,32 +173,6 @@ options:
     description:
       - Its password; by default C(~/.pgpass) of the user running the module gives it.
     type: str
-  members:
-    description:
-      - >-
-        The members of the server's replication cluster (a primary and its standbys, one catalog), as the backup
-        server reaches each. At the start the module asks every member whether it is in recovery (nothing in
-        the inventory says which is the primary, so a failover needs no change) and copies the one
-        O(backup_from) chooses. Default: the one server of O(pg_host), O(pg_port), O(ssh_host).
-      - The members must be one cluster (one system identifier) with exactly one primary, else it refuses.
-    type: list
-    elements: dict
-    suboptions:
-      name:
-        description: The member's name (its inventory name), for messages and the record of the source.
-        type: str
-        required: true
-      pg_host:
-        description: Its address for libpq.
-        type: str
-        required: true
-      pg_port:
-        description: Its port.
-        type: int
-        default: 5432
-      ssh_host:
-        description: Its address for SSH (rsync); default O(members[].pg_host).
-        type: str
   backup_from:
     description:
       - >-

@@ -31,6 +31,7 @@ description:
 version_added: 1.0.0
 author: barman.postgresql contributors (@barman-postgresql)
 extends_documentation_fragment:
+  - barman.postgresql.members
   - barman.postgresql.catalog
   - barman.postgresql.error_codes
 options:
@@ -164,28 +165,6 @@ options:
         recovery target may be given.
     type: bool
     default: false
-  members:
-    description:
-      - The members of the server's replication cluster, as in M(barman.postgresql.pg_basebackup_rsync); with
-        O(standby), where the primary is looked for.
-    type: list
-    elements: dict
-    suboptions:
-      name:
-        description: The member's name (its inventory name).
-        type: str
-        required: true
-      pg_host:
-        description: Its address, for libpq (the backup server's probe and the standby's C(primary_conninfo)).
-        type: str
-        required: true
-      pg_port:
-        description: Its port.
-        type: int
-        default: 5432
-      ssh_host:
-        description: Its address for SSH; not used here.
-        type: str
   standby_user:
     description: The replication role the standby logs in as (C(LOGIN REPLICATION)).
     type: str
