@@ -13,10 +13,10 @@ options:
         The members of the server's replication cluster (a primary and its standbys, which share one catalog), as
         the backup server reaches each; the module asks each whether it is in recovery, so that nothing in the
         inventory says which one is the primary and a failover needs no change. Without it, the one server of
-        O(pg_host). The playbooks pass them (the P(barman.postgresql.cluster_members#filter) filter).
-      - M(barman.postgresql.pg_basebackup_rsync) copies the member its O(backup_from) chooses;
-        M(barman.postgresql.pg_recover) with O(standby) streams from the primary;
-        M(barman.postgresql.pg_backup_catalog) V(check) reads the primary's archiver statistics.
+        C(pg_host). The playbooks pass them (the P(barman.postgresql.cluster_members#filter) filter).
+      - M(barman.postgresql.pg_basebackup_rsync) copies the member its C(backup_from) chooses;
+        M(barman.postgresql.pg_recover) with C(standby) streams from the primary;
+        M(barman.postgresql.pg_backup_catalog) C(check) reads the primary's archiver statistics.
     type: list
     elements: dict
     suboptions:

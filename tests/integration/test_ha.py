@@ -66,7 +66,7 @@ def mark(host, what):
 def wait_replayed(standby, primary_host):
     """Until the standby has replayed everything the primary wrote (it streams)."""
     target = psql(primary_host, 'SELECT pg_current_wal_lsn()')
-    for _ in range(200):
+    for _attempt in range(200):
         if psql(standby, "SELECT pg_last_wal_replay_lsn() >= '%s'::pg_lsn" % target) == 't':
             return
         time.sleep(0.1)
