@@ -147,8 +147,12 @@ def settle_unfinished_backups(
 
 
 def wals_complete(wal_archive: WalArchive, info: Mapping[str, Any]) -> bool:
-    """Every segment from the backup's begin_wal to its end_wal is archived."""
-    names = wal.segments_between(info['begin_wal'], info['end_wal'], info['xlog_segment_size'])
+    """Every segment from the backup's begin_wal to its end_wal is archived (never, for a backup whose two ends
+    are on different timelines)."""
+    try:
+        names = wal.segments_between(info['begin_wal'], info['end_wal'], info['xlog_segment_size'])
+    except wal.InvalidWalName:
+        return False
     return all(wal_archive.locate(name) for name in names)
 
 
@@ -799,6 +803,7 @@ def _run_backup(params, layout, wal_archive, conn, copier, facts, progress, prim
 
 def _rsync_backup(params, layout, conn, copier, facts, backup_id, reference_id, reference, info, progress):
     """pg_backup_start() -> rsync -> pg_backup_stop() on the same session -> labels, manifest, syncfs."""
+    from_standby = facts['source']['role'] == 'standby'
     start = postgres.backup_start(
         conn, params.get('label') or 'barman.postgresql %s' % backup_id, params['immediate_checkpoint']
     )
@@ -814,6 +819,19 @@ def _rsync_backup(params, layout, conn, copier, facts, backup_id, reference_id, 
     transfer, transfer_reason = _copy(params, layout, copier, facts, backup_id, reference_id, reference)
     copy_seconds = time.time() - copy_started
     stop = postgres.backup_stop(conn)
+    end_timeline = start['timeline']
+    if from_standby:
+        # A standby may have switched to a new timeline (a failover) during the copy: its end is on that one.
+        end_timeline = postgres.query_one(conn, 'SELECT min_recovery_end_timeline AS tli FROM pg_control_recovery()')[
+            'tli'
+        ]
+        if end_timeline != start['timeline']:
+            raise BackupError(
+                'the standby %s moved from timeline %s to %s during the backup (a failover): the copy spans two '
+                'histories' % (params['pg_host'], start['timeline'], end_timeline),
+                'Take the backup again once the failover is over; this one is FAILED',
+                code='SERVER_IS_STANDBY',
+            )
     _write_labels(layout, backup_id, stop)
     # PostgreSQL's own manifest, so that pg_verifybackup can check the copy where it lies (verify.yml). Its
     # hashing (CPU, on files still in the page cache) runs while syncfs waits for the disk; it fsyncs itself.
@@ -833,7 +851,7 @@ def _rsync_backup(params, layout, conn, copier, facts, backup_id, reference_id, 
         start_timeline=start['timeline'],
         start_time=start['time'],
         end_lsn=stop['lsn'],
-        end_timeline=start['timeline'],
+        end_timeline=end_timeline,
         end_time=stop['time'],
         labelfile=stop['labelfile'],
         copy_stats=dict(

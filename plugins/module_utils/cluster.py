@@ -69,14 +69,20 @@ def probe(params: Mapping[str, Any], member: Mapping[str, Any]) -> Dict[str, Any
             conn,
             'SELECT pg_is_in_recovery() AS in_recovery, '
             '(SELECT system_identifier::text FROM pg_control_system()) AS systemid, '
-            'CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text AS lsn',
+            'CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text AS lsn, '
+            # The timeline it writes, or (a standby) receives or last replayed a checkpoint of.
+            'CASE WHEN pg_is_in_recovery() THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), '
+            '(SELECT timeline_id FROM pg_control_checkpoint())) '
+            "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS timeline",
         )
     except postgres.PostgresError as error:
         found['problem'] = error.message
         return found
     finally:
         conn.close()
-    found.update(up=True, in_recovery=row['in_recovery'], systemid=row['systemid'], lsn=row['lsn'])
+    found.update(
+        up=True, in_recovery=row['in_recovery'], systemid=row['systemid'], lsn=row['lsn'], timeline=row['timeline']
+    )
     return found
 
 
@@ -117,8 +123,18 @@ def choose(probes: List[Dict[str, Any]], backup_from: str, max_lag_mib: int, ser
     skipped = [dict(name=p['name'], why=p['problem']) for p in probes if not p['up']]
     healthy = []
     for standby in (p for p in up if p['in_recovery']):
-        standby['lag_bytes'] = max(0, wal.parse_lsn(primary['lsn']) - wal.parse_lsn(standby['lsn']))
-        if standby['lag_bytes'] > max_lag_mib * MIB:
+        standby['lag_bytes'] = wal.parse_lsn(primary['lsn']) - wal.parse_lsn(standby['lsn'])
+        # A standby of another history (the old primary restarted without pg_rewind, one still following a dead
+        # primary) is not a copy of this primary, whatever its position.
+        if standby.get('timeline') != primary.get('timeline') or standby['lag_bytes'] < 0:
+            skipped.append(
+                dict(
+                    name=standby['name'],
+                    why='is on timeline %s at %s, the primary on timeline %s at %s: it does not follow the primary'
+                    % (standby.get('timeline'), standby['lsn'], primary.get('timeline'), primary['lsn']),
+                )
+            )
+        elif standby['lag_bytes'] > max_lag_mib * MIB:
             skipped.append(
                 dict(
                     name=standby['name'],

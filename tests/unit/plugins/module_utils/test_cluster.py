@@ -10,10 +10,10 @@ from ansible_collections.barman.postgresql.plugins.module_utils import cluster
 MIB = 1024 * 1024
 
 
-def member(name, in_recovery=False, lsn='0/50000000', systemid='7000', up=True, problem=None):
+def member(name, in_recovery=False, lsn='0/50000000', systemid='7000', up=True, problem=None, timeline=2):
     found = dict(name=name, pg_host=name, pg_port=5432, ssh_host=name, up=up, problem=problem)
     if up:
-        found.update(in_recovery=in_recovery, lsn=lsn, systemid=systemid)
+        found.update(in_recovery=in_recovery, lsn=lsn, systemid=systemid, timeline=timeline)
     return found
 
 
@@ -80,3 +80,14 @@ def test_the_inventory_filter_groups_hosts_by_server_name():
         dict(name='ha2', pg_host='10.1.0.16', pg_port=5432, ssh_host='10.1.0.16'),
     ]
     assert [m['name'] for m in cluster_members(['pg1', 'ha1', 'ha2'], hostvars, 'pg1')] == ['pg1']
+
+
+def test_a_standby_of_another_history_is_never_the_source():
+    probes = [
+        member('ha2', lsn='0/50000000'),
+        member('ha1', True, '0/51000000', timeline=1),  # the old primary, restarted as a standby without pg_rewind
+        member('ha3', True, '0/52000000'),  # ahead of the primary: diverged
+    ]
+    chosen = choose(probes, 'prefer-standby')
+    assert chosen['source']['name'] == 'ha2'
+    assert 'ha1: is on timeline 1' in chosen['reason'] and 'ha3: is on timeline 2 at 0/52000000' in chosen['reason']
