@@ -70,19 +70,21 @@ def test_pg3_is_postgresql_18_with_data_checksums(lab):
     assert psql('pg3', 'SHOW data_checksums') == 'on'
 
 
-def test_ha2_is_a_streaming_standby_of_ha1(lab):
+def test_the_ha_pair_is_a_primary_and_its_streaming_standby(lab):
+    """The lab makes ha2 a standby of ha1; test_ha.py leaves them failed over (ha2 primary, ha1 its standby)."""
     assert cluster_members('ha') == ['ha1', 'ha2']
-    assert in_recovery('ha1') is False and in_recovery('ha2') is True
-    assert psql('ha2', 'SELECT status FROM pg_stat_wal_receiver') == 'streaming'
-    assert psql('ha1', 'SELECT state FROM pg_stat_replication') == 'streaming'
-    assert psql('ha1', 'SELECT slot_name, active FROM pg_replication_slots') == 'ha2|t'
+    source = primary('ha')
+    standby = 'ha2' if source == 'ha1' else 'ha1'
+    assert in_recovery(standby) is True
+    assert psql(standby, 'SELECT status FROM pg_stat_wal_receiver') == 'streaming'
+    assert psql(source, 'SELECT state FROM pg_stat_replication') == 'streaming'
     identity = 'SELECT system_identifier FROM pg_control_system()'
-    assert psql('ha1', identity) == psql('ha2', identity)
-    assert psql('ha2', 'SHOW hot_standby') == 'on' and psql('ha2', 'SHOW data_checksums') == 'on'
-    assert psql('ha2', 'SHOW data_directory') == '/srv/barman-lab/ha2/data'
+    assert psql(source, identity) == psql(standby, identity)
+    assert psql(standby, 'SHOW hot_standby') == 'on' and psql(standby, 'SHOW data_checksums') == 'on'
+    assert psql(standby, 'SHOW data_directory') == '/srv/barman-lab/%s/data' % standby
     marker = secrets.token_hex(8)
-    psql('ha1', 'DROP TABLE IF EXISTS lab_smoke; CREATE TABLE lab_smoke (marker text)')
-    psql('ha1', "INSERT INTO lab_smoke VALUES ('%s')" % marker)
-    wait_for(lambda: psql('ha2', "SELECT to_regclass('lab_smoke') IS NOT NULL") == 't')
-    wait_for(lambda: psql('ha2', 'SELECT marker FROM lab_smoke') == marker)
-    psql('ha1', 'DROP TABLE lab_smoke')
+    psql(source, 'DROP TABLE IF EXISTS lab_smoke; CREATE TABLE lab_smoke (marker text)')
+    psql(source, "INSERT INTO lab_smoke VALUES ('%s')" % marker)
+    wait_for(lambda: psql(standby, "SELECT to_regclass('lab_smoke') IS NOT NULL") == 't')
+    wait_for(lambda: psql(standby, 'SELECT marker FROM lab_smoke') == marker)
+    psql(source, 'DROP TABLE lab_smoke')
