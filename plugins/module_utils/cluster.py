@@ -123,10 +123,12 @@ def choose(probes: List[Dict[str, Any]], backup_from: str, max_lag_mib: int, ser
     skipped = [dict(name=p['name'], why=p['problem']) for p in probes if not p['up']]
     healthy = []
     for standby in (p for p in up if p['in_recovery']):
-        standby['lag_bytes'] = wal.parse_lsn(primary['lsn']) - wal.parse_lsn(standby['lsn'])
+        # Probed one after the other: under load a standby may have replayed past what the primary wrote when it
+        # was asked a moment before, so a negative lag is no lag, not a divergence.
+        standby['lag_bytes'] = max(0, wal.parse_lsn(primary['lsn']) - wal.parse_lsn(standby['lsn']))
         # A standby of another history (the old primary restarted without pg_rewind, one still following a dead
         # primary) is not a copy of this primary, whatever its position.
-        if standby.get('timeline') != primary.get('timeline') or standby['lag_bytes'] < 0:
+        if standby.get('timeline') != primary.get('timeline'):
             skipped.append(
                 dict(
                     name=standby['name'],

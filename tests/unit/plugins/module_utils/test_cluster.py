@@ -86,8 +86,10 @@ def test_a_standby_of_another_history_is_never_the_source():
     probes = [
         member('ha2', lsn='0/50000000'),
         member('ha1', True, '0/51000000', timeline=1),  # the old primary, restarted as a standby without pg_rewind
-        member('ha3', True, '0/52000000'),  # ahead of the primary: diverged
+        member('ha3', True, '0/52000000'),  # probed after the primary, under load: past what it had written then
     ]
-    chosen = choose(probes, 'prefer-standby')
-    assert chosen['source']['name'] == 'ha2'
-    assert 'ha1: is on timeline 1' in chosen['reason'] and 'ha3: is on timeline 2 at 0/52000000' in chosen['reason']
+    chosen = choose(probes, 'standby')
+    assert chosen['source']['name'] == 'ha3' and chosen['source']['lag_bytes'] == 0
+    assert 'ha1: is on timeline 1' not in chosen['reason']
+    chosen = choose(probes[:2], 'prefer-standby')
+    assert chosen['source']['name'] == 'ha2' and 'ha1: is on timeline 1 at 0/51000000' in chosen['reason']
