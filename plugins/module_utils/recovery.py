@@ -741,6 +741,7 @@ def plan_recovery(
     parts = dict(
         info=info,
         infos=infos,
+        chain=backups,
         kind=kind,
         value=value,
         locations=locations,
@@ -798,7 +799,7 @@ def combine_plan(backups: Sequence[str], info: Mapping[str, Any]) -> Optional[st
 
 
 def _copy(params, layout, wal_archive, destination, backup_id, parts):
-    backups = chain.ancestry(parts['infos'], backup_id)
+    backups = parts['chain']  # the plan's, checked before anything moved
     if len(backups) == 1:
         _copy_from(
             params,
