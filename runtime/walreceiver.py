@@ -109,14 +109,33 @@ def _process_in_background(wal_archive, compression):
     # The lowest priority, not SCHED_IDLE: on a busy server that could starve it while it holds
     # the archive's locks.
     os.nice(19)
+    _process_and_forward(wal_archive, compression)
+    os._exit(0)
+
+
+def _process_and_forward(wal_archive, compression):
+    """The background work after a delivery: compress and index what arrived, then forward the archive
+    to the server's mirrors, if it has any (walforwarder: a mirror's failure is recorded beside its
+    configuration)."""
     try:
         wal_archive.process_incoming(compression, wait_seconds=0)
     except lockfile.LockBusy:
         pass  # another processor runs: it takes this file too, or the next delivery's will
     except Exception as error:  # nobody is listening any more: leave a trace for check to report
-        with open(wal_archive.layout.process_log, 'a') as log:
-            log.write('%s %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S%z'), error))
-    os._exit(0)
+        _log_failure(wal_archive, error)
+    # Also after LockBusy: what the archive holds is due to the mirrors, whoever indexes it.
+    try:
+        # Imported only here: the receiver starts for every delivery, and only this grandchild forwards.
+        from ansible_collections.barman.postgresql.runtime import walforwarder
+
+        walforwarder.forward(wal_archive.layout.barman_home, wal_archive.layout.server)
+    except Exception as error:
+        _log_failure(wal_archive, 'forwarding to the mirrors: %s' % error)
+
+
+def _log_failure(wal_archive, error):
+    with open(wal_archive.layout.process_log, 'a') as log:
+        log.write('%s %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S%z'), error))
 
 
 def _one_line(error):

@@ -28,9 +28,6 @@ all, so that the next put starts one with the current code and options.
 """
 
 import argparse
-import errno
-import io
-import mmap
 import os
 import signal
 import subprocess
@@ -39,8 +36,16 @@ import threading
 import time
 from typing import List, Optional, Sequence, TextIO, Tuple
 
-from ansible_collections.barman.postgresql.plugins.module_utils import checksum, ssh, wal
+from ansible_collections.barman.postgresql.plugins.module_utils import ssh, wal
 from ansible_collections.barman.postgresql.runtime import pipes, walfetch
+
+# The framing is shared with the forwarder (walforwarder.py); the sender's names stay for its tests.
+from ansible_collections.barman.postgresql.runtime.framing import (
+    CHUNK,  # noqa: F401
+    copy_with_checksum as _copy_with_checksum,
+    put_request as _put_request,
+    send_file as _send_file,
+)
 from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key, try_lock, target_of
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_ARCHIVED,
@@ -51,7 +56,6 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_TEMPORARY,
 )
 
-CHUNK = 1024 * 1024
 SSH_FAILED = 255
 # The agent ends when nothing was ready for this long: longer than a usual archive_timeout (60 s),
 # so that on a quiet server the next segment finds the agent and its stream up and goes at once,
@@ -90,58 +94,6 @@ def _exit_code(code, stderr):
         stderr.write('barman-wal-sender: ssh failed (exit %d); PostgreSQL will retry\n' % code)
         return EXIT_TEMPORARY
     return code
-
-
-def _put_request(name, size):
-    return ['put', name, str(size), checksum.SENT]
-
-
-def _copy_with_checksum(source, stream):
-    """The file's bytes, then their checksum in hex and a newline: what the receiver reads after a put.
-
-    The checksum is taken from a read-only map of the file and the bytes go to the pipe with
-    sendfile: no copy through Python (measured: with six clusters draining at once, copying was
-    most of the sender's CPU on 2 cores). A file that changes in between fails the receiver's check."""
-    size = os.fstat(source.fileno()).st_size
-    running = checksum.new(checksum.SENT)
-    if size == 0 or not _send_mapped(source, stream, size, running):
-        source.seek(0)
-        running = checksum.new(checksum.SENT)
-        for block in iter(lambda: source.read(CHUNK), b''):
-            running.update(block)
-            stream.write(block)
-    stream.write(running.hexdigest().encode('ascii') + b'\n')
-
-
-def _send_mapped(source, stream, size, running):
-    """Checksum ``size`` bytes of ``source`` through a map, then sendfile them into ``stream``.
-    False (nothing written) where that cannot work: no file descriptor, or not Linux."""
-    try:
-        out = stream.fileno()
-        with mmap.mmap(source.fileno(), size, prot=mmap.PROT_READ) as view:
-            running.update(view)
-        stream.flush()
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return False
-    sent = 0
-    while sent < size:
-        try:
-            count = os.sendfile(out, source.fileno(), sent, size - sent)
-        except OSError as error:
-            if sent == 0 and error.errno in (errno.EINVAL, errno.ENOSYS):
-                return False  # this kernel cannot sendfile into a pipe
-            raise
-        if count == 0:  # the file shrank: the receiver sees a frame cut short and stores nothing
-            raise OSError(errno.EIO, 'the file shrank while it was sent')
-        sent += count
-    return True
-
-
-def _send_file(source, name, stream):
-    """Write one put frame of a stream to ``stream``: the request, then the open file ``source``."""
-    size = os.fstat(source.fileno()).st_size
-    stream.write((' '.join(_put_request(name, size)) + '\n').encode('ascii'))
-    _copy_with_checksum(source, stream)
 
 
 def put(args: argparse.Namespace, stderr: TextIO) -> int:

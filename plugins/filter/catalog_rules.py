@@ -52,6 +52,17 @@ def recovery_default(option):
     return _recovery_option(option).get('default')
 
 
+def listed_backup_ids(result, server):
+    """The backup ids of ``server`` in a registered pg_backup_catalog V(list) result; none when that task failed
+    or its host was unreachable (retention then waits for the copies it cannot see)."""
+    if not isinstance(result, dict) or result.get('failed') or result.get('unreachable'):
+        return []
+    for entry in result.get('servers') or []:
+        if entry.get('server') == server:
+            return [backup['backup_id'] for backup in entry.get('backups') or []]
+    return []
+
+
 class FilterModule:
     def filters(self):
         return dict(
@@ -59,4 +70,5 @@ class FilterModule:
             catalog_directories=catalog_directories,
             recovery_choices=recovery_choices,
             recovery_default=recovery_default,
+            listed_backup_ids=listed_backup_ids,
         )

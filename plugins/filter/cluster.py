@@ -27,6 +27,17 @@ def cluster_members(hosts, hostvars, server):
     return members
 
 
+def served_servers(hosts, hostvars, backup_host):
+    """The sorted server (catalog) names of the ``hosts`` whose barman_backup_host is ``backup_host``."""
+    return sorted(
+        set(
+            _value(hostvars[name], 'barman_server_name', name)
+            for name in hosts or []
+            if _value(hostvars[name], 'barman_backup_host', None) == backup_host
+        )
+    )
+
+
 class FilterModule:
     def filters(self):
-        return dict(cluster_members=cluster_members)
+        return dict(cluster_members=cluster_members, served_servers=served_servers)

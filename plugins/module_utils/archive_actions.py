@@ -13,6 +13,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
     infofile,
     lockfile,
+    mirror,
     postgres,
     server_catalog,
     wal,
@@ -151,6 +152,9 @@ def check_archive(
                     wal_archive.layout.server,
                 )
             )
+    if mirror.mirror_of(wal_archive.layout):
+        # A mirror's archive follows its primary's: how far behind (segments, seconds) is part of its health.
+        result['mirror'] = mirror.lag(wal_archive.layout)
     result['incoming_backlog'] = wal_archive.incoming_backlog()
     if os.path.exists(wal_archive.layout.process_log):
         with open(wal_archive.layout.process_log) as log:

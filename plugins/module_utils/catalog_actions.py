@@ -43,6 +43,9 @@ def module_spec() -> Dict[str, Any]:
         query=dict(type='str'),
         fail_on_critical=dict(type='bool', default=False),
         force=dict(type='bool', default=False),
+        mirrored=dict(type='dict'),
+        mirror_lag_warning=dict(type='int', default=300),
+        mirror_lag_critical=dict(type='int', default=3600),
         members=cluster.members_spec(),
     )
     spec.update(catalog.catalog_argument_spec())
@@ -93,7 +96,7 @@ def run_action(
 
 
 def _check(params, layouts, policy, minimum, now):
-    options = dict((k, v) for k, v in params.items() if k.startswith(('pg_', 'disk_')))
+    options = dict((k, v) for k, v in params.items() if k.startswith(('pg_', 'disk_', 'mirror_lag_')))
     if params.get('members'):
         # The archiver that counts is the primary's, whichever member it is now.
         found = cluster.find_primary(params)
@@ -123,7 +126,9 @@ def _removal(params, layout, policy, minimum, check_mode, now):
         raise retention.InvalidPolicy('action retention needs retention_policy', retention.POLICY_HINT)
     before = sorted(server_catalog.ServerCatalog(layout).infos)
     if params['action'] == 'retention':
-        result = server_catalog.apply_retention(layout, policy, minimum, now=now, dry_run=check_mode)
+        result = server_catalog.apply_retention(
+            layout, policy, minimum, now=now, dry_run=check_mode, mirrored=params['mirrored']
+        )
     else:
         result = server_catalog.delete_backup(
             layout, params['backup_id'], minimum, dry_run=check_mode, now=now, force=params['force']

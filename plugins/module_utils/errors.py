@@ -101,13 +101,19 @@ ERROR_CODES = {
     'WAL_DAMAGED': 'a WAL file arrived damaged or cut short: nothing was stored, and PostgreSQL sends it again',
     'WAL_NOT_FOUND': 'the archive does not hold the requested WAL file',
     'COMPRESSION_FAILED': 'a compression program failed, or is not installed on the backup server',
-    'REQUEST_REFUSED': 'the WAL receiver refused a request that its key does not allow',
+    'REQUEST_REFUSED': 'a forced command (the WAL receiver, or the catalog reader of a mirror) refused a request '
+    'that its key does not allow',
     # Verification
     'VERIFICATION_FAILED': 'the backup failed its verification (a file, a WAL, a page, an index or a check of '
     'verify_queries): the result names what failed; the backup itself was not changed',
     'VERIFY_HOST_UNSUITABLE': 'the verification host cannot run the copy: it lacks the PostgreSQL binaries of the '
     "backup's major version, its scratch directory or port is the original server's, or the copy could not be "
     'made, stopped or removed there',
+    # Mirrors
+    'MIRROR_REFUSED': 'the mirror cannot take a catalog as it is: one written as a primary (e.g. a former primary '
+    'come back), or one of another cluster under the same name',
+    'MIRROR_COPY_FAILED': 'a backup copied from the primary backup server differs from its manifest (the partial '
+    'copy stays hidden, and the next run copies again what differs)',
 }
 
 

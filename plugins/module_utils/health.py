@@ -10,6 +10,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     archive_actions,
     catalog,
     infofile,
+    mirror,
     postgres,
     server_catalog,
     verifyfile,
@@ -245,6 +246,27 @@ def _disk_check(checks, path, options):
         checks.add('disk_space', OK, message)
 
 
+def _mirror_check(checks, layout, options, now):
+    """A mirror's catalog: how far its WAL is behind its primary's (the primary's catalog reader says)."""
+    primary = mirror.mirror_of(layout)
+    if primary is None:
+        return None
+    try:
+        lag = mirror.lag(layout, now.timestamp())
+    except (BarmanError, OSError, ValueError) as error:
+        checks.add('mirror', WARNING, 'lag behind %s unknown: its catalog cannot be read (%s)' % (primary, error))
+        return None
+    seconds = lag['behind_seconds']
+    critical, warning = options.get('mirror_lag_critical'), options.get('mirror_lag_warning')
+    status = CRITICAL if critical and seconds >= critical else WARNING if warning and seconds >= warning else OK
+    checks.add(
+        'mirror',
+        status,
+        'WAL %d segment(s), %s behind %s' % (lag['behind_segments'], _age(seconds), primary),
+    )
+    return lag
+
+
 def check_server(
     layout: catalog.ServerLayout,
     options: Mapping[str, Any],
@@ -254,7 +276,8 @@ def check_server(
     """Every check of one server, with its catalog summary and recoverable window.
 
     ``options``: minimum_redundancy, last_backup_maximum_age, wal_maximum_age and verify_max_age (seconds or None),
-    disk_warning_percent, disk_critical_percent, and pg_* to ask PostgreSQL (pg_host None: skipped).
+    disk_warning_percent, disk_critical_percent, mirror_lag_warning and mirror_lag_critical (seconds, for a
+    mirror's catalog), and pg_* to ask PostgreSQL (pg_host None: skipped).
     """
     now = now or catalog.now_utc()
     server = server_catalog.ServerCatalog(layout)
@@ -271,6 +294,7 @@ def check_server(
     result = server.summary(policy, options.get('minimum_redundancy') or 0, now)
     if options.get('pg_host'):
         result['archiver'] = _archiver_check(checks, server, options)
+    result['mirror'] = _mirror_check(checks, layout, options, now)
     _disk_check(checks, layout.barman_home, options)
     status = worst(c['status'] for c in checks.items)
     result.update(

@@ -43,6 +43,7 @@ def _rsync_env() -> Dict[str, str]:
 class Remote:
     """One host reached over SSH as ``target`` (an ssh.SshTarget), or this host when ``target`` is None.
 
+    ``identity_file``: the key to use instead of the user's default ones.
     ``control_path``: the operation's ControlPath (ssh.operation_control_path), shared by every call;
     None for a connection each. ``known_hosts_file``: ssh's UserKnownHostsFile, beside the system one.
     Thread-safe: parallel rsync workers share one Remote. A context manager: leaving it closes.
@@ -53,9 +54,12 @@ class Remote:
         target: Optional[ssh.SshTarget],
         control_path: Optional[str],
         known_hosts_file: Optional[str] = None,
+        identity_file: Optional[str] = None,
     ) -> None:
         self.target = target
         self._ssh_options = dict(known_hosts_file=known_hosts_file, control_path=control_path)
+        if identity_file is not None:  # a key of its own, e.g. a mirror's to its primary's catalog reader
+            self._ssh_options['identity_file'] = identity_file
         self._rsh = None if target is None else ssh.rsync_rsh(port=target.port, **self._ssh_options)
 
     def __enter__(self) -> 'Remote':

@@ -9,7 +9,7 @@ The classification follows Barman's, so that both tools agree on what a policy k
 import collections
 import datetime
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional
 
 from ansible_collections.barman.postgresql.plugins.module_utils import chain, infofile, wal
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
@@ -30,6 +30,9 @@ LAST_VERIFIED = 'LAST_VERIFIED'
 # while the policy makes its chain obsolete: the incremental cannot be restored without it. Its WAL stays too, so
 # that the archive stays continuous from the oldest backup on.
 NEEDED_BY_CHILD = 'NEEDED_BY_CHILD'
+# Ours too: a backup the policy makes obsolete on a primary backup server that a mirror has not copied yet
+# (barman_mirror_wait): it stays, with its WAL, until every mirror has it.
+WAITING_FOR_MIRROR = 'WAITING_FOR_MIRROR'
 
 KEEP_TARGETS = ('full', 'standalone')
 POLICY_HINT = (
@@ -113,6 +116,7 @@ def classify(
     now: datetime.datetime,
     held: Iterable[str] = (),
     last_verified: Optional[str] = None,
+    awaiting_mirror: Collection[str] = (),
 ) -> Dict[str, str]:
     """Barman's retention status of every backup: {backup_id: status}.
 
@@ -123,6 +127,7 @@ def classify(
     that would be OBSOLETE is HELD instead; it does not count towards the policy, so that the hold
     changes nothing else. So is ``last_verified`` (the newest DONE backup whose verification PASSED, so
     every newer one is unverified or FAILED): LAST_VERIFIED instead of OBSOLETE, the last proven one stays.
+    A backup in ``awaiting_mirror`` (a mirror lacks it) is WAITING_FOR_MIRROR instead of OBSOLETE.
     Block-level incrementals (Barman's rule): the policy counts full backups only, and an incremental takes its
     full backup's status; every ancestor of a backup that stays stays too (NEEDED_BY_CHILD instead of OBSOLETE).
     """
@@ -162,6 +167,9 @@ def classify(
             report[backup_id] = HELD
     if report.get(last_verified) == OBSOLETE:
         report[last_verified] = LAST_VERIFIED
+    for backup_id in awaiting_mirror:
+        if report.get(backup_id) == OBSOLETE:
+            report[backup_id] = WAITING_FOR_MIRROR
     for backup_id, info in infos.items():
         if report.get(backup_id) != OBSOLETE and (report.get(backup_id) != NONE or _in_progress(info)):
             _protect_ancestors(infos, report, backup_id)

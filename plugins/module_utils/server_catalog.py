@@ -305,12 +305,31 @@ class ServerCatalog:
         )
 
     def statuses(
-        self, policy: Optional[retention.Policy], minimum_redundancy: int, now: datetime.datetime
+        self,
+        policy: Optional[retention.Policy],
+        minimum_redundancy: int,
+        now: datetime.datetime,
+        mirrored: Optional[Mapping[str, Collection[str]]] = None,
     ) -> Dict[str, str]:
+        """Each backup's retention status; ``mirrored``: the backup ids each mirror holds (a DONE backup newer than
+        a mirror's newest copy waits for it)."""
         if not policy:
             return {}
+        awaiting = set()
+        done = self.done_ids()
+        for copies in (mirrored or {}).values():
+            # What a mirror lacks older than its newest copy it copied and retired (mirror.to_copy).
+            copied = [i for i, b in enumerate(done) if b in copies]
+            awaiting.update(b for b in done[copied[-1] + 1 if copied else 0 :] if b not in copies)
         return retention.classify(
-            self.infos, self.keeps, policy, minimum_redundancy, now, self.held_ids(now), self.last_verified_id()
+            self.infos,
+            self.keeps,
+            policy,
+            minimum_redundancy,
+            now,
+            self.held_ids(now),
+            self.last_verified_id(),
+            awaiting_mirror=awaiting,
         )
 
     def holds_report(self, now: datetime.datetime) -> List[Dict[str, Any]]:
@@ -604,12 +623,16 @@ def delete_backup(
 
 
 def plan_retention(
-    server: ServerCatalog, policy: retention.Policy, minimum_redundancy: int, now: datetime.datetime
+    server: ServerCatalog,
+    policy: retention.Policy,
+    minimum_redundancy: int,
+    now: datetime.datetime,
+    mirrored: Optional[Mapping[str, Collection[str]]] = None,
 ) -> Tuple[Dict[str, str], RemovalPlan]:
     """(statuses, plan): the backups the policy makes OBSOLETE (a held one is HELD instead, the last verified
     one LAST_VERIFIED), FAILED backups older than the oldest one it keeps, and the WAL nothing left needs."""
     server.refuse_if_malformed('apply the retention policy')
-    statuses = server.statuses(policy, minimum_redundancy, now)
+    statuses = server.statuses(policy, minimum_redundancy, now, mirrored)
     doomed = [b for b, s in statuses.items() if s == retention.OBSOLETE]
     doomed += retention.obsolete_failures(server.infos, statuses)
     return statuses, server.plan_removal(doomed, statuses, now)
@@ -621,14 +644,15 @@ def apply_retention(
     minimum_redundancy: int,
     now: Optional[datetime.datetime] = None,
     dry_run: bool = False,
+    mirrored: Optional[Mapping[str, Collection[str]]] = None,
 ) -> Dict[str, Any]:
     """Apply the policy: plan, then (unless dry_run) remove exactly the plan. Returns the statuses and the
-    removal result."""
+    removal result. ``mirrored``: the backup ids each mirror holds (what one lacks stays, WAITING_FOR_MIRROR)."""
     now = now or catalog.now_utc()
     backup_lock, hold_lock = _changing(layout)
     with backup_lock, hold_lock:
         server = ServerCatalog(layout)
-        statuses, plan = plan_retention(server, policy, minimum_redundancy, now)
+        statuses, plan = plan_retention(server, policy, minimum_redundancy, now, mirrored)
         result = _removal_result(plan, server, now)
         result['retention_status'] = statuses
         if not dry_run:

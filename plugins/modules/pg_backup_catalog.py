@@ -137,6 +137,21 @@ options:
         deletable: not kept, not held). Without it such a delete is refused.
     type: bool
     default: false
+  mirrored:
+    description:
+      - >-
+        With V(retention) on a primary backup server: the backup ids each of its mirrors holds, by mirror name.
+        A DONE backup that one of them lacks is not removed (status C(WAITING_FOR_MIRROR)), nor its WAL, until
+        that mirror has copied it.
+    type: dict
+  mirror_lag_warning:
+    description: With V(check) on a mirror's catalog, the seconds its WAL may lag behind its primary's before WARNING.
+    type: int
+    default: 300
+  mirror_lag_critical:
+    description: With V(check) on a mirror's catalog, the seconds its WAL may lag behind its primary's before CRITICAL.
+    type: int
+    default: 3600
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.

@@ -135,6 +135,13 @@ arrival_seconds:
   description: How long the switched segment took to arrive.
   returned: when a switch was made
   type: float
+mirror:
+  description:
+    - On a mirror backup server (a catalog marked as a copy of its primary's), how far its WAL is behind the
+      primary's, asked of the primary's catalog reader; mirror_of, newest (here), primary_newest,
+      behind_segments, and behind_seconds (since the oldest segment missing here arrived on the primary).
+  returned: with V(check) on a mirror's catalog
+  type: dict
 continuity:
   description: The archive from its first to its last segment.
   returned: with V(check)

@@ -11,7 +11,7 @@ import jinja2
 import pytest
 from ansible_collections.barman.postgresql.plugins.filter.runtime import COLLECTION_ROOT, runtime_files
 
-PROGRAMS = ['runtime/walreceiver.py', 'runtime/walsender.py']
+PROGRAMS = ['runtime/walreceiver.py', 'runtime/walsender.py', 'runtime/catalogreader.py', 'runtime/walforwarder.py']
 
 
 @pytest.fixture(scope='module')
@@ -25,7 +25,7 @@ def lib_dir(tmp_path_factory):
     return lib
 
 
-@pytest.mark.parametrize('module', ['walreceiver', 'walsender'])
+@pytest.mark.parametrize('module', ['walreceiver', 'walsender', 'catalogreader', 'walforwarder'])
 def test_each_launcher_starts_its_program_from_the_installed_files(lib_dir, module):
     template = os.path.join(COLLECTION_ROOT, 'roles', 'common', 'templates', 'launcher.py.j2')
     environment = jinja2.Environment(keep_trailing_newline=True)

@@ -782,3 +782,32 @@ def test_without_verifications_retention_is_as_before(lab):
     lab.wals(3, 4, 5, 6, 7)
     result = server_catalog.apply_retention(lab.layout, retention.parse_policy('REDUNDANCY 1'), 1, NOW, dry_run=True)
     assert result['removed_backups'] == ['20261120T010000']
+
+
+def test_retention_waits_for_what_a_mirror_has_not_copied_yet(lab):
+    lab.backup('20261118T010000', 1, hours_ago=100)
+    lab.backup('20261119T010000', 3, hours_ago=90)
+    lab.backup('20261120T010000', 5, hours_ago=80)
+    lab.backup('20261121T010000', 7, hours_ago=2)
+    lab.wals(1, 2, 3, 4, 5, 6, 7, 8)
+    policy = retention.parse_policy('REDUNDANCY 1')
+    # The mirror copied the first backup only (its own retention may have retired older ones): what is newer
+    # than its newest copy waits for it, with its WAL; the first one itself is the mirror's already.
+    waiting = server_catalog.apply_retention(
+        lab.layout, policy, 1, NOW, dry_run=True, mirrored={'backup-dr': ['20261118T010000']}
+    )
+    assert waiting['removed_backups'] == ['20261118T010000']
+    assert waiting['retention_status']['20261119T010000'] == retention.WAITING_FOR_MIRROR
+    assert waiting['retention_status']['20261120T010000'] == retention.WAITING_FOR_MIRROR
+    assert waiting['last_removed_wal'] == seg(2)
+    # A mirror that copied the third (and retired the second) lets both older ones go.
+    caught_up = server_catalog.apply_retention(
+        lab.layout, policy, 1, NOW, dry_run=True, mirrored={'backup-dr': ['20261120T010000']}
+    )
+    assert caught_up['removed_backups'] == ['20261118T010000', '20261119T010000', '20261120T010000']
+    # A mirror that could not be read (nothing listed) holds nothing back... by holding everything.
+    unknown = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True, mirrored={'backup-dr': []})
+    assert unknown['removed_backups'] == [] and unknown['removed_wals'] == 0
+    # Without mirrors (or barman_mirror_wait false) the policy alone decides.
+    alone = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    assert alone['removed_backups'] == ['20261118T010000', '20261119T010000', '20261120T010000']

@@ -1,0 +1,361 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A mirror backup server's copy of its primary's catalogs: backups pulled from the primary's catalog,
+through its catalog reader (runtime/catalogreader.py, the forced command of the mirror's key there),
+never from PostgreSQL. WAL arrives the other way: the primary forwards it (runtime/walforwarder.py).
+
+A copy is made under a partial name (kept across failures, so that the next run resumes it), checked
+against the backup's manifest, renamed, and only then given its backup.info: Barman and we list a backup
+by its backup.info, so a partial copy never appears in the catalog.
+"""
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Collection, Dict, List, Mapping, Optional
+
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    backup,
+    catalog,
+    identityfile,
+    infofile,
+    lockfile,
+    manifest,
+    remote,
+    ssh,
+    wal,
+    wal_store,
+)
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+MARKER = 'mirror.json'  # in a server's catalog root: this catalog is a copy; its primary writes the original
+PARTIAL_PREFIX = '.mirror-'
+PARTIAL_SUFFIX = '.partial'
+CONNECTION_KEYS = ('mirror_of', 'ssh', 'port', 'identity_file', 'known_hosts', 'barman_home')
+
+
+class MirrorRefusal(BarmanError):
+    """The mirror cannot take this server's catalog as it is."""
+
+    code = 'MIRROR_REFUSED'
+
+
+class MirrorCopyFailed(BarmanError):
+    """A backup copied from the primary differs from its manifest."""
+
+    code = 'MIRROR_COPY_FAILED'
+
+
+def marker_path(layout: catalog.ServerLayout) -> str:
+    return os.path.join(layout.root, MARKER)
+
+
+def marker(layout: catalog.ServerLayout) -> Optional[Dict[str, Any]]:
+    """What the catalog's mirror.json says (its primary and how to reach its catalog reader), or None for a
+    catalog of its own (a primary's)."""
+    text = catalog.read_text(marker_path(layout))
+    return None if text is None else json.loads(text)
+
+
+def mirror_of(layout: catalog.ServerLayout) -> Optional[str]:
+    """The primary backup server this catalog mirrors, or None."""
+    return (marker(layout) or {}).get('mirror_of')
+
+
+def _holds_anything(layout):
+    return bool(infofile.backup_infos(layout)) or os.path.exists(layout.xlog_db) and os.path.getsize(layout.xlog_db) > 0
+
+
+def claim(layout: catalog.ServerLayout, primary: Mapping[str, Any], dry_run: bool = False) -> bool:
+    """Mark the catalog as a mirror of ``primary`` (mirror_of, ssh, port, identity_file, known_hosts,
+    barman_home: the primary backup server and its catalog reader); True when that changed it.
+
+    A new catalog is claimed; one already a mirror is re-pointed (the inventory moved it). A catalog written
+    as a primary is refused: it may hold WAL and backups its successor never had, and two writers of one
+    server's archive are how archives fork.
+    """
+    wanted = dict((key, primary[key]) for key in CONNECTION_KEYS)
+    current = marker(layout)
+    if current == wanted:
+        return False
+    if current is None and os.path.isdir(layout.root) and _holds_anything(layout):
+        raise MirrorRefusal(
+            'the catalog of %s in %s was written as its primary backup server (it has backups or WAL of its '
+            'own), so it cannot become a mirror of %s' % (layout.server, layout.root, wanted['mirror_of']),
+            'If this host was the primary and %s took over, move %s aside (keep it until the new primary holds '
+            'what you need), then run the playbook again: the mirror copies everything afresh'
+            % (wanted['mirror_of'], layout.root),
+            server=layout.server,
+        )
+    if not dry_run:
+        catalog.ensure_directories(layout)
+        catalog.atomic_write(marker_path(layout), json.dumps(wanted, sort_keys=True) + '\n')
+    return True
+
+
+def reader(connection: Mapping[str, Any], control_path: Optional[str] = None) -> remote.Remote:
+    """The primary's catalog reader (as a remote.Remote: its check_output runs a request, its rsync reads)."""
+    user, host = connection['ssh'].rsplit('@', 1)
+    return remote.Remote(
+        ssh.validate_ssh_target(user, host, connection.get('port')),
+        control_path,
+        known_hosts_file=connection['known_hosts'],
+        identity_file=connection['identity_file'],
+    )
+
+
+def listing(source: remote.Remote, server: str, after: Optional[str] = None) -> Dict[str, Any]:
+    """The reader's ``list SERVER [WAL]``: identity, backups (id, status, info text), wal (newest, after ...)."""
+    return json.loads(source.check_output(['list', server] + ([after] if after else [])))
+
+
+def lag(layout: catalog.ServerLayout, now: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    """How far a mirror's WAL is behind its primary's: segments and seconds (since the oldest segment the
+    mirror lacks arrived on the primary); None for a catalog that is no mirror. Asks the primary's reader."""
+    connection = marker(layout)
+    if connection is None:
+        return None
+    newest_here = max(
+        (
+            n
+            for n in wal_store.WalArchive(layout.barman_home, layout.server).archived_names()
+            if wal.parse_wal_name(n).kind == 'segment'
+        ),
+        default=None,
+    )
+    with reader(connection) as source:
+        primary = listing(source, layout.server, newest_here)['wal']
+    first_missing = primary.get('first_after_time')
+    return dict(
+        mirror_of=connection['mirror_of'],
+        newest=newest_here,
+        primary_newest=primary.get('newest'),
+        behind_segments=primary.get('after') or 0,
+        behind_seconds=0 if first_missing is None else max(0, round((now or time.time()) - first_missing)),
+    )
+
+
+def promote(layout: catalog.ServerLayout, dry_run: bool = False) -> Optional[str]:
+    """Make a mirror's catalog a primary one (its server now archives here); the former primary's name, or
+    None when it was a primary's already."""
+    former = mirror_of(layout)
+    if former is not None and not dry_run:
+        os.unlink(marker_path(layout))
+        catalog.fsync_dir(layout.root)
+    return former
+
+
+def partial_dir(layout: catalog.ServerLayout, backup_id: str) -> str:
+    return os.path.join(layout.base_dir, PARTIAL_PREFIX + catalog.validate_backup_id(backup_id) + PARTIAL_SUFFIX)
+
+
+class _PartialLayout(catalog.ServerLayout):
+    """The layout with one backup's directory at its partial name, for checking it before the rename."""
+
+    def __init__(self, layout, backup_id):
+        super().__init__(layout.barman_home, layout.server)
+        self._partial_id = backup_id
+
+    def backup_dir(self, backup_id):
+        if backup_id == self._partial_id:
+            return partial_dir(self, backup_id)
+        return super().backup_dir(backup_id)
+
+
+def _check_identity(layout, listing, dry_run):
+    identity = listing.get('identity')
+    if not identity:
+        return
+    mine = identityfile.read_identity(layout.identity_file)
+    if mine is None:
+        if not dry_run:
+            catalog.atomic_write(layout.identity_file, json.dumps(identity, sort_keys=True) + '\n')
+    elif str(mine.get('systemid')) != str(identity.get('systemid')):
+        raise MirrorRefusal(
+            'the mirror holds server %s of system %s, its primary one of system %s'
+            % (layout.server, mine.get('systemid'), identity.get('systemid')),
+            "The two catalogs are of different clusters under one name: move the mirror's %s aside" % layout.root,
+            server=layout.server,
+        )
+
+
+def _link_dest(layout, backup_id, infos):
+    """The newest backup already here before ``backup_id``: most files of a new backup are its files."""
+    done = infofile.done_backup_ids(infos)
+    earlier = done[: done.index(backup_id)]
+    return layout.backup_dir(earlier[-1]) + '/' if earlier else None
+
+
+def copy_backup(
+    layout: catalog.ServerLayout,
+    source: remote.Remote,
+    primary_home: str,
+    backup_id: str,
+    info_text: str,
+    bandwidth_limit_kbps: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Copy one DONE backup from the primary (``source``: a remote.Remote to its catalog reader) into the
+    mirror's catalog; what was copied."""
+    info = infofile.parse_backup_info(info_text, source="the primary's backup.info of %s" % backup_id)
+    partial = partial_dir(layout, backup_id)
+    infos = infofile.backup_infos(layout)
+    link_dest = _link_dest(layout, backup_id, dict(infos, **{backup_id: info}))
+    os.makedirs(partial, mode=0o700, exist_ok=True)  # kept from a failed run: rsync resumes into it
+    remote_dir = os.path.join(catalog.ServerLayout(primary_home, layout.server).backup_dir(backup_id), '')
+    stats, seconds = source.rsync(
+        source.path(remote_dir),
+        partial + '/',
+        what='the backup %s of %s from its primary backup server' % (backup_id, layout.server),
+        vanished_ok=False,
+        link_dest=link_dest,
+        bandwidth_limit_kbps=bandwidth_limit_kbps or None,
+        protect_args=False,  # the catalog reader checks the path, so it must see it on its command line
+    )
+    checked = _check_copy(layout, backup_id, info)
+    backup.sync_filesystem(partial)
+    final = layout.backup_dir(backup_id)
+    if os.path.exists(final):  # a directory without backup.info: an older copy that never completed
+        shutil.rmtree(final)
+    os.rename(partial, final)
+    catalog.fsync_dir(layout.base_dir)
+    catalog.atomic_write(layout.backup_info_path(backup_id), info_text)
+    return dict(
+        backup_id=backup_id,
+        bytes=stats.get('total_transferred_file_size'),
+        linked_from=link_dest and os.path.basename(link_dest.rstrip('/')),
+        seconds=round(seconds, 3),
+        checked=checked,
+    )
+
+
+def _check_copy(layout, backup_id, info):
+    """Every file of the copy against the backup's manifest; how many were checked."""
+    partial_layout = _PartialLayout(layout, backup_id)
+    if not os.path.exists(partial_layout.manifest_path(backup_id)):
+        raise MirrorCopyFailed(
+            'the copy of backup %s of %s has no backup_manifest to check it against' % (backup_id, layout.server),
+            'Backups of this collection carry one; a backup without it cannot be proven identical: verify it on '
+            'the primary (verify.yml), or delete it there',
+            backup_id=backup_id,
+        )
+    parsed = manifest.read(partial_layout.manifest_path(backup_id))
+    problems = manifest.check_files(
+        partial_layout, backup_id, [t.oid for t in info.get('tablespaces') or []], parsed=parsed
+    )
+    if problems:
+        raise MirrorCopyFailed(
+            'the copy of backup %s of %s differs from its manifest: %s'
+            % (backup_id, layout.server, '; '.join('%s: %s' % (p['file'], p['problem']) for p in problems[:5])),
+            'The partial copy stays under base/ and the next run copies again what differs; if it keeps '
+            'failing, verify the backup on the primary (verify.yml)',
+            backup_id=backup_id,
+            problems=problems,
+        )
+    return len(parsed['files'])
+
+
+def to_copy(listed: List[Mapping[str, Any]], have: Collection[str]) -> List[Mapping[str, Any]]:
+    """The DONE backups of the primary's listing (oldest first) newer than the newest one the mirror holds, or all
+    of them for a mirror that holds none: an older one the mirror lacks was copied and removed by its own
+    retention, and copying it again would undo that."""
+    held = [i for i, b in enumerate(listed) if b['id'] in have]
+    return [b for b in listed[held[-1] + 1 if held else 0 :] if b.get('status') == 'DONE' and b['id'] not in have]
+
+
+def sync_server(
+    layout: catalog.ServerLayout,
+    source: remote.Remote,
+    primary: Mapping[str, Any],
+    catalog_listing: Mapping[str, Any],
+    dry_run: bool = False,
+    bandwidth_limit_kbps: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Copy every DONE backup of the primary's ``listing`` (the catalog reader's ``list``) that the mirror
+    lacks, oldest first (a block incremental's parent before it); what was copied."""
+    claimed = claim(layout, primary, dry_run)
+    _check_identity(layout, catalog_listing, dry_run)
+    wanted = to_copy(catalog_listing.get('backups', []), set(infofile.backup_infos(layout)))
+    result = dict(
+        server=layout.server,
+        mirror_of=primary['mirror_of'],
+        claimed=claimed,
+        copied=[],
+        missing=[b['id'] for b in wanted],
+    )
+    if dry_run or not wanted:
+        return result
+    started = time.monotonic()
+    with lockfile.ServerLock(layout, 'mirror'):
+        for entry in wanted:
+            result['copied'].append(
+                copy_backup(layout, source, primary['barman_home'], entry['id'], entry['info'], bandwidth_limit_kbps)
+            )
+    result['missing'] = []
+    result['seconds'] = round(time.monotonic() - started, 3)
+    return result
+
+
+def sweep_partials(layout: catalog.ServerLayout, keep: List[str]) -> List[str]:
+    """Remove partial copies of backups the primary no longer lists (deleted there meanwhile)."""
+    removed = []
+    for entry in os.listdir(layout.base_dir) if os.path.isdir(layout.base_dir) else []:
+        if entry.startswith(PARTIAL_PREFIX) and entry.endswith(PARTIAL_SUFFIX):
+            backup_id = entry[len(PARTIAL_PREFIX) : -len(PARTIAL_SUFFIX)]
+            if backup_id not in keep:
+                shutil.rmtree(os.path.join(layout.base_dir, entry))
+                removed.append(backup_id)
+    return removed
+
+
+def module_spec() -> Dict[str, Any]:
+    """pg_backup_mirror's AnsibleModule keyword arguments."""
+    spec = dict(
+        action=dict(type='str', choices=['sync', 'claim', 'promote'], default='sync'),
+        primary=dict(type='str'),
+        primary_ssh=dict(type='str'),
+        primary_port=dict(type='int', default=22),
+        primary_barman_home=dict(type='path', default='/var/lib/barman'),
+        identity_file=dict(type='path'),
+        known_hosts_file=dict(type='path'),
+        bandwidth_limit=dict(type='int', default=0),
+    )
+    spec.update(catalog.catalog_argument_spec())
+    return dict(
+        argument_spec=spec,
+        required_if=[
+            (action, wanted, ('primary', 'primary_ssh', 'identity_file', 'known_hosts_file'))
+            for action, wanted in (('action', 'sync'), ('action', 'claim'))
+        ],
+    )
+
+
+def run_action(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    """The result of ``params['action']`` with ``changed``."""
+    layout = catalog.ServerLayout(params['barman_home'], params['server'])
+    if params['action'] == 'promote':
+        former = promote(layout, dry_run=check_mode)
+        return dict(changed=former is not None, server=layout.server, was_mirror_of=former)
+    primary = dict(
+        mirror_of=params['primary'],
+        ssh=params['primary_ssh'],
+        port=params['primary_port'],
+        identity_file=params['identity_file'],
+        known_hosts=params['known_hosts_file'],
+        barman_home=params['primary_barman_home'],
+    )
+    if params['action'] == 'claim':
+        return dict(
+            changed=claim(layout, primary, dry_run=check_mode), server=layout.server, mirror_of=primary['mirror_of']
+        )
+    with reader(primary) as source:
+        catalog_listing = listing(source, layout.server)
+        result = sync_server(
+            layout, source, primary, catalog_listing, dry_run=check_mode, bandwidth_limit_kbps=params['bandwidth_limit']
+        )
+    if not check_mode:
+        listed = [b['id'] for b in catalog_listing.get('backups', [])]
+        result['swept_partials'] = sweep_partials(layout, listed)
+        result['lag'] = lag(layout)
+    result['changed'] = bool(result['claimed'] or result['copied'] or result.get('swept_partials'))
+    return result
