@@ -51,6 +51,8 @@ PROCESS_EVERY = 64
 # ...and once nothing has arrived for this long: the sender's agent keeps a quiet server's stream
 # open for the next segment, and what it delivered must not wait in incoming/ until the stream ends.
 PROCESS_WHEN_IDLE_SECONDS = 1.0
+# How long background work waits for another processor of the same archive (which compresses what it listed).
+PROCESS_LOCK_WAIT_SECONDS = 300
 
 
 class RequestError(BarmanError):
@@ -118,9 +120,11 @@ def _process_and_forward(wal_archive, compression):
     to the server's mirrors, if it has any (walforwarder: a mirror's failure is recorded beside its
     configuration)."""
     try:
-        wal_archive.process_incoming(compression, wait_seconds=0)
+        # A processor that runs may have listed incoming/ before this delivery arrived: wait for it, then take
+        # what it left (else the last files of a stream stayed unindexed until the next delivery).
+        wal_archive.process_incoming(compression, wait_seconds=PROCESS_LOCK_WAIT_SECONDS)
     except lockfile.LockBusy:
-        pass  # another processor runs: it takes this file too, or the next delivery's will
+        pass  # a processor held the archive for that long: the next delivery's takes this file
     except Exception as error:  # nobody is listening any more: leave a trace for check to report
         _log_failure(wal_archive, error)
     # Also after LockBusy: what the archive holds is due to the mirrors, whoever indexes it.

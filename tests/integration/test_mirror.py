@@ -16,7 +16,7 @@ import time
 
 import pytest
 from drills import clear, query, stop_cluster
-from labhosts import BARMAN, LAB, ROOT, pgbench, psql, run, switch_wal
+from labhosts import BARMAN, LAB, ROOT, VENV_BIN, pgbench, psql, run, switch_wal
 
 from ansible_collections.barman.postgresql.plugins.module_utils import catalog, infofile, mirror, wal, wal_store
 
@@ -223,6 +223,7 @@ def test_an_interrupted_copy_never_appears_and_the_next_run_completes_it(mirrore
             'barman_mirror_bandwidth_limit=2000',
         ],
         cwd=ROOT,
+        env=dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ['PATH'], ANSIBLE_CONFIG=ROOT + '/ansible.cfg'),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -303,7 +304,8 @@ def test_the_mirror_key_only_reads_its_servers_catalogs(mirrored):
 
 
 def test_retention_on_the_mirror_is_its_own_and_the_primary_waits_for_the_mirror(mirrored):
-    playbook('mirror.yml', '-e', 'barman_mirror_retention_policy=REDUNDANCY 1')
+    playbook('backup.yml', '-e', 'barman_retention_policy=')  # one more on both: two at least
+    playbook('mirror.yml', '-e', json.dumps(dict(barman_mirror_retention_policy='REDUNDANCY 1')))
     copied = ids(MIRROR)
     assert len(copied) == 1 and copied[0] == ids(PRIMARY)[-1], (copied, ids(PRIMARY))
     assert len(ids(PRIMARY)) > 1, 'the mirror removed nothing on the primary'
@@ -312,12 +314,16 @@ def test_retention_on_the_mirror_is_its_own_and_the_primary_waits_for_the_mirror
     playbook('backup.yml', '--limit', 'pg1', '-e', 'barman_retention_policy=')
     uncopied = ids(PRIMARY)[-1]
     # REDUNDANCY 1 makes every older backup obsolete; the one the mirror has not copied yet waits for it.
-    retained = playbook('backup.yml', '--limit', 'pg1', '-e', 'barman_retention_policy=REDUNDANCY 1')
+    retained = playbook('backup.yml', '--limit', 'pg1', '-e', json.dumps(dict(barman_retention_policy='REDUNDANCY 1')))
     assert uncopied in ids(PRIMARY), retained.stdout[-2000:]
     assert mirrored_newest not in ids(PRIMARY) and mirrored_newest in ids(MIRROR)
     assert len(ids(PRIMARY)) == 2
     playbook(
-        'backup.yml', '--limit', 'pg1', '-e', 'barman_retention_policy=REDUNDANCY 1', '-e', 'barman_mirror_wait=false'
+        'backup.yml',
+        '--limit',
+        'pg1',
+        '-e',
+        json.dumps(dict(barman_retention_policy='REDUNDANCY 1', barman_mirror_wait=False)),
     )
     assert uncopied not in ids(PRIMARY) and len(ids(PRIMARY)) == 1
     playbook('mirror.yml', '-e', 'barman_mirror_retention_policy=')

@@ -367,7 +367,8 @@ def test_what_arrives_during_a_pass_is_forwarded_by_it(site, monkeypatch):
 
 
 @pytest.mark.parametrize('processor_busy', [False, True])
-def test_the_receivers_background_work_forwards_what_the_archive_holds(site, processor_busy):
+def test_the_receivers_background_work_forwards_what_the_archive_holds(site, processor_busy, monkeypatch):
+    monkeypatch.setattr(walreceiver, 'PROCESS_LOCK_WAIT_SECONDS', 0.3)  # a processor that holds on past it
     deliver_segments(site.primary, 1, 2)
     site.configure()
     archive = wal_store.WalArchive(site.primary, SERVER)
@@ -382,6 +383,20 @@ def test_the_receivers_background_work_forwards_what_the_archive_holds(site, pro
     site.assert_mirror_holds_the_primarys()
     assert site.state()['last'] == seg_name(2)
     assert not os.path.exists(site.layout.process_log)
+
+
+def test_background_work_waits_for_a_processor_that_listed_incoming_before_this_delivery(site):
+    deliver_segments(site.primary, 1, 2)
+    archive = wal_store.WalArchive(site.primary, SERVER)
+    lock = lockfile.ServerLock(site.layout, 'archive-process').acquire()
+    releaser = threading.Timer(0.5, lock.release)  # the other processor ends without these files
+    releaser.start()
+    try:
+        walreceiver._process_and_forward(archive, 'gzip')
+    finally:
+        releaser.join()
+    assert archive.incoming_backlog() == [], 'the files it found waiting are indexed, not left for a next delivery'
+    assert [n for n in archive.archived_names()] == [seg_name(1), seg_name(2)]
 
 
 def test_the_background_work_logs_a_failure_of_forwarding(site, monkeypatch):
