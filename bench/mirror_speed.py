@@ -433,9 +433,17 @@ def write_load(seconds=15):
 
 
 def child(code, params, user):
+    """Run ``code`` (one of the *_CHILD programs) as ``user``; its last line of output, JSON. A failure says
+    the child's exception (the end of its traceback), not its program text."""
     argv = ['/usr/bin/python3', '-c', code, COLLECTIONS] + params
-    out = run(argv, user=user).stdout.decode()
-    return json.loads(out.strip().splitlines()[-1])
+    proc = run(argv, user=user, check=False)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors='replace').strip().splitlines() or ['(no output)']
+        # The exception: the lines after the traceback's last indented one (its message may have several).
+        indented = [i for i, line in enumerate(lines) if line[:1].isspace()]
+        error = ' / '.join(lines[indented[-1] + 1 :] if indented and indented[-1] + 1 < len(lines) else lines[-3:])
+        raise MethodFailed('the child exited %d: %s' % (proc.returncode, error[:1500]))
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
 
 
 def our_backup(reuse):

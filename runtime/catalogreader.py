@@ -47,9 +47,10 @@ USAGE = "this key only reads the catalogs of %s: 'list SERVER [WAL]' and rsync r
 BACKUP_INFO_SUFFIX = '-backup.info'
 
 # The letters before "e" in the flag bundle an rsync client sends to its sender: -a (rlptgoD), -H, the
-# checksum (c) and dry-run (n) of the mirror, and the verbosity (v, q). None of them writes on this side.
+# checksum (c), dry-run (n) and whole files (W) of the mirror, and the verbosity (v, q). None of them writes on
+# this side.
 # The letters after "e" are the client's capabilities, not flags.
-READ_ONLY_FLAGS = 'rlptgoDHcnvq'
+READ_ONLY_FLAGS = 'rlptgoDHWcnvq'
 REFUSED_FLAGS = {
     's': 'protect-args sends the real arguments after this check',
     'L': 'copy-links follows symbolic links out of the backup',

@@ -559,16 +559,24 @@ def test_the_collection_rsync_argv_of_a_mirror_copy_passes(mirror, home, tmp_pat
     """What the mirror runs (rsync.rsync_argv, without --protect-args so that the reader sees the path)."""
     first, second = str(tmp_path / 'first') + '/', str(tmp_path / 'second') + '/'
     source = 'barman@primary:' + backup_dir(home) + '/'
-    for destination, link_dest in ((first, None), (second, first)):
+    # As mirror.copy_backup calls it: whole files on a fast link, rsync's delta with a bandwidth limit.
+    for destination, link_dest, limit in ((first, None, None), (second, first, 100000)):
         argv = rsync.rsync_argv(
-            source, destination, rsh=mirror.ssh, link_dest=link_dest, bandwidth_limit_kbps=100000, protect_args=False
+            source,
+            destination,
+            rsh=mirror.ssh,
+            link_dest=link_dest,
+            whole_file=not limit,
+            bandwidth_limit_kbps=limit,
+            protect_args=False,
         )
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 0, result.stderr
     assert tree(second) == tree(backup_dir(home))
-    assert mirror.commands()[-1] == (
-        'rsync --server --sender -logDtpre.iLsfxCIvu --bwlimit=100000 --numeric-ids . %s/' % backup_dir(home)
-    )
+    assert mirror.commands()[-2:] == [
+        'rsync --server --sender -lWogDtpre.iLsfxCIvu --numeric-ids . %s/' % backup_dir(home),
+        'rsync --server --sender -logDtpre.iLsfxCIvu --bwlimit=100000 --numeric-ids . %s/' % backup_dir(home),
+    ]
     pg_version = os.path.join('data', 'PG_VERSION')
     assert os.stat(second + pg_version).st_ino == os.stat(first + pg_version).st_ino
 
