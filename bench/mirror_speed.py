@@ -688,12 +688,14 @@ def limit_burst(names):
 
 
 class Watcher(threading.Thread):
-    """When each WAL file name appears in an archive (incoming/ or wals/), polled every 20 ms."""
+    """When each WAL file name appears in an archive (incoming/ or wals/), and when, all of them in, none is
+    left in its incoming/ (compressed and indexed by the receiver's background processing); polled every 20 ms."""
 
     def __init__(self, homes, names, start):
         super().__init__(daemon=True)
         self.archives = dict((home, wal_store.WalArchive(home, WAL_SERVER)) for home in homes)
         self.seen = dict((home, {}) for home in homes)
+        self.processed = dict((home, None) for home in homes)
         self.names, self.start_time, self.stop = set(names), start, threading.Event()
 
     def run(self):
@@ -702,10 +704,17 @@ class Watcher(threading.Thread):
             for home, archive in self.archives.items():
                 for name in self.names.intersection(archive.archived_names()):
                     self.seen[home].setdefault(name, now)
+                if self.all_in(home) and self.processed[home] is None:
+                    incoming = os.path.join(home, WAL_SERVER, 'incoming')
+                    if not self.names.intersection(os.listdir(incoming)):
+                        self.processed[home] = now
             time.sleep(0.02)
 
     def all_in(self, home):
         return len(self.seen[home]) == len(self.names)
+
+    def all_processed(self):
+        return all(when is not None for when in self.processed.values())
 
 
 def method_burst(names):
@@ -724,6 +733,9 @@ def method_burst(names):
             os.rename(os.path.join(status, name + '.ready'), os.path.join(status, name + '.done'))
         puts = time.perf_counter() - start
         common.wait_until(lambda: watcher.all_in(PRIMARY_HOME) and watcher.all_in(MIRROR_HOME), 600, 'the mirror')
+        deadline = time.monotonic() + 120  # then their compression: reported, not waited for beyond that
+        while not watcher.all_processed() and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         watcher.stop.set()
         watcher.join()
@@ -741,6 +753,8 @@ def method_burst(names):
         'mirror_all': max(mirror.values()),
         'lag_median': statistics.median(lags),
         'lag_max': max(lags),
+        'primary_processed': watcher.processed[PRIMARY_HOME],
+        'mirror_processed': watcher.processed[MIRROR_HOME],
     }
 
 
@@ -897,7 +911,11 @@ def main():
                 burst['mirror_then'],
                 burst['mirror_first'],
             )
-            note += 'its last %.2f s later' % window
+            note += 'its last %.2f s later; ' % window
+            note += "the primary's incoming/ held none of them (all compressed) at %s, the mirror's at %s" % tuple(
+                '%.2f s' % burst[key] if burst[key] is not None else 'not within 120 s'
+                for key in ('primary_processed', 'mirror_processed')
+            )
             rows.append(dict(phase=phase, name="ours: mirror holds all (forwarded by the primary's receiver)",
                              seconds=burst['mirror_all'], count=len(names), bytes=size, limit=False, ratio=False,
                              load=load, note=note))  # fmt: skip
@@ -968,11 +986,12 @@ def report(args, rows, facts, started, load_before):
         '(which sync-backup and sync-wals read) is counted in its rows. new MB on disk: `du -s -B1` of the copy '
         "(an incremental: only what it adds to the full's copy). WAL catch-up: the primary's archive of the "
         "server as the backups left it; ours forwards every file (decompressed, framed; the mirror's receiver "
-        'fsyncs and compresses each), Barman copies its gzip files from its first backup on. WAL burst: the '
-        "segments delivered by postgres's `barman-wal-sender put` one per segment (its look-ahead agent streams "
-        "them) into the primary's receiver, whose background processing (every 64 files of a stream, and after "
-        "1 s without one) compresses what arrived and forwards to the mirror's receiver; times from the first put, "
-        'polled every 20 ms in both archives (a file counts once durable in incoming/).',
+        'fsyncs and compresses each; the note says when its incoming/ was empty), Barman copies its gzip files '
+        "from its first backup on. WAL burst: the segments delivered by postgres's `barman-wal-sender put` one per "
+        "segment (its look-ahead agent streams them) into the primary's receiver, whose background processing "
+        '(every 64 files of a stream, and after 1 s without one; a processor that finds another running waits for '
+        "it) compresses what arrived, then forwards to the mirror's receiver; times from the first put, polled "
+        'every 20 ms in both archives (a file counts once durable in incoming/).',
     ]
     return '\n'.join(text) + '\n'
 

@@ -482,7 +482,7 @@ def _seconds(text):
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> int:
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    parser = argparse.ArgumentParser(prog='barman-wal-forwarder', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='barman-wal-forwarder', description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--barman-home', required=True)
     parser.add_argument('--server', required=True)
     parser.add_argument('--mirror', help='only this mirror (default: every mirror of the server)')

@@ -120,14 +120,25 @@ def _process_and_forward(wal_archive, compression):
     to the server's mirrors, if it has any (walforwarder: a mirror's failure is recorded beside its
     configuration)."""
     try:
-        # A processor that runs may have listed incoming/ before this delivery arrived: wait for it, then take
-        # what it left (else the last files of a stream stayed unindexed until the next delivery).
-        wal_archive.process_incoming(compression, wait_seconds=PROCESS_LOCK_WAIT_SECONDS)
+        wal_archive.process_incoming(compression, wait_seconds=0)
     except lockfile.LockBusy:
-        pass  # a processor held the archive for that long: the next delivery's takes this file
-    except Exception as error:  # nobody is listening any more: leave a trace for check to report
+        # Another processor compresses what it listed: forward meanwhile what the archive holds (the mirrors
+        # need not wait for the compression of a whole batch), then take what it left, which it listed before
+        # this delivery arrived (else the last files of a stream stayed unindexed until the next delivery).
+        _forward(wal_archive)
+        try:
+            wal_archive.process_incoming(compression, wait_seconds=PROCESS_LOCK_WAIT_SECONDS)
+        except lockfile.LockBusy:
+            pass  # a processor held the archive for that long: the next delivery's takes this file
+        except Exception as error:  # nobody is listening any more: leave a trace for check to report
+            _log_failure(wal_archive, error)
+    except Exception as error:
         _log_failure(wal_archive, error)
-    # Also after LockBusy: what the archive holds is due to the mirrors, whoever indexes it.
+    _forward(wal_archive)
+
+
+def _forward(wal_archive):
+    """Forward the archive to the server's mirrors, whoever indexed it."""
     try:
         # Imported only here: the receiver starts for every delivery, and only this grandchild forwards.
         from ansible_collections.barman.postgresql.runtime import walforwarder

@@ -41,7 +41,6 @@ from ansible_collections.barman.postgresql.runtime import pipes, walfetch
 
 # The framing is shared with the forwarder (walforwarder.py); the sender's names stay for its tests.
 from ansible_collections.barman.postgresql.runtime.framing import (
-    CHUNK,  # noqa: F401
     copy_with_checksum as _copy_with_checksum,
     put_request as _put_request,
     send_file as _send_file,

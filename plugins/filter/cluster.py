@@ -38,6 +38,18 @@ def served_servers(hosts, hostvars, backup_host):
     )
 
 
+def server_var(hosts, hostvars, server, name, default=None):
+    """The inventory variable ``name`` of the first of ``hosts`` that is a member of ``server`` and sets it, else
+    ``default``."""
+    for host in hosts or []:
+        if _value(hostvars[host], 'barman_server_name', host) == server:
+            try:
+                return hostvars[host][name]
+            except KeyError:
+                continue
+    return default
+
+
 class FilterModule:
     def filters(self):
-        return dict(cluster_members=cluster_members, served_servers=served_servers)
+        return dict(cluster_members=cluster_members, served_servers=served_servers, server_var=server_var)

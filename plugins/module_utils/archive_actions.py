@@ -9,6 +9,7 @@ import shutil
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
     infofile,
@@ -154,7 +155,10 @@ def check_archive(
             )
     if mirror.mirror_of(wal_archive.layout):
         # A mirror's archive follows its primary's: how far behind (segments, seconds) is part of its health.
-        result['mirror'] = mirror.lag(wal_archive.layout)
+        try:
+            result['mirror'] = mirror.lag(wal_archive.layout)
+        except (BarmanError, OSError, ValueError) as error:  # the primary's site lost: this archive still counts
+            result['mirror'] = dict(mirror_of=mirror.mirror_of(wal_archive.layout), error=str(error))
     result['incoming_backlog'] = wal_archive.incoming_backlog()
     if os.path.exists(wal_archive.layout.process_log):
         with open(wal_archive.layout.process_log) as log:

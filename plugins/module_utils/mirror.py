@@ -63,8 +63,12 @@ def mirror_of(layout: catalog.ServerLayout) -> Optional[str]:
     return (marker(layout) or {}).get('mirror_of')
 
 
+def _holds_wal(layout):
+    return os.path.exists(layout.xlog_db) and os.path.getsize(layout.xlog_db) > 0
+
+
 def _holds_anything(layout):
-    return bool(infofile.backup_infos(layout)) or os.path.exists(layout.xlog_db) and os.path.getsize(layout.xlog_db) > 0
+    return bool(infofile.backup_infos(layout)) or _holds_wal(layout)
 
 
 def claim(layout: catalog.ServerLayout, primary: Mapping[str, Any], dry_run: bool = False) -> bool:
@@ -146,6 +150,32 @@ def promote(layout: catalog.ServerLayout, dry_run: bool = False) -> Optional[str
     return former
 
 
+def oldest_unforwarded(layout: catalog.ServerLayout, names: List[str]) -> Optional[str]:
+    """On a primary: the oldest of ``names`` (archived WAL segments, in order) that one of its mirrors has not
+    acknowledged, as its forwarder's state says (``mirrors/<mirror>.forwarded``, runtime/walforwarder.py: the
+    names acknowledged, or all up to "last"), or None. A mirror without a state has acknowledged nothing."""
+    directory = os.path.join(layout.root, 'mirrors')
+    oldest = None
+    for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if not entry.endswith('.json'):
+            continue
+        try:
+            state = json.loads(
+                catalog.read_text(os.path.join(directory, entry[: -len('.json')] + '.forwarded')) or '{}'
+            )
+        except ValueError:
+            state = {}
+        listed, last = state.get('acknowledged'), state.get('last')
+        if isinstance(listed, list):
+            acknowledged = set(listed)
+        else:
+            acknowledged = set(n for n in names if isinstance(last, str) and n <= last)
+        missing = next((n for n in names if n not in acknowledged), None)
+        if missing is not None and (oldest is None or missing < oldest):
+            oldest = missing
+    return oldest
+
+
 def partial_dir(layout: catalog.ServerLayout, backup_id: str) -> str:
     return os.path.join(layout.base_dir, PARTIAL_PREFIX + catalog.validate_backup_id(backup_id) + PARTIAL_SUFFIX)
 
@@ -203,22 +233,51 @@ def copy_backup(
     link_dest = _link_dest(layout, backup_id, dict(infos, **{backup_id: info}))
     os.makedirs(partial, mode=0o700, exist_ok=True)  # kept from a failed run: rsync resumes into it
     remote_dir = os.path.join(catalog.ServerLayout(primary_home, layout.server).backup_dir(backup_id), '')
-    stats, seconds = source.rsync(
-        source.path(remote_dir),
-        partial + '/',
-        what='the backup %s of %s from its primary backup server' % (backup_id, layout.server),
-        vanished_ok=False,
-        link_dest=link_dest,
-        # Whole files between backup servers (measured: the delta algorithm made an incremental's copy 2.5x slower
-        # than sending its changed files whole); rsync's delta only where the link was declared slow.
-        whole_file=not bandwidth_limit_kbps,
-        bandwidth_limit_kbps=bandwidth_limit_kbps or None,
-        protect_args=False,  # the catalog reader checks the path, so it must see it on its command line
-    )
-    checked = _check_copy(layout, backup_id, info)
+
+    def pull(checksum):
+        return source.rsync(
+            source.path(remote_dir),
+            partial + '/',
+            what='the backup %s of %s from its primary backup server' % (backup_id, layout.server),
+            vanished_ok=False,
+            link_dest=link_dest,
+            checksum=checksum,
+            delete=True,  # what a killed rsync left in the partial copy (a pull's --delete never reaches the reader)
+            # Whole files between backup servers (measured: the delta algorithm made an incremental's copy 2.5x
+            # slower than sending its changed files whole); rsync's delta only where the link was declared slow.
+            whole_file=not bandwidth_limit_kbps,
+            bandwidth_limit_kbps=bandwidth_limit_kbps or None,
+            protect_args=False,  # the catalog reader checks the path, so it must see it on its command line
+        )
+
+    stats, seconds = pull(checksum=False)
+    problems = _check_copy(layout, backup_id, info)
+    if problems:
+        # rsync trusts size and time, and a file of the previous backup (--link-dest) or of an earlier partial
+        # copy may have both and another content (the primary checksums recently changed files): compare
+        # contents, once, then check again.
+        stats, seconds = pull(checksum=True)
+        problems = _check_copy(layout, backup_id, info)
+    if problems:
+        raise MirrorCopyFailed(
+            'the copy of backup %s of %s differs from its manifest even after comparing contents: %s'
+            % (backup_id, layout.server, '; '.join('%s: %s' % (p['file'], p['problem']) for p in problems[:5])),
+            'The backup on the primary may itself be damaged: verify it there (verify.yml); one without a '
+            'backup_manifest gets one with pg_backup_catalog action=manifest there. The partial copy stays hidden '
+            'under base/ until the primary no longer lists that backup',
+            backup_id=backup_id,
+            problems=problems,
+        )
+    checked = len(manifest.read(_PartialLayout(layout, backup_id).manifest_path(backup_id))['files'])
     backup.sync_filesystem(partial)
     final = layout.backup_dir(backup_id)
-    if os.path.exists(final):  # a directory without backup.info: an older copy that never completed
+    if os.path.exists(layout.backup_info_path(backup_id)):
+        raise MirrorRefusal(
+            'backup %s of %s appeared in the mirror while it was copied' % (backup_id, layout.server),
+            'Another run copied it: nothing to do',
+            backup_id=backup_id,
+        )
+    if os.path.exists(final):  # a directory without backup.info: not a backup of the catalog
         shutil.rmtree(final)
     os.rename(partial, final)
     catalog.fsync_dir(layout.base_dir)
@@ -233,29 +292,14 @@ def copy_backup(
 
 
 def _check_copy(layout, backup_id, info):
-    """Every file of the copy against the backup's manifest; how many were checked."""
+    """What differs between the partial copy and the backup's manifest ([] when nothing does)."""
     partial_layout = _PartialLayout(layout, backup_id)
     if not os.path.exists(partial_layout.manifest_path(backup_id)):
-        raise MirrorCopyFailed(
-            'the copy of backup %s of %s has no backup_manifest to check it against' % (backup_id, layout.server),
-            'Backups of this collection carry one; a backup without it cannot be proven identical: verify it on '
-            'the primary (verify.yml), or delete it there',
-            backup_id=backup_id,
-        )
+        return [dict(file='backup_manifest', problem='missing: the copy cannot be proven identical')]
     parsed = manifest.read(partial_layout.manifest_path(backup_id))
-    problems = manifest.check_files(
+    return manifest.check_files(
         partial_layout, backup_id, [t.oid for t in info.get('tablespaces') or []], parsed=parsed
     )
-    if problems:
-        raise MirrorCopyFailed(
-            'the copy of backup %s of %s differs from its manifest: %s'
-            % (backup_id, layout.server, '; '.join('%s: %s' % (p['file'], p['problem']) for p in problems[:5])),
-            'The partial copy stays under base/ and the next run copies again what differs; if it keeps '
-            'failing, verify the backup on the primary (verify.yml)',
-            backup_id=backup_id,
-            problems=problems,
-        )
-    return len(parsed['files'])
 
 
 def to_copy(listed: List[Mapping[str, Any]], have: Collection[str]) -> List[Mapping[str, Any]]:
@@ -278,18 +322,13 @@ def sync_server(
     lacks, oldest first (a block incremental's parent before it); what was copied."""
     claimed = claim(layout, primary, dry_run)
     _check_identity(layout, catalog_listing, dry_run)
-    wanted = to_copy(catalog_listing.get('backups', []), set(infofile.backup_infos(layout)))
-    result = dict(
-        server=layout.server,
-        mirror_of=primary['mirror_of'],
-        claimed=claimed,
-        copied=[],
-        missing=[b['id'] for b in wanted],
-    )
-    if dry_run or not wanted:
+    result = dict(server=layout.server, mirror_of=primary['mirror_of'], claimed=claimed, copied=[])
+    if dry_run:
+        result['missing'] = [b['id'] for b in to_copy(catalog_listing.get('backups', []), _backup_ids(layout))]
         return result
     started = time.monotonic()
-    with lockfile.ServerLock(layout, 'mirror'):
+    with lockfile.ServerLock(layout, 'mirror'):  # decided under the lock: a run that just ended copied some
+        wanted = to_copy(catalog_listing.get('backups', []), _backup_ids(layout))
         for entry in wanted:
             result['copied'].append(
                 copy_backup(layout, source, primary['barman_home'], entry['id'], entry['info'], bandwidth_limit_kbps)
@@ -297,6 +336,10 @@ def sync_server(
     result['missing'] = []
     result['seconds'] = round(time.monotonic() - started, 3)
     return result
+
+
+def _backup_ids(layout):
+    return set(infofile.backup_infos(layout))
 
 
 def sweep_partials(layout: catalog.ServerLayout, keep: List[str]) -> List[str]:
@@ -348,9 +391,8 @@ def run_action(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str,
         barman_home=params['primary_barman_home'],
     )
     if params['action'] == 'claim':
-        return dict(
-            changed=claim(layout, primary, dry_run=check_mode), server=layout.server, mirror_of=primary['mirror_of']
-        )
+        changed = claim(layout, primary, dry_run=check_mode)
+        return dict(changed=changed, server=layout.server, mirror_of=primary['mirror_of'], holds_wal=_holds_wal(layout))
     with reader(primary) as source:
         catalog_listing = listing(source, layout.server)
         result = sync_server(

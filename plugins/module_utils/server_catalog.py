@@ -22,6 +22,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     chain,
     infofile,
     lockfile,
+    mirror,
     recovery_hold,
     retention,
     verifyfile,
@@ -484,7 +485,11 @@ class ServerCatalog:
         return sizes
 
     def plan_removal(
-        self, backup_ids: Collection[str], statuses: Mapping[str, str], now: datetime.datetime
+        self,
+        backup_ids: Collection[str],
+        statuses: Mapping[str, str],
+        now: datetime.datetime,
+        wal_needed_from: Iterable[str] = (),
     ) -> RemovalPlan:
         """The one plan of delete and retention: ``backup_ids``, the WAL no backup left and no recovery
         hold needs once they are gone, and the expired holds. Check mode shows it, a real run removes it."""
@@ -499,7 +504,7 @@ class ServerCatalog:
             remaining,
             kept_statuses,
             self.segment_size,
-            needed_from=[h['begin_wal'] for h in self.active_holds(now)],
+            needed_from=[h['begin_wal'] for h in self.active_holds(now)] + list(wal_needed_from),
         )
         stale = sorted(h['token'] for h in self.holds if recovery_hold.is_stale(h, now))
         return RemovalPlan(sorted(backup_ids), names, [sizes[n] for n in names], stale)
@@ -635,7 +640,12 @@ def plan_retention(
     statuses = server.statuses(policy, minimum_redundancy, now, mirrored)
     doomed = [b for b, s in statuses.items() if s == retention.OBSOLETE]
     doomed += retention.obsolete_failures(server.infos, statuses)
-    return statuses, server.plan_removal(doomed, statuses, now)
+    wal_needed_from = []
+    if mirrored:
+        # Waiting for mirrors: their WAL too, from the oldest segment one of them has not acknowledged.
+        segments = [n for n in sorted(server.archived_wals()) if wal.is_segment_name(n)]
+        wal_needed_from = [n for n in [mirror.oldest_unforwarded(server.layout, segments)] if n]
+    return statuses, server.plan_removal(doomed, statuses, now, wal_needed_from)
 
 
 def apply_retention(

@@ -122,6 +122,10 @@ lag:
       behind_seconds (since the oldest segment missing here arrived on the primary).
   returned: action is sync, not in check mode
   type: dict
+holds_wal:
+  description: Whether the mirror's catalog indexes any WAL yet (none - the primary sends it its whole archive).
+  returned: action is claim
+  type: bool
 was_mirror_of:
   description: The former primary of a promoted catalog (null when it was a primary's already).
   returned: action is promote

@@ -272,8 +272,14 @@ def test_the_mirror_key_only_reads_its_servers_catalogs(mirrored):
         ['rsync', '-a', '-e', rsh, scratch + '/', 'barman@127.0.0.21:' + backup_dir + '/'],  # a write
         ['rsync', '-a', '--remove-source-files', '-e', rsh, 'barman@127.0.0.21:' + backup_dir + '/', scratch + '/'],
     ]
+    other = catalog.ServerLayout(PRIMARY_HOME, 'pg2')  # on backup1 too, from the lab's own inventory
+    if ids(other):
+        attempts.append(
+            ['rsync', '-a', '-e', rsh, 'barman@127.0.0.21:' + other.backup_dir(ids(other)[-1]) + '/', scratch]
+        )
     for argv in attempts:
-        assert as_mirror_user(*argv).returncode != 0, argv
+        refused = as_mirror_user(*argv)
+        assert refused.returncode != 0 and 'barman-catalog-reader: refused' in refused.stderr, (argv, refused.stderr)
     assert tree_digests(backup_dir) == before, 'the backup changed'
     assert not os.path.exists(scratch + '/.pgpass')
     # backup1's forwarding key reaches backup-dr's WAL receiver of pg1 and nothing else.
@@ -353,6 +359,8 @@ def test_site_loss_recovery_from_the_mirror_then_it_takes_over(mirrored):
         'from=backup-dr',
     )
     assert 'recovered from backup' in recovered.stdout
+    with open('/var/lib/postgresql/.ssh/authorized_keys') as keys:
+        assert 'barman-dr@backup-dr' not in keys.read(), "the mirror's key is let in for a recovery only"
     try:
         assert query(6441, 'SELECT count(*) FROM mirrored') == [str(committed)]
     finally:

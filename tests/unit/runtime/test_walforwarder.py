@@ -396,7 +396,7 @@ def test_background_work_waits_for_a_processor_that_listed_incoming_before_this_
     finally:
         releaser.join()
     assert archive.incoming_backlog() == [], 'the files it found waiting are indexed, not left for a next delivery'
-    assert [n for n in archive.archived_names()] == [seg_name(1), seg_name(2)]
+    assert list(archive.archived_names()) == [seg_name(1), seg_name(2)]
 
 
 def test_the_background_work_logs_a_failure_of_forwarding(site, monkeypatch):

@@ -20,7 +20,7 @@ import jinja2
 import pytest
 
 from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal, wal_store
-from ansible_collections.barman.postgresql.runtime import walsender
+from ansible_collections.barman.postgresql.runtime import framing, walsender
 from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key, target_of
 
 NAME = '000000010000000000000005'
@@ -275,7 +275,7 @@ def test_a_lone_ready_file_starts_an_agent_for_the_next_one_and_is_sent_by_its_p
 def test_the_frame_is_the_same_through_sendfile_and_through_python(tmp_path, through_pipe):
     """sendfile into a pipe (the agent's stream, a put's ssh) or a plain write (no file descriptor)."""
     path = tmp_path / NAME
-    data = os.urandom(3 * walsender.CHUNK + 12345)
+    data = os.urandom(3 * framing.CHUNK + 12345)
     path.write_bytes(data)
     expected = data + (b'%08x\n' % (zlib.crc32(data)))
     with open(str(path), 'rb') as source:

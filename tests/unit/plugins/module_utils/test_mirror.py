@@ -66,8 +66,10 @@ def test_a_copy_that_differs_from_its_manifest_is_refused_and_stays_hidden(layou
     files = [{'Path': 'PG_VERSION', 'Size': 3, 'Last-Modified': '2026-11-30 01:01:01 GMT', 'Checksum': '0' * 64}]
     with open(os.path.join(data, manifest.MANIFEST), 'wb') as handle:
         handle.write(manifest.render(1, None, files, []))
-    with pytest.raises(mirror.MirrorCopyFailed, match='PG_VERSION: checksum mismatch'):
-        mirror._check_copy(layout, backup_id, dict(tablespaces=None))
+    problems = mirror._check_copy(layout, backup_id, dict(tablespaces=None))
+    assert problems == [dict(file='PG_VERSION', problem='checksum mismatch (the content changed)')]
+    os.unlink(os.path.join(data, manifest.MANIFEST))
+    assert mirror._check_copy(layout, backup_id, dict(tablespaces=None))[0]['file'] == 'backup_manifest'
     assert backup_id not in infofile.backup_infos(layout), 'a partial copy never appears in the catalog'
     assert mirror.sweep_partials(layout, [backup_id]) == []
     assert mirror.sweep_partials(layout, []) == [backup_id] and not os.path.exists(partial)

@@ -3,6 +3,7 @@
 """The catalog actions on a catalog built in a temporary directory (real files, no PostgreSQL)."""
 
 import datetime
+import json
 import os
 import threading
 
@@ -811,3 +812,30 @@ def test_retention_waits_for_what_a_mirror_has_not_copied_yet(lab):
     # Without mirrors (or barman_mirror_wait false) the policy alone decides.
     alone = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
     assert alone['removed_backups'] == ['20261118T010000', '20261119T010000', '20261120T010000']
+
+
+def test_retention_waiting_for_a_mirror_keeps_the_wal_it_was_not_forwarded(lab):
+    lab.backup('20261118T010000', 1, hours_ago=100)
+    lab.backup('20261119T010000', 3, hours_ago=90)
+    lab.backup('20261120T010000', 5, hours_ago=2)
+    lab.wals(1, 2, 3, 4, 5, 6)
+    policy = retention.parse_policy('REDUNDANCY 1')
+    mirrors = os.path.join(lab.layout.root, 'mirrors')
+    os.makedirs(mirrors)
+    with open(os.path.join(mirrors, 'backup-dr.json'), 'w') as handle:
+        handle.write('{}')
+    copied = {'backup-dr': ['20261120T010000']}  # it holds the newest backup...
+    # ...but its WAL stopped at segment 1 (a refused file, a one-way firewall): 2 on stay for it.
+    with open(os.path.join(mirrors, 'backup-dr.forwarded'), 'w') as handle:
+        json.dump(dict(last=seg(1), acknowledged=[seg(1)]), handle)
+    waiting = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True, mirrored=copied)
+    assert waiting['removed_backups'] == ['20261118T010000', '20261119T010000']
+    assert (waiting['removed_wals'], waiting['last_removed_wal']) == (1, seg(1))
+    with open(os.path.join(mirrors, 'backup-dr.forwarded'), 'w') as handle:
+        json.dump(dict(last=seg(6), acknowledged=[seg(n) for n in range(1, 7)]), handle)
+    caught_up = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True, mirrored=copied)
+    assert caught_up['last_removed_wal'] == seg(4)
+    # Not waiting for mirrors (barman_mirror_wait false): the forwarding state does not count.
+    os.unlink(os.path.join(mirrors, 'backup-dr.forwarded'))
+    alone = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
+    assert alone['last_removed_wal'] == seg(4)
