@@ -96,6 +96,21 @@ def run(argv, user=None, check=True, env=None, **kwargs):
     return proc
 
 
+def remove_user(name):
+    """userdel of a bench user (made by this run or left by a --keep run); it refuses while a process of the
+    user lives (an SSH master ending), so it is tried again for up to 30 s."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return
+    for _ in range(60):
+        proc = run(['userdel', name], check=False)
+        if proc.returncode == 0:
+            return
+        time.sleep(0.5)
+    print('warning: userdel %s: %s' % (name, proc.stderr.decode(errors='replace').strip()), flush=True)
+
+
 def psql(sql, database='postgres'):
     argv = [
         'psql',

@@ -240,21 +240,6 @@ def start_sshd():
     raise RuntimeError('the bench sshd does not let %s in as postgres@%s:%d' % (USER, HOST, SSH_PORT))
 
 
-def remove_user():
-    """userdel of the bench user (made by this run or left by a --keep run); it refuses while a process of the
-    user lives (an SSH master ending), so it is tried again for up to 30 s."""
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        return
-    for _ in range(60):
-        proc = run(['userdel', USER], check=False)
-        if proc.returncode == 0:
-            return
-        time.sleep(0.5)
-    print('warning: userdel %s: %s' % (USER, proc.stderr.decode(errors='replace').strip()), flush=True)
-
-
 def stop_sshd():
     pid_file = os.path.join(SSH_DIR, 'sshd.pid')
     if os.path.exists(pid_file):
@@ -941,7 +926,7 @@ def main():
         else:
             cleanup(clusters)
         if not args.keep:
-            remove_user()
+            common.remove_user(USER)
 
     text = report(args, rows, fulls, pgbr_ref, facts, started, load_before, pgbr_label, changed, with_ours)
     print('\n' + text)

@@ -340,19 +340,6 @@ def end_user_processes(names, seconds=30):
             pass
 
 
-def remove_user(name):
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return
-    for _ in range(60):
-        proc = run(['userdel', name], check=False)
-        if proc.returncode == 0:
-            return
-        time.sleep(0.5)
-    print('warning: userdel %s: %s' % (name, proc.stderr.decode(errors='replace').strip()), flush=True)
-
-
 def stop_sender():
     """End what postgres's archive key left running: its look-ahead agent and its ControlMaster."""
     target = ssh.validate_ssh_target(PRIMARY_USER, HOST, SSH_PORT)
@@ -928,8 +915,8 @@ def main():
             print('kept: %s, cluster and sshd running, users %s and %s' % (BASE, PRIMARY_USER, MIRROR_USER))
         else:
             cleanup()
-            remove_user(PRIMARY_USER)
-            remove_user(MIRROR_USER)
+            common.remove_user(PRIMARY_USER)
+            common.remove_user(MIRROR_USER)
 
     text = report(args, rows, facts, started, load_before)
     print('\n' + text)
@@ -989,8 +976,9 @@ def report(args, rows, facts, started, load_before):
         'fsyncs and compresses each; the note says when its incoming/ was empty), Barman copies its gzip files '
         "from its first backup on. WAL burst: the segments delivered by postgres's `barman-wal-sender put` one per "
         "segment (its look-ahead agent streams them) into the primary's receiver, whose background processing "
-        '(every 64 files of a stream, and after 1 s without one; a processor that finds another running waits for '
-        "it) compresses what arrived, then forwards to the mirror's receiver; times from the first put, polled "
+        '(every 64 files of a stream, and after 1 s without one; a processor that finds another running forwards '
+        'what the archive holds, then waits for it and compresses what it left) compresses what arrived, then '
+        "forwards to the mirror's receiver; times from the first put, polled "
         'every 20 ms in both archives (a file counts once durable in incoming/).',
     ]
     return '\n'.join(text) + '\n'
