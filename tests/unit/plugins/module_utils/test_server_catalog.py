@@ -13,6 +13,8 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
     health,
     infofile,
+    mirror,
+    remote,
     lockfile,
     recovery,
     recovery_hold,
@@ -839,3 +841,32 @@ def test_retention_waiting_for_a_mirror_keeps_the_wal_it_was_not_forwarded(lab):
     os.unlink(os.path.join(mirrors, 'backup-dr.forwarded'))
     alone = server_catalog.apply_retention(lab.layout, policy, 1, NOW, dry_run=True)
     assert alone['last_removed_wal'] == seg(4)
+
+
+@pytest.mark.parametrize(
+    'behind_seconds, status',
+    [(0, 'ok'), (299, 'ok'), (300, 'warning'), (3599, 'warning'), (3600, 'critical')],
+)
+def test_a_mirrors_lag_turns_its_health_warning_then_critical(lab, monkeypatch, behind_seconds, status):
+    lab.backup('20261121T010000', 2, hours_ago=2)
+    lab.wals(1, 2, 3)
+    catalog.atomic_write(os.path.join(lab.layout.root, mirror.MARKER), json.dumps(dict(mirror_of='backup1')))
+    lag = dict(mirror_of='backup1', newest=seg(3), primary_newest=seg(9), behind_segments=6, behind_seconds=None)
+    lag['behind_seconds'] = behind_seconds
+    # What the primary's catalog reader would answer (over SSH): the input of the threshold rule under test.
+    monkeypatch.setattr(mirror, 'lag', lambda layout, now=None: lag)
+    result = check(lab, mirror_lag_warning=300, mirror_lag_critical=3600)
+    checked = dict((c['name'], c) for c in result['checks'])['mirror']
+    assert checked['status'] == status and result['mirror'] == lag
+    assert 'WAL 6 segment(s)' in checked['message'] and 'behind backup1' in checked['message']
+
+
+def test_a_mirror_whose_primary_cannot_be_read_warns_and_says_why(lab, monkeypatch):
+    catalog.atomic_write(os.path.join(lab.layout.root, mirror.MARKER), json.dumps(dict(mirror_of='backup1')))
+
+    def unreachable(layout, now=None):
+        raise remote.CommandFailed('cannot reach barman@127.0.0.21 over SSH: Connection refused', code='SSH_FAILED')
+
+    monkeypatch.setattr(mirror, 'lag', unreachable)
+    checked = dict((c['name'], c) for c in check(lab)['checks'])['mirror']
+    assert checked['status'] == 'warning' and 'cannot be read' in checked['message'], checked
