@@ -144,20 +144,6 @@ repo2-bundle=y
 repo2-block=y
 """
 
-OUR_CHILD = r"""
-import json, sys, time
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.barman.postgresql.plugins.module_utils import backup
-spec = backup.module_spec()['argument_spec']
-params = dict((key, option.get('default')) for key, option in spec.items())
-params.update(json.loads(sys.argv[2]))
-start = time.perf_counter()
-result = backup.take_backup(params)
-result['elapsed'] = time.perf_counter() - start
-print(json.dumps(result, default=str))
-"""
-
-
 # --------------------------------------------------------------------------- PostgreSQL binaries and tools
 
 
@@ -432,7 +418,7 @@ def method_ours(home, known_hosts, params):
     base = dict(server=SERVER, barman_home=home, pg_host=HOST, pg_port=PORT18, pg_user='postgres',
                 ssh_port=SSH_PORT, ssh_known_hosts=known_hosts)  # fmt: skip
     base.update(params)
-    argv = ['/usr/bin/python3', '-c', OUR_CHILD, COLLECTIONS, json.dumps(base)]
+    argv = ['/usr/bin/python3', '-c', common.OUR_CHILD, COLLECTIONS, json.dumps(base)]
     out = run(argv, user=USER, cwd=USER_HOME).stdout.decode()
     result = json.loads(out.strip().splitlines()[-1])
     backups = os.path.join(home, SERVER, 'base')

@@ -141,19 +141,6 @@ reuse_backup = link
 archiver = on
 """
 
-OUR_BACKUP_CHILD = r"""
-import json, sys, time
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.barman.postgresql.plugins.module_utils import backup
-spec = backup.module_spec()['argument_spec']
-params = dict((key, option.get('default')) for key, option in spec.items())
-params.update(json.loads(sys.argv[2]))
-start = time.perf_counter()
-result = backup.take_backup(params)
-result['elapsed'] = time.perf_counter() - start
-print(json.dumps(result, default=str))
-"""
-
 # pg_backup_mirror's logic without Ansible: mirror.run_action() with the module's defaults, each step of it
 # timed by wrapping the function that does it (the reader's list, rsync, the manifest check, the sync, lag).
 OUR_MIRROR_CHILD = r"""
@@ -438,7 +425,7 @@ def our_backup(reuse):
     WAL the archive script delivered is processed (compressed, indexed) as the primary's receiver would."""
     params = dict(server=SERVER, barman_home=PRIMARY_HOME, pg_host=HOST, pg_port=PG_PORT, pg_user='postgres',
                   ssh_port=SSH_PORT, ssh_known_hosts=KNOWN_HOSTS, reuse=reuse)  # fmt: skip
-    result = child(OUR_BACKUP_CHILD, [json.dumps(params)], PRIMARY_USER)
+    result = child(common.OUR_CHILD, [json.dumps(params)], PRIMARY_USER)
     child(PROCESS_CHILD, [PRIMARY_HOME, SERVER], PRIMARY_USER)
     print('  our backup %s (reuse=%s): %.1f s' % (result['backup_id'], reuse, result['elapsed']), flush=True)
     return result
