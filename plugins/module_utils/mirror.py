@@ -234,7 +234,7 @@ def copy_backup(
     os.makedirs(partial, mode=0o700, exist_ok=True)  # kept from a failed run: rsync resumes into it
     remote_dir = os.path.join(catalog.ServerLayout(primary_home, layout.server).backup_dir(backup_id), '')
 
-    def pull(checksum):
+    def pull(checksum, dry_run=False):
         return source.rsync(
             source.path(remote_dir),
             partial + '/',
@@ -242,6 +242,7 @@ def copy_backup(
             vanished_ok=False,
             link_dest=link_dest,
             checksum=checksum,
+            dry_run=dry_run,
             delete=True,  # what a killed rsync left in the partial copy (a pull's --delete never reaches the reader)
             # Whole files between backup servers (measured: the delta algorithm made an incremental's copy 2.5x
             # slower than sending its changed files whole); rsync's delta only where the link was declared slow.
@@ -250,25 +251,41 @@ def copy_backup(
             protect_args=False,  # the catalog reader checks the path, so it must see it on its command line
         )
 
+    def differences():
+        """(what differs from the primary's backup, how it was checked): against the backup's manifest, or, for
+        a backup without one (Barman's own, or older ones), by rsync comparing every file's content with the
+        primary's (it reads both sides again)."""
+        problems = _check_copy(layout, backup_id, info)
+        if problems is not None:
+            return problems, 'manifest'
+        compared, _seconds = pull(checksum=True, dry_run=True)
+        changed = compared.get('regular_files_transferred') or 0
+        return [dict(file='%d file(s)' % changed, problem='differ from the primary by content')] if changed else [], (
+            'content'
+        )
+
     stats, seconds = pull(checksum=False)
-    problems = _check_copy(layout, backup_id, info)
+    problems, checked = differences()
     if problems:
         # rsync trusts size and time, and a file of the previous backup (--link-dest) or of an earlier partial
         # copy may have both and another content (the primary checksums recently changed files): compare
         # contents, once, then check again.
         stats, seconds = pull(checksum=True)
-        problems = _check_copy(layout, backup_id, info)
+        problems, checked = differences()
     if problems:
         raise MirrorCopyFailed(
-            'the copy of backup %s of %s differs from its manifest even after comparing contents: %s'
-            % (backup_id, layout.server, '; '.join('%s: %s' % (p['file'], p['problem']) for p in problems[:5])),
-            'The backup on the primary may itself be damaged: verify it there (verify.yml); one without a '
-            'backup_manifest gets one with pg_backup_catalog action=manifest there. The partial copy stays hidden '
-            'under base/ until the primary no longer lists that backup',
+            "the copy of backup %s of %s differs from the primary's (%s) even after comparing contents: %s"
+            % (
+                backup_id,
+                layout.server,
+                checked,
+                '; '.join('%s: %s' % (p['file'], p['problem']) for p in problems[:5]),
+            ),
+            'The backup on the primary may itself be damaged: verify it there (verify.yml). The partial copy stays '
+            'hidden under base/ until the primary no longer lists that backup',
             backup_id=backup_id,
             problems=problems,
         )
-    checked = len(manifest.read(_PartialLayout(layout, backup_id).manifest_path(backup_id))['files'])
     backup.sync_filesystem(partial)
     final = layout.backup_dir(backup_id)
     if os.path.exists(layout.backup_info_path(backup_id)):
@@ -287,15 +304,16 @@ def copy_backup(
         bytes=stats.get('total_transferred_file_size'),
         linked_from=link_dest and os.path.basename(link_dest.rstrip('/')),
         seconds=round(seconds, 3),
-        checked=checked,
+        checked_by=checked,
     )
 
 
 def _check_copy(layout, backup_id, info):
-    """What differs between the partial copy and the backup's manifest ([] when nothing does)."""
+    """What differs between the partial copy and the backup's manifest ([] when nothing does); None for a backup
+    without a manifest."""
     partial_layout = _PartialLayout(layout, backup_id)
     if not os.path.exists(partial_layout.manifest_path(backup_id)):
-        return [dict(file='backup_manifest', problem='missing: the copy cannot be proven identical')]
+        return None
     parsed = manifest.read(partial_layout.manifest_path(backup_id))
     return manifest.check_files(
         partial_layout, backup_id, [t.oid for t in info.get('tablespaces') or []], parsed=parsed

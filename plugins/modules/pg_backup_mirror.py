@@ -15,8 +15,9 @@ description:
     previous copy (unchanged files are hard links): never from PostgreSQL.
   - >-
     A copy goes to C(base/.mirror-<backup_id>.partial) (a failed run leaves it for the next one to resume),
-    is checked file by file against the backup's C(backup_manifest), renamed, and only then gets its
-    C(backup.info), the primary's text as it is: a partial copy never appears in the catalog.
+    is checked file by file against the backup's C(backup_manifest) (a backup without one, such as one Barman
+    took, is compared by content with the primary's by rsync), renamed, and only then gets its C(backup.info),
+    the primary's text as it is: a partial copy never appears in the catalog.
   - >-
     WAL is not copied here: the primary's WAL receiver forwards every archived file to its mirrors as it
     arrives (C(barman-wal-forwarder)). The result reports how far the mirror's WAL is behind.
@@ -102,7 +103,9 @@ claimed:
   returned: action is sync
   type: bool
 copied:
-  description: The backups copied, each with backup_id, bytes, linked_from, seconds and checked (files).
+  description:
+    - The backups copied, each with backup_id, bytes, linked_from, seconds and checked_by (V(manifest), or
+      V(content) for a backup without a manifest, such as one Barman took, compared file by file with the primary's).
   returned: action is sync
   type: list
   elements: dict
