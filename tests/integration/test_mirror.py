@@ -359,8 +359,8 @@ def test_site_loss_recovery_from_the_mirror_then_it_takes_over(mirrored):
         'from=backup-dr',
     )
     assert 'recovered from backup' in recovered.stdout
-    with open('/var/lib/postgresql/.ssh/authorized_keys') as keys:
-        assert 'barman-dr@backup-dr' not in keys.read(), "the mirror's key is let in for a recovery only"
+    with open(MIRROR_HOME + '/.ssh/id_ed25519.pub') as key, open('/var/lib/postgresql/.ssh/authorized_keys') as keys:
+        assert key.read().split()[1] not in keys.read(), "the mirror's key is let in for a recovery only"
     try:
         assert query(6441, 'SELECT count(*) FROM mirrored') == [str(committed)]
     finally:
