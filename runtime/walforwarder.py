@@ -78,6 +78,12 @@ Mirror = collections.namedtuple('Mirror', 'name target identity_file known_hosts
 Mirror.__doc__ = "Where one mirror receives a server's WAL: its name, an ssh.SshTarget and the two key files."
 
 
+# A file found neither in incoming/ nor in wals/ is looked for this many times (it may be moving between them).
+VANISHED_TRIES = 5
+# Passes of one call while names stay unacknowledged (a refusal or an error ends it sooner).
+MAX_PASSES = 5
+
+
 class MirrorConfigError(BarmanError, ValueError):
     """A mirror's configuration file is missing or cannot be used."""
 
@@ -258,7 +264,7 @@ def _answer_failure(mirror, verdict, expected, answered, said):
 
 def _copy_out(wal_archive, name, content):
     """The original content of ``name`` into the file ``content``; False if the archive no longer holds it."""
-    for _attempt in range(2):
+    for attempt in range(VANISHED_TRIES):
         content.seek(0)
         content.truncate()
         try:
@@ -266,9 +272,9 @@ def _copy_out(wal_archive, name, content):
             content.flush()
             return True
         except (wal_store.WalNotFound, FileNotFoundError):
-            # Moved from incoming/ into wals/ between locate's look and the open: a second look finds it.
-            continue
-    return False  # removed since the listing (retention): nothing to forward
+            # Moved from incoming/ into wals/ between locate's look and the open: another look finds it.
+            time.sleep(0.05 * attempt)
+    return False  # removed since the listing (retention), or still moving: the next pass looks again
 
 
 def _ssh_failure(mirror, code, said, missing):
@@ -434,9 +440,10 @@ def forward_to(
         if result['error']:
             break
         # Looked at only now that the lock is free: a delivery whose own forwarder found it taken was
-        # archived before that, so it is listed here. Only a name this pass did not see makes it go on.
+        # archived before that, so it is listed here. A name this pass did not see, or one it found moving
+        # (vanished between the listing and the read), makes it go on, a few passes at most.
         now = wal_archive.archived_names()
-        if not set(now).difference(names, state.acknowledged(now)):
+        if not set(now).difference(state.acknowledged(now)) or passes >= MAX_PASSES:
             break
     names = wal_archive.archived_names()
     acknowledged = state.acknowledged(names)
