@@ -114,30 +114,36 @@ def listing(source: remote.Remote, server: str, after: Optional[str] = None) -> 
     return json.loads(source.check_output(['list', server] + ([after] if after else [])))
 
 
+def newest_segment(layout: catalog.ServerLayout) -> Optional[str]:
+    """The newest WAL segment the catalog holds, or None."""
+    names = wal_store.WalArchive(layout.barman_home, layout.server).archived_names()
+    return max((n for n in names if wal.parse_wal_name(n).kind == 'segment'), default=None)
+
+
+def lag_of(
+    mirror_name: str, newest_here: Optional[str], primary_wal: Mapping[str, Any], now: Optional[float] = None
+) -> Dict[str, Any]:
+    """How far a mirror's WAL is behind, from the ``wal`` of the reader's ``list SERVER <newest_here>``: segments,
+    and seconds since the oldest segment the mirror lacks arrived on the primary."""
+    first_missing = primary_wal.get('first_after_time')
+    return dict(
+        mirror_of=mirror_name,
+        newest=newest_here,
+        primary_newest=primary_wal.get('newest'),
+        behind_segments=primary_wal.get('after') or 0,
+        behind_seconds=0 if first_missing is None else max(0, round((now or time.time()) - first_missing)),
+    )
+
+
 def lag(layout: catalog.ServerLayout, now: Optional[float] = None) -> Optional[Dict[str, Any]]:
-    """How far a mirror's WAL is behind its primary's: segments and seconds (since the oldest segment the
-    mirror lacks arrived on the primary); None for a catalog that is no mirror. Asks the primary's reader."""
+    """A mirror's lag (lag_of), asking the primary's reader; None for a catalog that is no mirror."""
     connection = marker(layout)
     if connection is None:
         return None
-    newest_here = max(
-        (
-            n
-            for n in wal_store.WalArchive(layout.barman_home, layout.server).archived_names()
-            if wal.parse_wal_name(n).kind == 'segment'
-        ),
-        default=None,
-    )
+    newest_here = newest_segment(layout)
     with reader(connection) as source:
-        primary = listing(source, layout.server, newest_here)['wal']
-    first_missing = primary.get('first_after_time')
-    return dict(
-        mirror_of=connection['mirror_of'],
-        newest=newest_here,
-        primary_newest=primary.get('newest'),
-        behind_segments=primary.get('after') or 0,
-        behind_seconds=0 if first_missing is None else max(0, round((now or time.time()) - first_missing)),
-    )
+        primary_wal = listing(source, layout.server, newest_here)['wal']
+    return lag_of(connection['mirror_of'], newest_here, primary_wal, now)
 
 
 def promote(layout: catalog.ServerLayout, dry_run: bool = False) -> Optional[str]:
@@ -412,13 +418,16 @@ def run_action(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str,
         changed = claim(layout, primary, dry_run=check_mode)
         return dict(changed=changed, server=layout.server, mirror_of=primary['mirror_of'], holds_wal=_holds_wal(layout))
     with reader(primary) as source:
-        catalog_listing = listing(source, layout.server)
+        # One request for both the backups to copy and the lag (measured as the run starts, after mirror.yml's
+        # forwarding): each request is an SSH connection and a start of the reader on the primary.
+        newest_here = newest_segment(layout)
+        catalog_listing = listing(source, layout.server, newest_here)
         result = sync_server(
             layout, source, primary, catalog_listing, dry_run=check_mode, bandwidth_limit_kbps=params['bandwidth_limit']
         )
     if not check_mode:
         listed = [b['id'] for b in catalog_listing.get('backups', [])]
         result['swept_partials'] = sweep_partials(layout, listed)
-        result['lag'] = lag(layout)
+        result['lag'] = lag_of(primary['mirror_of'], newest_here, catalog_listing.get('wal') or {})
     result['changed'] = bool(result['claimed'] or result['copied'] or result.get('swept_partials'))
     return result
