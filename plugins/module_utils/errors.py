@@ -114,6 +114,13 @@ ERROR_CODES = {
     'come back), or one of another cluster under the same name',
     'MIRROR_COPY_FAILED': 'a backup copied from the primary backup server differs from its manifest (the partial '
     'copy stays hidden, and the next run copies again what differs)',
+    # Object storage
+    'CLOUD_NO_BUCKET': 'the bucket named does not exist at the endpoint (barman.postgresql never creates one)',
+    'CLOUD_ACCESS_DENIED': 'the object store refused the credentials, or they may not read, write, list or delete '
+    'there',
+    'CLOUD_UNREACHABLE': 'the S3 endpoint did not answer (down, wrong URL, network): what was cut short is resumed '
+    'by the next run, and nothing partial is listed',
+    'CLOUD_FAILED': 'the object store refused or failed a transfer, or an object is not what a backup holds',
 }
 
 

@@ -1,0 +1,796 @@
+# Copyright: barman.postgresql contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""An S3 bucket as one more copy of a backup server's catalogs (like a mirror, the copy is made from the
+catalog, never from PostgreSQL), in the layout Barman's cloud tools write and read:
+
+  <prefix>/<server>/base/<backup_id>/data.tar[.gz]   PGDATA with its backup_label (pg_wal empty, no pg_tblspc links)
+  <prefix>/<server>/base/<backup_id>/<oid>.tar[.gz]  each tablespace
+  <prefix>/<server>/base/<backup_id>/backup.info     the catalog's, written last: a backup is listed once complete
+  <prefix>/<server>/wals/<timeline+log>/<name>[.gz]  segments and .backup files (history files in wals/)
+
+A tar goes up as a multipart upload, which appears under its name only when complete. The tar stream is the same
+bytes at every run, so an upload cut short is resumed: the parts already there with the same MD5 are not sent
+again. When every backup server is gone, ``stage`` rebuilds a catalog from the bucket on the host to recover
+(the backup a target needs, its chain and its WAL), which pg_recover then recovers like any other.
+"""
+
+import concurrent.futures
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+
+from ansible_collections.barman.postgresql.plugins.module_utils import (
+    catalog,
+    chain,
+    identityfile,
+    infofile,
+    recovery,
+    retention,
+    wal,
+    wal_store,
+    xlogdb,
+)
+from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
+
+# What barman-cloud-wal-archive appends to a compressed WAL file's name, by our catalog's compressions.
+WAL_SUFFIXES = {'gzip': '.gz', 'bzip2': '.bz2', 'zstd': '.zst', 'lz4': '.lz4', 'xz': '.xz', 'snappy': '.snappy'}
+TAR_SUFFIXES = {'none': '.tar', 'gzip': '.tar.gz'}
+MIN_PART = 16 * 1024 * 1024  # S3: every part but the last at least 5 MiB, at most 10,000 parts
+MAX_PARTS = 10000
+STAGE_MARKER = 'staged-from-bucket.json'  # a catalog rebuilt from a bucket for one recovery (removed after it)
+
+
+class CloudError(BarmanError):
+    """The bucket cannot be used, or a transfer failed."""
+
+    code = 'CLOUD_FAILED'
+
+
+def bucket_argument_spec() -> dict:
+    """The options that say which bucket, where and how: every module that talks to a bucket takes them."""
+    return dict(
+        bucket=dict(type='str', required=True),
+        prefix=dict(type='str', default=''),
+        endpoint_url=dict(type='str'),
+        region=dict(type='str', default='us-east-1'),
+        addressing_style=dict(type='str', choices=['auto', 'path', 'virtual'], default='auto'),
+        access_key_id=dict(type='str', no_log=True),
+        secret_access_key=dict(type='str', no_log=True),
+        session_token=dict(type='str', no_log=True),
+        profile=dict(type='str'),
+        encryption=dict(type='str', choices=['none', 'AES256', 'aws:kms'], default='none'),
+        kms_key_id=dict(type='str'),
+        storage_class=dict(type='str'),
+        timeout=dict(type='int', default=60),
+        parallel=dict(type='int', default=4),
+    )
+
+
+def _import_boto3():
+    try:
+        import boto3  # pylint: disable=import-outside-toplevel
+        import botocore.config  # pylint: disable=import-outside-toplevel
+        import botocore.exceptions  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise CloudError(
+            'boto3 is not installed for this Python on %s' % os.uname()[1],
+            'Install it (Debian: apt install python3-boto3; setup.yml does so on backup servers with a bucket)',
+            code='MISSING_DEPENDENCY',
+        ) from None
+    return boto3, botocore
+
+
+class Bucket:
+    """One server's part of a bucket, with the errors of S3 turned into ours."""
+
+    def __init__(self, params: Mapping[str, Any], server: str) -> None:
+        boto3, botocore = _import_boto3()
+        self._errors = botocore.exceptions
+        self.name = params['bucket']
+        self.server = catalog.validate_server_name(server)
+        self.root = '/'.join(p for p in (params.get('prefix') or '').strip('/').split('/') + [server] if p)
+        self.where = 's3://%s/%s' % (self.name, self.root)
+        session = boto3.session.Session(
+            aws_access_key_id=params.get('access_key_id') or None,
+            aws_secret_access_key=params.get('secret_access_key') or None,
+            aws_session_token=params.get('session_token') or None,
+            profile_name=params.get('profile') or None,
+        )
+        config = botocore.config.Config(
+            s3={'addressing_style': params.get('addressing_style') or 'auto'},
+            connect_timeout=params.get('timeout') or 60,
+            read_timeout=params.get('timeout') or 60,
+            retries={'max_attempts': 3, 'mode': 'standard'},
+            max_pool_connections=max(10, (params.get('parallel') or 4) * 2),
+        )
+        self.client = session.client(
+            's3', endpoint_url=params.get('endpoint_url') or None, region_name=params.get('region'), config=config
+        )
+        self.parallel = max(1, params.get('parallel') or 4)
+        self.put_args = {}
+        if params.get('encryption') not in (None, 'none'):
+            self.put_args['ServerSideEncryption'] = params['encryption']
+            if params['encryption'] == 'aws:kms' and params.get('kms_key_id'):
+                self.put_args['SSEKMSKeyId'] = params['kms_key_id']
+        if params.get('storage_class'):
+            self.put_args['StorageClass'] = params['storage_class']
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def call(self, what: str, function: Callable[..., Any], **kwargs: Any) -> Any:
+        """One S3 request, with its failures said in our words (what failed, why, what to do)."""
+        try:
+            return function(**kwargs)
+        except self._errors.NoCredentialsError:
+            raise CloudError(
+                'no credentials for the bucket %s (%s)' % (self.name, what),
+                'Set barman_cloud_access_key_id and barman_cloud_secret_access_key (or an AWS profile) for this host',
+                code='CLOUD_ACCESS_DENIED',
+            ) from None
+        except self._errors.ClientError as error:
+            raise self._client_error(what, error) from None
+        except (
+            self._errors.EndpointConnectionError,
+            self._errors.ConnectTimeoutError,
+            self._errors.ReadTimeoutError,
+            self._errors.ConnectionClosedError,
+        ) as error:
+            raise CloudError(
+                'the S3 endpoint of bucket %s did not answer (%s): %s' % (self.name, what, error),
+                'Check barman_cloud_endpoint_url and the network to it; nothing partial is listed, the next run '
+                'resumes',
+                code='CLOUD_UNREACHABLE',
+            ) from None
+
+    def _client_error(self, what, error):
+        code = str(error.response.get('Error', {}).get('Code', ''))
+        status = error.response.get('ResponseMetadata', {}).get('HTTPStatusCode')
+        if code in ('NoSuchBucket',) or (status == 404 and what == 'open the bucket'):
+            return CloudError(
+                'the bucket %s does not exist at this endpoint' % self.name,
+                'Create it (object storage buckets are made by their owner, not by barman.postgresql) or correct '
+                'barman_cloud_bucket; nothing was written',
+                code='CLOUD_NO_BUCKET',
+            )
+        if (
+            code
+            in (
+                'InvalidAccessKeyId',
+                'SignatureDoesNotMatch',
+                'AccessDenied',
+                'InvalidToken',
+                'ExpiredToken',
+                '403',
+                'Forbidden',
+            )
+            or status == 403
+        ):
+            return CloudError(
+                'the bucket %s refused these credentials (%s: %s)' % (self.name, what, code or status),
+                'Check barman_cloud_access_key_id, barman_cloud_secret_access_key (and the session token) and that '
+                'they may read, write, list and delete in %s; nothing was written' % self.where,
+                code='CLOUD_ACCESS_DENIED',
+            )
+        return CloudError(
+            'the bucket %s answered %s to "%s": %s' % (self.name, code or status, what, error),
+            'Read the message of the object store; the next run resumes what this one began',
+        )
+
+    # -- keys -------------------------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        return '/'.join((self.root,) + parts)
+
+    def wal_key(self, name: str, compression: Optional[str]) -> str:
+        suffix = WAL_SUFFIXES.get(compression, '') if compression else ''
+        if wal.parse_wal_name(name).kind == 'history':
+            return self.key('wals', name + suffix)
+        return self.key('wals', name[:16], name + suffix)
+
+    def listing(self, prefix: str) -> List[Dict[str, Any]]:
+        """Every object under ``prefix`` (a key prefix): dicts of Key, Size, LastModified, ETag."""
+        objects = []
+        token = None
+        while True:
+            kwargs = dict(Bucket=self.name, Prefix=prefix)
+            if token:
+                kwargs['ContinuationToken'] = token
+            page = self.call('list %s' % prefix, self.client.list_objects_v2, **kwargs)
+            objects += page.get('Contents', [])
+            if not page.get('IsTruncated'):
+                return objects
+            token = page['NextContinuationToken']
+
+    def read(self, key: str) -> bytes:
+        return self.call('read %s' % key, self.client.get_object, Bucket=self.name, Key=key)['Body'].read()
+
+    def put(self, key: str, data: bytes) -> None:
+        self.call(
+            'write %s' % key,
+            self.client.put_object,
+            Bucket=self.name,
+            Key=key,
+            Body=data,
+            ContentMD5=_content_md5(data),
+            **self.put_args,
+        )
+
+    def delete(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for start in range(0, len(keys), 1000):
+            batch = [dict(Key=k) for k in keys[start : start + 1000]]
+            answer = self.call(
+                'delete objects', self.client.delete_objects, Bucket=self.name, Delete=dict(Objects=batch, Quiet=True)
+            )
+            if answer.get('Errors'):
+                raise CloudError(
+                    'the bucket %s did not delete %s: %s'
+                    % (self.name, answer['Errors'][0].get('Key'), answer['Errors'][0].get('Message')),
+                    'Check that the credentials may delete objects there',
+                )
+
+    # -- what the bucket holds --------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Check the bucket is there and these credentials may use it, before anything is written."""
+        self.call('open the bucket', self.client.head_bucket, Bucket=self.name)
+        self.listing(self.key('base') + '/')[:1]  # listing needs its own permission
+
+    def backups(self) -> Dict[str, Dict[str, Any]]:
+        """{backup_id: info} of the complete backups here (those with a backup.info), oldest first."""
+        infos = {}
+        for entry in self.listing(self.key('base') + '/'):
+            parts = entry['Key'][len(self.key('base')) + 1 :].split('/')
+            if len(parts) == 2 and parts[1] == 'backup.info':
+                text = self.read(entry['Key']).decode('utf-8')
+                infos[parts[0]] = infofile.parse_backup_info(text, source='s3://%s/%s' % (self.name, entry['Key']))
+        return dict((b, infos[b]) for b in infofile.ordered_backup_ids(infos))
+
+    def backup_objects(self, backup_id: str) -> List[Dict[str, Any]]:
+        return self.listing(self.key('base', backup_id) + '/')
+
+    def wals(self) -> Dict[str, Dict[str, Any]]:
+        """{WAL name: its object (Key, Size, LastModified, ETag, compression)} of the WAL archived here."""
+        found = {}
+        for entry in self.listing(self.key('wals') + '/'):
+            base = entry['Key'].rsplit('/', 1)[-1]
+            compression = None
+            for method, suffix in WAL_SUFFIXES.items():
+                if base.endswith(suffix):
+                    base, compression = base[: -len(suffix)], method
+                    break
+            if wal.is_wal_name(base):
+                found[base] = dict(entry, compression=compression)
+        return found
+
+    def check_identity(self, systemid: Optional[str], infos: Mapping[str, Mapping[str, Any]]) -> None:
+        """Refuse a bucket place that holds another cluster's backups under this server's name."""
+        others = sorted(set(str(i.get('systemid')) for i in infos.values() if i.get('systemid')) - {str(systemid)})
+        if systemid and others:
+            raise CloudError(
+                '%s holds backups of another PostgreSQL cluster (system identifier %s; %s is %s)'
+                % (self.where, ', '.join(others), self.server, systemid),
+                "Give this server its own barman_cloud_prefix (or bucket), or move the other cluster's objects "
+                'away; nothing was written',
+                code='IDENTITY_MISMATCH',
+            )
+
+    # -- multipart uploads of a stream ---------------------------------------------------------
+
+    def upload_stream(self, key: str, produce: Callable[[Any], None], expected_size: int) -> Dict[str, int]:
+        """Upload what ``produce(writer)`` writes as the object ``key``, in parts sent ``parallel`` at a time.
+        An unfinished upload of the same key is resumed: a part already there with the same MD5 is not sent again.
+        Returns dict(bytes, parts, parts_sent)."""
+        part_size = max(MIN_PART, -(-int(expected_size * 1.2) // (MAX_PARTS - 100)))
+        upload_id, done = self._open_upload(key)
+        writer = _PartWriter(self, key, upload_id, part_size, done)
+        try:
+            produce(writer)
+            writer.close()
+        except BaseException:
+            writer.abandon()  # the parts sent stay for the next run: the upload is not aborted
+            raise
+        self.call(
+            'complete %s' % key,
+            self.client.complete_multipart_upload,
+            Bucket=self.name,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload=dict(Parts=[dict(PartNumber=n, ETag=e) for n, e in sorted(writer.etags.items())]),
+        )
+        return dict(bytes=writer.total, parts=len(writer.etags), parts_sent=writer.sent)
+
+    def _open_upload(self, key):
+        answer = self.call('list uploads', self.client.list_multipart_uploads, Bucket=self.name, Prefix=key)
+        for upload in sorted(answer.get('Uploads', []), key=lambda u: u['Initiated'], reverse=True):
+            if upload['Key'] == key:
+                parts = {}
+                marker = 0
+                while True:
+                    page = self.call(
+                        'list parts',
+                        self.client.list_parts,
+                        Bucket=self.name,
+                        Key=key,
+                        UploadId=upload['UploadId'],
+                        PartNumberMarker=marker,
+                    )
+                    parts.update((p['PartNumber'], p['ETag'].strip('"')) for p in page.get('Parts', []))
+                    if not page.get('IsTruncated'):
+                        break
+                    marker = page['NextPartNumberMarker']
+                return upload['UploadId'], parts
+        answer = self.call(
+            'start %s' % key, self.client.create_multipart_upload, Bucket=self.name, Key=key, **self.put_args
+        )
+        return answer['UploadId'], {}
+
+
+def _content_md5(data):
+    import base64  # pylint: disable=import-outside-toplevel
+
+    return base64.b64encode(hashlib.md5(data).digest()).decode('ascii')  # noqa: S324 - S3's integrity check
+
+
+class _PartWriter(io.RawIOBase):
+    """A file object the tar stream is written to: each ``part_size`` bytes become a part, sent by a pool."""
+
+    def __init__(self, bucket, key, upload_id, part_size, already):
+        super().__init__()
+        self.bucket, self.key, self.upload_id, self.part_size, self.already = bucket, key, upload_id, part_size, already
+        self.buffer = bytearray()
+        self.number = 0
+        self.total = 0
+        self.sent = 0
+        self.etags = {}
+        self.pool = concurrent.futures.ThreadPoolExecutor(bucket.parallel)
+        self.slots = threading.Semaphore(bucket.parallel + 1)  # parts in memory at once
+        self.futures = []
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.buffer += data
+        self.total += len(data)
+        while len(self.buffer) >= self.part_size:
+            self._part(bytes(self.buffer[: self.part_size]))
+            del self.buffer[: self.part_size]
+        return len(data)
+
+    def _part(self, data):
+        self.number += 1
+        self._raise_failures()
+        etag = hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag of a part
+        if self.already.get(self.number) == etag:
+            self.etags[self.number] = etag
+            return
+        self.slots.acquire()
+        self.futures.append(self.pool.submit(self._send, self.number, data))
+
+    def _send(self, number, data):
+        try:
+            answer = self.bucket.call(
+                'send part %d of %s' % (number, self.key),
+                self.bucket.client.upload_part,
+                Bucket=self.bucket.name,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=_content_md5(data),
+            )
+            self.etags[number] = answer['ETag'].strip('"')
+            self.sent += 1
+        finally:
+            self.slots.release()
+
+    def _raise_failures(self):
+        for future in [f for f in self.futures if f.done()]:
+            future.result()
+            self.futures.remove(future)
+
+    def close(self):
+        if self.closed:
+            return
+        if self.buffer or self.number == 0:
+            self._part(bytes(self.buffer))
+            self.buffer = bytearray()
+        for future in self.futures:
+            future.result()
+        self.pool.shutdown()
+        super().close()
+
+    def abandon(self):
+        for future in self.futures:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+
+
+# -- a backup into tars ---------------------------------------------------------------------------
+
+# Empty in the data tar: pg_wal (an old backup may hold a link to the original's WAL directory) and pg_tblspc
+# (barman-cloud-restore makes the links where it is told). Left out: tablespace_map, which would send a restored
+# copy's tablespaces back to the original's directories at its first start (the restore writes its own).
+DATA_EMPTY_DIRS = ('pg_wal', 'pg_wal/archive_status', 'pg_tblspc')
+DATA_LEFT_OUT = ('tablespace_map',)
+
+
+def _tar_members(root, left_out):
+    """(path, name in the tar) of every entry under root but the top-level names ``left_out``, parents first, in
+    a fixed order."""
+    for directory, dirnames, filenames in os.walk(root):
+        relative = os.path.relpath(directory, root)
+        if relative == '.':
+            dirnames[:] = [d for d in dirnames if d not in left_out]
+            filenames = [f for f in filenames if f not in left_out]
+        links = [d for d in dirnames if os.path.islink(os.path.join(directory, d))]
+        dirnames[:] = sorted(d for d in dirnames if d not in links)
+        if relative != '.':
+            yield directory, relative
+        for name in sorted(filenames + links):
+            yield os.path.join(directory, name), os.path.normpath(os.path.join(relative, name))
+
+
+def write_tar(
+    root: str, out: Any, compression: str, empty_dirs: Iterable[str] = (), left_out: Iterable[str] = ()
+) -> None:
+    """The tar (gzip'd or not) of everything under root but the top-level names ``left_out``, with ``empty_dirs``
+    as empty directories: entries in a fixed order and metadata from the files, the same bytes from the same files
+    at every run (gzip without a time stamp)."""
+    empty_dirs = tuple(empty_dirs)
+    target = gzip.GzipFile(fileobj=out, mode='wb', mtime=0, compresslevel=6) if compression == 'gzip' else out
+    with tarfile.open(fileobj=target, mode='w|', format=tarfile.GNU_FORMAT) as tar:
+        for name in empty_dirs:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o700
+            tar.addfile(info)
+        for path, name in _tar_members(root, empty_dirs + tuple(left_out)):
+            info = tar.gettarinfo(path, arcname=name)
+            if info.isreg():
+                with open(path, 'rb') as handle:
+                    tar.addfile(info, handle)
+            else:
+                tar.addfile(info)
+    if target is not out:
+        target.close()
+
+
+def _directory_bytes(root):
+    total = 0
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+# -- the copy of a catalog -----------------------------------------------------------------------
+
+
+def _locked_catalog(layout):
+    # Imported here: server_catalog reads verification records, which recovery (imported above) does not need.
+    from ansible_collections.barman.postgresql.plugins.module_utils import server_catalog  # pylint: disable=C0415
+
+    return server_catalog.ServerCatalog(layout)
+
+
+def _catalog_systemid(layout, infos):
+    identity = identityfile.read_identity(layout.identity_file)
+    if identity:
+        return str(identity['systemid'])
+    found = [str(i['systemid']) for i in infos.values() if i.get('systemid')]
+    return found[-1] if found else None
+
+
+def upload_backup(
+    bucket: Bucket, layout: catalog.ServerLayout, backup_id: str, info: Mapping[str, Any], compression: str
+) -> Dict[str, Any]:
+    """Every tar of a catalog's backup, then its backup.info: the backup is listed once all its data is there."""
+    started = time.time()
+    suffix = TAR_SUFFIXES[compression]
+    trees = [('data' + suffix, layout.backup_data_dir(backup_id), DATA_EMPTY_DIRS, DATA_LEFT_OUT)]
+    for tablespace in info.get('tablespaces') or []:
+        trees.append(
+            ('%d%s' % (tablespace.oid, suffix), layout.backup_tablespace_dir(backup_id, tablespace.oid), (), ())
+        )
+    sent = dict(bytes=0, parts=0, parts_sent=0)
+    for name, root, empty, left_out in trees:
+        stats = bucket.upload_stream(
+            bucket.key('base', backup_id, name),
+            lambda out, root=root, empty=empty, left_out=left_out: write_tar(root, out, compression, empty, left_out),
+            _directory_bytes(root),
+        )
+        for counter in sent:
+            sent[counter] += stats[counter]
+    with open(layout.backup_info_path(backup_id), 'rb') as handle:
+        bucket.put(bucket.key('base', backup_id, 'backup.info'), handle.read())
+    return dict(sent, backup_id=backup_id, seconds=round(time.time() - started, 3))
+
+
+def _wal_first_needed(infos, segment_size):
+    """The oldest segment number a backup in ``infos`` starts from, or None without backups."""
+    begins = [wal.segment_number(i['begin_wal'], segment_size) for i in infos.values() if i.get('begin_wal')]
+    return min(begins) if begins else None
+
+
+def _in_parallel(bucket, function, items):
+    with concurrent.futures.ThreadPoolExecutor(bucket.parallel) as pool:
+        return list(pool.map(function, items))
+
+
+def sync(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    """Copy into the bucket every DONE backup newer than its newest one (all of them into an empty bucket), then
+    the catalog's WAL the bucket lacks, from the oldest backup there on; report the WAL lag."""
+    layout = catalog.ServerLayout(params['barman_home'], params['server'])
+    bucket = Bucket(params, params['server'])
+    bucket.open()
+    local = _locked_catalog(layout)
+    there = bucket.backups()
+    bucket.check_identity(_catalog_systemid(layout, local.infos), there)
+    newest_there = max((infofile.backup_order_key(b, i) for b, i in there.items()), default=None)
+    missing = [
+        b
+        for b in infofile.done_backup_ids(local.infos)
+        if b not in there and (newest_there is None or infofile.backup_order_key(b, local.infos[b]) > newest_there)
+    ]
+    result = dict(
+        changed=False, server=params['server'], bucket=bucket.where, missing=missing, uploaded=[], wals_uploaded=0
+    )
+    if not check_mode:
+        for backup_id in missing:
+            result['uploaded'].append(
+                upload_backup(bucket, layout, backup_id, local.infos[backup_id], params['compression'])
+            )
+            there[backup_id] = local.infos[backup_id]
+    result['wals_uploaded'] = len(_upload_wals(bucket, layout, local, there, check_mode))
+    result['changed'] = bool(result['uploaded'] or result['wals_uploaded'])
+    result['lag'] = lag(local, bucket.wals() if not check_mode else {}, there)
+    return result
+
+
+def _wals_to_send(local, held_names, infos):
+    segment_size = local.segment_size
+    first = _wal_first_needed(infos, segment_size)
+    wanted = []
+    for entry in local.wals:
+        if entry.name in held_names:
+            continue
+        if (
+            wal.parse_wal_name(entry.name).kind != 'history'
+            and first is not None
+            and (wal.segment_number(entry.name[:24], segment_size) < first)
+        ):
+            continue  # older than every backup in the bucket: its retention would remove it again
+        wanted.append(entry)
+    return wanted
+
+
+def _upload_wals(bucket, layout, local, infos, check_mode):
+    """The catalog's WAL files the bucket lacks, as the catalog stores them (compressed, a suffix saying how).
+    A name already in the bucket is never written again."""
+    wanted = _wals_to_send(local, bucket.wals(), infos)
+    if check_mode:
+        return wanted
+
+    def send(entry):
+        path = layout.wal_path(entry.name)
+        compression = entry.compression if entry.compression not in (None, 'None') else None
+        compression = compression or wal_store.detect_compression(path)
+        with open(path, 'rb') as handle:
+            bucket.put(bucket.wal_key(entry.name, compression), handle.read())
+
+    _in_parallel(bucket, send, wanted)
+    return wanted
+
+
+def lag(local: Any, held: Mapping[str, Any], infos: Mapping[str, Any]) -> Dict[str, Any]:
+    """How far the bucket's WAL is behind the catalog's: segments, and seconds since the oldest missing one
+    was archived on the backup server."""
+    behind = _wals_to_send(local, held, infos)
+    segments = [e for e in behind if wal.parse_wal_name(e.name).kind == 'segment']
+    newest = max((n for n in held if wal.is_segment_name(n)), default=None)
+    return dict(
+        behind_segments=len(segments),
+        behind_seconds=round(time.time() - segments[0].time, 1) if segments else 0,
+        newest=newest,
+        catalog_newest=max((e.name for e in local.wals if wal.is_segment_name(e.name)), default=None),
+    )
+
+
+def check(params: Mapping[str, Any]) -> Dict[str, Any]:
+    """The bucket's copy of a server, read only: its backups and how far its WAL is behind the catalog's."""
+    layout = catalog.ServerLayout(params['barman_home'], params['server'])
+    bucket = Bucket(params, params['server'])
+    bucket.open()
+    local = _locked_catalog(layout)
+    there = bucket.backups()
+    return dict(
+        changed=False,
+        server=params['server'],
+        bucket=bucket.where,
+        backups=list(there),
+        missing=[b for b in infofile.done_backup_ids(local.infos) if b not in there],
+        lag=lag(local, bucket.wals(), there),
+    )
+
+
+def apply_retention(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    """The bucket's own retention policy over its backups (a keep in the catalog counts there too), then the WAL
+    no backup left needs. A backup's backup.info goes first, so that it is never listed half deleted."""
+    layout = catalog.ServerLayout(params['barman_home'], params['server'])
+    bucket = Bucket(params, params['server'])
+    bucket.open()
+    local = _locked_catalog(layout)
+    infos = bucket.backups()
+    policy = retention.parse_policy(params['retention_policy'])
+    minimum = retention.validate_minimum_redundancy(params['minimum_redundancy'])
+    keeps = dict((b, k) for b, k in local.keeps.items() if b in infos)
+    statuses = retention.classify(infos, keeps, policy, minimum, catalog.now_utc())
+    removed = [b for b in infos if statuses.get(b) == retention.OBSOLETE]
+    kept = dict((b, i) for b, i in infos.items() if b not in removed)
+    segment_size = local.segment_size
+    wals = bucket.wals()
+    removable = retention.removable_wals(sorted(wals), kept, statuses, segment_size)
+    if not check_mode:
+        for backup_id in removed:
+            bucket.delete([bucket.key('base', backup_id, 'backup.info')])
+            bucket.delete(o['Key'] for o in bucket.backup_objects(backup_id))
+        bucket.delete(wals[n]['Key'] for n in removable)
+    return dict(
+        changed=bool(removed or removable) and not check_mode,
+        server=params['server'],
+        bucket=bucket.where,
+        retention_status=statuses,
+        removed_backups=removed,
+        removed_wals=len(removable),
+    )
+
+
+# -- a catalog staged from the bucket, for a recovery without any backup server -------------------------------
+
+
+def _download(bucket, key, path, mtime=None):
+    tmp = path + '.part'
+    body = bucket.call('read %s' % key, bucket.client.get_object, Bucket=bucket.name, Key=key)['Body']
+    with open(tmp, 'wb') as handle:
+        shutil.copyfileobj(body, handle, 1024 * 1024)
+    os.rename(tmp, path)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def _extract(bucket, key, root):
+    """Stream a tar (gzip'd or not) from the bucket into root: names inside root only, no device files; pg_wal's
+    content and pg_tblspc's links are not taken (recovery makes its own)."""
+    body = bucket.call('read %s' % key, bucket.client.get_object, Bucket=bucket.name, Key=key)['Body']
+    os.makedirs(root, 0o700, exist_ok=True)
+    with tarfile.open(fileobj=body, mode='r|*') as tar:
+        for member in tar:
+            name = os.path.normpath(member.name)
+            if name.startswith(('/', '..')) or member.isdev() or member.isfifo():
+                raise CloudError(
+                    '%s holds %s, which a backup never does (outside its directory, or a device)' % (key, member.name),
+                    'Check what wrote this object; nothing of it was used',
+                )
+            if name.split('/')[0] in ('pg_wal', 'pg_tblspc') and name not in DATA_EMPTY_DIRS:
+                continue
+            if name in DATA_EMPTY_DIRS and not member.isdir():  # a link to the original's WAL directory
+                os.makedirs(os.path.join(root, name), 0o700, exist_ok=True)
+                continue
+            member.mode &= 0o700 if member.isdir() else 0o600
+            tar.extract(member, root, set_attrs=True, **_TAR_FILTER)
+
+
+_TAR_FILTER = {'filter': 'fully_trusted'} if hasattr(tarfile, 'fully_trusted_filter') else {}
+
+
+def stage(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    """Rebuild under ``barman_home`` a catalog of the server from the bucket alone: the backup the target needs
+    (and its parents), the WAL from its start to the target, and an xlog.db with their archive times. The same
+    refusals as a recovery from a catalog (no backup before the target, a target past the newest WAL, a gap) come
+    before any backup data is fetched."""
+    server = params['server']
+    bucket = Bucket(params, server)
+    bucket.open()
+    infos = bucket.backups()
+    if not infos:
+        raise CloudError(
+            '%s holds no backup of %s' % (bucket.where, server),
+            'Check barman_cloud_bucket and barman_cloud_prefix, and that a backup was copied there (cloud.yml)',
+            code='NO_SUCH_BACKUP',
+        )
+    kind, value = recovery.the_target(params)
+    backup_id, info = recovery.choose_backup(infos, kind, value, params.get('backup_id'))
+    backups = chain.ancestry(infos, backup_id)
+    layout = catalog.ServerLayout(params['barman_home'], server)
+    objects = bucket.wals()
+    names = _wal_names_for(objects, info, kind, value)
+    result = dict(
+        changed=not check_mode,
+        server=server,
+        bucket=bucket.where,
+        backup_id=backup_id,
+        chain=backups,
+        barman_home=params['barman_home'],
+        wals=len(names),
+    )
+    if check_mode:
+        return result
+    if os.path.isdir(layout.root) and os.listdir(layout.root):
+        raise CloudError(
+            '%s is not empty: a catalog staged from a bucket goes into a directory of its own' % layout.root,
+            'Remove it (an earlier recovery from the bucket left it) or give another staging directory',
+            code='INVALID_ARGUMENT',
+        )
+    os.makedirs(layout.barman_home, 0o700, exist_ok=True)
+    catalog.ensure_directories(layout)
+    catalog.atomic_write(os.path.join(layout.root, STAGE_MARKER), '{"bucket": "%s"}\n' % bucket.where)
+
+    def fetch_wal(name):
+        entry = objects[name]
+        path = layout.wal_path(name)
+        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+        _download(bucket, entry['Key'], path, entry['LastModified'].timestamp())
+        return (name, entry['Size'], entry['LastModified'].timestamp(), entry['compression'])
+
+    xlogdb.append_xlog_db(layout.xlog_db, _in_parallel(bucket, fetch_wal, names))
+    # The archive's refusals, on what was fetched, before the backup's data is.
+    recovery.wal_needed_for_target(wal_store.WalArchive(params['barman_home'], server), info, kind, value)
+    started = time.time()
+    for each in backups:
+        for entry in bucket.backup_objects(each):
+            base = entry['Key'].rsplit('/', 1)[-1]
+            stem = base.split('.', 1)[0].split('_', 1)[0]
+            if stem == 'data':
+                _extract(bucket, entry['Key'], layout.backup_data_dir(each))
+            elif stem.isdigit() and '.tar' in base:
+                _extract(bucket, entry['Key'], layout.backup_tablespace_dir(each, int(stem)))
+        infofile.write_backup_info(layout.backup_info_path(each), infos[each])
+    result['seconds'] = round(time.time() - started, 3)
+    return result
+
+
+def _wal_names_for(objects, info, kind, value):
+    """The WAL recovery to the target needs from the bucket: every history file, and each segment from the
+    backup's first on, up to the first archived after a target time (or holding a target LSN, or the backup's
+    end for an immediate target); all of them without a target."""
+    segment_size = info['xlog_segment_size']
+    first = wal.segment_number(info['begin_wal'], segment_size)
+    last = None
+    if kind == 'target_immediate':
+        last = wal.segment_number(info['end_wal'], segment_size)
+    elif kind == 'target_lsn':
+        last = wal.segment_number(wal.lsn_segment_name(value, 1, segment_size), segment_size)
+    names = []
+    for name in sorted(objects):
+        parsed = wal.parse_wal_name(name)
+        if parsed.kind == 'history':
+            names.append(name)
+            continue
+        segno = wal.segment_number(name[:24], segment_size)
+        if segno < first or (last is not None and segno > last):
+            continue
+        names.append(name)
+    if kind == 'target_time':
+        target = value.timestamp()
+        segments = [n for n in names if wal.parse_wal_name(n).kind != 'history']
+        after = [n for n in segments if objects[n]['LastModified'].timestamp() > target]
+        if after:
+            cut = wal.segment_number(after[0][:24], segment_size)
+            names = [
+                n
+                for n in names
+                if wal.parse_wal_name(n).kind == 'history'
+                or wal.segment_number(n[:24], segment_size)
+                <= max(cut, wal.segment_number(info['end_wal'], segment_size))
+            ]
+    return names
