@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
     chain,
+    health,
     identityfile,
     infofile,
     recovery,
@@ -607,19 +608,39 @@ def lag(local: Any, held: Mapping[str, Any], infos: Mapping[str, Any]) -> Dict[s
 
 
 def check(params: Mapping[str, Any]) -> Dict[str, Any]:
-    """The bucket's copy of a server, read only: its backups and how far its WAL is behind the catalog's."""
+    """The bucket's copy of a server, read only: its backups, how far its WAL is behind the catalog's, and a health
+    verdict on that lag (lag_warning, lag_critical seconds) in status.yml's words."""
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     bucket = Bucket(params, params['server'])
     bucket.open()
     local = _locked_catalog(layout)
     there = bucket.backups()
+    behind = lag(local, bucket.wals(), there)
+    missing = [b for b in infofile.done_backup_ids(local.infos) if b not in there]
+    seconds = behind['behind_seconds']
+    critical, warning = params.get('lag_critical'), params.get('lag_warning')
+    status = (
+        health.CRITICAL
+        if critical and seconds >= critical
+        else health.WARNING
+        if warning and seconds >= warning
+        else health.OK
+    )
+    message = 'WAL %d segment(s), %s behind the catalog; %d backup(s) there, %d not copied yet' % (
+        behind['behind_segments'],
+        health.age_text(seconds),
+        len(there),
+        len(missing),
+    )
     return dict(
         changed=False,
         server=params['server'],
         bucket=bucket.where,
         backups=list(there),
-        missing=[b for b in infofile.done_backup_ids(local.infos) if b not in there],
-        lag=lag(local, bucket.wals(), there),
+        missing=missing,
+        lag=behind,
+        status=status,
+        nagios='BARMAN BUCKET %s - %s: %s' % (status.upper(), params['server'], message),
     )
 
 
@@ -761,8 +782,9 @@ def stage(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]
 
 def _wal_names_for(objects, info, kind, value):
     """The WAL recovery to the target needs from the bucket: every history file, and each segment from the
-    backup's first on, up to the first archived after a target time (or holding a target LSN, or the backup's
-    end for an immediate target); all of them without a target."""
+    backup's first on, up to the one holding a target LSN (the backup's end for an immediate target), else all of
+    them, as a recovery from a catalog copies along. An object's time is when it was uploaded, not archived: it
+    cannot say which segment holds a target time."""
     segment_size = info['xlog_segment_size']
     first = wal.segment_number(info['begin_wal'], segment_size)
     last = None
@@ -780,17 +802,4 @@ def _wal_names_for(objects, info, kind, value):
         if segno < first or (last is not None and segno > last):
             continue
         names.append(name)
-    if kind == 'target_time':
-        target = value.timestamp()
-        segments = [n for n in names if wal.parse_wal_name(n).kind != 'history']
-        after = [n for n in segments if objects[n]['LastModified'].timestamp() > target]
-        if after:
-            cut = wal.segment_number(after[0][:24], segment_size)
-            names = [
-                n
-                for n in names
-                if wal.parse_wal_name(n).kind == 'history'
-                or wal.segment_number(n[:24], segment_size)
-                <= max(cut, wal.segment_number(info['end_wal'], segment_size))
-            ]
     return names

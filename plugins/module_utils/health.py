@@ -29,7 +29,8 @@ def worst(statuses: Iterable[str]) -> str:
     return max(statuses, key=_RANK.get, default=OK)
 
 
-def _age(seconds):
+def age_text(seconds: float) -> str:
+    """An age as a person reads it: seconds, minutes or hours."""
     if seconds < 120:
         return '%d s' % seconds
     if seconds < 7200:
@@ -78,10 +79,10 @@ def _backup_checks(checks, server, options, now):
             checks.add(
                 'last_backup_age',
                 CRITICAL,
-                'last backup %s ended %s ago, more than the maximum of %s' % (done[-1], _age(age), _age(limit)),
+                'last backup %s ended %s ago, more than the maximum of %s' % (done[-1], age_text(age), age_text(limit)),
             )
         else:
-            checks.add('last_backup_age', OK, 'last backup %s ended %s ago' % (done[-1], _age(age)))
+            checks.add('last_backup_age', OK, 'last backup %s ended %s ago' % (done[-1], age_text(age)))
     after_last_good = order[order.index(done[-1]) + 1 :] if done else order
     failed = [b for b in after_last_good if server.infos[b]['status'] == infofile.FAILED]
     if failed:
@@ -113,15 +114,17 @@ def _verification_check(checks, server, options, now):
     passed = server.last_verified_id()
     if passed:
         moment = verifyfile.verified_at(server.verifications[passed])
-        what = 'backup %s PASSED its verification %s ago' % (passed, _age((now - moment).total_seconds()))
+        what = 'backup %s PASSED its verification %s ago' % (passed, age_text((now - moment).total_seconds()))
     else:
         # Never verified: the clock runs from the oldest backup, so that a new server gets time for a first run.
         ends = [server.infos[b]['end_time'] for b in done if server.infos[b]['end_time']]
         moment = min(ends) if ends else now
-        what = 'no backup has PASSED a verification; the oldest ended %s ago' % _age((now - moment).total_seconds())
+        what = 'no backup has PASSED a verification; the oldest ended %s ago' % age_text((now - moment).total_seconds())
     if limit is not None and (now - moment).total_seconds() > limit:
         checks.add(
-            'verification', WARNING, '%s, more than the maximum of %s; run playbooks/verify.yml' % (what, _age(limit))
+            'verification',
+            WARNING,
+            '%s, more than the maximum of %s; run playbooks/verify.yml' % (what, age_text(limit)),
         )
     else:
         checks.add('verification', OK, what)
@@ -172,10 +175,10 @@ def _wal_checks(checks, server, options, now):
                 'wal_freshness',
                 CRITICAL,
                 'newest WAL %s arrived %s ago, more than the maximum of %s'
-                % (window['last_wal'], _age(age), _age(limit)),
+                % (window['last_wal'], age_text(age), age_text(limit)),
             )
         else:
-            checks.add('wal_freshness', OK, 'newest WAL %s arrived %s ago' % (window['last_wal'], _age(age)))
+            checks.add('wal_freshness', OK, 'newest WAL %s arrived %s ago' % (window['last_wal'], age_text(age)))
     backlog = wal_archive.incoming_backlog()
     if len(backlog) > INCOMING_BACKLOG_WARNING:
         checks.add(
@@ -262,7 +265,7 @@ def _mirror_check(checks, layout, options, now):
     checks.add(
         'mirror',
         status,
-        'WAL %d segment(s), %s behind %s' % (lag['behind_segments'], _age(seconds), primary),
+        'WAL %d segment(s), %s behind %s' % (lag['behind_segments'], age_text(seconds), primary),
     )
     return lag
 

@@ -107,6 +107,12 @@ options:
     description: The fewest DONE backups the bucket keeps whatever the policy.
     type: int
     default: 1
+  lag_warning:
+    description: V(check) says V(warning) when the bucket's WAL is this many seconds behind the catalog.
+    type: int
+  lag_critical:
+    description: V(check) says V(critical) from this many seconds behind.
+    type: int
   backup_id:
     description: V(stage) this backup (default the newest one that ends before the target).
     type: str
@@ -190,6 +196,14 @@ backups:
   returned: action is check
   type: list
   elements: str
+status:
+  description: The health of the bucket's copy, V(ok), V(warning) or V(critical), by its WAL lag.
+  returned: action is check
+  type: str
+nagios:
+  description: The same in one line, as status.yml shows it (C(BARMAN BUCKET OK - pg1 ...)).
+  returned: action is check
+  type: str
 retention_status:
   description: The retention status of each backup in the bucket.
   returned: action is retention
@@ -233,6 +247,8 @@ def main():
         compression=dict(type='str', choices=sorted(cloud.TAR_SUFFIXES), default='none'),
         retention_policy=dict(type='str'),
         minimum_redundancy=dict(type='int', default=1),
+        lag_warning=dict(type='int'),
+        lag_critical=dict(type='int'),
         backup_id=dict(type='str'),
         target_time=dict(type='str'),
         target_xid=dict(type='str'),
