@@ -17,7 +17,6 @@ again. When every backup server is gone, ``stage`` rebuilds a catalog from the b
 import concurrent.futures
 import gzip
 import hashlib
-import io
 import os
 import shutil
 import tarfile
@@ -339,11 +338,10 @@ def _content_md5(data):
     return base64.b64encode(hashlib.md5(data).digest()).decode('ascii')  # noqa: S324 - S3's integrity check
 
 
-class _PartWriter(io.RawIOBase):
+class _PartWriter:
     """A file object the tar stream is written to: each ``part_size`` bytes become a part, sent by a pool."""
 
     def __init__(self, bucket, key, upload_id, part_size, already):
-        super().__init__()
         self.bucket, self.key, self.upload_id, self.part_size, self.already = bucket, key, upload_id, part_size, already
         self.buffer = bytearray()
         self.number = 0
@@ -354,8 +352,8 @@ class _PartWriter(io.RawIOBase):
         self.slots = threading.Semaphore(bucket.parallel + 1)  # parts in memory at once
         self.futures = []
 
-    def writable(self):
-        return True
+    def flush(self):
+        pass
 
     def write(self, data):
         self.buffer += data
@@ -398,15 +396,13 @@ class _PartWriter(io.RawIOBase):
             self.futures.remove(future)
 
     def close(self):
-        if self.closed:
-            return
+        """Send the last part (the only one, however small, of an empty stream) and wait for every part."""
         if self.buffer or self.number == 0:
             self._part(bytes(self.buffer))
             self.buffer = bytearray()
         for future in self.futures:
             future.result()
         self.pool.shutdown()
-        super().close()
 
     def abandon(self):
         for future in self.futures:

@@ -293,7 +293,7 @@ def test_an_upload_cut_by_the_endpoint_is_never_listed_and_the_next_run_finishes
         )
         client, deadline = s3(), time.monotonic() + 300
         while True:
-            uploads = [u for u in client.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get('Uploads', [])]
+            uploads = client.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get('Uploads', [])
             if uploads and client.list_parts(Bucket=BUCKET, Key=key, UploadId=uploads[0]['UploadId']).get('Parts'):
                 break
             assert copying.poll() is None and time.monotonic() < deadline, 'the upload never started'
