@@ -15,6 +15,7 @@ again. When every backup server is gone, ``stage`` rebuilds a catalog from the b
 """
 
 import concurrent.futures
+import contextlib
 import gzip
 import hashlib
 import os
@@ -30,6 +31,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import (
     health,
     identityfile,
     infofile,
+    lockfile,
     recovery,
     retention,
     wal,
@@ -306,6 +308,27 @@ class Bucket:
         )
         return dict(bytes=writer.total, parts=len(writer.etags), parts_sent=writer.sent)
 
+    def abort_uploads_except(self, backup_ids: Iterable[str]) -> List[str]:
+        """Abort the unfinished uploads of this server's backups but ``backup_ids`` (their backup left the catalog
+        before it was copied: nothing will finish them, and their parts cost storage); the keys aborted."""
+        keep = set(backup_ids)
+        answer = self.call(
+            'list uploads', self.client.list_multipart_uploads, Bucket=self.name, Prefix=self.key('base')
+        )
+        aborted = []
+        for upload in answer.get('Uploads', []):
+            parts = upload['Key'][len(self.key('base')) + 1 :].split('/')
+            if len(parts) == 2 and parts[0] not in keep:
+                self.call(
+                    'abort %s' % upload['Key'],
+                    self.client.abort_multipart_upload,
+                    Bucket=self.name,
+                    Key=upload['Key'],
+                    UploadId=upload['UploadId'],
+                )
+                aborted.append(upload['Key'])
+        return aborted
+
     def _open_upload(self, key):
         answer = self.call('list uploads', self.client.list_multipart_uploads, Bucket=self.name, Prefix=key)
         for upload in sorted(answer.get('Uploads', []), key=lambda u: u['Initiated'], reverse=True):
@@ -526,29 +549,32 @@ def _in_parallel(bucket, function, items):
 
 def sync(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     """Copy into the bucket every DONE backup newer than its newest one (all of them into an empty bucket), then
-    the catalog's WAL the bucket lacks, from the oldest backup there on; report the WAL lag."""
+    the catalog's WAL the bucket lacks, from the oldest backup there on; report the WAL lag. One run at a time per
+    server (the lock ``cloud``); an upload of a backup the catalog no longer holds is given up (aborted)."""
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     bucket = Bucket(params, params['server'])
     bucket.open()
-    local = _locked_catalog(layout)
-    there = bucket.backups()
-    bucket.check_identity(_catalog_systemid(layout, local.infos), there)
-    newest_there = max((infofile.backup_order_key(b, i) for b, i in there.items()), default=None)
-    missing = [
-        b
-        for b in infofile.done_backup_ids(local.infos)
-        if b not in there and (newest_there is None or infofile.backup_order_key(b, local.infos[b]) > newest_there)
-    ]
-    result = dict(
-        changed=False, server=params['server'], bucket=bucket.where, missing=missing, uploaded=[], wals_uploaded=0
-    )
-    if not check_mode:
-        for backup_id in missing:
-            result['uploaded'].append(
-                upload_backup(bucket, layout, backup_id, local.infos[backup_id], params['compression'])
-            )
-            there[backup_id] = local.infos[backup_id]
-    result['wals_uploaded'] = len(_upload_wals(bucket, layout, local, there, check_mode))
+    with contextlib.nullcontext() if check_mode else lockfile.ServerLock(layout, 'cloud'):
+        local = _locked_catalog(layout)
+        there = bucket.backups()
+        bucket.check_identity(_catalog_systemid(layout, local.infos), there)
+        newest_there = max((infofile.backup_order_key(b, i) for b, i in there.items()), default=None)
+        missing = [
+            b
+            for b in infofile.done_backup_ids(local.infos)
+            if b not in there and (newest_there is None or infofile.backup_order_key(b, local.infos[b]) > newest_there)
+        ]
+        result = dict(
+            changed=False, server=params['server'], bucket=bucket.where, missing=missing, uploaded=[], wals_uploaded=0
+        )
+        if not check_mode:
+            for backup_id in missing:
+                result['uploaded'].append(
+                    upload_backup(bucket, layout, backup_id, local.infos[backup_id], params['compression'])
+                )
+                there[backup_id] = local.infos[backup_id]
+            result['abandoned_uploads'] = bucket.abort_uploads_except(missing)
+        result['wals_uploaded'] = len(_upload_wals(bucket, layout, local, there, check_mode))
     result['changed'] = bool(result['uploaded'] or result['wals_uploaded'])
     result['lag'] = lag(local, bucket.wals() if not check_mode else {}, there)
     return result
@@ -658,10 +684,11 @@ def apply_retention(params: Mapping[str, Any], check_mode: bool = False) -> Dict
     wals = bucket.wals()
     removable = retention.removable_wals(sorted(wals), kept, statuses, segment_size)
     if not check_mode:
-        for backup_id in removed:
-            bucket.delete([bucket.key('base', backup_id, 'backup.info')])
-            bucket.delete(o['Key'] for o in bucket.backup_objects(backup_id))
-        bucket.delete(wals[n]['Key'] for n in removable)
+        with lockfile.ServerLock(layout, 'cloud'):  # never while a copy of this server runs
+            for backup_id in removed:
+                bucket.delete([bucket.key('base', backup_id, 'backup.info')])
+                bucket.delete(o['Key'] for o in bucket.backup_objects(backup_id))
+            bucket.delete(wals[n]['Key'] for n in removable)
     return dict(
         changed=bool(removed or removable) and not check_mode,
         server=params['server'],

@@ -183,6 +183,11 @@ uploaded:
   returned: action is sync
   type: list
   elements: dict
+abandoned_uploads:
+  description: Unfinished uploads aborted because their backup left the catalog before it was copied.
+  returned: action is sync, not in check mode
+  type: list
+  elements: str
 wals_uploaded:
   description: How many WAL files were uploaded (in check mode, would be).
   returned: action is sync
