@@ -628,7 +628,10 @@ def versions():
     system = run(['/usr/bin/python3', '-c', 'import boto3; print(boto3.__version__)']).stdout.decode().strip()
     venv = os.path.join(BARMAN_VENV, 'bin', 'python')
     barman = run([venv, '-c', 'import boto3; print(boto3.__version__)']).stdout.decode().strip()
-    return dict(moto=moto.__version__, bench=boto3.__version__, system=system, barman=barman)
+    commit = run(['git', '-C', TOP, 'rev-parse', '--short', 'HEAD'], check=False).stdout.decode().strip() or '?'
+    changed = run(['git', '-C', TOP, 'diff', '--quiet', 'HEAD', '--', 'plugins/module_utils/cloud.py'], check=False)
+    code = 'cloud.py of %s%s' % (commit, ' with uncommitted changes' if changed.returncode else '')
+    return dict(moto=moto.__version__, bench=boto3.__version__, system=system, barman=barman, code=code)
 
 
 def report(args, figures, facts, started, elapsed, load_before):
@@ -648,7 +651,7 @@ def report(args, figures, facts, started, elapsed, load_before):
         "after) gzip-compressed into a catalog by our receiver's code (%.0f MB raw, %.0f MB gzip). S3: moto %s "
         '(`moto_server`, one Python process, in memory, objects spooled to disk) on '
         '127.0.0.25:9001, path-style, no TLS; boto3 %s for ours and the limit (`/usr/bin/python3`, as the module '
-        "runs), %s in Barman's venv. %d rounds; load average (1 min) %.1f before, %.1f after. "
+        "runs), %s in Barman's venv; %s. %d rounds; load average (1 min) %.1f before, %.1f after. "
         '`.venv/bin/python bench/cloud_speed.py%s`.'
         % (
             started.strftime('%Y-%m-%d %H:%M %Z'),
@@ -666,6 +669,7 @@ def report(args, figures, facts, started, elapsed, load_before):
             v.get('moto', '?'),
             v.get('system', '?'),
             v.get('barman', '?'),
+            v.get('code', '?'),
             args.rounds,
             load_before,
             os.getloadavg()[0],

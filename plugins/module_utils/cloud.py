@@ -15,7 +15,6 @@ again. When every backup server is gone, ``stage`` rebuilds a catalog from the b
 """
 
 import concurrent.futures
-import contextlib
 import gzip
 import hashlib
 import os
@@ -23,7 +22,7 @@ import shutil
 import tarfile
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
@@ -45,7 +44,10 @@ WAL_SUFFIXES = {'gzip': '.gz', 'bzip2': '.bz2', 'zstd': '.zst', 'lz4': '.lz4', '
 TAR_SUFFIXES = {'none': '.tar', 'gzip': '.tar.gz'}
 MIN_PART = 16 * 1024 * 1024  # S3: every part but the last at least 5 MiB, at most 10,000 parts
 MAX_PARTS = 10000
-STAGE_MARKER = 'staged-from-bucket.json'  # a catalog rebuilt from a bucket for one recovery (removed after it)
+STAGE_MARKER = 'staged-from-bucket.json'
+ARCHIVED_META = 'barman-archived'  # object metadata of a WAL file: when the catalog archived it (seconds since 1970)
+# WAL compressions a recovery reads (wal_store.copy_decompressed); barman-cloud-wal-archive may also write these:
+UNREADABLE_WAL = ('xz', 'snappy')  # a catalog rebuilt from a bucket for one recovery (removed after it)
 
 
 class CloudError(BarmanError):
@@ -98,12 +100,23 @@ class Bucket:
         self.server = catalog.validate_server_name(server)
         self.root = '/'.join(p for p in (params.get('prefix') or '').strip('/').split('/') + [server] if p)
         self.where = 's3://%s/%s' % (self.name, self.root)
-        session = boto3.session.Session(
-            aws_access_key_id=params.get('access_key_id') or None,
-            aws_secret_access_key=params.get('secret_access_key') or None,
-            aws_session_token=params.get('session_token') or None,
-            profile_name=params.get('profile') or None,
-        )
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=params.get('access_key_id') or None,
+                aws_secret_access_key=params.get('secret_access_key') or None,
+                aws_session_token=params.get('session_token') or None,
+                profile_name=params.get('profile') or None,
+            )
+        except botocore.exceptions.ProfileNotFound:
+            raise CloudError(
+                'the AWS profile %s is not in the credentials of %s here' % (params.get('profile'), os.getuid()),
+                'Create it in ~/.aws/credentials of the user the module runs as, or give keys instead',
+                code='CLOUD_ACCESS_DENIED',
+            ) from None
+        import urllib3.exceptions  # pylint: disable=import-outside-toplevel
+
+        # What reading an object's body may raise, past the request itself.
+        self.transfer_errors = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError)
         config = botocore.config.Config(
             s3={'addressing_style': params.get('addressing_style') or 'auto'},
             connect_timeout=params.get('timeout') or 60,
@@ -149,6 +162,8 @@ class Bucket:
                 'resumes',
                 code='CLOUD_UNREACHABLE',
             ) from None
+        except self._errors.BotoCoreError as error:
+            raise CloudError('the request to bucket %s failed (%s): %s' % (self.name, what, error)) from None
 
     def _client_error(self, what, error):
         code = str(error.response.get('Error', {}).get('Code', ''))
@@ -157,7 +172,7 @@ class Bucket:
             return CloudError(
                 'the bucket %s does not exist at this endpoint' % self.name,
                 'Create it (object storage buckets are made by their owner, not by barman.postgresql) or correct '
-                'barman_cloud_bucket; nothing was written',
+                'barman_cloud_bucket',
                 code='CLOUD_NO_BUCKET',
             )
         if (
@@ -176,7 +191,7 @@ class Bucket:
             return CloudError(
                 'the bucket %s refused these credentials (%s: %s)' % (self.name, what, code or status),
                 'Check barman_cloud_access_key_id, barman_cloud_secret_access_key (and the session token) and that '
-                'they may read, write, list and delete in %s; nothing was written' % self.where,
+                'they may read, write, list and delete in %s' % self.where,
                 code='CLOUD_ACCESS_DENIED',
             )
         return CloudError(
@@ -212,7 +227,7 @@ class Bucket:
     def read(self, key: str) -> bytes:
         return self.call('read %s' % key, self.client.get_object, Bucket=self.name, Key=key)['Body'].read()
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, metadata: Optional[Mapping[str, str]] = None) -> None:
         self.call(
             'write %s' % key,
             self.client.put_object,
@@ -220,6 +235,7 @@ class Bucket:
             Key=key,
             Body=data,
             ContentMD5=_content_md5(data),
+            Metadata=dict(metadata or {}),
             **self.put_args,
         )
 
@@ -308,25 +324,26 @@ class Bucket:
         )
         return dict(bytes=writer.total, parts=len(writer.etags), parts_sent=writer.sent)
 
-    def abort_uploads_except(self, backup_ids: Iterable[str]) -> List[str]:
-        """Abort the unfinished uploads of this server's backups but ``backup_ids`` (their backup left the catalog
-        before it was copied: nothing will finish them, and their parts cost storage); the keys aborted."""
+    def abort_stale_uploads(self, backup_ids: Iterable[str], age_seconds: float = 86400) -> List[str]:
+        """Abort the unfinished uploads of this server's backups but ``backup_ids`` begun over ``age_seconds`` ago:
+        their backup left the catalog before it was copied, nothing will finish them, and their parts cost storage.
+        A younger one may be another writer's at work (barman-cloud-backup). The keys aborted."""
         keep = set(backup_ids)
-        answer = self.call(
-            'list uploads', self.client.list_multipart_uploads, Bucket=self.name, Prefix=self.key('base')
-        )
+        base = self.key('base')
+        answer = self.call('list uploads', self.client.list_multipart_uploads, Bucket=self.name, Prefix=base)
         aborted = []
         for upload in answer.get('Uploads', []):
-            parts = upload['Key'][len(self.key('base')) + 1 :].split('/')
-            if len(parts) == 2 and parts[0] not in keep:
-                self.call(
-                    'abort %s' % upload['Key'],
-                    self.client.abort_multipart_upload,
-                    Bucket=self.name,
-                    Key=upload['Key'],
-                    UploadId=upload['UploadId'],
-                )
-                aborted.append(upload['Key'])
+            parts = upload['Key'][len(base) + 1 :].split('/')
+            if len(parts) != 2 or parts[0] in keep or time.time() - upload['Initiated'].timestamp() < age_seconds:
+                continue
+            self.call(
+                'abort %s' % upload['Key'],
+                self.client.abort_multipart_upload,
+                Bucket=self.name,
+                Key=upload['Key'],
+                UploadId=upload['UploadId'],
+            )
+            aborted.append(upload['Key'])
         return aborted
 
     def _open_upload(self, key):
@@ -442,10 +459,14 @@ DATA_EMPTY_DIRS = ('pg_wal', 'pg_wal/archive_status', 'pg_tblspc')
 DATA_LEFT_OUT = ('tablespace_map',)
 
 
+def _raise(error):
+    raise error  # an unreadable directory must fail the tar, never leave a hole in it
+
+
 def _tar_members(root, left_out):
     """(path, name in the tar) of every entry under root but the top-level names ``left_out``, parents first, in
     a fixed order."""
-    for directory, dirnames, filenames in os.walk(root):
+    for directory, dirnames, filenames in os.walk(root, onerror=_raise):
         relative = os.path.relpath(directory, root)
         if relative == '.':
             dirnames[:] = [d for d in dirnames if d not in left_out]
@@ -548,35 +569,56 @@ def _in_parallel(bucket, function, items):
 
 
 def sync(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
-    """Copy into the bucket every DONE backup newer than its newest one (all of them into an empty bucket), then
-    the catalog's WAL the bucket lacks, from the oldest backup there on; report the WAL lag. One run at a time per
-    server (the lock ``cloud``); an upload of a backup the catalog no longer holds is given up (aborted)."""
+    """Copy into the bucket the catalog's WAL the bucket lacks (from the oldest backup there on), then every DONE
+    backup newer than the bucket's newest DONE one (all of them into an empty bucket), then the WAL again; report the
+    WAL lag. One run at a time per server (the lock ``cloud``): another run at work makes this one a no-op, said in
+    the result (``busy``), not a failure."""
     layout = catalog.ServerLayout(params['barman_home'], params['server'])
     bucket = Bucket(params, params['server'])
     bucket.open()
-    with contextlib.nullcontext() if check_mode else lockfile.ServerLock(layout, 'cloud'):
-        local = _locked_catalog(layout)
-        there = bucket.backups()
-        bucket.check_identity(_catalog_systemid(layout, local.infos), there)
-        newest_there = max((infofile.backup_order_key(b, i) for b, i in there.items()), default=None)
-        missing = [
-            b
-            for b in infofile.done_backup_ids(local.infos)
-            if b not in there and (newest_there is None or infofile.backup_order_key(b, local.infos[b]) > newest_there)
-        ]
-        result = dict(
-            changed=False, server=params['server'], bucket=bucket.where, missing=missing, uploaded=[], wals_uploaded=0
-        )
-        if not check_mode:
-            for backup_id in missing:
-                result['uploaded'].append(
-                    upload_backup(bucket, layout, backup_id, local.infos[backup_id], params['compression'])
-                )
-                there[backup_id] = local.infos[backup_id]
-            result['abandoned_uploads'] = bucket.abort_uploads_except(missing)
-        result['wals_uploaded'] = len(_upload_wals(bucket, layout, local, there, check_mode))
+    local = _locked_catalog(layout)
+    there = bucket.backups()
+    bucket.check_identity(_catalog_systemid(layout, local.infos), there)
+    done_there = dict((b, i) for b, i in there.items() if i.get('status') == 'DONE')
+    newest_there = max((infofile.backup_order_key(b, i) for b, i in done_there.items()), default=None)
+    missing = [
+        b
+        for b in infofile.done_backup_ids(local.infos)
+        if b not in there and (newest_there is None or infofile.backup_order_key(b, local.infos[b]) > newest_there)
+    ]
+    result = dict(
+        changed=False,
+        server=params['server'],
+        bucket=bucket.where,
+        missing=missing,
+        uploaded=[],
+        wals_uploaded=0,
+        busy=False,
+    )
+    if check_mode:
+        result['wals_uploaded'] = len(_wals_to_send(local, bucket.wals(), done_there))
+        result['changed'] = bool(missing or result['wals_uploaded'])
+        result['lag'] = lag(local, bucket.wals(), done_there)
+        return result
+    try:
+        lock = lockfile.ServerLock(layout, 'cloud').acquire()
+    except lockfile.LockBusy:
+        result.update(busy=True, lag=lag(local, bucket.wals(), done_there))
+        return result
+    try:
+        # WAL first: a long upload of a backup must not hold the WAL back.
+        result['wals_uploaded'] = _upload_wals(bucket, layout, local, done_there)
+        for backup_id in missing:
+            result['uploaded'].append(
+                upload_backup(bucket, layout, backup_id, local.infos[backup_id], params['compression'])
+            )
+            done_there[backup_id] = local.infos[backup_id]
+            result['wals_uploaded'] += _upload_wals(bucket, layout, _locked_catalog(layout), done_there)
+        result['abandoned_uploads'] = bucket.abort_stale_uploads(missing)
+    finally:
+        lock.release()
     result['changed'] = bool(result['uploaded'] or result['wals_uploaded'])
-    result['lag'] = lag(local, bucket.wals() if not check_mode else {}, there)
+    result['lag'] = lag(local, bucket.wals(), done_there)
     return result
 
 
@@ -597,22 +639,20 @@ def _wals_to_send(local, held_names, infos):
     return wanted
 
 
-def _upload_wals(bucket, layout, local, infos, check_mode):
-    """The catalog's WAL files the bucket lacks, as the catalog stores them (compressed, a suffix saying how).
-    A name already in the bucket is never written again."""
-    wanted = _wals_to_send(local, bucket.wals(), infos)
-    if check_mode:
-        return wanted
+def _upload_wals(bucket, layout, local, infos):
+    """Upload the catalog's WAL files the bucket lacks, as the catalog stores them (compressed, a suffix saying how;
+    the time it archived them as metadata); how many. A name already in the bucket is never written again."""
 
     def send(entry):
-        path = layout.wal_path(entry.name)
-        compression = entry.compression if entry.compression not in (None, 'None') else None
-        compression = compression or wal_store.detect_compression(path)
-        with open(path, 'rb') as handle:
-            bucket.put(bucket.wal_key(entry.name, compression), handle.read())
+        with open(layout.wal_path(entry.name), 'rb') as handle:
+            data = handle.read()  # read once: the compression is of these bytes, whatever replaces the file later
+        bucket.put(
+            bucket.wal_key(entry.name, wal_store.compression_of(data[:4])), data, {ARCHIVED_META: repr(entry.time)}
+        )
 
+    wanted = _wals_to_send(local, bucket.wals(), infos)
     _in_parallel(bucket, send, wanted)
-    return wanted
+    return len(wanted)
 
 
 def lag(local: Any, held: Mapping[str, Any], infos: Mapping[str, Any]) -> Dict[str, Any]:
@@ -637,7 +677,8 @@ def check(params: Mapping[str, Any]) -> Dict[str, Any]:
     bucket.open()
     local = _locked_catalog(layout)
     there = bucket.backups()
-    behind = lag(local, bucket.wals(), there)
+    held = bucket.wals()
+    behind = lag(local, held, there)
     missing = [b for b in infofile.done_backup_ids(local.infos) if b not in there]
     seconds = behind['behind_seconds']
     critical, warning = params.get('lag_critical'), params.get('lag_warning')
@@ -654,6 +695,10 @@ def check(params: Mapping[str, Any]) -> Dict[str, Any]:
         len(there),
         len(missing),
     )
+    gaps = wal_gaps(held, there, local.segment_size)
+    if gaps:  # the catalog's retention removed WAL before it was copied: no recovery across it from the bucket
+        status = health.CRITICAL
+        message += '; WAL missing in the bucket: %s' % ', '.join('%s..%s' % g for g in gaps[:3])
     return dict(
         changed=False,
         server=params['server'],
@@ -661,9 +706,32 @@ def check(params: Mapping[str, Any]) -> Dict[str, Any]:
         backups=list(there),
         missing=missing,
         lag=behind,
+        gaps=gaps,
         status=status,
         nagios='BARMAN BUCKET %s - %s: %s' % (status.upper(), params['server'], message),
     )
+
+
+def wal_gaps(held: Iterable[str], infos: Mapping[str, Mapping[str, Any]], segment_size: int) -> List[Tuple[str, str]]:
+    """The runs of segments missing from the bucket's WAL, timeline by timeline, from the oldest backup's first
+    segment there to each timeline's newest: (first missing, last missing) names."""
+    first = _wal_first_needed(infos, segment_size)
+    by_timeline = {}
+    for name in held:
+        if wal.is_segment_name(name):
+            by_timeline.setdefault(wal.timeline_of(name), []).append(wal.segment_number(name, segment_size))
+    gaps = []
+    for timeline, numbers in sorted(by_timeline.items()):
+        numbers = sorted(n for n in numbers if first is None or n >= first)
+        for low, high in zip(numbers, numbers[1:]):
+            if high > low + 1:
+                gaps.append(
+                    (
+                        wal.segment_name(timeline, low + 1, segment_size),
+                        wal.segment_name(timeline, high - 1, segment_size),
+                    )
+                )
+    return gaps
 
 
 def apply_retention(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
@@ -674,6 +742,7 @@ def apply_retention(params: Mapping[str, Any], check_mode: bool = False) -> Dict
     bucket.open()
     local = _locked_catalog(layout)
     infos = bucket.backups()
+    bucket.check_identity(_catalog_systemid(layout, local.infos), infos)
     policy = retention.parse_policy(params['retention_policy'])
     minimum = retention.validate_minimum_redundancy(params['minimum_redundancy'])
     keeps = dict((b, k) for b, k in local.keeps.items() if b in infos)
@@ -702,39 +771,62 @@ def apply_retention(params: Mapping[str, Any], check_mode: bool = False) -> Dict
 # -- a catalog staged from the bucket, for a recovery without any backup server -------------------------------
 
 
-def _download(bucket, key, path, mtime=None):
+def _download(bucket, key, path, mtime):
+    """Fetch an object into path (atomically); its mtime is when the catalog archived it (our metadata), else when it
+    was uploaded (barman-cloud's, which records no archive time). Returns that time."""
     tmp = path + '.part'
-    body = bucket.call('read %s' % key, bucket.client.get_object, Bucket=bucket.name, Key=key)['Body']
-    with open(tmp, 'wb') as handle:
-        shutil.copyfileobj(body, handle, 1024 * 1024)
+    try:
+        answer = bucket.call('read %s' % key, bucket.client.get_object, Bucket=bucket.name, Key=key)
+        with open(tmp, 'wb') as handle:
+            shutil.copyfileobj(answer['Body'], handle, 1024 * 1024)
+    except (OSError, bucket.transfer_errors) as error:
+        raise CloudError(
+            'cannot fetch %s from the bucket: %s' % (key, error), 'Check the endpoint and the space'
+        ) from None
+    archived = answer.get('Metadata', {}).get(ARCHIVED_META)
+    when = float(archived) if archived else mtime
     os.rename(tmp, path)
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
+    os.utime(path, (when, when))
+    return when
 
 
 def _extract(bucket, key, root):
-    """Stream a tar (gzip'd or not) from the bucket into root: names inside root only, no device files; pg_wal's
-    content and pg_tblspc's links are not taken (recovery makes its own)."""
-    body = bucket.call('read %s' % key, bucket.client.get_object, Bucket=bucket.name, Key=key)['Body']
+    """Stream a tar (gzip'd, bzip2'd or not) from the bucket into root: regular files and directories inside root
+    only (a link in a backup's tar could reach outside the staging directory: refused); pg_wal's content and
+    pg_tblspc's links are not taken (recovery makes its own)."""
     os.makedirs(root, 0o700, exist_ok=True)
-    with tarfile.open(fileobj=body, mode='r|*') as tar:
-        for member in tar:
-            name = os.path.normpath(member.name)
-            if name.startswith(('/', '..')) or member.isdev() or member.isfifo():
-                raise CloudError(
-                    '%s holds %s, which a backup never does (outside its directory, or a device)' % (key, member.name),
-                    'Check what wrote this object; nothing of it was used',
-                )
-            if name.split('/')[0] in ('pg_wal', 'pg_tblspc') and name not in DATA_EMPTY_DIRS:
-                continue
-            if name in DATA_EMPTY_DIRS and not member.isdir():  # a link to the original's WAL directory
-                os.makedirs(os.path.join(root, name), 0o700, exist_ok=True)
-                continue
-            member.mode &= 0o700 if member.isdir() else 0o600
-            tar.extract(member, root, set_attrs=True, **_TAR_FILTER)
+
+    def refuse(member, why):
+        return CloudError(
+            '%s holds %s, %s: a backup never does' % (key, member.name, why),
+            'Check what wrote this object (a bucket others may write to?); nothing of it was used',
+        )
+
+    try:
+        body = bucket.call('read %s' % key, bucket.client.get_object, Bucket=bucket.name, Key=key)['Body']
+        with tarfile.open(fileobj=body, mode='r|*') as tar:
+            for member in tar:
+                name = os.path.normpath(member.name)
+                if name.startswith(('/', '..')):
+                    raise refuse(member, 'a path outside its directory')
+                if name.split('/')[0] in ('pg_wal', 'pg_tblspc') and name not in DATA_EMPTY_DIRS:
+                    continue
+                if name in DATA_EMPTY_DIRS and not member.isdir():  # a link to the original's WAL directory
+                    os.makedirs(os.path.join(root, name), 0o700, exist_ok=True)
+                    continue
+                if not (member.isreg() or member.isdir()):
+                    raise refuse(member, 'a link or special file')
+                member.mode &= 0o700 if member.isdir() else 0o600
+                tar.extract(member, root, set_attrs=True, **_TAR_FILTER)
+    except (tarfile.TarError, OSError, bucket.transfer_errors) as error:
+        raise CloudError(
+            'cannot fetch and unpack %s from the bucket: %s' % (key, error),
+            'A tar compressed with lz4 or snappy (barman-cloud-backup --lz4/--snappy) is not read here: only plain, '
+            'gzip and bzip2 tars; otherwise check the endpoint and the space under the staging directory',
+        ) from None
 
 
-_TAR_FILTER = {'filter': 'fully_trusted'} if hasattr(tarfile, 'fully_trusted_filter') else {}
+_TAR_FILTER = {'filter': 'tar'} if hasattr(tarfile, 'tar_filter') else {}  # the checks above are ours anyway
 
 
 def stage(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
@@ -758,6 +850,16 @@ def stage(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]
     layout = catalog.ServerLayout(params['barman_home'], server)
     objects = bucket.wals()
     names = _wal_names_for(objects, info, kind, value)
+    unreadable = [n for n in names if objects[n]['compression'] in UNREADABLE_WAL]
+    if unreadable:
+        raise CloudError(
+            '%s is compressed with %s, which a recovery here cannot read'
+            % (unreadable[0], objects[unreadable[0]]['compression']),
+            'Recover it with barman-cloud-wal-restore, or archive with gzip, bzip2, zstd or lz4',
+        )
+    needed = sum(objects[n]['Size'] for n in names) + sum(
+        o['Size'] for each in backups for o in bucket.backup_objects(each)
+    )
     result = dict(
         changed=not check_mode,
         server=server,
@@ -776,6 +878,14 @@ def stage(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]
             code='INVALID_ARGUMENT',
         )
     os.makedirs(layout.barman_home, 0o700, exist_ok=True)
+    free = shutil.disk_usage(layout.barman_home).free
+    if free < needed * 1.1 + 1024**3:  # with a margin: what the bucket holds compressed may be larger unpacked
+        raise CloudError(
+            '%s needs about %d MB for the backup and WAL from the bucket; its filesystem has %d MB free'
+            % (layout.barman_home, needed // 1024**2, free // 1024**2),
+            'Free space there (the recovered copy needs as much again), or recover on another host',
+            code='NOT_ENOUGH_SPACE',
+        )
     catalog.ensure_directories(layout)
     catalog.atomic_write(os.path.join(layout.root, STAGE_MARKER), '{"bucket": "%s"}\n' % bucket.where)
 
@@ -783,8 +893,8 @@ def stage(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]
         entry = objects[name]
         path = layout.wal_path(name)
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-        _download(bucket, entry['Key'], path, entry['LastModified'].timestamp())
-        return (name, entry['Size'], entry['LastModified'].timestamp(), entry['compression'])
+        when = _download(bucket, entry['Key'], path, entry['LastModified'].timestamp())
+        return (name, entry['Size'], when, entry['compression'])
 
     xlogdb.append_xlog_db(layout.xlog_db, _in_parallel(bucket, fetch_wal, names))
     # The archive's refusals, on what was fetched, before the backup's data is.

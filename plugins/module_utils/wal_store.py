@@ -85,7 +85,11 @@ class WalNotFound(ArchiveError):
 def detect_compression(path: str) -> Optional[str]:
     """The compression of a stored file from its first bytes (xlog.db is an index, not the truth)."""
     with open(path, 'rb') as handle:
-        head = handle.read(4)
+        return compression_of(handle.read(4))
+
+
+def compression_of(head: bytes) -> Optional[str]:
+    """The compression whose magic number ``head`` (a file's first bytes) starts with, or None."""
     for magic, name in _MAGIC:
         if head.startswith(magic):
             return name

@@ -268,7 +268,7 @@ def test_with_the_site_and_its_catalog_lost_pitr_from_the_bucket_alone(bucket):
         assert not os.path.exists(os.path.join(DRILLS, 'too-early'))
         rows, summary = recover_from_bucket('from-bucket', target_time=bucket['target'])
         assert rows == bucket['expected'], summary
-        assert not os.path.exists('/var/lib/postgresql/barman-cloud-stage'), 'the staged catalog stayed'
+        assert not os.path.exists('/var/lib/postgresql/barman-cloud-stage-pg1'), 'the staged catalog stayed'
     finally:
         shutil.move(LOST, LAYOUT.root)
         run([LAB, 'site-up', 'backup1'])

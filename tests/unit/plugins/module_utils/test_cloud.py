@@ -146,3 +146,10 @@ def test_an_endpoint_that_does_not_answer_is_unreachable():
     with pytest.raises(cloud.CloudError) as raised:
         place.call('open the bucket', fail)
     assert raised.value.code == 'CLOUD_UNREACHABLE' and 'resumes' in str(raised.value)
+
+
+def test_holes_in_the_buckets_wal_are_found_from_its_oldest_backup_on():
+    held = names(1, 3, 4, 7) + names(7, 8, timeline=2) + ['00000002.history']
+    oldest = {'b': info(names(3)[0], names(3)[0])}
+    assert cloud.wal_gaps(held, oldest, MB16) == [(names(5)[0], names(6)[0])]  # 2 is before every backup there
+    assert cloud.wal_gaps(names(3, 4, 5), oldest, MB16) == []
