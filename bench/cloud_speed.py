@@ -24,6 +24,7 @@ the N segments up, then the backup and the segments down. See bench/README.md an
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -622,7 +623,6 @@ def notes(figures):
 
 
 def versions():
-    import boto3  # pylint: disable=import-outside-toplevel
     import moto  # pylint: disable=import-outside-toplevel
 
     system = run(['/usr/bin/python3', '-c', 'import boto3; print(boto3.__version__)']).stdout.decode().strip()
@@ -631,7 +631,13 @@ def versions():
     commit = run(['git', '-C', TOP, 'rev-parse', '--short', 'HEAD'], check=False).stdout.decode().strip() or '?'
     changed = run(['git', '-C', TOP, 'diff', '--quiet', 'HEAD', '--', 'plugins/module_utils/cloud.py'], check=False)
     code = 'cloud.py of %s%s' % (commit, ' with uncommitted changes' if changed.returncode else '')
-    return dict(moto=moto.__version__, bench=boto3.__version__, system=system, barman=barman, code=code)
+    return dict(moto=moto.__version__, system=system, barman=barman, code=code, digest=cloud_digest())
+
+
+def cloud_digest():
+    """What the children import (each run of ours reads cloud.py again): compared at the start and the end."""
+    with open(os.path.join(TOP, 'plugins', 'module_utils', 'cloud.py'), 'rb') as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def report(args, figures, facts, started, elapsed, load_before):
@@ -790,6 +796,8 @@ def main():
             cleanup(cluster)
             common.remove_user(USER)
 
+    if facts.get('versions', {}).get('digest') not in (None, cloud_digest()):
+        facts['versions']['code'] += ' (changed during the run: its rounds may have run different code)'
     text = report(args, figures, facts, started, time.perf_counter() - clock, load_before)
     print('\n' + text)
     if not args.no_results:

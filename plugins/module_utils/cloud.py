@@ -44,10 +44,10 @@ WAL_SUFFIXES = {'gzip': '.gz', 'bzip2': '.bz2', 'zstd': '.zst', 'lz4': '.lz4', '
 TAR_SUFFIXES = {'none': '.tar', 'gzip': '.tar.gz'}
 MIN_PART = 16 * 1024 * 1024  # S3: every part but the last at least 5 MiB, at most 10,000 parts
 MAX_PARTS = 10000
-STAGE_MARKER = 'staged-from-bucket.json'
+STAGE_MARKER = 'staged-from-bucket.json'  # a catalog rebuilt from a bucket for one recovery (removed after it)
 ARCHIVED_META = 'barman-archived'  # object metadata of a WAL file: when the catalog archived it (seconds since 1970)
-# WAL compressions a recovery reads (wal_store.copy_decompressed); barman-cloud-wal-archive may also write these:
-UNREADABLE_WAL = ('xz', 'snappy')  # a catalog rebuilt from a bucket for one recovery (removed after it)
+# WAL compressions barman-cloud-wal-archive may write that a recovery here cannot read (wal_store.copy_decompressed)
+UNREADABLE_WAL = ('xz', 'snappy')
 
 
 class CloudError(BarmanError):
@@ -390,6 +390,7 @@ class _PartWriter:
         self.etags = {}
         self.pool = concurrent.futures.ThreadPoolExecutor(bucket.parallel)
         self.slots = threading.Semaphore(bucket.parallel + 1)  # parts in memory at once
+        self.counting = threading.Lock()
         self.futures = []
 
     def flush(self):
@@ -425,8 +426,9 @@ class _PartWriter:
                 Body=data,
                 ContentMD5=_content_md5(data),
             )
-            self.etags[number] = answer['ETag'].strip('"')
-            self.sent += 1
+            with self.counting:
+                self.etags[number] = answer['ETag'].strip('"')
+                self.sent += 1
         finally:
             self.slots.release()
 
