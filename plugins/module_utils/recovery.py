@@ -71,6 +71,19 @@ class RecoveryError(BarmanError):
     code = 'BARMAN_ERROR'  # several refusals: each raise names its code
 
 
+def target_argument_spec() -> dict:
+    """The options that choose the backup and the target (the_target, choose_backup): pg_recover's, and those of a
+    recovery staged from a bucket."""
+    return dict(
+        backup_id=dict(type='str'),
+        target_time=dict(type='str'),
+        target_xid=dict(type='str'),
+        target_name=dict(type='str'),
+        target_lsn=dict(type='str'),
+        target_immediate=dict(type='bool', default=False),
+    )
+
+
 def module_spec() -> dict:
     """pg_recover's AnsibleModule keyword arguments: the catalog, the target, the destination and how WAL
     gets there, and the rules between them.
@@ -81,13 +94,8 @@ def module_spec() -> dict:
     which treats null and blank as not given.
     """
     spec = catalog.catalog_argument_spec()
+    spec.update(target_argument_spec())
     spec.update(
-        backup_id=dict(type='str'),
-        target_time=dict(type='str'),
-        target_xid=dict(type='str'),
-        target_name=dict(type='str'),
-        target_lsn=dict(type='str'),
-        target_immediate=dict(type='bool', default=False),
         target_tli=dict(type='str', default='latest'),
         target_inclusive=dict(type='bool', default=True),
         target_action=dict(type='str', choices=list(TARGET_ACTIONS), default='promote'),

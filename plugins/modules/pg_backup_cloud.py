@@ -238,7 +238,7 @@ wals:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, cloud
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, cloud, recovery
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import BarmanError
 
 ACTIONS = dict(sync=cloud.sync, check=cloud.check, retention=cloud.apply_retention, stage=cloud.stage)
@@ -254,13 +254,8 @@ def main():
         minimum_redundancy=dict(type='int', default=1),
         lag_warning=dict(type='int'),
         lag_critical=dict(type='int'),
-        backup_id=dict(type='str'),
-        target_time=dict(type='str'),
-        target_xid=dict(type='str'),
-        target_name=dict(type='str'),
-        target_lsn=dict(type='str'),
-        target_immediate=dict(type='bool', default=False),
     )
+    spec.update(recovery.target_argument_spec())
     module = AnsibleModule(
         argument_spec=spec,
         supports_check_mode=True,
