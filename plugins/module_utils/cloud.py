@@ -754,20 +754,29 @@ def apply_retention(params: Mapping[str, Any], check_mode: bool = False) -> Dict
     segment_size = local.segment_size
     wals = bucket.wals()
     removable = retention.removable_wals(sorted(wals), kept, statuses, segment_size)
-    if not check_mode:
-        with lockfile.ServerLock(layout, 'cloud'):  # never while a copy of this server runs
-            for backup_id in removed:
-                bucket.delete([bucket.key('base', backup_id, 'backup.info')])
-                bucket.delete(o['Key'] for o in bucket.backup_objects(backup_id))
-            bucket.delete(wals[n]['Key'] for n in removable)
-    return dict(
-        changed=bool(removed or removable) and not check_mode,
+    result = dict(
+        changed=bool(removed or removable),
         server=params['server'],
         bucket=bucket.where,
         retention_status=statuses,
         removed_backups=removed,
         removed_wals=len(removable),
+        busy=False,
     )
+    if check_mode:
+        return result
+    try:
+        lock = lockfile.ServerLock(layout, 'cloud').acquire()  # never while a copy of this server runs
+    except lockfile.LockBusy:  # that run's retention comes after its copy
+        return dict(result, changed=False, busy=True, removed_backups=[], removed_wals=0)
+    try:
+        for backup_id in removed:
+            bucket.delete([bucket.key('base', backup_id, 'backup.info')])
+            bucket.delete(o['Key'] for o in bucket.backup_objects(backup_id))
+        bucket.delete(wals[n]['Key'] for n in removable)
+    finally:
+        lock.release()
+    return result
 
 
 # -- a catalog staged from the bucket, for a recovery without any backup server -------------------------------

@@ -222,6 +222,10 @@ removed_wals:
   description: How many WAL files were removed from the bucket.
   returned: action is retention
   type: int
+busy:
+  description: Another run was copying this server or applying its retention, so this one did nothing.
+  returned: action is sync or retention
+  type: bool
 backup_id:
   description: The backup staged for the recovery.
   returned: action is stage
