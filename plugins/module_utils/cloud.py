@@ -519,11 +519,38 @@ def _directory_bytes(root):
 # -- the copy of a catalog -----------------------------------------------------------------------
 
 
-def _locked_catalog(layout):
+def _read_catalog(layout):
     # Imported here: server_catalog reads verification records, which recovery (imported above) does not need.
     from ansible_collections.barman.postgresql.plugins.module_utils import server_catalog  # pylint: disable=C0415
 
     return server_catalog.ServerCatalog(layout)
+
+
+def _open_copy(params):
+    """The catalog and the bucket's copy of a server, read once: (layout, bucket, catalog, the bucket's backups),
+    after the checks that come before anything is written (the bucket usable, the same cluster in it)."""
+    layout = catalog.ServerLayout(params['barman_home'], params['server'])
+    bucket = Bucket(params, params['server'])
+    bucket.open()
+    local = _read_catalog(layout)
+    there = bucket.backups()
+    bucket.check_identity(_catalog_systemid(layout, local.infos), there)
+    return layout, bucket, local, there
+
+
+def _done(infos):
+    return dict((b, i) for b, i in infos.items() if i.get('status') == 'DONE')
+
+
+def _to_upload(local, done_there):
+    """The catalog's DONE backups newer than the bucket's newest DONE one (all of them for an empty bucket): older
+    ones are not copied, the bucket's retention would remove them again."""
+    newest_there = max((infofile.backup_order_key(b, i) for b, i in done_there.items()), default=None)
+    return [
+        b
+        for b in infofile.done_backup_ids(local.infos)
+        if b not in done_there and (newest_there is None or infofile.backup_order_key(b, local.infos[b]) > newest_there)
+    ]
 
 
 def _catalog_systemid(layout, infos):
@@ -575,19 +602,10 @@ def sync(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     backup newer than the bucket's newest DONE one (all of them into an empty bucket), then the WAL again; report the
     WAL lag. One run at a time per server (the lock ``cloud``): another run at work makes this one a no-op, said in
     the result (``busy``), not a failure."""
-    layout = catalog.ServerLayout(params['barman_home'], params['server'])
-    bucket = Bucket(params, params['server'])
-    bucket.open()
-    local = _locked_catalog(layout)
-    there = bucket.backups()
-    bucket.check_identity(_catalog_systemid(layout, local.infos), there)
-    done_there = dict((b, i) for b, i in there.items() if i.get('status') == 'DONE')
-    newest_there = max((infofile.backup_order_key(b, i) for b, i in done_there.items()), default=None)
-    missing = [
-        b
-        for b in infofile.done_backup_ids(local.infos)
-        if b not in there and (newest_there is None or infofile.backup_order_key(b, local.infos[b]) > newest_there)
-    ]
+    layout, bucket, local, there = _open_copy(params)
+    done_there = _done(there)
+    missing = _to_upload(local, done_there)
+    held = bucket.wals()  # listed once; what this run sends is added to it
     result = dict(
         changed=False,
         server=params['server'],
@@ -598,29 +616,30 @@ def sync(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
         busy=False,
     )
     if check_mode:
-        result['wals_uploaded'] = len(_wals_to_send(local, bucket.wals(), done_there))
+        result['wals_uploaded'] = len(_wals_to_send(local, held, done_there))
         result['changed'] = bool(missing or result['wals_uploaded'])
-        result['lag'] = lag(local, bucket.wals(), done_there)
+        result['lag'] = lag(local, held, done_there)
         return result
     try:
         lock = lockfile.ServerLock(layout, 'cloud').acquire()
     except lockfile.LockBusy:
-        result.update(busy=True, lag=lag(local, bucket.wals(), done_there))
+        result.update(busy=True, lag=lag(local, held, done_there))
         return result
     try:
         # WAL first: a long upload of a backup must not hold the WAL back.
-        result['wals_uploaded'] = _upload_wals(bucket, layout, local, done_there)
+        result['wals_uploaded'] = _upload_wals(bucket, layout, local, done_there, held)
         for backup_id in missing:
             result['uploaded'].append(
                 upload_backup(bucket, layout, backup_id, local.infos[backup_id], params['compression'])
             )
             done_there[backup_id] = local.infos[backup_id]
-            result['wals_uploaded'] += _upload_wals(bucket, layout, _locked_catalog(layout), done_there)
+            local = _read_catalog(layout)  # the WAL that arrived during the upload
+            result['wals_uploaded'] += _upload_wals(bucket, layout, local, done_there, held)
         result['abandoned_uploads'] = bucket.abort_stale_uploads(missing)
     finally:
         lock.release()
     result['changed'] = bool(result['uploaded'] or result['wals_uploaded'])
-    result['lag'] = lag(local, bucket.wals(), done_there)
+    result['lag'] = lag(local, held, done_there)
     return result
 
 
@@ -641,9 +660,10 @@ def _wals_to_send(local, held_names, infos):
     return wanted
 
 
-def _upload_wals(bucket, layout, local, infos):
-    """Upload the catalog's WAL files the bucket lacks, as the catalog stores them (compressed, a suffix saying how;
-    the time it archived them as metadata); how many. A name already in the bucket is never written again."""
+def _upload_wals(bucket, layout, local, infos, held):
+    """Upload the catalog's WAL files the bucket lacks (not in ``held``, the bucket's WAL, which it updates), as the
+    catalog stores them (compressed, a suffix saying how; the time it archived them as metadata); how many. A name
+    already in the bucket is never written again."""
 
     def send(entry):
         with open(layout.wal_path(entry.name), 'rb') as handle:
@@ -652,8 +672,9 @@ def _upload_wals(bucket, layout, local, infos):
             bucket.wal_key(entry.name, wal_store.compression_of(data[:4])), data, {ARCHIVED_META: repr(entry.time)}
         )
 
-    wanted = _wals_to_send(local, bucket.wals(), infos)
+    wanted = _wals_to_send(local, held, infos)
     _in_parallel(bucket, send, wanted)
+    held.update((entry.name, {}) for entry in wanted)
     return len(wanted)
 
 
@@ -674,14 +695,10 @@ def lag(local: Any, held: Mapping[str, Any], infos: Mapping[str, Any]) -> Dict[s
 def check(params: Mapping[str, Any]) -> Dict[str, Any]:
     """The bucket's copy of a server, read only: its backups, how far its WAL is behind the catalog's, and a health
     verdict on that lag (lag_warning, lag_critical seconds) in status.yml's words."""
-    layout = catalog.ServerLayout(params['barman_home'], params['server'])
-    bucket = Bucket(params, params['server'])
-    bucket.open()
-    local = _locked_catalog(layout)
-    there = bucket.backups()
+    _layout, bucket, local, there = _open_copy(params)
     held = bucket.wals()
-    behind = lag(local, held, there)
-    missing = [b for b in infofile.done_backup_ids(local.infos) if b not in there]
+    behind = lag(local, held, _done(there))
+    missing = _to_upload(local, _done(there))
     seconds = behind['behind_seconds']
     critical, warning = params.get('lag_critical'), params.get('lag_warning')
     status = (
@@ -739,12 +756,7 @@ def wal_gaps(held: Iterable[str], infos: Mapping[str, Mapping[str, Any]], segmen
 def apply_retention(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     """The bucket's own retention policy over its backups (a keep in the catalog counts there too), then the WAL
     no backup left needs. A backup's backup.info goes first, so that it is never listed half deleted."""
-    layout = catalog.ServerLayout(params['barman_home'], params['server'])
-    bucket = Bucket(params, params['server'])
-    bucket.open()
-    local = _locked_catalog(layout)
-    infos = bucket.backups()
-    bucket.check_identity(_catalog_systemid(layout, local.infos), infos)
+    layout, bucket, local, infos = _open_copy(params)
     policy = retention.parse_policy(params['retention_policy'])
     minimum = retention.validate_minimum_redundancy(params['minimum_redundancy'])
     keeps = dict((b, k) for b, k in local.keeps.items() if b in infos)
@@ -868,9 +880,8 @@ def stage(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]
             % (unreadable[0], objects[unreadable[0]]['compression']),
             'Recover it with barman-cloud-wal-restore, or archive with gzip, bzip2, zstd or lz4',
         )
-    needed = sum(objects[n]['Size'] for n in names) + sum(
-        o['Size'] for each in backups for o in bucket.backup_objects(each)
-    )
+    stored = dict((each, bucket.backup_objects(each)) for each in backups)
+    needed = sum(objects[n]['Size'] for n in names) + sum(o['Size'] for each in backups for o in stored[each])
     result = dict(
         changed=not check_mode,
         server=server,
@@ -912,7 +923,7 @@ def stage(params: Mapping[str, Any], check_mode: bool = False) -> Dict[str, Any]
     recovery.wal_needed_for_target(wal_store.WalArchive(params['barman_home'], server), info, kind, value)
     started = time.time()
     for each in backups:
-        for entry in bucket.backup_objects(each):
+        for entry in stored[each]:
             base = entry['Key'].rsplit('/', 1)[-1]
             stem = base.split('.', 1)[0].split('_', 1)[0]
             if stem == 'data':

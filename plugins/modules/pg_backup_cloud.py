@@ -174,7 +174,7 @@ bucket:
   returned: always
   type: str
 missing:
-  description: The DONE backups of the catalog not in the bucket (before this run's uploads).
+  description: The catalog's DONE backups a copy uploads, newer than the bucket's newest (before this run's uploads).
   returned: action is sync or check
   type: list
   elements: str
