@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import time
+import zlib
 from typing import Any, Callable, Iterable, List, Optional, Set, TextIO, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import wal
@@ -86,10 +87,13 @@ def label_start(text: str) -> Optional[str]:
 
 def wanted_segments(asked: Optional[str], start: Optional[str], segment_size: Optional[int]) -> List[str]:
     """What the spool should hold: the LOOK_AHEAD segments after the one asked for; before any was
-    asked for, the backup's first segment (its size, the cluster's segment size, comes with it)."""
+    asked for, the backup's first segment (its size, the cluster's segment size, comes with it), then
+    the ones after it too, so that PostgreSQL's second call finds its segment waiting as well."""
     if asked is not None and segment_size is not None:
         return next_segments(asked, LOOK_AHEAD, segment_size)
-    return [start] if asked is None and start else []
+    if asked is not None or not start:
+        return []
+    return [start] + (next_segments(start, LOOK_AHEAD, segment_size) if segment_size else [])
 
 
 def _boot_id():
@@ -288,6 +292,35 @@ class _Stream:
             self.proc.wait()
 
 
+class _Gunzip:
+    """A segment sent as stored gzip, decompressed as it comes (its members in turn), never past ``limit``
+    bytes; zlib checks each member's CRC-32 and length."""
+
+    def __init__(self, limit):
+        self.limit, self.size, self.inflate = limit or wal.MAX_SEGMENT_SIZE, 0, zlib.decompressobj(wbits=31)
+
+    def feed(self, chunk):
+        """The bytes ``chunk`` decompresses to; None when it is not gzip or would pass the limit."""
+        out = []
+        try:
+            while chunk:
+                out.append(self.inflate.decompress(chunk, self.limit - self.size + 1))
+                self.size += len(out[-1])
+                if self.size > self.limit:
+                    return None
+                chunk = self.inflate.unconsumed_tail
+                if self.inflate.eof:  # another member may follow
+                    chunk = self.inflate.unused_data + chunk
+                    if chunk:
+                        self.inflate = zlib.decompressobj(wbits=31)
+        except zlib.error:
+            return None
+        return b''.join(out)
+
+    def complete(self):
+        return self.inflate.eof and not self.inflate.unused_data
+
+
 def _read_frame(stream, spool, check, segment_size):
     """Read the next file of ``stream`` into the spool: 'fetched', 'not archived' (the archive ends
     there), 'eof' (nothing came: a receiver without fetch) or 'failed'."""
@@ -299,23 +332,35 @@ def _read_frame(stream, spool, check, segment_size):
     words = line.decode('ascii', errors='replace').split()
     if words[:2] == ['end', name]:
         return 'not archived'
-    if len(words) != 3 or words[:2] != ['wal', name] or not words[2].isdigit():
+    if (
+        len(words) not in (3, 4)
+        or words[:2] != ['wal', name]
+        or not words[2].isdigit()
+        or words[3:] not in ([], ['gzip'])
+    ):
         return 'failed'  # an error line, or framing lost
-    size = int(words[2])
+    left = int(words[2])
+    gunzip = _Gunzip(segment_size) if words[3:] else None
     partial = spool.file(name + PART)
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     head = b''
-    left = size
+    size = 0
     with open(partial, 'wb') as target:
         while left:
             count = stream.proc.stdout.readinto(view[: min(left, CHUNK)])
             if not count:
                 return 'failed'  # cut short
-            if len(head) < wal.LONG_PAGE_HEADER_SIZE:
-                head += bytes(view[: min(count, wal.LONG_PAGE_HEADER_SIZE - len(head))])
-            target.write(view[:count])
             left -= count
+            data = gunzip.feed(view[:count]) if gunzip else view[:count]
+            if data is None:
+                return 'failed'  # not gzip, or more than a segment
+            if len(head) < wal.LONG_PAGE_HEADER_SIZE:
+                head += bytes(data[: wal.LONG_PAGE_HEADER_SIZE - len(head)])
+            target.write(data)
+            size += len(data)
+    if gunzip and not gunzip.complete():
+        return 'failed'  # cut short, or its CRC did not match
     outcome = check(name, size, head)
     if outcome == 'fetched':
         stream.next = wal.wal_segment_after(name, segment_size or size)

@@ -41,7 +41,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
 
 MAX_SEGMENT_BYTES = 1024 * 1024 * 1024
 USAGE = (
-    "this key only accepts 'put NAME SIZE [CHECKSUM]', 'get NAME', 'fetch NAME' and 'stream' for WAL files of "
+    "this key only accepts 'put NAME SIZE [CHECKSUM]', 'get NAME', 'fetch NAME [gzip]' and 'stream' for WAL files of "
     'its server'
 )
 # A stream starts the background compression at its end, and every so many files (1 GiB of 16 MiB
@@ -61,7 +61,10 @@ class RequestError(BarmanError):
     code = 'REQUEST_REFUSED'
 
 
-Request = collections.namedtuple('Request', 'verb name size checksum')
+Request = collections.namedtuple('Request', 'verb name size checksum keep', defaults=((),))
+# What a fetch may send as stored, for the sender to decompress (its Python has zlib): a gzip-compressed
+# segment is a tenth to a twentieth of its size, which ssh then carries and ciphers.
+FETCH_KEEPS = ('gzip',)
 
 
 def parse_request(command: Optional[str]) -> Request:
@@ -80,8 +83,10 @@ def parse_request(command: Optional[str]) -> Request:
         return Request('put', wal.parse_wal_name(words[1]).name, size, named)
     if len(words) == 2 and words[0] == 'get':
         return Request('get', wal.parse_wal_name(words[1]).name, None, None)
-    if len(words) == 2 and words[0] == 'fetch' and wal.parse_wal_name(words[1]).kind == 'segment':
-        return Request('fetch', words[1], None, None)
+    if len(words) in (2, 3) and words[0] == 'fetch' and wal.parse_wal_name(words[1]).kind == 'segment':
+        if words[2:] and words[2] not in FETCH_KEEPS:
+            raise RequestError('refused fetch as %r: it can keep only %s' % (words[2], ', '.join(FETCH_KEEPS)), USAGE)
+        return Request('fetch', words[1], None, None, tuple(words[2:]))
     if words == ['stream']:
         return Request('stream', None, None, None)
     raise RequestError('refused request %r' % (command or ''), USAGE)
@@ -273,20 +278,31 @@ def serve_get(wal_archive: wal_store.WalArchive, name: str, stdout: BinaryIO, st
 
 
 def serve_fetch(
-    wal_archive: wal_store.WalArchive, first: str, stdout: BinaryIO, segment_size: int = 0, limit: int = 0
+    wal_archive: wal_store.WalArchive,
+    first: str,
+    stdout: BinaryIO,
+    segment_size: int = 0,
+    limit: int = 0,
+    keep: Sequence[str] = (),
 ) -> int:
-    """Write ``first`` and the segments after it, framed, until one the archive does not hold.
+    """Write ``first`` and the segments after it, framed, until one the archive does not hold: each
+    as 'wal NAME SIZE' and its content, or 'wal NAME SIZE COMPRESSION' and its bytes as stored when
+    stored in a compression of ``keep``.
 
-    The segment size is the first file's size (a segment's size is the cluster's). The reader sets the
-    pace: a full pipe blocks this loop, a closed one ends it. ``limit`` (tests) stops after that many."""
+    The segment size is the first file's size (a segment's size is the cluster's): the first goes
+    decompressed, whatever ``keep``, to tell it. The reader sets the pace: a full pipe blocks this
+    loop, a closed one ends it. ``limit`` (tests) stops after that many."""
     name, sent = first, 0
     while True:
-        content = io.BytesIO()
         try:
-            try:
-                wal_archive.send(name, content)
-            except wal_store.WalNotFound:
-                wal_archive.send(name, content)  # compressed into wals/ between locate's two looks
+            for attempt in (1, 2):  # twice: compressed into wals/ between locate's two looks
+                content = io.BytesIO()
+                try:
+                    kept = wal_archive.send(name, content, keep if segment_size else ())
+                    break
+                except wal_store.WalNotFound:
+                    if attempt == 2:
+                        raise
         except wal_store.WalNotFound:
             stdout.write(('end %s\n' % name).encode('ascii'))
             stdout.flush()
@@ -296,7 +312,7 @@ def serve_fetch(
             stdout.flush()
             return EXIT_TEMPORARY
         data = content.getbuffer()
-        stdout.write(('wal %s %d\n' % (name, len(data))).encode('ascii'))
+        stdout.write(('wal %s %d%s\n' % (name, len(data), ' ' + kept if kept else '')).encode('ascii'))
         stdout.write(data)
         stdout.flush()
         sent += 1
@@ -342,7 +358,7 @@ def main(
         if request.verb == 'fetch':
             pipes.widen(stdout)
             try:
-                return serve_fetch(wal_archive, request.name, stdout)
+                return serve_fetch(wal_archive, request.name, stdout, keep=request.keep)
             except BrokenPipeError:  # the sender has what it wanted
                 return EXIT_OK
         wal_archive.receive(request.name, request.size, stdin, _read_digest_line(stdin), request.checksum)

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from stat import S_ISREG
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ansible_collections.barman.postgresql.plugins.module_utils import (
     catalog,
@@ -437,13 +437,24 @@ class WalArchive:
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def send(self, name: str, target: BinaryIO) -> None:
-        """Write the original content of an archived file to ``target`` (a binary file object)."""
+    def send(self, name: str, target: BinaryIO, keep: Sequence[str] = ()) -> Optional[str]:
+        """Write the original content of an archived file to ``target`` (a binary file object), or the
+        stored bytes as they are when stored in a compression of ``keep`` (the reader decompresses:
+        fewer bytes to carry); that compression, or None."""
         wal.parse_wal_name(name)
         path = self.locate(name)
         if path is None:
             raise WalNotFound('%s is not in the archive of server %s' % (name, self.layout.server), wal=name)
-        copy_decompressed(path, target)
+        try:
+            compression = detect_compression(path) if keep else None
+            if compression in keep:
+                with open(path, 'rb') as source:
+                    shutil.copyfileobj(source, target, CHUNK)
+                return compression
+            copy_decompressed(path, target)
+        except FileNotFoundError:  # moved from incoming/ into wals/ (or removed) since located
+            raise WalNotFound('%s left %s while being read' % (name, path), wal=name) from None
+        return None
 
     # -- processing incoming/ into wals/ -------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """restore_command's look-ahead: the window it fetches, what it drops, and gets served from its spool."""
 
+import gzip
 import io
 import os
 import subprocess
@@ -112,7 +113,7 @@ def test_gets_are_served_from_the_spool_and_end_recovery_removes_it(server, key,
     _wait_for_fetcher(spool)
     calls = server.calls()
     gets = [call for call in calls if call.startswith('get ')]
-    assert 'fetch %s' % segments[1] in calls, 'one request streams the segments after the first: %s' % calls
+    assert 'fetch %s gzip' % segments[1] in calls, 'one request streams the segments after the first: %s' % calls
     assert gets[:1] == ['get %s' % FIRST] and 'get %s' % after in gets
     assert len(gets) < len(segments) // 2, 'a get waits for the segment the fetcher receives: %s' % calls
     assert spool.count_fetched() >= len(segments) // 2
@@ -205,6 +206,8 @@ def _frames(data):
             return frames
         words = line.decode().split()
         content = stream.read(int(words[2])) if words[0] == 'wal' else None
+        if words[3:] == ['gzip']:
+            content = ('gzip', gzip.decompress(content))
         frames.append((words[0], words[1], content))
 
 
@@ -219,6 +222,41 @@ def test_fetch_streams_the_segments_in_order_up_to_the_first_missing(server):
     assert walreceiver.parse_request('fetch %s' % FIRST).verb == 'fetch'
     with pytest.raises(walreceiver.RequestError):
         walreceiver.parse_request('fetch 00000002.history')
+
+
+def test_fetch_gzip_sends_gzip_segments_as_stored_but_the_first_and_the_others_decompressed(server):
+    segments = names(FIRST, 4)
+    for name in segments[:3]:
+        server.archive(name, _segment(name))
+    server.archive(segments[3], _segment(segments[3]), compression='none')
+    out = io.BytesIO()
+    wal_archive = wal_store.WalArchive(server.home, 'pg1')
+    assert walreceiver.serve_fetch(wal_archive, FIRST, out, keep=('gzip',)) == 0
+    frames = _frames(out.getvalue())
+    assert frames[0] == ('wal', FIRST, _segment(FIRST)), 'the first one tells the segment size'
+    assert frames[1:3] == [('wal', n, ('gzip', _segment(n))) for n in segments[1:3]]
+    assert frames[3] == ('wal', segments[3], _segment(segments[3])), 'one stored uncompressed goes as it is'
+    assert len(out.getvalue()) < 2 * SEG + SEG // 10, 'a gzip segment goes as its few stored bytes'
+    request = walreceiver.parse_request('fetch %s gzip' % FIRST)
+    assert (request.verb, request.name, request.keep) == ('fetch', FIRST, ('gzip',))
+    assert walreceiver.parse_request('fetch %s' % FIRST).keep == ()
+    with pytest.raises(walreceiver.RequestError, match='can keep only gzip'):
+        walreceiver.parse_request('fetch %s bzip2' % FIRST)
+
+
+def test_gunzip_takes_members_in_turn_and_refuses_damage_or_more_than_a_segment():
+    data = _segment(FIRST)
+    packed = gzip.compress(data[:1000]) + gzip.compress(data[1000:])
+    gunzip = walfetch._Gunzip(SEG)
+    out = b''.join(gunzip.feed(packed[i : i + 777]) for i in range(0, len(packed), 777))
+    assert out == data and gunzip.complete()
+    cut = walfetch._Gunzip(SEG)
+    assert cut.feed(packed[:-3]) is not None and not cut.complete(), 'a cut member is not complete'
+    damaged = bytearray(gzip.compress(data))
+    damaged[-8] ^= 1  # its CRC-32
+    assert walfetch._Gunzip(SEG).feed(bytes(damaged)) is None
+    assert walfetch._Gunzip(SEG).feed(b'not gzip at all') is None
+    assert walfetch._Gunzip(SEG // 2).feed(gzip.compress(data)) is None, 'never more than a segment'
 
 
 def test_a_damaged_file_in_a_fetch_is_an_error_never_the_end(server):
@@ -263,6 +301,7 @@ def test_the_first_call_of_a_recovery_fetches_the_backups_first_segment(server, 
     )
     assert walfetch.label_start((pgdata / 'backup_label').read_text()) == FIRST
     assert walfetch.wanted_segments(None, FIRST, None) == [FIRST]
+    assert walfetch.wanted_segments(None, FIRST, SEG) == [FIRST] + names(FIRST, 9)[1:]
     assert walfetch.wanted_segments(FIRST, FIRST, SEG) == segments[1:] + names(segments[-1], 7)[1:]
     code, err = restore(key, '00000002.history', 'pg_wal/RECOVERYHISTORY')  # PostgreSQL's first call
     assert code == walsender.EXIT_NOT_FOUND and 'after the backup_label start' in err, err
@@ -276,6 +315,6 @@ def test_the_first_call_of_a_recovery_fetches_the_backups_first_segment(server, 
         assert (pgdata / 'pg_wal' / 'RECOVERYXLOG').read_bytes() == _segment(name)
     gets = [call for call in server.calls() if call.startswith('get ')]
     assert gets[0] == 'get 00000002.history' and 'get %s' % FIRST not in gets, gets
-    assert 'fetch %s' % FIRST in server.calls()
+    assert 'fetch %s gzip' % FIRST in server.calls()
     walfetch.end_recovery(str(pgdata), io.StringIO())
     assert not os.path.exists(str(pgdata / walfetch.SPOOL_DIR))

@@ -104,7 +104,7 @@ def put(home, name, data, digest=None, size=None, **kwargs):
 def test_parse_request_accepts(command, expected):
     if expected is None:
         expected = ('put', '000000010000000000000001', walreceiver.MAX_SEGMENT_BYTES, 'sha256')
-    assert walreceiver.parse_request(command) == expected
+    assert walreceiver.parse_request(command)[:4] == expected
 
 
 @pytest.mark.parametrize(
