@@ -9,9 +9,14 @@ request is in SSH_ORIGINAL_COMMAND and only these are honoured, for the one serv
                   kind (crc32 or sha256, see checksum.py), sha256 when absent
   get NAME        stdout: the file's original content; exit EXIT_NOT_ARCHIVED only when the archive
                   does not hold it, EXIT_TEMPORARY for any other failure (then stdout is not the file)
-  fetch NAME      stdout: NAME and the segments after it on its timeline, each as "wal NAME SIZE\n" and its
-                  original content, until "end NAME\n" (the first one the archive does not hold) or
+  fetch NAME [gzip]
+                  stdout: NAME and the segments after it on its timeline, each as "wal NAME SIZE\n" and its
+                  original content (with gzip, after the first: "wal NAME SIZE gzip\n" and the bytes of one
+                  stored gzip-compressed), until "end NAME\n" (the first one the archive does not hold) or
                   "error NAME why\n"; the sender's look-ahead reads as far as its spool has room
+  release-hold TOKEN
+                  removes a recovery's hold on the catalog (a recovered copy's recovery_end_command: its
+                  recovery ended, it fetches no more WAL); stdout "released" or "absent"
   stream          stdin: any number of "put NAME SIZE" lines, each followed as above; stdout: one
                   line per put, "ok NAME stored|identical", "refused NAME why" or "error NAME why",
                   written once the file is durable (the sender's look-ahead agent uses it)
@@ -29,7 +34,7 @@ import threading
 import time
 from typing import BinaryIO, Callable, Mapping, Optional, Sequence, TextIO
 
-from ansible_collections.barman.postgresql.plugins.module_utils import checksum, lockfile, wal, wal_store
+from ansible_collections.barman.postgresql.plugins.module_utils import checksum, lockfile, recovery_hold, wal, wal_store
 from ansible_collections.barman.postgresql.runtime import pipes
 from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
     EXIT_NOT_ARCHIVED,
@@ -42,7 +47,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils.errors import (
 MAX_SEGMENT_BYTES = 1024 * 1024 * 1024
 USAGE = (
     "this key only accepts 'put NAME SIZE [CHECKSUM]', 'get NAME', 'fetch NAME [gzip]' and 'stream' for WAL files of "
-    'its server'
+    "its server, and 'release-hold TOKEN' for a hold on its catalog"
 )
 # A stream starts the background compression at its end, and every so many files (1 GiB of 16 MiB
 # segments) of a long one: while a backlog drains, receiving comes first (measured: even at a low
@@ -89,6 +94,11 @@ def parse_request(command: Optional[str]) -> Request:
         return Request('fetch', words[1], None, None, tuple(words[2:]))
     if words == ['stream']:
         return Request('stream', None, None, None)
+    if len(words) == 2 and words[0] == 'release-hold':
+        try:
+            return Request('release-hold', recovery_hold.validate_token(words[1]), None, None)
+        except recovery_hold.HoldError as error:
+            raise RequestError('refused release-hold: %s' % error, USAGE) from None
     raise RequestError('refused request %r' % (command or ''), USAGE)
 
 
@@ -355,6 +365,10 @@ def main(
             return code
         if request.verb == 'get':
             return serve_get(wal_archive, request.name, stdout, stderr)
+        if request.verb == 'release-hold':  # a recovered copy's recovery_end_command: it needs no more WAL
+            released = recovery_hold.release(wal_archive.layout, request.name)
+            stdout.write(b'released\n' if released else b'absent\n')
+            return EXIT_OK
         if request.verb == 'fetch':
             pipes.widen(stdout)
             try:

@@ -69,6 +69,7 @@ AGENT_QUIET_POLL_SECONDS = 0.05  # ...and after a second of none (an idle agent 
 CLAIM_WAIT_SECONDS = 60  # a put waits this long for the agent's answer, then sends the file itself
 POLL_SECONDS = 0.005
 RETRY_SECONDS = 60  # a get that keeps failing stops recovery after this long
+RELEASE_SECONDS = 30  # end-recovery waits this long for the backup server to release the hold (promotion waits)
 FIRST_RETRY_PAUSE = 0.5
 MAX_RETRY_PAUSE = 5
 # How a receiver of 1.0 said "not archived": exit 1, as any Python crash does, but with this line.
@@ -505,8 +506,34 @@ def _look_ahead(args, spool, name, destination, stderr):
 
 
 def end_recovery(args: argparse.Namespace, stderr: TextIO) -> int:
-    """recovery_end_command: the look-ahead's spool goes with the recovery (run in PGDATA)."""
-    return walfetch.end_recovery(os.getcwd(), stderr)
+    """recovery_end_command: the look-ahead's spool goes with the recovery (run in PGDATA), and so does the
+    recovery's hold on the backup server's catalog (--release-hold). Always 0: PostgreSQL would only warn."""
+    walfetch.end_recovery(os.getcwd(), stderr)
+    if args.release_hold:
+        try:
+            proc = subprocess.run(
+                _ssh_argv(args, ['release-hold', args.release_hold]),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                timeout=RELEASE_SECONDS,
+                check=False,
+            )
+            said = proc.stdout.decode('ascii', errors='replace').strip()
+            why = proc.stderr.decode('utf-8', errors='replace').strip() or 'exit %d' % proc.returncode
+        except (OSError, subprocess.TimeoutExpired) as error:
+            said, why = '', str(error)
+        if said in ('released', 'absent'):
+            done = 'released' if said == 'released' else 'had already been released'
+            stderr.write(
+                'barman-wal-sender: recovery ended; its hold %s on the catalog %s\n' % (args.release_hold, done)
+            )
+        else:
+            stderr.write(
+                'barman-wal-sender: recovery ended but its hold %s was not released (%s): retention keeps its backup '
+                'and WAL until the hold expires, or until released with pg_backup_catalog action=release-hold\n'
+                % (args.release_hold, why)
+            )
+    return 0
 
 
 def _fetch(args, name, partial, stderr):
@@ -589,7 +616,10 @@ def main(argv: Optional[Sequence[str]] = None, stderr: Optional[TextIO] = None) 
         action='store_false',
         help='the look-ahead fetches one file per request instead of streaming them in one (to measure both)',
     )
-    commands.add_parser('end-recovery', help='recovery_end_command: remove the look-ahead spool of the current PGDATA')
+    end_parser = commands.add_parser(
+        'end-recovery', help='recovery_end_command: remove the look-ahead spool of the current PGDATA'
+    )
+    end_parser.add_argument('--release-hold', metavar='TOKEN', help="release the recovery's hold on the catalog")
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:

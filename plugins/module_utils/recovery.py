@@ -573,9 +573,11 @@ def recovery_settings(
     kind: Optional[str],
     value: Any,
     standby: Optional[Mapping[str, Any]] = None,
+    hold: Optional[str] = None,
 ) -> str:
     """The lines appended to postgresql.auto.conf of the recovered copy (later lines win). A standby streams from
-    ``standby['conninfo']`` once the archive is replayed, and follows the primary's timeline."""
+    ``standby['conninfo']`` once the archive is replayed, and follows the primary's timeline. With get_wal, the
+    recovery's ``hold`` is released by the copy itself when its recovery ends (it fetches nothing after)."""
     if params['get_wal']:
         if not params.get('wal_sender'):
             raise RecoveryError(
@@ -588,7 +590,8 @@ def recovery_settings(
         restore_command = 'cp barman_wal/%f %p'
     settings = [('restore_command', restore_command)]
     if params['get_wal']:  # the get's look-ahead spool (barman_wal_spool/ of this copy) goes when recovery ends
-        settings.append(('recovery_end_command', ssh.shell_join(params['wal_sender'] + ['end-recovery'])))
+        release = ['--release-hold', hold] if hold else []
+        settings.append(('recovery_end_command', ssh.shell_join(params['wal_sender'] + ['end-recovery'] + release)))
     if kind == 'target_time':
         settings.append(('recovery_target_time', value.isoformat(' ')))
     elif kind == 'target_lsn':
@@ -634,6 +637,7 @@ def configuration_files(
     kind: Optional[str],
     value: Any,
     standby: Optional[Mapping[str, Any]] = None,
+    hold: Optional[str] = None,
 ) -> Dict[str, str]:
     """{name: text} of the files written into the copy after its data: the neutralised configuration,
     the recovery settings, tablespace_map and recovery.signal (standby.signal for a standby)."""
@@ -652,7 +656,7 @@ def configuration_files(
     if conf is not None:
         files['postgresql.conf'] = neutralised_config(conf, keep)
     files['postgresql.auto.conf'] = neutralised_config(read('postgresql.auto.conf') or '', keep) + recovery_settings(
-        params, backup_id, kind, value, standby
+        params, backup_id, kind, value, standby, hold
     )
     if locations:
         files['tablespace_map'] = ''.join('%d %s\n' % (oid, loc) for oid, (_name, loc) in sorted(locations.items()))
@@ -691,8 +695,9 @@ def plan_recovery(
     continuity, needed_until = wal_needed_for_target(wal_archive, info, kind, value)
     directory = destination_directory(params, info)
     locations = tablespace_locations(info, params, directory)
+    hold = recovery_hold.new_token(backup_id)  # taken once the plan holds (the copy's settings name it)
     files = configuration_files(
-        layout.backup_data_dir(backup_id), params, backup_id, locations, kind, value, primary_conninfo
+        layout.backup_data_dir(backup_id), params, backup_id, locations, kind, value, primary_conninfo, hold
     )
     warnings = []
     recorded = pgdata_layout.read_layout(layout, backup_id)
@@ -755,6 +760,7 @@ def plan_recovery(
         locations=locations,
         files=files,
         needed_until=needed_until,
+        hold=hold,
     )
     return plan, destination, parts
 
@@ -782,7 +788,10 @@ def recover(
                 parts['info']['begin_wal'],
                 '%s:%s' % (params.get('destination_host') or 'local', destination.directory),
                 params['hold_hours'] * 3600,
+                token=parts['hold'],
             )
+            # With get_wal the copy releases it at the end of its recovery (recovery_end_command).
+            plan['hold_released_at_end'] = bool(params['get_wal'])
             try:
                 # A retention that ran between the plan and the hold may have removed WAL: look again.
                 wal_needed_for_target(wal_archive, parts['info'], parts['kind'], parts['value'])

@@ -72,6 +72,11 @@ def _parse_time(text):
     return value
 
 
+def new_token(backup_id: str) -> str:
+    """A token for a hold of ``backup_id``, made before the hold when the copy's settings must name it."""
+    return '%s-%s' % (backup_id, secrets.token_hex(8))
+
+
 def take(
     layout: catalog.ServerLayout,
     backup_id: str,
@@ -80,15 +85,24 @@ def take(
     ttl_seconds: int = DEFAULT_TTL_SECONDS,
     now: Optional[datetime.datetime] = None,
     wait_seconds: Optional[float] = None,
+    token: Optional[str] = None,
 ) -> str:
     """Hold ``backup_id`` (which starts at ``begin_wal``) for a recovery into ``destination`` (text naming
-    the host and directory, for people) for ``ttl_seconds``; returns the hold's token.
+    the host and directory, for people) for ``ttl_seconds``; returns the hold's token (``token`` when given,
+    one of new_token's).
 
     Refuses a backup that is not (any more) a DONE backup of the catalog: a retention that ran first may
     have removed it, and the recovery must then choose again.
     """
     catalog.validate_backup_id(backup_id)
     wal.parse_wal_name(begin_wal)
+    if token is not None and not validate_token(token).startswith(backup_id + '-'):
+        raise HoldError(
+            'Hold token %s is not one of backup %s' % (token, backup_id),
+            'Make it with new_token of the backup held',
+            code='INVALID_NAME',
+            hold=token,
+        )
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
         raise HoldError(
             'A hold of %r seconds is not a duration' % (ttl_seconds,),
@@ -125,7 +139,7 @@ def take(
                 backup_id=backup_id,
             )
         started = now or catalog.now_utc()
-        token = '%s-%s' % (backup_id, secrets.token_hex(8))
+        token = token or new_token(backup_id)
         hold = dict(
             token=token,
             server=layout.server,

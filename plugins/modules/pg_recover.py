@@ -144,8 +144,9 @@ options:
     description:
       - >-
         The recovery holds its backup and the WAL after it against retention and delete for this long,
-        unless released earlier (recover.yml releases it once recovery reached its target, with
-        M(barman.postgresql.pg_backup_catalog) and the hold returned here).
+        unless released earlier: with O(get_wal) the copy releases it itself when its recovery ends
+        (C(recovery_end_command)); otherwise recover.yml releases it once recovery reached its target, with
+        M(barman.postgresql.pg_backup_catalog) and the hold returned here.
     type: int
     default: 24
   pg_bindir:
@@ -434,6 +435,13 @@ hold:
   description: The hold this recovery keeps on its backup and WAL against retention and delete.
   returned: when copied
   type: str
+hold_released_at_end:
+  description: >-
+    Whether the copy releases the hold itself when its recovery ends (O(get_wal): its C(recovery_end_command) asks
+    the backup server over the WAL key). A copy that pauses or shuts down at its target ends its recovery later,
+    when promoted.
+  returned: when copied
+  type: bool
 duration:
   description: Seconds the copy took.
   returned: when copied

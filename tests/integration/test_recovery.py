@@ -71,9 +71,15 @@ def test_a_dropped_table_comes_back_as_it_was_at_a_time_between_two_commits(pg1_
     psql('pg1', 'CREATE TABLE events (id int PRIMARY KEY, note text)')  # the application goes on
     switch_wal('pg1')
     target = between(rows[1], rows[2])
+    holds = os.path.join(BARMAN_HOME, 'pg1', 'recovery-holds')
+    held = set(os.listdir(holds)) if os.path.isdir(holds) else set()
     ids, summary = recover('time', target_time=target.isoformat(' '))
     expected = list(range(1, rows[1].id + 1))
     assert ids == expected, 'recovered %s, expected the rows up to %d (%s)' % (ids, rows[1].id, summary)
+    # The copy fetched its WAL, and released its hold on the catalog itself as its recovery ended.
+    assert set(os.listdir(holds)) == held, 'a hold was left: %s' % (set(os.listdir(holds)) - held)
+    with open(os.path.join(drills.DRILLS, 'time') + '.log') as log:
+        assert re.search(r'recovery ended; its hold \S+ on the catalog released', log.read())
 
 
 @pytest.mark.parametrize('kind', ['xid', 'name', 'lsn', 'immediate'])

@@ -19,8 +19,8 @@ import zlib
 import jinja2
 import pytest
 
-from ansible_collections.barman.postgresql.plugins.module_utils import catalog, wal, wal_store
-from ansible_collections.barman.postgresql.runtime import framing, walsender
+from ansible_collections.barman.postgresql.plugins.module_utils import catalog, infofile, recovery_hold, wal, wal_store
+from ansible_collections.barman.postgresql.runtime import framing, walreceiver, walsender
 from ansible_collections.barman.postgresql.runtime.spool import Spool, stat_key, target_of
 
 NAME = '000000010000000000000005'
@@ -692,3 +692,34 @@ def test_get_killed_by_postgresql_dies_of_sigterm_and_leaves_nothing(server, key
     proc.communicate(timeout=10)
     assert proc.returncode == -signal.SIGTERM, 'PostgreSQL exits quietly only on a SIGTERM death'
     assert not target.exists() and not os.path.exists(str(target) + '.barman-partial')
+
+
+def test_end_recovery_releases_the_recoverys_hold_through_the_receiver(server, key, tmp_path, monkeypatch):  # noqa: F811
+    layout = catalog.ServerLayout(server.home, 'pg1')
+    backup, begin = '20261120T010000', wal.segment_name(1, 2, SEG)
+    infofile.write_backup_info(
+        layout.backup_info_path(backup), dict(status='DONE', begin_wal=begin, end_wal=begin, xlog_segment_size=SEG)
+    )
+    token = recovery_hold.take(layout, backup, begin, 'pg1:/copy')
+    monkeypatch.chdir(str(tmp_path))
+    argv = ['--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'end-recovery']
+    stderr = io.StringIO()
+    assert walsender.main(argv + ['--release-hold', token], stderr) == 0
+    assert 'its hold %s on the catalog released' % token in stderr.getvalue()
+    assert not os.path.exists(recovery_hold.hold_path(layout, token))
+    assert 'release-hold %s' % token in server.calls()
+    stderr = io.StringIO()
+    assert walsender.main(argv + ['--release-hold', token], stderr) == 0, 'run again: nothing to release'
+    assert 'had already been released' in stderr.getvalue()
+    server.down(-1)  # the backup server is away: PostgreSQL only warns, the hold expires in time
+    stderr = io.StringIO()
+    assert walsender.main(argv + ['--release-hold', token], stderr) == 0
+    assert 'was not released' in stderr.getvalue() and 'pg_backup_catalog action=release-hold' in stderr.getvalue()
+
+
+@pytest.mark.parametrize(
+    'command', ['release-hold ../../etc/passwd', 'release-hold', 'release-hold 20261120T010000-x y']
+)
+def test_the_receiver_refuses_a_release_of_anything_but_a_hold_token(command):
+    with pytest.raises(walreceiver.RequestError):
+        walreceiver.parse_request(command)

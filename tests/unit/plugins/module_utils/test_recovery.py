@@ -551,6 +551,16 @@ def test_recovery_settings_to_the_end_of_the_archive():
     assert len(names) == len(set(names))
 
 
+def test_with_get_wal_the_copy_releases_its_hold_when_its_recovery_ends():
+    hold = '20261123T010000-0123456789abcdef'
+    settings = effective(recovery.recovery_settings(default_params(), '20261123T010000', None, None, hold=hold))
+    assert settings['recovery_end_command'] == '/usr/bin/barman-wal-sender end-recovery --release-hold ' + hold
+    copied = effective(
+        recovery.recovery_settings(default_params(get_wal=False), '20261123T010000', None, None, hold=hold)
+    )
+    assert 'recovery_end_command' not in copied, 'WAL copied along: recover.yml releases the hold'
+
+
 def test_recovery_settings_header_comes_before_every_setting():
     text = recovery.recovery_settings(default_params(archive=False), 'b1', None, None)
     lines = text.split('\n')

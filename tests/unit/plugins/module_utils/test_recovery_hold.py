@@ -117,3 +117,11 @@ def test_unreadable_holds_are_reported_never_skipped(layout):
     holds, damaged = recovery_hold.read_all(layout)
     assert [h['token'] for h in holds] == [token]
     assert sorted(d['path'] for d in damaged) == sorted([broken, os.path.join(directory, 'stray.json')])
+
+
+def test_a_hold_can_be_taken_under_a_token_made_before_it(layout):
+    token = recovery_hold.new_token(BACKUP)
+    assert recovery_hold.take(layout, BACKUP, BEGIN, 'pg1:/a', now=NOW, token=token) == token
+    assert os.path.exists(recovery_hold.hold_path(layout, token))
+    with pytest.raises(recovery_hold.HoldError, match='not one of backup'):
+        recovery_hold.take(layout, BACKUP, BEGIN, 'pg1:/a', now=NOW, token=recovery_hold.new_token('20261121T010000'))
