@@ -223,9 +223,10 @@ class _Trickle(io.RawIOBase):
         self.data = data
         self.step = step
 
-    def read(self, n=-1):
-        block, self.data = self.data[: min(n, self.step)], self.data[min(n, self.step) :]
-        return block
+    def readinto(self, buffer):
+        block, self.data = self.data[: min(len(buffer), self.step)], self.data[min(len(buffer), self.step) :]
+        buffer[: len(block)] = block
+        return len(block)
 
 
 def test_truncated_stream_is_refused_and_leaves_nothing(arc):
