@@ -198,14 +198,16 @@ class Spool:
         return True
 
     def asked(self) -> Tuple[Optional[str], Optional[int], float]:
-        """(name, segment size, seconds since) of the last note_asked, or Nones."""
+        """(name, segment size, seconds since) of the last note_asked; before any, (None, the size once the
+        backup's first segment told it, 0)."""
         name = _read(self.file(ASKED))
         size = _read(self.file(SIZE))
+        size = int(size) if size.isdigit() else None
         try:
             age = time.time() - os.stat(self.file(ASKED)).st_mtime
         except OSError:
-            return None, None, 0.0
-        return (name or None), (int(size) if size.isdigit() else None), age
+            return None, size, 0.0
+        return (name or None), size, age
 
     def lock(self) -> Optional[int]:
         """The fetcher's lock, held (an fd), or None if a fetcher runs."""

@@ -508,7 +508,14 @@ def _look_ahead(args, spool, name, destination, stderr):
 def end_recovery(args: argparse.Namespace, stderr: TextIO) -> int:
     """recovery_end_command: the look-ahead's spool goes with the recovery (run in PGDATA), and so does the
     recovery's hold on the backup server's catalog (--release-hold). Always 0: PostgreSQL would only warn."""
-    walfetch.end_recovery(os.getcwd(), stderr)
+    try:
+        walfetch.end_recovery(os.getcwd(), stderr)
+    finally:
+        _release_hold(args, stderr)
+    return 0
+
+
+def _release_hold(args, stderr):
     if args.release_hold:
         try:
             proc = subprocess.run(
@@ -533,7 +540,6 @@ def end_recovery(args: argparse.Namespace, stderr: TextIO) -> int:
                 'and WAL until the hold expires, or until released with pg_backup_catalog action=release-hold\n'
                 % (args.release_hold, why)
             )
-    return 0
 
 
 def _fetch(args, name, partial, stderr):

@@ -590,7 +590,8 @@ def recovery_settings(
         restore_command = 'cp barman_wal/%f %p'
     settings = [('restore_command', restore_command)]
     if params['get_wal']:  # the get's look-ahead spool (barman_wal_spool/ of this copy) goes when recovery ends
-        release = ['--release-hold', hold] if hold else []
+        # Not a standby's: recover.yml releases its hold once it streams, and its failover must not wait on this.
+        release = ['--release-hold', hold] if hold and not standby else []
         settings.append(('recovery_end_command', ssh.shell_join(params['wal_sender'] + ['end-recovery'] + release)))
     if kind == 'target_time':
         settings.append(('recovery_target_time', value.isoformat(' ')))
@@ -790,8 +791,8 @@ def recover(
                 params['hold_hours'] * 3600,
                 token=parts['hold'],
             )
-            # With get_wal the copy releases it at the end of its recovery (recovery_end_command).
-            plan['hold_released_at_end'] = bool(params['get_wal'])
+            # With get_wal the copy releases it at the end of its recovery (recovery_end_command), but a standby's.
+            plan['hold_released_at_end'] = bool(params['get_wal'] and not params['standby'])
             try:
                 # A retention that ran between the plan and the hold may have removed WAL: look again.
                 wal_needed_for_target(wal_archive, parts['info'], parts['kind'], parts['value'])

@@ -11,6 +11,7 @@ import bz2
 import datetime
 import gzip
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -98,8 +99,17 @@ def compression_of(head: bytes) -> Optional[str]:
 
 def _stream_through(argv, source, target):
     """Pipe source (a file object) through argv into target; raise ArchiveError if it fails."""
-    proc = subprocess.Popen(argv, stdin=source, stdout=target, stderr=subprocess.PIPE)
-    err = proc.communicate()[1]
+    try:
+        target.fileno()
+        into = target
+    except (AttributeError, OSError, io.UnsupportedOperation):  # in memory (a fetch's frame): read the pipe
+        into = subprocess.PIPE
+    proc = subprocess.Popen(argv, stdin=source, stdout=into, stderr=subprocess.PIPE)
+    if into is subprocess.PIPE:
+        out, err = proc.communicate()
+        target.write(out)
+    else:
+        err = proc.communicate()[1]
     if proc.returncode != 0:
         raise ArchiveError(
             '%s failed with exit code %d: %s' % (argv[0], proc.returncode, err.decode(errors='replace').strip()),
@@ -448,15 +458,17 @@ class WalArchive:
         path = self.locate(name)
         if path is None:
             raise WalNotFound('%s is not in the archive of server %s' % (name, self.layout.server), wal=name)
-        try:
-            compression = detect_compression(path) if keep else None
-            if compression in keep:
+        if keep:
+            try:
                 with open(path, 'rb') as source:
-                    shutil.copyfileobj(source, target, CHUNK)
-                return compression
-            copy_decompressed(path, target)
-        except FileNotFoundError:  # moved from incoming/ into wals/ (or removed) since located
-            raise WalNotFound('%s left %s while being read' % (name, path), wal=name) from None
+                    compression = compression_of(source.read(4))
+                    if compression in keep:
+                        source.seek(0)
+                        shutil.copyfileobj(source, target, CHUNK)
+                        return compression
+            except FileNotFoundError:  # moved from incoming/ into wals/ (or removed) since located
+                raise WalNotFound('%s left %s while being read' % (name, path), wal=name) from None
+        copy_decompressed(path, target)
         return None
 
     # -- processing incoming/ into wals/ -------------------------------------------------------------

@@ -144,8 +144,9 @@ options:
     description:
       - >-
         The recovery holds its backup and the WAL after it against retention and delete for this long,
-        unless released earlier: with O(get_wal) the copy releases it itself when its recovery ends
-        (C(recovery_end_command)); otherwise recover.yml releases it once recovery reached its target, with
+        unless released earlier: with O(get_wal) (not O(standby)) the copy releases it itself when its recovery
+        ends, at promotion (C(recovery_end_command)); recover.yml releases it once recovery reached its target
+        (promote, pause, a standby streaming) when the copy's log does not say it did, with
         M(barman.postgresql.pg_backup_catalog) and the hold returned here.
     type: int
     default: 24
@@ -437,9 +438,9 @@ hold:
   type: str
 hold_released_at_end:
   description: >-
-    Whether the copy releases the hold itself when its recovery ends (O(get_wal): its C(recovery_end_command) asks
-    the backup server over the WAL key). A copy that pauses or shuts down at its target ends its recovery later,
-    when promoted.
+    Whether the copy releases the hold itself when its recovery ends (O(get_wal), not O(standby): its
+    C(recovery_end_command) asks the backup server over the WAL key). A copy that pauses or shuts down at its
+    target ends its recovery later, when promoted. The copy's log says whether the release succeeded.
   returned: when copied
   type: bool
 duration:

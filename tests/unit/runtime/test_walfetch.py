@@ -194,6 +194,25 @@ def test_the_fetcher_takes_its_pid_with_it(pgdata, monkeypatch):
     assert (pgdata / walfetch.SPOOL_DIR / walfetch.PID).read_text().strip() == str(os.getppid())
 
 
+def test_before_postgresql_asks_the_fetcher_fills_the_window_after_the_backups_first_segment(pgdata):
+    spool = walfetch.Spool(str(pgdata))
+    assert spool.open()
+    (pgdata / 'backup_label').write_text('START WAL LOCATION: 0/5000028 (file %s)\n' % FIRST)
+    assert spool.kick(str(pgdata))
+    fetched = []
+
+    def fetch(name, partial):
+        fetched.append(name)
+        with open(partial, 'wb') as handle:
+            handle.write(_segment(name))
+        return 'fetched'
+
+    walfetch.run_fetcher(spool, fetch)  # ends once nothing was asked for IDLE_SECONDS
+    window = names(FIRST, 1 + walfetch.LOOK_AHEAD)
+    assert fetched == window, 'the first segment told the size: the ones after it came before any ask'
+    assert sorted(entry for entry in os.listdir(spool.path) if wal.is_wal_name(entry)) == window
+
+
 # -- the receiver's "fetch NAME": one request, the segments in order ------------------------------------
 
 

@@ -105,6 +105,7 @@ def test_parse_request_accepts(command, expected):
     if expected is None:
         expected = ('put', '000000010000000000000001', walreceiver.MAX_SEGMENT_BYTES, 'sha256')
     assert walreceiver.parse_request(command)[:4] == expected
+    assert walreceiver.parse_request(command).keep == (), 'only a fetch keeps a compression'
 
 
 @pytest.mark.parametrize(

@@ -718,8 +718,8 @@ def test_end_recovery_releases_the_recoverys_hold_through_the_receiver(server, k
 
 
 @pytest.mark.parametrize(
-    'command', ['release-hold ../../etc/passwd', 'release-hold', 'release-hold 20261120T010000-x y']
+    'token', ['../../etc/passwd', '20261120T010000-0123456789abcdeg', '20261120T010000', '20261120T010000-01234567']
 )
-def test_the_receiver_refuses_a_release_of_anything_but_a_hold_token(command):
-    with pytest.raises(walreceiver.RequestError):
-        walreceiver.parse_request(command)
+def test_the_receiver_refuses_a_release_of_anything_but_a_hold_token(token):
+    with pytest.raises(walreceiver.RequestError, match='refused release-hold: Hold token'):
+        walreceiver.parse_request('release-hold ' + token)

@@ -559,6 +559,11 @@ def test_with_get_wal_the_copy_releases_its_hold_when_its_recovery_ends():
         recovery.recovery_settings(default_params(get_wal=False), '20261123T010000', None, None, hold=hold)
     )
     assert 'recovery_end_command' not in copied, 'WAL copied along: recover.yml releases the hold'
+    standby = dict(conninfo='host=pg1 user=streaming_barman')
+    streaming = effective(recovery.recovery_settings(default_params(), '20261123T010000', None, None, standby, hold))
+    assert streaming['recovery_end_command'] == '/usr/bin/barman-wal-sender end-recovery', (
+        'a failover never waits on it'
+    )
 
 
 def test_recovery_settings_header_comes_before_every_setting():

@@ -1002,3 +1002,20 @@ def test_sweep_temp_files_reports_what_it_removed_and_waits_for_no_one(arc):
     assert all(os.path.exists(p) for p in stale)
     assert sorted(arc.sweep_temp_files()) == sorted(stale)
     assert all(os.path.exists(p) for p in kept) and not any(os.path.exists(p) for p in stale)
+
+
+def test_send_into_memory_decompresses_through_a_program_and_a_missing_one_is_never_not_found(
+    arc, monkeypatch, tmp_path
+):
+    name = seg_name(1)
+    data = segment_bytes(name)
+    put(arc, name, data)
+    arc.process_incoming('zstd')
+    target = io.BytesIO()
+    assert arc.send(name, target, keep=('gzip',)) is None and target.getvalue() == data, 'a fetch frame is in memory'
+    empty = tmp_path / 'no-programs'
+    empty.mkdir()
+    monkeypatch.setenv('PATH', str(empty))  # zstd gone from the backup server
+    with pytest.raises(Exception) as info:
+        arc.send(name, io.BytesIO())
+    assert not isinstance(info.value, wal_store.WalNotFound), 'PostgreSQL would read "not found" and end recovery'
