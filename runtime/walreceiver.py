@@ -68,7 +68,7 @@ class RequestError(BarmanError):
 
 Request = collections.namedtuple('Request', 'verb name size checksum keep', defaults=((),))
 # What a fetch may send as stored, for the sender to decompress (its Python has zlib): a gzip-compressed
-# segment is a tenth to a twentieth of its size, which ssh then carries and ciphers.
+# segment is a few times smaller (19x on the replay bench's inserts), fewer bytes for ssh to carry and cipher.
 FETCH_KEEPS = ('gzip',)
 
 
