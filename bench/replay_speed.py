@@ -45,12 +45,7 @@ PORT = 6489
 SECTION = '## PITR replay'
 GOAL = 1.1
 SEGMENT = rs.SEGMENT
-SENDER = [
-    '/usr/local/lib/barman-postgresql/bin/barman-wal-sender',
-    '--ssh', 'barman@127.0.0.21',
-    '--identity-file', '/var/lib/postgresql/.ssh/barman_pg1',
-    '--known-hosts', '/var/lib/postgresql/.ssh/barman_known_hosts',
-]  # fmt: skip
+SENDER = rs.SENDER
 BARMAN_DIR = BASE + 'barman'  # Barman's home and configuration (owned by barman)
 BARMAN_KEY_DIR = BASE + 'barman-client'  # postgres's key for barman-wal-restore, its ssh, its spool
 BARMAN_AUTHORIZED = '/var/lib/barman/.ssh/authorized_keys'

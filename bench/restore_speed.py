@@ -13,6 +13,8 @@ the WAL of their backup from the lab archive; then ours is taken with backup.tak
   limit              rsync -a over SSH of base/<id>/data as barman to postgres@127.0.0.11
   ours, files only   recovery.recover() as barman (target_immediate, get_wal off), then pg_ctl start
                      and the time until pg_is_in_recovery() is false
+  ours, get_wal      the same with get_wal (restore_command fetches over pg1's own key), as recover.yml
+                     recovers on pg1: the playbook's like-for-like baseline
   ours, recover.yml  ansible-playbook playbooks/recover.yml, wall time to a promoted server
   Barman 3.19.1      barman recover --remote-ssh-command ... --target-immediate, then pg_ctl start
   pgBackRest 2.45    pgbackrest restore --type=immediate (local repository), then pg_ctl start
@@ -46,6 +48,14 @@ PG_BIN = '/usr/lib/postgresql/15/bin'
 BASE = '/var/tmp/bench-restore-'
 LIMIT_DIR = BASE + 'limit'
 OURS_DIR = BASE + 'ours-files'
+OURS_GET_DIR = BASE + 'ours-get'
+# restore_command on pg1 as recover.yml writes it there (get_wal over pg1's own key)
+SENDER = [
+    '/usr/local/lib/barman-postgresql/bin/barman-wal-sender',
+    '--ssh', 'barman@127.0.0.21',
+    '--identity-file', '/var/lib/postgresql/.ssh/barman_pg1',
+    '--known-hosts', '/var/lib/postgresql/.ssh/barman_known_hosts',
+]  # fmt: skip
 PLAY_DIR = BASE + 'ours-playbook'
 BARMAN_DIR = BASE + 'barman'  # Barman's home and configuration (owned by barman)
 BARMAN_DEST = BASE + 'barman-dest'  # where Barman recovers to (owned by postgres)
@@ -55,6 +65,8 @@ SEGMENT = 16 * 1024 * 1024
 SECTION = '## Recovery'
 PLAYBOOK_ROW = 'ours, playbooks/recover.yml'
 OURS_ROW = 'ours, recovery.recover() files only'
+# The same recovery recover.yml makes on pg1 (WAL fetched by restore_command over SSH): the playbook's baseline.
+OURS_GET_ROW = 'ours, recovery.recover() with get_wal (as recover.yml on pg1)'
 PLAYBOOK_GOAL = 1.5  # the speed issue's goal: recover.yml within 1.5x of the module's own time to a usable server
 GOAL = 1.2  # the issue's goal: our restore within 1.2x plain rsync
 
@@ -268,8 +280,8 @@ print(json.dumps(result, default=str))
 """
 
 
-def method_ours(data, backup_id):
-    target = os.path.join(as_postgres_dir(OURS_DIR), 'data')
+def method_ours(data, backup_id, get_wal=False):
+    target = os.path.join(as_postgres_dir(OURS_GET_DIR if get_wal else OURS_DIR), 'data')
     params = dict(
         server='pg1',
         barman_home=LAB_HOME,
@@ -277,8 +289,9 @@ def method_ours(data, backup_id):
         destination_host=PG1_HOST,
         destination_directory=target,
         target_immediate=True,
-        get_wal=False,
-        port=6499,
+        get_wal=get_wal,
+        wal_sender=SENDER if get_wal else None,
+        port=6497 if get_wal else 6499,
     )
     warm(data)
     argv = ['/usr/bin/python3', '-c', OUR_RECOVER_CHILD, COLLECTIONS, json.dumps(params)]
@@ -286,8 +299,8 @@ def method_ours(data, backup_id):
     out = run(argv, user='barman')
     files = time.perf_counter() - start
     result = json.loads(out.stdout.decode().strip().splitlines()[-1])
-    staged = len(os.listdir(os.path.join(target, 'barman_wal')))
-    ready, usable = start_and_wait(target, 6499)
+    staged = len(os.listdir(os.path.join(target, 'barman_wal'))) if not get_wal else 0
+    ready, usable = start_and_wait(target, params['port'])
     return {
         'files': files,
         'usable': files + usable,
@@ -396,7 +409,7 @@ def measure(results, name, function):
     finally:
         for directory in STARTED:
             stop(directory)
-        for directory in (LIMIT_DIR, OURS_DIR, PLAY_DIR, BARMAN_DEST, os.path.join(PGBR_DIR, 'restore')):
+        for directory in (LIMIT_DIR, OURS_DIR, OURS_GET_DIR, PLAY_DIR, BARMAN_DEST, os.path.join(PGBR_DIR, 'restore')):
             shutil.rmtree(directory, ignore_errors=True)
         del STARTED[:]
     results.setdefault(name, []).append(row)
@@ -457,26 +470,27 @@ def playbook_verdict(results, before_row=None):
     """recover.yml (and its before) against the module's own time to a usable server, round by round."""
     lines = []
     for row in [PLAYBOOK_ROW] + ([before_row] if before_row else []):
-        ratios = []
-        for ours, play in zip(results.get(OURS_ROW, []), results.get(row, [])):
-            if 'error' not in ours and 'error' not in play:
-                ratios.append(play['usable'] / ours['usable'])
-        if not ratios:
-            lines.append('%s / the module to a usable server: not measured.' % row)
-            continue
-        ratio = statistics.median(ratios)
-        lines.append(
-            "%s / the module (recover() + pg_ctl start + promotion), to a usable server: %.2fx (median of the rounds' "
-            'ratios %s)%s.'
-            % (
-                row,
-                ratio,
-                ', '.join('%.2fx' % r for r in ratios),
-                ''
-                if row != PLAYBOOK_ROW
-                else '; goal (within %.1fx): %s' % (PLAYBOOK_GOAL, 'met' if ratio <= PLAYBOOK_GOAL else 'NOT met'),
+        for baseline in (OURS_GET_ROW, OURS_ROW):  # the same recovery first (get_wal), then WAL copied along
+            ratios = []
+            for ours, play in zip(results.get(baseline, []), results.get(row, [])):
+                if 'error' not in ours and 'error' not in play:
+                    ratios.append(play['usable'] / ours['usable'])
+            if not ratios:
+                lines.append('%s / %s, to a usable server: not measured.' % (row, baseline))
+                continue
+            ratio = statistics.median(ratios)
+            lines.append(
+                "%s / %s (+ pg_ctl start + promotion), to a usable server: %.2fx (median of the rounds' ratios %s)%s."
+                % (
+                    row,
+                    baseline,
+                    ratio,
+                    ', '.join('%.2fx' % r for r in ratios),
+                    ''
+                    if row != PLAYBOOK_ROW or baseline != OURS_GET_ROW
+                    else '; goal (within %.1fx): %s' % (PLAYBOOK_GOAL, 'met' if ratio <= PLAYBOOK_GOAL else 'NOT met'),
+                )
             )
-        )
     return '\n'.join(lines)
 
 
@@ -535,6 +549,7 @@ def main():
             print('round %d' % round_number, flush=True)
             measure(results, limit_name, lambda: method_limit(data))
             measure(results, OURS_ROW, lambda: method_ours(data, backup_id))
+            measure(results, OURS_GET_ROW, lambda: method_ours(data, backup_id, get_wal=True))
             if not args.skip_ansible:
                 measure(results, PLAYBOOK_ROW, lambda: method_playbook(data, backup_id))
             if args.before:
