@@ -696,9 +696,9 @@ def check(params: Mapping[str, Any]) -> Dict[str, Any]:
     """The bucket's copy of a server, read only: its backups, how far its WAL is behind the catalog's, and a health
     verdict on that lag (lag_warning, lag_critical seconds) in status.yml's words."""
     _layout, bucket, local, there = _open_copy(params)
-    held = bucket.wals()
-    behind = lag(local, held, _done(there))
-    missing = _to_upload(local, _done(there))
+    held, done_there = bucket.wals(), _done(there)
+    behind = lag(local, held, done_there)
+    missing = _to_upload(local, done_there)
     seconds = behind['behind_seconds']
     critical, warning = params.get('lag_critical'), params.get('lag_warning')
     status = (

@@ -567,6 +567,13 @@ def neutralised_config(text: str, keep: Container[str] = ()) -> str:
     return text if text.endswith('\n') else text + '\n'
 
 
+def releases_hold_at_end(params: Mapping[str, Any], standby: Optional[Mapping[str, Any]]) -> bool:
+    """Whether the copy releases the recovery's hold itself when its recovery ends: it fetches its WAL (get_wal) and
+    needs none after; not a standby, whose hold recover.yml releases once it streams and whose failover must not
+    wait on the backup server."""
+    return bool(params['get_wal'] and not standby)
+
+
 def recovery_settings(
     params: Mapping[str, Any],
     backup_id: str,
@@ -577,7 +584,7 @@ def recovery_settings(
 ) -> str:
     """The lines appended to postgresql.auto.conf of the recovered copy (later lines win). A standby streams from
     ``standby['conninfo']`` once the archive is replayed, and follows the primary's timeline. With get_wal, the
-    recovery's ``hold`` is released by the copy itself when its recovery ends (it fetches nothing after)."""
+    recovery's ``hold`` is released by the copy itself when its recovery ends (releases_hold_at_end)."""
     if params['get_wal']:
         if not params.get('wal_sender'):
             raise RecoveryError(
@@ -590,8 +597,7 @@ def recovery_settings(
         restore_command = 'cp barman_wal/%f %p'
     settings = [('restore_command', restore_command)]
     if params['get_wal']:  # the get's look-ahead spool (barman_wal_spool/ of this copy) goes when recovery ends
-        # Not a standby's: recover.yml releases its hold once it streams, and its failover must not wait on this.
-        release = ['--release-hold', hold] if hold and not standby else []
+        release = ['--release-hold', hold] if hold and releases_hold_at_end(params, standby) else []
         settings.append(('recovery_end_command', ssh.shell_join(params['wal_sender'] + ['end-recovery'] + release)))
     if kind == 'target_time':
         settings.append(('recovery_target_time', value.isoformat(' ')))
@@ -762,6 +768,7 @@ def plan_recovery(
         files=files,
         needed_until=needed_until,
         hold=hold,
+        released_at_end=releases_hold_at_end(params, primary_conninfo),
     )
     return plan, destination, parts
 
@@ -791,8 +798,7 @@ def recover(
                 params['hold_hours'] * 3600,
                 token=parts['hold'],
             )
-            # With get_wal the copy releases it at the end of its recovery (recovery_end_command), but a standby's.
-            plan['hold_released_at_end'] = bool(params['get_wal'] and not params['standby'])
+            plan['hold_released_at_end'] = parts['released_at_end']
             try:
                 # A retention that ran between the plan and the hold may have removed WAL: look again.
                 wal_needed_for_target(wal_archive, parts['info'], parts['kind'], parts['value'])

@@ -118,22 +118,27 @@ def _stream_through(argv, source, target):
         )
 
 
-def copy_decompressed(path: str, target: Any) -> None:
-    """Write the original content of a stored file to the binary file object ``target``.
+def copy_decompressed(path: str, target: Any, keep: Sequence[str] = ()) -> Optional[str]:
+    """Write the original content of a stored file to the binary file object ``target``, or its bytes as
+    stored when stored in a compression of ``keep`` (the reader decompresses); that compression, or None.
 
     The compression comes from the file's first bytes: ours, or Barman's (which compresses history
     files too). A history or backup history file is validated text on arrival, and such text never
     begins with a compression's magic number.
     """
-    compression = detect_compression(path)
-    if compression in _PROGRAMS:
-        target.flush()
-        with open(path, 'rb') as source:
+    with open(path, 'rb') as source:
+        # pread: the file's offset stays at 0 for a decompressing program that reads the descriptor itself.
+        compression = compression_of(os.pread(source.fileno(), 4, 0))
+        if compression in keep:
+            shutil.copyfileobj(source, target, CHUNK)
+            return compression
+        if compression in _PROGRAMS:
+            target.flush()
             _stream_through(_PROGRAMS[compression][1], source, target)
-        return
-    opener = {'gzip': gzip.open, 'bzip2': bz2.open}.get(compression, open)
-    with opener(path, 'rb') as source:
-        shutil.copyfileobj(source, target, CHUNK)
+            return None
+        reader = {'gzip': lambda raw: gzip.GzipFile(fileobj=raw), 'bzip2': bz2.BZ2File}.get(compression)
+        shutil.copyfileobj(reader(source) if reader else source, target, CHUNK)
+    return None
 
 
 def content_digest(path: str) -> str:
@@ -458,18 +463,13 @@ class WalArchive:
         path = self.locate(name)
         if path is None:
             raise WalNotFound('%s is not in the archive of server %s' % (name, self.layout.server), wal=name)
-        if keep:
-            try:
-                with open(path, 'rb') as source:
-                    compression = compression_of(source.read(4))
-                    if compression in keep:
-                        source.seek(0)
-                        shutil.copyfileobj(source, target, CHUNK)
-                        return compression
-            except FileNotFoundError:  # moved from incoming/ into wals/ (or removed) since located
-                raise WalNotFound('%s left %s while being read' % (name, path), wal=name) from None
-        copy_decompressed(path, target)
-        return None
+        try:
+            return copy_decompressed(path, target, keep)
+        except FileNotFoundError as error:
+            if error.filename != path:  # a decompressing program missing: never "not archived"
+                raise
+            # Moved from incoming/ into wals/ (or removed) since located: the caller looks again.
+            raise WalNotFound('%s left %s while being read' % (name, path), wal=name) from None
 
     # -- processing incoming/ into wals/ -------------------------------------------------------------
 

@@ -1013,6 +1013,9 @@ def test_send_into_memory_decompresses_through_a_program_and_a_missing_one_is_ne
     arc.process_incoming('zstd')
     target = io.BytesIO()
     assert arc.send(name, target, keep=('gzip',)) is None and target.getvalue() == data, 'a fetch frame is in memory'
+    with open(str(tmp_path / 'restored'), 'wb') as restored:  # a file: the program writes to it directly
+        arc.send(name, restored)
+    assert (tmp_path / 'restored').read_bytes() == data
     empty = tmp_path / 'no-programs'
     empty.mkdir()
     monkeypatch.setenv('PATH', str(empty))  # zstd gone from the backup server
