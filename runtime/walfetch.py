@@ -13,6 +13,9 @@ does that without starting Python.
 A look-ahead failure is never PostgreSQL's answer: the get that misses fetches the file itself. The
 fetcher ends at a file the archive does not hold, when nothing was asked for IDLE_SECONDS, on SIGTERM,
 or when the spool goes; recovery_end_command ("... end-recovery") stops it and removes the spool.
+PostgreSQL keeps each restored segment in pg_wal/ and at the end of recovery asks again for the one
+holding its last record: a get serves that from PostgreSQL's own copy when it is the very file fetched
+(same inode, size and modification time, noted in the spool), checked as a fetch is.
 Spool files are not fsynced: a spool written before the machine's last boot (boot_id) is discarded.
 """
 
@@ -42,6 +45,10 @@ PART = '.part'
 ASKED, SIZE, LOCK, PID, BOOT, FETCHED = 'asked', 'segment_size', 'fetcher.lock', 'fetcher.pid', 'boot_id', 'fetched'
 FETCHING = 'fetching'  # the segment the fetcher waits for now
 START = 'start'  # the backup's first segment (backup_label): fetched before PostgreSQL asks for it
+# The identities of the segments fetched last: PostgreSQL keeps a restored segment in pg_wal/ under its
+# name, and at the end of recovery asks again for the one holding its last record (long since taken).
+KEPT = 'kept'
+KEEP_IDS = LOOK_AHEAD + 2
 _LABEL_START = re.compile(r'^START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)$', re.M)
 
 
@@ -112,6 +119,12 @@ def _read(path):
         return ''
 
 
+def _identity(path):
+    """What a rename keeps and a rewrite or a new file changes: device, inode, size, modification time."""
+    stat = os.stat(path)
+    return '%d %d %d %d' % (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 def _write(path, text):
     tmp = '%s.tmp%d' % (path, os.getpid())
     with open(tmp, 'w') as handle:
@@ -175,6 +188,25 @@ class Spool:
                     pass
                 return False
         return True
+
+    def remember(self, name: str, path: str) -> None:
+        """Note the identity of ``path``, fetched as ``name`` and about to be renamed into the spool."""
+        notes = [line for line in _read(self.file(KEPT)).splitlines() if line.split()[:1] != [name]]
+        notes.append('%s %s' % (name, _identity(path)))
+        _write(self.file(KEPT), '\n'.join(notes[-KEEP_IDS:]))
+
+    def kept(self, name: str, directory: str) -> Optional[str]:
+        """``directory``/``name`` if it is the very file the fetcher fetched as ``name``, unchanged since
+        (PostgreSQL's restored copy, moved there by renames only); else None."""
+        path = os.path.join(directory, name)
+        for line in _read(self.file(KEPT)).splitlines():
+            noted, _sep, identity = line.partition(' ')
+            if noted == name:
+                try:
+                    return path if _identity(path) == identity else None
+                except OSError:
+                    return None
+        return None
 
     def note_asked(self, name: str, segment_size: int) -> None:
         """Where recovery is: the fetcher's window starts after ``name``; its mtime says PostgreSQL is alive."""
@@ -425,6 +457,7 @@ def run_fetcher(
                 if outcome == 'fetched' and (spool.asked()[0] or _read(spool.file(START))):
                     if segment_size is None:  # the backup's first segment: its size is the cluster's
                         _write(spool.file(SIZE), str(os.path.getsize(partial)))
+                    spool.remember(missing, partial)  # before the rename: a get may take it at once
                     os.rename(partial, spool.file(missing))
                     fetched += 1
                     _write(spool.file(FETCHED), str(fetched))

@@ -29,6 +29,7 @@ all, so that the next put starts one with the current code and options.
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +73,8 @@ RETRY_SECONDS = 60  # a get that keeps failing stops recovery after this long
 RELEASE_SECONDS = 30  # end-recovery waits this long for the backup server to release the hold (promotion waits)
 FIRST_RETRY_PAUSE = 0.5
 MAX_RETRY_PAUSE = 5
+# PostgreSQL's own rule (timeline.c): timeline 1 has no history file. The shell launcher knows it too.
+FIRST_TIMELINE_HISTORY = '00000001.history'
 # How a receiver of 1.0 said "not archived": exit 1, as any Python crash does, but with this line.
 OLD_NOT_ARCHIVED = 'barman-wal-receiver: %s is not in the archive of server '
 
@@ -408,6 +411,8 @@ def _get(args, stderr):
     except ValueError as error:  # restore_command is not "... get %f %p"
         stderr.write(_stop_message(args, 'refused', str(error)))
         return EXIT_STOP_RECOVERY
+    if name == FIRST_TIMELINE_HISTORY:
+        return EXIT_NOT_FOUND  # timeline 1 has no history file (PostgreSQL asks for it when it promotes from it)
     destination = os.path.abspath(args.path)
     _kick_look_ahead(args, stderr)
     spool = _look_ahead_spool(args, name)
@@ -419,6 +424,11 @@ def _get(args, stderr):
     deadline = time.monotonic() + args.retry_seconds
     pause = FIRST_RETRY_PAUSE
     try:
+        if spool is not None and _copy_kept(spool, name, destination, partial):
+            os.rename(partial, destination)
+            # A re-read: recovery did not move back, so neither does the look-ahead's window.
+            stderr.write('barman-wal-sender: %s served again from the copy PostgreSQL kept in place\n' % name)
+            return EXIT_OK
         while True:
             try:
                 outcome, why = _fetch(args, name, partial, stderr)
@@ -447,6 +457,23 @@ def _get(args, stderr):
             pass
     stderr.write(_stop_message(args, outcome, why))
     return EXIT_STOP_RECOVERY
+
+
+def _copy_kept(spool, name, destination, partial):
+    """True once ``partial`` holds a copy of the segment ``name`` that PostgreSQL restored earlier and kept
+    beside ``destination`` (pg_wal/), when it is the very file the fetcher fetched, unchanged, and checks as
+    a fetch does: its re-read at the end of recovery then costs a local copy, not a fetch."""
+    kept = spool.kept(name, os.path.dirname(destination))
+    if kept is None:
+        return False
+    try:
+        shutil.copyfile(kept, partial)
+        with open(partial, 'rb') as answer:
+            head = answer.read(wal.LONG_PAGE_HEADER_SIZE)
+            size = os.fstat(answer.fileno()).st_size
+    except OSError:
+        return False
+    return _check_answer(name, size, head)[0] == 'fetched'
 
 
 def _look_ahead_spool(args, name):

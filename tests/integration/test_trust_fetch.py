@@ -180,6 +180,8 @@ def test_replay_takes_the_look_ahead_and_leaves_no_spool(long_archive):
         assert tally, log[-4000:]
         fetched = int(tally[-1].split('the look-ahead fetched ')[1].split()[0])
         assert fetched >= SEGMENTS // 2, tally[-1]
+        # PostgreSQL's re-read of its last record's segment came from its own kept copy, not the backup server.
+        assert 'served again from the copy PostgreSQL kept in place' in log, log[-4000:]
         assert not os.path.exists(os.path.join(data_dir, 'barman_wal_spool')), 'the spool outlived recovery'
         assert drills.query(PORT, 'SELECT count(*) FROM fetch_drill') == [str(SEGMENTS)]
     finally:

@@ -5,6 +5,7 @@
 import gzip
 import io
 import os
+import signal
 import subprocess
 
 import pytest
@@ -121,6 +122,57 @@ def test_gets_are_served_from_the_spool_and_end_recovery_removes_it(server, key,
     assert walsender.main(['--ssh', 'b@h', '--identity-file', key, '--known-hosts', key, 'end-recovery'], stderr) == 0
     assert 'recovery ended; the look-ahead fetched' in stderr.getvalue()
     assert not os.path.exists(spool.path)
+
+
+def test_a_segment_asked_again_comes_from_postgresqls_kept_file_while_it_is_the_one_fetched(server, key, pgdata):  # noqa: F811
+    segments = names(FIRST, 5)
+    for name in segments:
+        server.archive(name, _segment(name))
+    pg_wal = pgdata / 'pg_wal'
+    target = pg_wal / 'RECOVERYXLOG'
+    for name in segments:
+        assert restore(key, name, 'pg_wal/RECOVERYXLOG')[0] == 0
+        os.rename(str(target), str(pg_wal / name))  # PostgreSQL keeps a restored segment under its name
+    spool = walfetch.Spool(str(pgdata))
+    _wait_for_fetcher(spool)
+
+    def again(name):
+        """Who served ``name`` asked again: 'kept' (PostgreSQL's file), 'get' (the backup server) or 'spool'."""
+        pid = walfetch._read(spool.file(walfetch.PID))  # no fetcher, an empty spool: only the kept file or a get
+        if pid:
+            os.kill(int(pid), signal.SIGTERM)
+        _wait_for_fetcher(spool)
+        for entry in os.listdir(spool.path):
+            if wal.is_wal_name(entry):
+                os.unlink(os.path.join(spool.path, entry))
+        before = len(server.calls())
+        code, err = restore(key, name, 'pg_wal/RECOVERYXLOG')
+        assert code == 0 and target.read_bytes() == _segment(name), err
+        target.unlink()
+        fetched = 'get %s' % name in server.calls()[before:]
+        kept = 'served again from the copy PostgreSQL kept in place' in err
+        assert kept != fetched, err
+        return 'kept' if kept else 'get'
+
+    # The re-read at the end of recovery: a local copy, no request to the backup server.
+    assert again(segments[3]) == 'kept'
+    assert (pg_wal / segments[3]).read_bytes() == _segment(segments[3]), 'the kept file is copied, not moved'
+    # The first segment came by the get itself, not by the fetcher: nothing noted.
+    assert again(FIRST) == 'get'
+    # Touched since (its modification time moved), or another file under that name.
+    os.utime(str(pg_wal / segments[2]), ns=(0, 0))
+    assert again(segments[2]) == 'get'
+    os.unlink(str(pg_wal / segments[1]))
+    (pg_wal / segments[1]).write_bytes(_segment(segments[1]))
+    assert again(segments[1]) == 'get'
+    # A noted file, unchanged by its identity, that no longer checks as its segment is never served.
+    with open(str(pg_wal / segments[4]), 'r+b') as handle:
+        stat = os.fstat(handle.fileno())
+        handle.write(b'\0' * 64)
+    os.utime(str(pg_wal / segments[4]), ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert again(segments[4]) == 'get'
+    _wait_for_fetcher(spool)
+    walfetch.end_recovery(str(pgdata), io.StringIO())
 
 
 def test_a_failed_look_ahead_never_reads_as_not_found(server, key, pgdata):  # noqa: F811

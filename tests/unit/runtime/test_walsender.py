@@ -600,6 +600,17 @@ def test_get_restores_an_archived_file_whole_and_answers_1_for_one_that_is_not(s
     assert os.listdir(str(target.parent)) == []
 
 
+def test_timeline_1_has_no_history_file_and_its_probe_asks_no_backup_server(server, key, tmp_path, launcher):
+    target = tmp_path / 'RECOVERYXLOG'
+    assert restore(key, walsender.FIRST_TIMELINE_HISTORY, str(target)) == (walsender.EXIT_NOT_FOUND, '')
+    argv = [launcher, '--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'get']
+    proc = subprocess.run(argv + ['00000001.history', str(target)], capture_output=True, text=True, check=False)
+    assert (proc.returncode, proc.stdout) == (1, ''), 'the launcher answers without its Python sender'
+    assert server.calls() == [] and not target.exists()
+    proc = subprocess.run(argv + ['00000002.history', str(target)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 7, 'any other history file goes to the sender'
+
+
 def test_get_rides_out_a_short_outage(server, key, tmp_path):
     data = _segment(NAME)
     server.archive(NAME, data)
