@@ -11,6 +11,8 @@ it all into the lab catalog. Every method restores the same backup with recovery
 target_name = that restore point, promote) to 127.0.0.11 and differs only in restore_command:
 
   limit              cp from a local directory holding the decompressed segments
+  limit, compressed  gzip -dc from a local directory holding the segments as the lab archive stores them
+                     (gzip): what any restore from a compressed archive must at least spend inflating
   ours, before       barman-wal-sender get --no-look-ahead (one fetch over SSH per segment)
   ours, after        barman-wal-sender get (the look-ahead spool, runtime/walfetch.py)
   Barman 3.19.1      barman-wal-restore -p (see the README: not set up here, reported as failed)
@@ -39,6 +41,7 @@ from ansible_collections.barman.postgresql.plugins.module_utils import ssh, wal 
 
 BASE = '/var/tmp/bench-replay-'
 WAL_DIR = BASE + 'wal'  # the decompressed segments (the limit's restore_command reads them)
+STORED_DIR = BASE + 'stored'  # the same segments as the lab archive stores them (gzip): the second limit's
 DEST = BASE + 'dest'
 PGBR_DIR = BASE + 'pgbackrest'
 PORT = 6489
@@ -95,9 +98,25 @@ def recover(backup_id, restore_command, point):
     return target, time.perf_counter() - start
 
 
+def stored_copies(names):
+    """The segments as the lab archive stores them, readable by postgres: what a restore_command must inflate."""
+    shutil.rmtree(STORED_DIR, ignore_errors=True)
+    make_dir(STORED_DIR, 'postgres', 0o755)
+    for name in names:
+        with open(rs.lab_segment(name), 'rb') as stored:
+            if stored.read(2) != b'\x1f\x8b':
+                raise MethodFailed(
+                    '%s is not stored gzip-compressed: the lab archive is not what this bench expects' % name
+                )
+        path = os.path.join(STORED_DIR, name)
+        shutil.copyfile(rs.lab_segment(name), path)
+        shutil.chown(path, 'postgres', 'postgres')
+
+
 def method(backup_id, point, restore_command, check_log=None):
     target, files = recover(backup_id, restore_command, point)
     rs.warm(WAL_DIR)
+    rs.warm(STORED_DIR)
     _ready, replay = rs.start_and_wait(target, PORT)
     log = rs.tail(target + '.log', 100000)
     if 'recovery stopping at restore point' not in log:
@@ -253,8 +272,13 @@ def main():
     shutil.rmtree(WAL_DIR, ignore_errors=True)
     make_dir(WAL_DIR, 'postgres', 0o755)
     rs.decompressed_segments(info['begin_wal'], last, WAL_DIR, 'postgres')
+    stored_copies(names)
     methods = [
         ('limit: cp from a local directory', lambda: method(backup_id, point, 'cp %s/%%f %%p' % WAL_DIR)),
+        (
+            'limit of a compressed archive: gzip -dc from a local directory',
+            lambda: method(backup_id, point, 'gzip -dc < %s/%%f > %%p' % STORED_DIR),
+        ),
         (
             'ours before: get, no look-ahead',
             lambda: method(backup_id, point, ssh.shell_join(SENDER + ['get', '--no-look-ahead', '%f', '%p'])),
@@ -303,7 +327,7 @@ def main():
     finally:
         cleanup()
         barman_unauthorize()
-        for directory in (WAL_DIR, BARMAN_KEY_DIR, BARMAN_DIR, PGBR_DIR):
+        for directory in (WAL_DIR, STORED_DIR, BARMAN_KEY_DIR, BARMAN_DIR, PGBR_DIR):
             shutil.rmtree(directory, ignore_errors=True)
     limit_name = methods[0][0]
     lines = [
@@ -327,6 +351,12 @@ def main():
         else '%s, measured %.2fx (before the look-ahead: %s)'
         % ('met' if after <= GOAL else 'NOT met', after, '%.2fx' % before if before else '-'),
     )
+    inflate = ratios.get('limit of a compressed archive: gzip -dc from a local directory')
+    if after is not None and inflate:
+        verdict += (
+            ' The same archive inflated locally (its own gzip files, `gzip -dc`) is %.2fx the cp: what is left of'
+            ' ours beyond it is %.2fx.' % (inflate, after / inflate)
+        )
     text = '\n'.join([
         SECTION,
         '',

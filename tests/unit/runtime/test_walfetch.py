@@ -228,6 +228,27 @@ def test_the_launcher_moves_a_spooled_segment_without_python(key, pgdata, launch
     assert run() == 7
 
 
+def test_the_launcher_waits_without_python_for_the_segment_the_fetcher_is_fetching(key, pgdata, launcher):  # noqa: F811
+    spool = walfetch.Spool(str(pgdata))
+    assert spool.open()
+    (pgdata / walfetch.SPOOL_DIR / walfetch.PID).write_text('%d\n' % os.getpid())  # a live process
+    argv = [launcher, '--ssh', 'barman@192.0.2.1', '--identity-file', key, '--known-hosts', key, 'get']
+    target = pgdata / 'pg_wal' / 'RECOVERYXLOG'
+    (pgdata / walfetch.SPOOL_DIR / walfetch.FETCHING).write_text(FIRST + '\n')
+    waiting = subprocess.Popen(argv + [FIRST, 'pg_wal/RECOVERYXLOG'])
+    other = subprocess.run(argv + [names(FIRST, 2)[1], 'pg_wal/OTHER'], capture_output=True, check=False)
+    assert other.returncode == 7, 'a segment the fetcher is not fetching goes to the sender'
+    assert waiting.poll() is None, 'the launcher waits while the fetcher fetches its segment'
+    (pgdata / walfetch.SPOOL_DIR / FIRST).write_bytes(b'segment')
+    assert waiting.wait(timeout=30) == 0 and target.read_bytes() == b'segment'
+    assert spool.asked()[0] == FIRST
+    # The fetcher moved on without it (not archived, or failed): the sender answers.
+    waiting = subprocess.Popen(argv + [names(FIRST, 3)[2], 'pg_wal/RECOVERYXLOG'], stdout=subprocess.DEVNULL)
+    (pgdata / walfetch.SPOOL_DIR / walfetch.FETCHING).write_text(names(FIRST, 3)[2] + '\n')
+    (pgdata / walfetch.SPOOL_DIR / walfetch.FETCHING).unlink()
+    assert waiting.wait(timeout=30) == 7
+
+
 def test_the_fetcher_takes_its_pid_with_it(pgdata, monkeypatch):
     spool = walfetch.Spool(str(pgdata))
     assert spool.open()
