@@ -8,14 +8,15 @@ fetcher runs (a lock in the spool): it keeps the LOOK_AHEAD segments after the l
 barman_wal_spool/ of the recovered copy's data directory (restore_command and recovery_end_command
 run there; the spool is never in another directory), each checked as get checks it and written
 temp-then-rename. A get finds its file there and renames it into place; the sender's shell launcher
-does that without starting Python.
+does that without starting Python, and waits there for the segment the fetcher is fetching.
 
 A look-ahead failure is never PostgreSQL's answer: the get that misses fetches the file itself. The
 fetcher ends at a file the archive does not hold, when nothing was asked for IDLE_SECONDS, on SIGTERM,
 or when the spool goes; recovery_end_command ("... end-recovery") stops it and removes the spool.
 PostgreSQL keeps each restored segment in pg_wal/ and at the end of recovery asks again for the one
 holding its last record: a get serves that from PostgreSQL's own copy when it is the very file fetched
-(same inode, size and modification time, noted in the spool), checked as a fetch is.
+(same device, inode, size and modification time, noted in the spool), checked as a fetch is. A pg_wal/
+on another filesystem gets a new file by the move, so there the segment is fetched again.
 Spool files are not fsynced: a spool written before the machine's last boot (boot_id) is discarded.
 """
 
@@ -119,9 +120,8 @@ def _read(path):
         return ''
 
 
-def _identity(path):
+def identity(stat: os.stat_result) -> str:
     """What a rename keeps and a rewrite or a new file changes: device, inode, size, modification time."""
-    stat = os.stat(path)
     return '%d %d %d %d' % (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
@@ -192,20 +192,15 @@ class Spool:
     def remember(self, name: str, path: str) -> None:
         """Note the identity of ``path``, fetched as ``name`` and about to be renamed into the spool."""
         notes = [line for line in _read(self.file(KEPT)).splitlines() if line.split()[:1] != [name]]
-        notes.append('%s %s' % (name, _identity(path)))
+        notes.append('%s %s' % (name, identity(os.stat(path))))
         _write(self.file(KEPT), '\n'.join(notes[-KEEP_IDS:]))
 
-    def kept(self, name: str, directory: str) -> Optional[str]:
-        """``directory``/``name`` if it is the very file the fetcher fetched as ``name``, unchanged since
-        (PostgreSQL's restored copy, moved there by renames only); else None."""
-        path = os.path.join(directory, name)
+    def noted_identity(self, name: str) -> Optional[str]:
+        """The identity remember() noted for ``name`` (one of the last KEEP_IDS fetched), or None."""
         for line in _read(self.file(KEPT)).splitlines():
-            noted, _sep, identity = line.partition(' ')
+            noted, _sep, noted_identity = line.partition(' ')
             if noted == name:
-                try:
-                    return path if _identity(path) == identity else None
-                except OSError:
-                    return None
+                return noted_identity
         return None
 
     def note_asked(self, name: str, segment_size: int) -> None:

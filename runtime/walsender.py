@@ -463,17 +463,25 @@ def _copy_kept(spool, name, destination, partial):
     """True once ``partial`` holds a copy of the segment ``name`` that PostgreSQL restored earlier and kept
     beside ``destination`` (pg_wal/), when it is the very file the fetcher fetched, unchanged, and checks as
     a fetch does: its re-read at the end of recovery then costs a local copy, not a fetch."""
-    kept = spool.kept(name, os.path.dirname(destination))
-    if kept is None:
+    noted = spool.noted_identity(name)
+    if noted is None:
         return False
     try:
-        shutil.copyfile(kept, partial)
-        with open(partial, 'rb') as answer:
-            head = answer.read(wal.LONG_PAGE_HEADER_SIZE)
-            size = os.fstat(answer.fileno()).st_size
+        with open(os.path.join(os.path.dirname(destination), name), 'rb') as kept:
+            if walfetch.identity(os.fstat(kept.fileno())) != noted:  # the file opened is the file copied
+                return False
+            with open(partial, 'wb') as copy:
+                shutil.copyfileobj(kept, copy, walfetch.CHUNK)
+        size, head = _size_and_head(partial)
     except OSError:
         return False
     return _check_answer(name, size, head)[0] == 'fetched'
+
+
+def _size_and_head(path):
+    """An answer's size and first bytes (a segment's long page header), as the checks take them."""
+    with open(path, 'rb') as answer:
+        return os.fstat(answer.fileno()).st_size, answer.read(wal.LONG_PAGE_HEADER_SIZE)
 
 
 def _look_ahead_spool(args, name):
@@ -579,9 +587,7 @@ def _fetch(args, name, partial, stderr):
             proc.kill()
             proc.wait()
             raise
-    with open(partial, 'rb') as answer:
-        head = answer.read(wal.LONG_PAGE_HEADER_SIZE)
-        size = os.fstat(answer.fileno()).st_size
+    size, head = _size_and_head(partial)
     outcome, why = answer_of_get(name, proc.returncode, said, size, head)
     if outcome in ('fetched', 'not archived'):
         stderr.write(said)  # what the receiver says on success (a failure's why quotes it)

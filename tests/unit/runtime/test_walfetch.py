@@ -5,7 +5,6 @@
 import gzip
 import io
 import os
-import signal
 import subprocess
 
 import pytest
@@ -135,16 +134,23 @@ def test_a_segment_asked_again_comes_from_postgresqls_kept_file_while_it_is_the_
         os.rename(str(target), str(pg_wal / name))  # PostgreSQL keeps a restored segment under its name
     spool = walfetch.Spool(str(pgdata))
     _wait_for_fetcher(spool)
+    notes = (pgdata / walfetch.SPOOL_DIR / walfetch.KEPT).read_text()
+
+    def matches(name):
+        """Whether pg_wal/NAME is, by its identity, the file the fetcher noted in the first pass."""
+        noted = spool.noted_identity(name)
+        return noted is not None and noted == walfetch.identity(os.stat(str(pg_wal / name)))
 
     def again(name):
-        """Who served ``name`` asked again: 'kept' (PostgreSQL's file), 'get' (the backup server) or 'spool'."""
-        pid = walfetch._read(spool.file(walfetch.PID))  # no fetcher, an empty spool: only the kept file or a get
-        if pid:
-            os.kill(int(pid), signal.SIGTERM)
+        """Who served ``name`` asked again: 'kept' (PostgreSQL's file) or 'get' (the backup server)."""
+        for note in (walfetch.ASKED, walfetch.START):  # no fetcher (it stops at its next look), an empty spool
+            if os.path.exists(spool.file(note)):
+                os.unlink(spool.file(note))
         _wait_for_fetcher(spool)
         for entry in os.listdir(spool.path):
             if wal.is_wal_name(entry):
                 os.unlink(os.path.join(spool.path, entry))
+        (pgdata / walfetch.SPOOL_DIR / walfetch.KEPT).write_text(notes)  # whatever a later fetcher noted
         before = len(server.calls())
         code, err = restore(key, name, 'pg_wal/RECOVERYXLOG')
         assert code == 0 and target.read_bytes() == _segment(name), err
@@ -155,13 +161,15 @@ def test_a_segment_asked_again_comes_from_postgresqls_kept_file_while_it_is_the_
         return 'kept' if kept else 'get'
 
     # The re-read at the end of recovery: a local copy, no request to the backup server.
-    assert again(segments[3]) == 'kept'
+    assert matches(segments[3]) and again(segments[3]) == 'kept'
     assert (pg_wal / segments[3]).read_bytes() == _segment(segments[3]), 'the kept file is copied, not moved'
     # The first segment came by the get itself, not by the fetcher: nothing noted.
-    assert again(FIRST) == 'get'
+    assert spool.noted_identity(FIRST) is None and again(FIRST) == 'get'
     # Touched since (its modification time moved), or another file under that name.
+    assert matches(segments[2])
     os.utime(str(pg_wal / segments[2]), ns=(0, 0))
     assert again(segments[2]) == 'get'
+    assert matches(segments[1])
     os.unlink(str(pg_wal / segments[1]))
     (pg_wal / segments[1]).write_bytes(_segment(segments[1]))
     assert again(segments[1]) == 'get'
@@ -170,7 +178,7 @@ def test_a_segment_asked_again_comes_from_postgresqls_kept_file_while_it_is_the_
         stat = os.fstat(handle.fileno())
         handle.write(b'\0' * 64)
     os.utime(str(pg_wal / segments[4]), ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert again(segments[4]) == 'get'
+    assert matches(segments[4]) and again(segments[4]) == 'get'
     _wait_for_fetcher(spool)
     walfetch.end_recovery(str(pgdata), io.StringIO())
 
@@ -242,9 +250,12 @@ def test_the_launcher_waits_without_python_for_the_segment_the_fetcher_is_fetchi
     (pgdata / walfetch.SPOOL_DIR / FIRST).write_bytes(b'segment')
     assert waiting.wait(timeout=30) == 0 and target.read_bytes() == b'segment'
     assert spool.asked()[0] == FIRST
-    # The fetcher moved on without it (not archived, or failed): the sender answers.
-    waiting = subprocess.Popen(argv + [names(FIRST, 3)[2], 'pg_wal/RECOVERYXLOG'], stdout=subprocess.DEVNULL)
-    (pgdata / walfetch.SPOOL_DIR / walfetch.FETCHING).write_text(names(FIRST, 3)[2] + '\n')
+    # The fetcher moved on without it (not archived, or failed): the launcher stops waiting, the sender answers.
+    third = names(FIRST, 3)[2]
+    (pgdata / walfetch.SPOOL_DIR / walfetch.FETCHING).write_text(third + '\n')
+    waiting = subprocess.Popen(argv + [third, 'pg_wal/RECOVERYXLOG'], stdout=subprocess.DEVNULL)
+    subprocess.run(['sleep', '0.3'], check=True)
+    assert waiting.poll() is None, 'it waits while the fetcher fetches its segment'
     (pgdata / walfetch.SPOOL_DIR / walfetch.FETCHING).unlink()
     assert waiting.wait(timeout=30) == 7
 
