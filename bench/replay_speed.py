@@ -356,8 +356,8 @@ def main():
     inflate = ratios.get(inflate_name)
     if after is not None and inflate:
         verdict += (
-            ' The same archive inflated locally (its own gzip files, `gzip -dc`) is %.2fx the cp: what is left of'
-            ' ours beyond it is %.2fx.' % (inflate, after / inflate)
+            ' The same archive inflated locally, one file per call (its own gzip files, `gzip -dc`), is %.2fx the'
+            ' cp; ours is %.2fx of that.' % (inflate, after / inflate)
         )
     text = '\n'.join([
         SECTION,
