@@ -131,6 +131,20 @@ def wait_on_primary(name):
         time.sleep(0.2)
 
 
+def wait_until_the_mirror_has_every_segment():
+    """Poll until the mirror holds every segment the primary does; says which it lacks after LAG_LIMIT_SECONDS."""
+    deadline = time.monotonic() + LAG_LIMIT_SECONDS
+    while set(segments(PRIMARY)) - set(segments(MIRROR)):
+        assert time.monotonic() < deadline, 'the mirror lacks %s (forwarder state: %s)' % (
+            sorted(set(segments(PRIMARY)) - set(segments(MIRROR))),
+            [
+                catalog.read_text(os.path.join(PRIMARY.root, 'mirrors', n))
+                for n in ('backup-dr.forwarded', 'backup-dr.error')
+            ],
+        )
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope='module')
 def mirrored(configured):
     # A mirror of an earlier run, and the leftovers of its drill, start afresh.
@@ -324,6 +338,10 @@ def test_retention_on_the_mirror_is_its_own_and_the_primary_waits_for_the_mirror
     assert uncopied in ids(PRIMARY), retained.stdout[-2000:]
     assert mirrored_newest not in ids(PRIMARY) and mirrored_newest in ids(MIRROR)
     assert len(ids(PRIMARY)) == 2
+    # barman_mirror_wait: false lets retention remove WAL the mirror has not acknowledged yet (README): that would
+    # leave a hole in the mirror's archive after its older backup, which the next test recovers from and promotes.
+    # The forwarder catches up first; the backup below starts in the segment after the last one archived here.
+    wait_until_the_mirror_has_every_segment()
     playbook(
         'backup.yml',
         '--limit',
@@ -334,6 +352,8 @@ def test_retention_on_the_mirror_is_its_own_and_the_primary_waits_for_the_mirror
     assert uncopied not in ids(PRIMARY) and len(ids(PRIMARY)) == 1
     playbook('mirror.yml', '-e', 'barman_mirror_retention_policy=')
     assert ids(MIRROR) == [mirrored_newest] + ids(PRIMARY)
+    check = on_mirror('pg_wal_archive', dict(action='check', server='pg1', barman_home=MIRROR_HOME, switch_wal=False))
+    assert check['continuity']['missing'] == [], check['continuity']
 
 
 def test_site_loss_recovery_from_the_mirror_then_it_takes_over(mirrored):
@@ -347,17 +367,8 @@ def test_site_loss_recovery_from_the_mirror_then_it_takes_over(mirrored):
     wait_on_primary(switched)
     wait_for_mirror_wal(switched)
     # What the mirror lacks when the site goes is lost to it (PostgreSQL counted it archived): the drill loses the
-    # site once the mirror holds every segment the primary does, and says which it lacks otherwise.
-    deadline = time.monotonic() + LAG_LIMIT_SECONDS
-    while set(segments(PRIMARY)) - set(segments(MIRROR)):
-        assert time.monotonic() < deadline, 'the mirror lacks %s (forwarder state: %s)' % (
-            sorted(set(segments(PRIMARY)) - set(segments(MIRROR))),
-            [
-                catalog.read_text(os.path.join(PRIMARY.root, 'mirrors', n))
-                for n in ('backup-dr.forwarded', 'backup-dr.error')
-            ],
-        )
-        time.sleep(0.2)
+    # site once the mirror holds every segment the primary does.
+    wait_until_the_mirror_has_every_segment()
 
     # backup1's site is lost: no login there, its catalog of pg1 gone.
     run([LAB, 'site-down', 'backup1'])
