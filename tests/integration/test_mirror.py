@@ -131,20 +131,6 @@ def wait_on_primary(name):
         time.sleep(0.2)
 
 
-def wait_until_the_mirror_has_every_segment():
-    """Poll until the mirror holds every segment the primary does; says which it lacks after LAG_LIMIT_SECONDS."""
-    deadline = time.monotonic() + LAG_LIMIT_SECONDS
-    while set(segments(PRIMARY)) - set(segments(MIRROR)):
-        assert time.monotonic() < deadline, 'the mirror lacks %s (forwarder state: %s)' % (
-            sorted(set(segments(PRIMARY)) - set(segments(MIRROR))),
-            [
-                catalog.read_text(os.path.join(PRIMARY.root, 'mirrors', n))
-                for n in ('backup-dr.forwarded', 'backup-dr.error')
-            ],
-        )
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope='module')
 def mirrored(configured):
     # A mirror of an earlier run, and the leftovers of its drill, start afresh.
@@ -379,8 +365,17 @@ def test_site_loss_recovery_from_the_mirror_then_it_takes_over(mirrored):
     wait_on_primary(switched)
     wait_for_mirror_wal(switched)
     # What the mirror lacks when the site goes is lost to it (PostgreSQL counted it archived): the drill loses the
-    # site once the mirror holds every segment the primary does.
-    wait_until_the_mirror_has_every_segment()
+    # site once the mirror holds every segment the primary does, and says which it lacks otherwise.
+    deadline = time.monotonic() + LAG_LIMIT_SECONDS
+    while set(segments(PRIMARY)) - set(segments(MIRROR)):
+        assert time.monotonic() < deadline, 'the mirror lacks %s (forwarder state: %s)' % (
+            sorted(set(segments(PRIMARY)) - set(segments(MIRROR))),
+            [
+                catalog.read_text(os.path.join(PRIMARY.root, 'mirrors', n))
+                for n in ('backup-dr.forwarded', 'backup-dr.error')
+            ],
+        )
+        time.sleep(0.2)
 
     # backup1's site is lost: no login there, its catalog of pg1 gone.
     run([LAB, 'site-down', 'backup1'])
